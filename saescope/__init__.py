@@ -1,0 +1,27 @@
+"""saescope: sparse autoencoders that open dense representations into readable features.
+
+The public Python API; every stage is `run(config) -> Path` over a run directory.
+"""
+
+from saescope._version import __version__
+from saescope.corpus import CorpusConfig, build_corpus, read_corpus
+from saescope.corpus import run as make_corpus
+from saescope.embed import EmbedConfig
+from saescope.embed import run as embed
+from saescope.errors import SaescopeError
+from saescope.paths import RunPaths
+from saescope.store import ActivationStore, StoreWriter
+
+__all__ = [
+    "__version__",
+    "ActivationStore",
+    "CorpusConfig",
+    "EmbedConfig",
+    "RunPaths",
+    "SaescopeError",
+    "StoreWriter",
+    "build_corpus",
+    "embed",
+    "make_corpus",
+    "read_corpus",
+]

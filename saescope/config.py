@@ -1,0 +1,142 @@
+"""Stage configs: frozen dataclasses documented field by field.
+
+Each field is declared with `option(default, "help text")`; the help text becomes
+the CLI's `--help`. A config can also come from a YAML/JSON file (`--config`),
+with flags given on the command line taking precedence. `config_to_dict` adds the
+package version when a config is saved beside a stage's output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from saescope._version import __version__
+from saescope.errors import SaescopeError
+
+T = TypeVar("T")
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with a help text (and optional choices) for the CLI."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list | dict):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) of a field annotation such as `int | None`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one `--flag` per field of the dataclass `cls`, plus `--config FILE`."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML or JSON file with any of the options below; flags override it.",
+    )
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("positional"):
+            continue
+        tp, optional = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        helptext = f.metadata.get("help", "") + f" (default: {default!r})"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": helptext}
+        if f.metadata.get("choices"):
+            kw["choices"] = f.metadata["choices"]
+        origin = typing.get_origin(tp)
+        if tp is bool:
+            kw.update(type=_parse_bool, nargs="?", const=True, metavar="BOOL")
+        elif origin in (list, tuple):
+            inner = typing.get_args(tp)[0]
+            kw.update(type=inner, nargs="+")
+        elif tp in (int, float, str):
+            kw.update(type=tp)
+        else:
+            kw.update(type=str)
+        parser.add_argument(flag, **kw)
+    _ = optional
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SaescopeError(f"config file {p} does not exist")
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise SaescopeError(f"cannot read config file {p}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SaescopeError(f"config file {p} must hold a mapping of option names to values")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(cls: type[T], values: dict[str, Any]) -> T:
+    """Make a `cls` from a dict, rejecting unknown keys with a clear message."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise SaescopeError(
+            f"unknown option(s) for {cls.__name__}: {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(names))}"
+        )
+    hints = typing.get_type_hints(cls)
+    fixed = {}
+    for k, v in values.items():
+        tp, _ = _base_type(hints[k])
+        if typing.get_origin(tp) is tuple and isinstance(v, list):
+            v = tuple(v)
+        fixed[k] = v
+    try:
+        return cls(**fixed)
+    except (TypeError, ValueError) as exc:
+        raise SaescopeError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+def config_from_args(cls: type[T], ns: argparse.Namespace) -> T:
+    """Merge `--config FILE` (if given) with explicit flags into a `cls`."""
+    values: dict[str, Any] = {}
+    if getattr(ns, "config", None):
+        values.update(load_config_file(ns.config))
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values.update({k: v for k, v in vars(ns).items() if k in names})
+    return build_config(cls, values)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config, with the package version."""
+    out = dataclasses.asdict(cfg)
+    out["saescope_version"] = __version__
+    return out
+
+
+def same_config(saved: dict[str, Any], cfg: Any, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Names of fields whose saved value differs from `cfg` (for 'different run' checks)."""
+    now = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    skip = set(ignore) | {"saescope_version"}
+    return sorted(k for k in now if k not in skip and saved.get(k) != now[k])

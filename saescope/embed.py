@@ -1,0 +1,228 @@
+"""Embedding stage: `corpus.parquet` in, an activation store in `acts/` out.
+
+Encodes the corpus with any sentence-transformers model (default: the packaged
+all-MiniLM-L6-v2), one store shard at a time: each shard's texts are encoded in
+batches sorted by length, so a re-run after a crash continues from the last
+complete shard and yields exactly the rows an uninterrupted run yields.
+
+`--vectors FILE` instead imports vectors people already have (.npy,
+.safetensors, or a Parquet list column), with an optional ids file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from saescope.config import config_to_dict, option
+from saescope.corpus import read_corpus
+from saescope.defaults import DEFAULT_EMBED_MODEL, resolve_embed_model
+from saescope.errors import SaescopeError
+from saescope.io import atomic_path, sha256_file, write_json
+from saescope.paths import STAGE_CONFIG, RunPaths
+from saescope.store import StoreWriter
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Options of the embedding stage."""
+
+    run: str = option("runs/default", "run directory (reads corpus.parquet, writes acts/)")
+    model: str = option(
+        DEFAULT_EMBED_MODEL,
+        "sentence-transformers model name or local path (default: the packaged all-MiniLM-L6-v2)",
+    )
+    batch_size: int = option(64, "texts per forward pass")
+    normalize: bool = option(False, "L2-normalise each embedding")
+    device: str = option("auto", "cuda, cpu or auto (cuda when present)")
+    dtype: str = option("float32", "storage dtype", choices=("float32", "float16", "bfloat16"))
+    shard_rows: int = option(8192, "rows per store shard (the unit of resume)")
+    max_seq_length: int | None = option(None, "truncate texts to this many tokens (model default)")
+    vectors: str | None = option(
+        None, "import precomputed vectors from a .npy, .safetensors or .parquet file instead"
+    )
+    vectors_key: str | None = option(
+        None, "tensor name (.safetensors) or list column (.parquet) holding the vectors"
+    )
+    ids: str | None = option(
+        None, "file of row ids for --vectors (.txt one per line, .npy, .parquet)"
+    )
+    append: bool = option(False, "--vectors: append to an existing store of the same dimension")
+    overwrite: bool = option(False, "replace an existing store made with other options")
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SaescopeError("--device cuda was asked for but no CUDA device is available")
+    return name
+
+
+def load_sentence_model(name: str, device: str = "cpu"):
+    """A SentenceTransformer by name or path, with a clear error when it cannot load."""
+    from sentence_transformers import SentenceTransformer
+
+    path = resolve_embed_model(name)
+    try:
+        return SentenceTransformer(path, device=device)
+    except Exception as exc:  # hub, IO and config errors all mean "cannot load this model"
+        raise SaescopeError(
+            f"cannot load sentence-transformers model {name!r}: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from exc
+
+
+def encode_texts(
+    model, texts: list[str], batch_size: int, normalize: bool, progress: tqdm | None = None
+) -> torch.Tensor:
+    """(len(texts), d) float32 embeddings, in input order.
+
+    Texts are sorted by length (longest first) so each batch pads little, and
+    encoded a few batches at a time so the progress bar moves.
+    """
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    out = torch.empty(len(texts), model_dim(model))
+    group = batch_size * 4
+    with torch.inference_mode():
+        for lo in range(0, len(order), group):
+            idx = order[lo : lo + group]
+            vecs = model.encode(
+                [texts[i] for i in idx],
+                batch_size=batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=normalize,
+                show_progress_bar=False,
+            )
+            out[torch.tensor(idx)] = vecs.float().cpu()
+            if progress is not None:
+                progress.update(len(idx))
+    return out
+
+
+def model_dim(model) -> int:
+    """Output dimension of a SentenceTransformer (the method was renamed in v5)."""
+    get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get())
+
+
+def _embed_corpus(cfg: EmbedConfig, rp: RunPaths) -> Path:
+    corpus = read_corpus(cfg.run)
+    texts = corpus["text"].tolist()
+    device = pick_device(cfg.device)
+    model = load_sentence_model(cfg.model, device)
+    if cfg.max_seq_length is not None:
+        model.max_seq_length = cfg.max_seq_length
+    d_in = model_dim(model)
+    meta = {
+        "source": "sentence-transformers",
+        "model": cfg.model,
+        "normalize": cfg.normalize,
+        "max_seq_length": model.max_seq_length,
+        "corpus_sha256": sha256_file(rp.corpus),
+    }
+    writer = StoreWriter(rp.acts, d_in, cfg.dtype, cfg.shard_rows, meta, overwrite=cfg.overwrite)
+    start = writer.rows_done
+    bar = tqdm(total=len(texts), initial=start, unit="text", desc="embed", dynamic_ncols=True)
+    for lo in range(start, len(texts), writer.shard_rows):
+        chunk = texts[lo : lo + writer.shard_rows]
+        writer.append(encode_texts(model, chunk, cfg.batch_size, cfg.normalize, bar))
+    bar.close()
+    return writer.close()
+
+
+def _read_vectors(cfg: EmbedConfig) -> np.ndarray:
+    path = Path(cfg.vectors or "")
+    if not path.is_file():
+        raise SaescopeError(f"vectors file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, mmap_mode="r")
+        elif suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(path))
+            key = cfg.vectors_key or next(iter(tensors))
+            if key not in tensors:
+                raise SaescopeError(f"{path} has no tensor {key!r}; it has {', '.join(tensors)}")
+            arr = tensors[key]
+        elif suffix == ".parquet":
+            df = pd.read_parquet(path)
+            key = cfg.vectors_key or "embedding"
+            if key not in df.columns:
+                raise SaescopeError(
+                    f"{path} has no column {key!r}; columns are {', '.join(df.columns)} (use --vectors-key)"
+                )
+            arr = np.stack(df[key].to_numpy())
+        else:
+            raise SaescopeError(
+                f"unknown vectors file type {suffix!r}; use .npy, .safetensors or .parquet"
+            )
+    except SaescopeError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise SaescopeError(f"cannot read vectors from {path}: {exc}") from exc
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+        raise SaescopeError(
+            f"{path} must hold a 2-D float array, got {arr.dtype} of shape {arr.shape}"
+        )
+    return arr
+
+
+def _read_ids(path_str: str, n: int) -> list[str]:
+    path = Path(path_str)
+    if not path.is_file():
+        raise SaescopeError(f"ids file {path} does not exist")
+    if path.suffix == ".npy":
+        ids = [str(x) for x in np.load(path)]
+    elif path.suffix == ".parquet":
+        ids = pd.read_parquet(path).iloc[:, 0].astype(str).tolist()
+    else:
+        ids = path.read_text().splitlines()
+    if len(ids) != n:
+        raise SaescopeError(f"{path} has {len(ids)} ids but the vectors file has {n} rows")
+    return ids
+
+
+def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
+    arr = _read_vectors(cfg)
+    ids = _read_ids(cfg.ids, len(arr)) if cfg.ids else None
+    meta = {"source": "vectors", "model": None, "normalize": cfg.normalize}
+    writer = StoreWriter(
+        rp.acts,
+        arr.shape[1],
+        cfg.dtype,
+        cfg.shard_rows,
+        meta,
+        overwrite=cfg.overwrite,
+        append=cfg.append,
+    )
+    first = writer.rows_done
+    start = 0 if cfg.append else first
+    for lo in tqdm(range(start, len(arr), writer.shard_rows), desc="import", unit="shard"):
+        block = torch.from_numpy(np.asarray(arr[lo : lo + writer.shard_rows], dtype=np.float32))
+        if cfg.normalize:
+            block = torch.nn.functional.normalize(block, dim=1)
+        writer.append(block)
+    out = writer.close()
+    if ids is not None:
+        ids_path = rp.acts / "ids.parquet"
+        old = pd.read_parquet(ids_path) if cfg.append and ids_path.exists() else None
+        new = pd.DataFrame({"row": np.arange(first, first + len(ids)), "id": ids})
+        table = pd.concat([old, new]) if old is not None else new
+        with atomic_path(ids_path) as tmp:
+            table.to_parquet(tmp, index=False)
+    return out
+
+
+def run(cfg: EmbedConfig) -> Path:
+    """Fill `acts/` for `cfg` (resuming an interrupted run); return the store folder."""
+    rp = RunPaths(cfg.run)
+    out = _import_vectors(cfg, rp) if cfg.vectors else _embed_corpus(cfg, rp)
+    write_json(out / STAGE_CONFIG, config_to_dict(cfg))
+    return out

@@ -1,0 +1,129 @@
+"""Every file and folder name of a run directory, in one place.
+
+No other module spells a file name of the run directory; they ask `RunPaths`.
+
+    runs/<name>/
+      corpus.parquet, corpus.config.json
+      acts/manifest.json, acts/config.json, acts/shard-00000.safetensors ...
+      sae/config.json, sae/sae.safetensors, sae/metrics.json, sae/metrics.jsonl, sae/checkpoints/
+      latents/manifest.json, latents/config.json, latents/shard-*.safetensors,
+      latents/features.parquet, latents/cooccurrence.safetensors, latents/plots/
+      interp/keywords.parquet, interp/explanations.jsonl
+      scores/<scorer>.parquet
+      report/index.html
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+STAGE_CONFIG = "config.json"
+SHARD_PATTERN = "shard-{:05d}.safetensors"
+
+# Foreign SAE formats (see shared/FORMATS.md).
+SAELENS_CFG = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SPARSIFY_CFG = "cfg.json"
+SPARSIFY_WEIGHTS = "sae.safetensors"
+BATCHTOPK_CFG = "config.json"
+BATCHTOPK_WEIGHTS = "sae.pt"
+
+
+def shard_name(index: int) -> str:
+    return SHARD_PATTERN.format(index)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Paths inside one run directory."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # corpus
+    @property
+    def corpus(self) -> Path:
+        return self.root / "corpus.parquet"
+
+    @property
+    def corpus_config(self) -> Path:
+        return self.root / "corpus.config.json"
+
+    # activation store
+    @property
+    def acts(self) -> Path:
+        return self.root / "acts"
+
+    # sae
+    @property
+    def sae(self) -> Path:
+        return self.root / "sae"
+
+    @property
+    def sae_config(self) -> Path:
+        return self.sae / "config.json"
+
+    @property
+    def sae_weights(self) -> Path:
+        return self.sae / "sae.safetensors"
+
+    @property
+    def sae_metrics(self) -> Path:
+        return self.sae / "metrics.json"
+
+    @property
+    def train_log(self) -> Path:
+        return self.sae / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.sae / "checkpoints"
+
+    # latents
+    @property
+    def latents(self) -> Path:
+        return self.root / "latents"
+
+    @property
+    def features(self) -> Path:
+        return self.latents / "features.parquet"
+
+    @property
+    def cooccurrence(self) -> Path:
+        return self.latents / "cooccurrence.safetensors"
+
+    @property
+    def plots(self) -> Path:
+        return self.latents / "plots"
+
+    # interpretation and scores
+    @property
+    def interp(self) -> Path:
+        return self.root / "interp"
+
+    @property
+    def keywords(self) -> Path:
+        return self.interp / "keywords.parquet"
+
+    @property
+    def explanations(self) -> Path:
+        return self.interp / "explanations.jsonl"
+
+    @property
+    def scores(self) -> Path:
+        return self.root / "scores"
+
+    def score(self, scorer: str) -> Path:
+        return self.scores / f"{scorer}.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def report_index(self) -> Path:
+        return self.report / "index.html"

@@ -1,0 +1,50 @@
+"""The pipeline glue: chains stages on one run directory (with the CLI, the only place that does).
+
+`saescope demo` runs the whole chain on the embedded defaults and prints each
+stage's wall time. Re-running it skips the stages that are already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from saescope import corpus, embed
+
+
+def demo_steps(run: str, limit: int) -> list[tuple[str, Callable[[], Path]]]:
+    """(name, thunk) for every stage of the demo, in order."""
+    return [
+        (
+            "corpus",
+            lambda: corpus.run(
+                corpus.CorpusConfig(run=run, source="news", shuffle=True, limit=limit)
+            ),
+        ),
+        ("embed", lambda: embed.run(embed.EmbedConfig(run=run))),
+    ]
+
+
+def run_steps(steps: list[tuple[str, Callable[[], Path]]]) -> dict[str, float]:
+    times: dict[str, float] = {}
+    for name, thunk in steps:
+        t0 = time.perf_counter()
+        out = thunk()
+        times[name] = time.perf_counter() - t0
+        print(f"[{name}] {times[name]:7.1f}s  -> {out}", flush=True)
+    print(f"[total] {sum(times.values()):7.1f}s", flush=True)
+    return times
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", default="runs/demo", help="run directory (default: runs/demo)")
+    parser.add_argument(
+        "--limit", type=int, default=20000, help="texts taken from the news corpus (default: 20000)"
+    )
+
+
+def main(ns: argparse.Namespace) -> int:
+    run_steps(demo_steps(ns.run, ns.limit))
+    return 0

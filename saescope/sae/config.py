@@ -1,0 +1,59 @@
+"""The SAE's own description, saved as `sae/config.json` beside `sae.safetensors`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from saescope.errors import SaescopeError
+
+ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
+INPUT_NORMS = ("none", "row_standardize")
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Shape and inference rule of one sparse autoencoder.
+
+    Inference (`SAE.encode`), for every architecture:
+        x' = (x - mean) / (std + 1e-5)  per row, only when input_norm == "row_standardize"
+        h  = (x' - b_dec) @ W_enc + b_enc                     # (n_rows, d_sae)
+        relu:      z = relu(h)
+        topk:      z = the k largest of relu(h) per row, others 0
+        batchtopk: z = relu(h) * (h > threshold)   (threshold learned in training, one value)
+        jumprelu:  z = relu(h) * (h > threshold)   (threshold per feature)
+    `SAE.decode`: x_hat = z @ W_dec + b_dec, then `* std + mean` per row when standardised.
+    """
+
+    architecture: str
+    d_in: int
+    d_sae: int
+    k: int | None = None  # topk / batchtopk: active latents per row (batchtopk: mean per row)
+    input_norm: str = "none"
+    dtype: str = "float32"
+    # free-form provenance: source library, hook/layer, embedding model, training config...
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise SaescopeError(
+                f"unknown SAE architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
+            )
+        if self.input_norm not in INPUT_NORMS:
+            raise SaescopeError(
+                f"unknown input_norm {self.input_norm!r}; choose one of {INPUT_NORMS}"
+            )
+        if self.d_in < 1 or self.d_sae < 1:
+            raise SaescopeError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
+        if self.architecture in ("topk", "batchtopk"):
+            if self.k is None or not 1 <= self.k <= self.d_sae:
+                raise SaescopeError(f"{self.architecture} needs 1 <= k <= d_sae, got k={self.k}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

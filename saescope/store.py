@@ -1,0 +1,344 @@
+"""Activation store: safetensors shards plus a manifest.
+
+In: rows of activations (one vector per text, or per token for LMs), appended in
+order. Out: `<dir>/manifest.json` and `<dir>/shard-NNNNN.safetensors`, each shard
+holding one tensor `acts` of shape (rows, d_in) in the store's dtype.
+
+The manifest lists every complete shard with its row range and sha256. Shards and
+the manifest are written atomically, so after a crash the store holds exactly the
+shards listed, and a writer reopened on it continues after the last one.
+
+Reading: `ActivationStore.iter_batches` streams shuffled batches through a bounded
+shuffle buffer (memory does not grow with the store), deterministic for a seed;
+`ActivationStore.rows` reads rows by id without loading whole shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from saescope import paths
+from saescope._version import __version__
+from saescope.errors import SaescopeError
+from saescope.io import atomic_path, read_json, sha256_file, write_json
+
+FORMAT = "saescope.acts/1"
+TENSOR = "acts"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise SaescopeError(f"unknown storage dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    file: str
+    start: int  # first row (inclusive)
+    stop: int  # last row (exclusive)
+    sha256: str
+    nbytes: int
+
+
+class StoreWriter:
+    """Append rows to a store, one atomic shard at a time.
+
+    `meta` describes where the rows come from (model, layer, source...). Reopening a
+    store whose manifest has the same `meta`, `d_in` and dtype continues it; a store
+    with different `meta` is refused unless `overwrite` is set.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        d_in: int,
+        dtype: str = "float32",
+        shard_rows: int = 16384,
+        meta: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        append: bool = False,
+    ) -> None:
+        self.dir = Path(directory)
+        self.d_in = int(d_in)
+        self.dtype = dtype
+        self._torch_dtype = torch_dtype(dtype)
+        if shard_rows < 1:
+            raise SaescopeError(f"shard_rows must be >= 1, got {shard_rows}")
+        self.shard_rows = int(shard_rows)
+        self.meta = dict(meta or {})
+        self.shards: list[ShardInfo] = []
+        self._pending: list[torch.Tensor] = []
+        self._pending_rows = 0
+        manifest = self.dir / paths.MANIFEST
+        if manifest.exists() and overwrite:
+            for f in self.dir.glob("shard-*.safetensors"):
+                f.unlink()
+            manifest.unlink()
+        if manifest.exists():
+            self._reopen(read_json(manifest), append)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _reopen(self, m: dict[str, Any], append: bool) -> None:
+        where = self.dir / paths.MANIFEST
+        if m.get("d_in") != self.d_in:
+            raise SaescopeError(
+                f"{where} holds vectors of dimension {m.get('d_in')}, not {self.d_in}; "
+                "write to a new run directory or pass --overwrite"
+            )
+        if m.get("dtype") != self.dtype:
+            raise SaescopeError(
+                f"{where} stores {m.get('dtype')}, not {self.dtype}; use the same --dtype or --overwrite"
+            )
+        differs = sorted(
+            k for k in set(m["meta"]) | set(self.meta) if m["meta"].get(k) != self.meta.get(k)
+        )
+        if differs and not append:
+            raise SaescopeError(
+                f"{self.dir} holds a different run ({', '.join(differs)} differ); "
+                "use another run directory or pass --overwrite"
+            )
+        self.shard_rows = int(m.get("shard_rows", self.shard_rows))
+        self.shards = [ShardInfo(**s) for s in m["shards"]]
+        if append:
+            self.meta = m["meta"]
+
+    @property
+    def rows_done(self) -> int:
+        """Rows in complete shards (the row a resumed run starts from)."""
+        return self.shards[-1].stop if self.shards else 0
+
+    def append(self, rows: torch.Tensor) -> None:
+        """Append (n, d_in) rows; full shards are flushed as they fill."""
+        if rows.ndim != 2 or rows.shape[1] != self.d_in:
+            raise SaescopeError(
+                f"cannot append rows of shape {tuple(rows.shape)} to a store of dimension {self.d_in}"
+            )
+        self._pending.append(rows.detach().to("cpu", self._torch_dtype))
+        self._pending_rows += rows.shape[0]
+        while self._pending_rows >= self.shard_rows:
+            block = torch.cat(self._pending)
+            self._flush(block[: self.shard_rows])
+            rest = block[self.shard_rows :]
+            self._pending = [rest] if len(rest) else []
+            self._pending_rows = len(rest)
+
+    def _flush(self, block: torch.Tensor) -> None:
+        start = self.rows_done
+        name = paths.shard_name(len(self.shards))
+        target = self.dir / name
+        with atomic_path(target) as tmp:
+            save_file({TENSOR: block.contiguous()}, str(tmp))
+        self.shards.append(
+            ShardInfo(name, start, start + len(block), sha256_file(target), target.stat().st_size)
+        )
+        self._write_manifest(complete=False)
+
+    def _write_manifest(self, complete: bool) -> None:
+        write_json(
+            self.dir / paths.MANIFEST,
+            {
+                "format": FORMAT,
+                "saescope_version": __version__,
+                "d_in": self.d_in,
+                "dtype": self.dtype,
+                "count": self.rows_done,
+                "shard_rows": self.shard_rows,
+                "complete": complete,
+                "meta": self.meta,
+                "shards": [dataclasses.asdict(s) for s in self.shards],
+            },
+        )
+
+    def close(self) -> Path:
+        """Flush the last partial shard and mark the store complete."""
+        if self._pending_rows:
+            self._flush(torch.cat(self._pending))
+            self._pending, self._pending_rows = [], 0
+        self._write_manifest(complete=True)
+        return self.dir
+
+
+def split_mask(rows: np.ndarray, eval_fraction: float, seed: int = 0) -> np.ndarray:
+    """True for rows in the held-out split: a fixed hash of the row id, not of its order."""
+    if eval_fraction <= 0:
+        return np.zeros(len(rows), dtype=bool)
+    x = (rows.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) & np.uint64(
+        0xFFFFFFFFFFFFFFFF
+    )
+    # splitmix64 finaliser: cheap and well mixed
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < eval_fraction
+
+
+class ActivationStore:
+    """Read a complete store: metadata, shuffled batches and random access."""
+
+    def __init__(self, directory: str | Path, verify: bool = True) -> None:
+        self.dir = Path(directory)
+        manifest = self.dir / paths.MANIFEST
+        if not manifest.exists():
+            raise SaescopeError(
+                f"no activation store at {self.dir} (missing {paths.MANIFEST}); run `saescope embed` first"
+            )
+        m = read_json(manifest)
+        if m.get("format") != FORMAT:
+            raise SaescopeError(f"{manifest} is not a saescope activation store manifest")
+        if not m.get("complete"):
+            raise SaescopeError(
+                f"the store at {self.dir} is incomplete ({m.get('count')} rows so far); "
+                "re-run the command that made it to finish it"
+            )
+        self.manifest = m
+        self.d_in: int = m["d_in"]
+        self.dtype: str = m["dtype"]
+        self.meta: dict[str, Any] = m["meta"]
+        self.shards = [ShardInfo(**s) for s in m["shards"]]
+        self.count: int = m["count"]
+        self._verify = verify
+        self._verified: set[str] = set()
+        self._starts = np.array([s.start for s in self.shards], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _check(self, shard: ShardInfo) -> Path:
+        path = self.dir / shard.file
+        if shard.file in self._verified:
+            return path
+        if not path.exists():
+            raise SaescopeError(f"shard {path} listed in the manifest is missing")
+        if path.stat().st_size != shard.nbytes:
+            raise SaescopeError(
+                f"shard {path} is truncated or altered ({path.stat().st_size} bytes, "
+                f"manifest says {shard.nbytes}); re-create the store"
+            )
+        if self._verify and sha256_file(path) != shard.sha256:
+            raise SaescopeError(f"shard {path} fails its sha256 checksum; re-create the store")
+        self._verified.add(shard.file)
+        return path
+
+    def verify(self) -> None:
+        """Check every shard's size and checksum; raise on the first bad one."""
+        for s in self.shards:
+            self._check(s)
+
+    def load_shard(self, index: int) -> torch.Tensor:
+        shard = self.shards[index]
+        path = self._check(shard)
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                out = fh.get_tensor(TENSOR)
+        except (SafetensorError, OSError) as exc:
+            raise SaescopeError(f"cannot read shard {path}: {exc}") from exc
+        if out.shape != (shard.stop - shard.start, self.d_in):
+            raise SaescopeError(f"shard {path} has shape {tuple(out.shape)}, manifest disagrees")
+        return out
+
+    def rows(self, row_ids: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(len(row_ids), d_in) float32 rows by id, reading only the rows asked for."""
+        ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.count):
+            raise SaescopeError(
+                f"row ids must lie in [0, {self.count}); got {ids.min()}..{ids.max()}"
+            )
+        out = torch.empty(len(ids), self.d_in, dtype=torch.float32)
+        which = np.searchsorted(self._starts, ids, side="right") - 1
+        for si in np.unique(which):
+            shard = self.shards[si]
+            path = self._check(shard)
+            sel = np.nonzero(which == si)[0]
+            local = ids[sel] - shard.start
+            with safe_open(str(path), framework="pt") as fh:
+                if len(sel) > (shard.stop - shard.start) // 8:
+                    block = fh.get_tensor(TENSOR)[torch.from_numpy(local)]
+                else:
+                    sl = fh.get_slice(TENSOR)
+                    block = torch.stack([sl[int(i) : int(i) + 1][0] for i in local])
+            out[torch.from_numpy(sel)] = block.float()
+        return out
+
+    def iter_batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        buffer_rows: int = 65536,
+        seed: int = 0,
+        split: str = "all",
+        eval_fraction: float = 0.0,
+        drop_last: bool = False,
+        with_ids: bool = False,
+    ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Stream float32 batches of (batch_size, d_in).
+
+        shuffle: shard order is permuted and rows are mixed through a buffer of
+        about `buffer_rows` rows (plus one shard), so memory stays bounded.
+        split: "all", "train" or "eval"; eval rows are a fixed `eval_fraction` of
+        row ids (`split_mask`), the same whatever the batch size or seed.
+        with_ids: yield (rows, row_ids) pairs.
+        """
+        if split not in ("all", "train", "eval"):
+            raise SaescopeError(f"split must be all, train or eval, not {split!r}")
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
+        buf_x: list[torch.Tensor] = []
+        buf_i: list[np.ndarray] = []
+        buffered = 0
+        carry_x = torch.empty(0, self.d_in)
+        carry_i = np.empty(0, dtype=np.int64)
+
+        def emit(x: torch.Tensor, i: np.ndarray, final: bool):
+            n_full = len(x) // batch_size
+            for b in range(n_full):
+                sl = slice(b * batch_size, (b + 1) * batch_size)
+                yield (x[sl], torch.from_numpy(i[sl])) if with_ids else x[sl]
+            tail = slice(n_full * batch_size, len(x))
+            if final and not drop_last and tail.stop > tail.start:
+                yield (x[tail], torch.from_numpy(i[tail])) if with_ids else x[tail]
+            return x[tail], i[tail]
+
+        for si in order:
+            shard = self.shards[si]
+            x = self.load_shard(int(si)).float()
+            ids = np.arange(shard.start, shard.stop, dtype=np.int64)
+            if split != "all":
+                keep = split_mask(ids, eval_fraction)
+                if split == "train":
+                    keep = ~keep
+                x, ids = x[torch.from_numpy(keep)], ids[keep]
+            if not shuffle:
+                x = torch.cat([carry_x, x])
+                ids = np.concatenate([carry_i, ids])
+                carry_x, carry_i = yield from emit(x, ids, final=False)
+                continue
+            buf_x.append(x)
+            buf_i.append(ids)
+            buffered += len(x)
+            if buffered >= buffer_rows:
+                xx = torch.cat([carry_x, *buf_x])
+                ii = np.concatenate([carry_i, *buf_i])
+                perm = rng.permutation(len(xx))
+                xx, ii = xx[torch.from_numpy(perm)], ii[perm]
+                # emit half the buffer, keep the rest to mix with the next shards
+                half = (len(xx) // 2 // batch_size) * batch_size
+                yield from emit(xx[:half], ii[:half], final=False)
+                carry_x, carry_i = xx[half:], ii[half:]
+                buf_x, buf_i, buffered = [], [], 0
+        if shuffle and (buf_x or len(carry_x)):
+            xx = torch.cat([carry_x, *buf_x])
+            ii = np.concatenate([carry_i, *buf_i])
+            perm = rng.permutation(len(xx))
+            carry_x, carry_i = xx[torch.from_numpy(perm)], ii[perm]
+        yield from emit(carry_x, carry_i, final=True)
