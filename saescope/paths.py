@@ -29,6 +29,11 @@ SPARSIFY_CFG = "cfg.json"
 SPARSIFY_WEIGHTS = "sae.safetensors"
 BATCHTOPK_CFG = "config.json"
 BATCHTOPK_WEIGHTS = "sae.pt"
+SAELENS_SCALER = "activation_scaler.json"  # SAELens trainer checkpoints: norm scaling factor
+SAELENS_WHITENING = "activation_whitening.safetensors"
+NATIVE_SAE_CONFIG = "config.json"  # saescope's own SAE folder (SAE.save / SAE.load)
+NATIVE_SAE_WEIGHTS = "sae.safetensors"
+CONVERT_RECORD = "convert.json"  # `saescope convert`: options and source of a converted SAE
 
 
 def shard_name(index: int) -> str:
