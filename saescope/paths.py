@@ -8,8 +8,9 @@ No other module spells a file name of the run directory; they ask `RunPaths`.
       sae/config.json, sae/sae.safetensors, sae/metrics.json, sae/metrics.jsonl, sae/checkpoints/
       latents/manifest.json, latents/config.json, latents/shard-*.safetensors,
       latents/features.parquet, latents/cooccurrence.safetensors, latents/plots/
-      interp/keywords.parquet, interp/explanations.jsonl
-      scores/<scorer>.parquet
+      interp/keywords.parquet, interp/keywords.config.json, interp/explanations.jsonl
+      scores/<scorer>.parquet, scores/<scorer>.config.json, scores/<scorer>.summary.json,
+      scores/<scorer>.png
       report/index.html
 """
 
@@ -115,6 +116,10 @@ class RunPaths:
         return self.interp / "keywords.parquet"
 
     @property
+    def keywords_config(self) -> Path:
+        return self.interp / "keywords.config.json"
+
+    @property
     def explanations(self) -> Path:
         return self.interp / "explanations.jsonl"
 
@@ -124,6 +129,17 @@ class RunPaths:
 
     def score(self, scorer: str) -> Path:
         return self.scores / f"{scorer}.parquet"
+
+    def score_config(self, scorer: str) -> Path:
+        return self.scores / f"{scorer}.config.json"
+
+    def score_summary(self, scorer: str) -> Path:
+        """Mean/median of real and shuffled-control scores."""
+        return self.scores / f"{scorer}.summary.json"
+
+    def score_plot(self, scorer: str) -> Path:
+        """Histogram of real versus shuffled-control scores."""
+        return self.scores / f"{scorer}.png"
 
     @property
     def report(self) -> Path:
