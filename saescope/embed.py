@@ -205,7 +205,7 @@ def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
     first = writer.rows_done
     start = 0 if cfg.append else first
     for lo in tqdm(range(start, len(arr), writer.shard_rows), desc="import", unit="shard"):
-        block = torch.from_numpy(np.asarray(arr[lo : lo + writer.shard_rows], dtype=np.float32))
+        block = torch.from_numpy(np.array(arr[lo : lo + writer.shard_rows], dtype=np.float32))
         if cfg.normalize:
             block = torch.nn.functional.normalize(block, dim=1)
         writer.append(block)

@@ -1,0 +1,56 @@
+"""Shared fixtures: small real corpora and stores, built once per test session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub: the packaged models and data are local.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m saescope ARGS` as a user would; return the finished process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "saescope", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"saescope {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def news_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run directory with 600 shuffled news texts embedded by the packaged MiniLM."""
+    from saescope import CorpusConfig, EmbedConfig, embed, make_corpus
+
+    run = tmp_path_factory.mktemp("news") / "run"
+    make_corpus(CorpusConfig(run=str(run), source="news", shuffle=True, limit=600))
+    embed(EmbedConfig(run=str(run), shard_rows=128))
+    return run
