@@ -10,6 +10,7 @@ from saescope.embed import EmbedConfig
 from saescope.embed import run as embed
 from saescope.errors import SaescopeError
 from saescope.paths import RunPaths
+from saescope.sae import SAE, SAEConfig, export_saelens, load_sae
 from saescope.store import ActivationStore, StoreWriter
 
 __all__ = [
@@ -18,9 +19,13 @@ __all__ = [
     "CorpusConfig",
     "EmbedConfig",
     "RunPaths",
+    "SAE",
+    "SAEConfig",
     "SaescopeError",
     "StoreWriter",
     "build_corpus",
+    "export_saelens",
+    "load_sae",
     "embed",
     "make_corpus",
     "read_corpus",

@@ -1,0 +1,134 @@
+"""Read SAEs saved by other libraries, and write SAELens folders.
+
+`load_sae(path)` finds out which format `path` holds and returns a native `SAE`
+whose `encode` gives the home library's codes (same active latents, same values):
+
+| format          | what is on disk                                              |
+| --------------- | ------------------------------------------------------------ |
+| saescope        | `config.json` + `sae.safetensors` (`SAE.save`)               |
+| saelens         | `cfg.json` + `sae_weights.safetensors`                       |
+| sparsify        | `cfg.json` + `sae.safetensors` (one folder per hookpoint)    |
+| saerch          | `{domain}_{k}_{n}_{batch}.pth` state dict (seed 004)         |
+| batchtopk_repo  | `config.json` + `sae.pt` (BatchTopK repository, seed 000)    |
+
+The loaded SAE's `cfg.metadata["source_format"]` names the format and
+`cfg.metadata["conversion"]` lists what was folded or changed on the way.
+`export_saelens(sae, out_dir)` writes `cfg.json` + `sae_weights.safetensors`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from saescope import paths
+from saescope.errors import SaescopeError
+from saescope.sae.formats.batchtopk_repo import load_batchtopk_repo
+from saescope.sae.formats.saelens import export_saelens, load_saelens, saelens_config
+from saescope.sae.formats.saerch import load_saerch
+from saescope.sae.formats.sparsify import load_sparsify
+from saescope.sae.model import SAE
+
+FORMATS = ("saescope", "saelens", "sparsify", "saerch", "batchtopk_repo")
+# file names that stand for the folder holding them
+_FOLDER_FILES = {
+    paths.SAELENS_CFG,
+    paths.SAELENS_WEIGHTS,
+    paths.SPARSIFY_WEIGHTS,
+    paths.NATIVE_SAE_CONFIG,
+    paths.BATCHTOPK_WEIGHTS,
+}
+
+
+class Located(NamedTuple):
+    format: str  # one of FORMATS
+    path: Path  # the SAE's folder, or the .pth file for saerch
+
+
+def _folder_format(folder: Path) -> str | None:
+    def has(name: str) -> bool:
+        return (folder / name).is_file()
+
+    if has(paths.SAELENS_CFG) and has(paths.SAELENS_WEIGHTS):
+        return "saelens"
+    if has(paths.SPARSIFY_CFG) and has(paths.SPARSIFY_WEIGHTS):
+        return "sparsify"
+    if has(paths.NATIVE_SAE_CONFIG) and has(paths.NATIVE_SAE_WEIGHTS):
+        return "saescope"
+    if has(paths.BATCHTOPK_CFG) and has(paths.BATCHTOPK_WEIGHTS):
+        return "batchtopk_repo"
+    return None
+
+
+def detect_format(path: str | Path, hookpoint: str | None = None) -> Located:
+    """Which supported format `path` (or `path/hookpoint`) holds, or a SaescopeError."""
+    p = Path(path) / hookpoint if hookpoint else Path(path)
+    if not p.exists():
+        raise SaescopeError(f"{p} does not exist")
+    if p.is_file():
+        if p.name in _FOLDER_FILES:
+            p = p.parent
+        elif p.suffix in (".pth", ".pt"):
+            return Located("saerch", p)
+        else:
+            raise SaescopeError(
+                f"{p} is not an SAE file; give an SAE folder or a saerch .pth file"
+            )
+    fmt = _folder_format(p)
+    if fmt is not None:
+        return Located(fmt, p)
+    pth = sorted(q.name for q in p.glob("*.pth"))
+    if len(pth) == 1:
+        return Located("saerch", p / pth[0])
+    if len(pth) > 1:
+        raise SaescopeError(f"{p} holds several .pth SAEs ({', '.join(pth)}); give one file")
+    subs = sorted(d.name for d in p.iterdir() if d.is_dir() and _folder_format(d) is not None)
+    if subs:
+        raise SaescopeError(
+            f"{p} is a checkpoint with one SAE per hookpoint ({', '.join(subs)}); "
+            "choose one with hookpoint= (--hookpoint) or give path/<hookpoint>"
+        )
+    raise SaescopeError(
+        f"no SAE found in {p}: expected saescope (config.json + sae.safetensors), SAELens "
+        "(cfg.json + sae_weights.safetensors), sparsify (cfg.json + sae.safetensors), "
+        "BatchTopK repo (config.json + sae.pt) or a saerch {domain}_{k}_{n}_{batch}.pth file"
+    )
+
+
+def load_sae(
+    path: str | Path,
+    *,
+    hookpoint: str | None = None,
+    k: int | None = None,
+    device: str = "cpu",
+) -> SAE:
+    """Load an SAE of any supported format as a native `SAE`.
+
+    hookpoint: the sub-folder of a sparsify (or any) checkpoint with one SAE per hookpoint.
+    k: active latents for a saerch file whose name does not carry k.
+    """
+    where = detect_format(path, hookpoint)
+    if k is not None and where.format != "saerch":
+        raise SaescopeError(
+            f"k can only be given for saerch .pth files; {where.path} is {where.format} "
+            "and stores its own k"
+        )
+    if where.format == "saescope":
+        return SAE.load(where.path, device=device)
+    if where.format == "saelens":
+        return load_saelens(where.path, device)
+    if where.format == "sparsify":
+        return load_sparsify(where.path, device)
+    if where.format == "batchtopk_repo":
+        return load_batchtopk_repo(where.path, device)
+    return load_saerch(where.path, k=k, device=device)
+
+
+__all__ = [
+    "FORMATS",
+    "Located",
+    "detect_format",
+    "export_saelens",
+    "load_sae",
+    "saelens_config",
+]

@@ -1,0 +1,261 @@
+"""SAELens folders (`cfg.json` + `sae_weights.safetensors`): load into saescope, export from it.
+
+Load: architectures standard (-> relu), topk, jumprelu, and batchtopk training
+checkpoints; a jumprelu file that SAELens wrote for a BatchTopK SAE (constant
+threshold, `metadata.training_architecture == "batchtopk"`) comes back as native
+`batchtopk`. Everything that changes the encoder input is folded into the weights
+so that `SAE.encode(x)` gives SAELens' codes on the raw activations x:
+`apply_b_dec_to_input: false`, `rescale_acts_by_decoder_norm`, an old
+`scaling_factor`, and a checkpoint's `activation_scaler.json` (norm scaling factor,
+covariance whitening). `normalize_activations: "layer_norm"` becomes
+`input_norm="row_standardize"`; `constant_norm_rescale` cannot be expressed and
+is refused.
+
+Export: `export_saelens(sae, out_dir)` writes a folder that `sae_lens.SAE.load_from_disk`
+loads with the same codes (relu -> standard, topk -> topk, jumprelu -> jumprelu,
+batchtopk -> jumprelu with its threshold).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from saescope import paths
+from saescope._version import __version__
+from saescope.errors import SaescopeError
+from saescope.io import atomic_path
+from saescope.sae.config import SAEConfig
+from saescope.sae.formats.common import (
+    build_sae,
+    dtype_name,
+    int_field,
+    read_json_file,
+    read_safetensors,
+    reject_extra,
+    take,
+)
+from saescope.sae.model import SAE
+
+SUPPORTED = ("standard", "topk", "jumprelu", "batchtopk")
+# SAELens metadata keys worth carrying over to and from saescope's metadata
+CARRIED_METADATA = (
+    "model_name",
+    "hook_name",
+    "hook_head_index",
+    "context_size",
+    "prepend_bos",
+    "dataset_path",
+    "model_class_name",
+)
+
+
+def _architecture(raw: dict[str, Any], source: Path) -> tuple[str, Any]:
+    """(architecture, k) with pre-6.0 configs (activation_fn "topk") understood."""
+    arch = raw.get("architecture") or "standard"
+    k = raw.get("k")
+    act = raw.get("activation_fn", raw.get("activation_fn_str"))
+    if arch == "standard" and act == "topk":
+        arch, k = "topk", (raw.get("activation_fn_kwargs") or {}).get("k", k)
+    if arch not in SUPPORTED:
+        raise SaescopeError(
+            f"{source}: SAELens architecture {arch!r} is not supported by saescope "
+            f"(supported: {', '.join(SUPPORTED)}); its inference rule has no native equivalent"
+        )
+    return arch, k
+
+
+def _normalization(raw: dict[str, Any]) -> str:
+    norm = raw.get("normalize_activations", "none")
+    if norm is None or norm is False:
+        return "none"
+    if norm is True:  # SAELens < 6 spelled expected_average_only_in as a bool
+        return "expected_average_only_in"
+    return str(norm)
+
+
+def _scaler(folder: Path, norm: str, cfg_path: Path) -> tuple[float | None, dict | None]:
+    """(scaling factor, whitening tensors) from a trainer checkpoint's scaler files."""
+    scaler_path = folder / paths.SAELENS_SCALER
+    if norm not in ("expected_average_only_in", "covariance_whitening"):
+        return None, None
+    scaler = read_json_file(scaler_path) if scaler_path.exists() else {}
+    factor = scaler.get("scaling_factor")
+    whitening = None
+    white_path = folder / paths.SAELENS_WHITENING
+    if norm == "covariance_whitening" and white_path.exists():
+        whitening = read_safetensors(white_path)
+    if norm == "expected_average_only_in" and factor is None:
+        raise SaescopeError(
+            f"{cfg_path} says normalize_activations='expected_average_only_in' but the scaling "
+            f"factor is not folded into the weights and no {paths.SAELENS_SCALER} with a "
+            "scaling_factor is beside it; fold it in SAELens "
+            "(sae.fold_activation_norm_scaling_factor(factor)) and save again"
+        )
+    if norm == "covariance_whitening" and whitening is None:
+        raise SaescopeError(
+            f"{cfg_path} says normalize_activations='covariance_whitening' but the whitening is "
+            f"not folded into the weights and {white_path.name} is missing; fold it in SAELens "
+            "(sae.fold_activation_whitening(...)) and save again"
+        )
+    return (float(factor) if factor is not None else None), whitening
+
+
+def load_saelens(folder: Path, device: str = "cpu") -> SAE:
+    """Load a SAELens SAE folder as a native SAE with the same codes."""
+    cfg_path, w_path = folder / paths.SAELENS_CFG, folder / paths.SAELENS_WEIGHTS
+    raw = read_json_file(cfg_path)
+    arch, k = _architecture(raw, cfg_path)
+    d_in, d_sae = int_field(raw, "d_in", cfg_path), int_field(raw, "d_sae", cfg_path)
+    dtype = dtype_name(raw.get("dtype", "float32"), str(cfg_path))
+    norm = _normalization(raw)
+    if norm not in ("none", "layer_norm", "expected_average_only_in", "covariance_whitening"):
+        raise SaescopeError(
+            f"{cfg_path}: normalize_activations={norm!r} rescales each row by its own norm "
+            "around the bias, which has no exact native equivalent; saescope cannot load it"
+        )
+    factor, whitening = _scaler(folder, norm, cfg_path)
+    meta_in = raw.get("metadata") or {}
+    tensors = read_safetensors(w_path)
+    notes: list[str] = []
+
+    f64 = torch.float64
+    W_enc = take(tensors, "W_enc", (d_in, d_sae), w_path).to(f64)
+    b_enc = take(tensors, "b_enc", (d_sae,), w_path).to(f64)
+    W_dec = take(tensors, "W_dec", (d_sae, d_in), w_path).to(f64)
+    b_dec = take(tensors, "b_dec", (d_in,), w_path).to(f64)
+    known = {"W_enc", "b_enc", "W_dec", "b_dec", "scaling_factor", "finetuning_scaling_factor"}
+    threshold = None
+    if arch == "jumprelu":
+        known |= {"threshold", "log_threshold"}
+        if "threshold" in tensors:
+            threshold = take(tensors, "threshold", (d_sae,), w_path).to(f64)
+        else:  # older SAELens checkpoints keep log(threshold)
+            threshold = take(tensors, "log_threshold", (d_sae,), w_path).exp().to(f64)
+    if arch == "batchtopk":  # a BatchTopK training checkpoint: one learned threshold
+        known.add("topk_threshold")
+        threshold = take(tensors, "topk_threshold", (), w_path).to(f64).expand(d_sae).clone()
+    reject_extra(tensors, known, w_path, f"SAELens {arch}")
+
+    for name in ("scaling_factor", "finetuning_scaling_factor"):
+        if name in tensors:  # SAELens < 6 scaled codes before decoding
+            W_dec = W_dec * take(tensors, name, (d_sae,), w_path).to(f64)[:, None]
+            notes.append(f"{name} folded into W_dec")
+    if arch in ("topk", "batchtopk") and raw.get("rescale_acts_by_decoder_norm", False):
+        # SAELens ranks h * |W_dec row| and decodes z / |W_dec row|: fold both
+        norms = W_dec.norm(dim=1)
+        safe = torch.where(norms > 0, norms, torch.ones_like(norms))
+        W_enc, b_enc, W_dec = W_enc * norms, b_enc * norms, W_dec / safe[:, None]
+        notes.append("rescale_acts_by_decoder_norm folded into W_enc, b_enc, W_dec")
+    if not raw.get("apply_b_dec_to_input", True):
+        b_enc = b_enc + b_dec @ W_enc
+        notes.append("apply_b_dec_to_input=false: b_dec @ W_enc folded into b_enc")
+    if whitening is not None:
+        mean = take(whitening, "mean", (d_in,), folder / paths.SAELENS_WHITENING).to(f64)
+        mat = take(whitening, "matrix", (d_in, d_in), folder / paths.SAELENS_WHITENING).to(f64)
+        inv = take(
+            whitening, "inverse_matrix", (d_in, d_in), folder / paths.SAELENS_WHITENING
+        ).to(f64)
+        W_enc, W_dec, b_dec = mat @ W_enc, W_dec @ inv, b_dec @ inv + mean
+        notes.append("covariance whitening folded into W_enc, W_dec, b_dec")
+    if factor is not None:  # the SAE saw x * factor
+        W_enc, W_dec, b_dec = W_enc * factor, W_dec / factor, b_dec / factor
+        notes.append(f"norm scaling factor {factor} folded into W_enc, W_dec, b_dec")
+
+    native_arch = {"standard": "relu"}.get(arch, arch)
+    details = meta_in.get("training_architecture_details") or {}
+    if (
+        arch == "jumprelu"
+        and meta_in.get("training_architecture") == "batchtopk"
+        and threshold is not None
+        and bool((threshold == threshold[0]).all())
+        and details.get("k") is not None
+    ):
+        native_arch, k = "batchtopk", details["k"]
+        notes.append("jumprelu file written for a BatchTopK SAE: loaded as batchtopk")
+    if native_arch in ("topk", "batchtopk"):
+        if k is None:
+            raise SaescopeError(f"{cfg_path}: architecture {arch!r} needs 'k'")
+        if native_arch == "batchtopk" and float(k) != round(float(k)):
+            notes.append(f"mean active latents k={k} rounded to {round(float(k))}")
+        k = max(1, round(float(k)))
+    else:
+        k = None
+
+    metadata = {
+        "source_format": "saelens",
+        "source_path": str(folder),
+        "source_architecture": arch,
+        "saelens_metadata": meta_in,
+        "conversion": notes,
+    }
+    metadata |= {key: meta_in[key] for key in CARRIED_METADATA if meta_in.get(key) is not None}
+    if raw.get("reshape_activations", "none") != "none":
+        metadata["reshape_activations"] = raw["reshape_activations"]
+        notes.append("input must be flattened to (n_rows, n_heads * d_head) before encoding")
+    cfg = SAEConfig(
+        architecture=native_arch,
+        d_in=d_in,
+        d_sae=d_sae,
+        k=k,
+        input_norm="row_standardize" if norm == "layer_norm" else "none",
+        dtype=dtype,
+        metadata=metadata,
+    )
+    weights = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+    if threshold is not None:
+        weights["threshold"] = threshold
+    return build_sae(cfg, weights, w_path, device)
+
+
+def saelens_config(sae: SAE) -> dict[str, Any]:
+    """The `cfg.json` SAELens 6 needs to load `sae` with the same inference rule."""
+    cfg = sae.cfg
+    arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[
+        cfg.architecture
+    ]
+    source_meta = cfg.metadata.get("saelens_metadata") or {}
+    meta: dict[str, Any] = dict(source_meta) if isinstance(source_meta, dict) else {}
+    meta |= {key: cfg.metadata[key] for key in CARRIED_METADATA if key in cfg.metadata}
+    # the cfg.json layout is SAELens 6's; without a version SAELens takes it for a pre-6 file
+    meta.setdefault("sae_lens_version", "6.0.0")
+    meta["converted_by"] = f"saescope {__version__}"
+    if cfg.architecture == "batchtopk":
+        meta["training_architecture"] = "batchtopk"
+        meta["training_architecture_details"] = {"k": cfg.k}
+    out: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": cfg.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        # SAELens' layer_norm is saescope's row_standardize (unbiased std, eps 1e-5)
+        "normalize_activations": "layer_norm" if cfg.input_norm == "row_standardize" else "none",
+        "reshape_activations": "none",
+        "metadata": meta,
+    }
+    if arch == "topk":
+        out |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
+    return out
+
+
+def export_saelens(sae: SAE, out_dir: str | Path) -> Path:
+    """Write `cfg.json` + `sae_weights.safetensors` (atomically) that SAELens loads."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = saelens_config(sae)
+    keys = ["W_enc", "b_enc", "W_dec", "b_dec"]
+    if config["architecture"] == "jumprelu":
+        keys.append("threshold")
+    dt = getattr(torch, sae.cfg.dtype)
+    tensors = {n: getattr(sae, n).detach().to("cpu", dt).contiguous() for n in keys}
+    with atomic_path(out / paths.SAELENS_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(out / paths.SAELENS_CFG) as tmp:
+        tmp.write_text(json.dumps(config, indent=2, default=str) + "\n")
+    return out
