@@ -82,10 +82,12 @@ def encode_texts(
 ) -> torch.Tensor:
     """(len(texts), d) float32 embeddings, in input order.
 
-    Texts are sorted by length (longest first) so each batch pads little, and
-    encoded a few batches at a time so the progress bar moves.
+    Texts are sorted by their token count (longest first; sentence-transformers
+    itself sorts by characters, which pads more), and encoded a few batches at a
+    time so the progress bar moves.
     """
-    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    lengths = token_lengths(model, texts)
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
     out = torch.empty(len(texts), model_dim(model))
     group = batch_size * 4
     with torch.inference_mode():
@@ -104,17 +106,26 @@ def encode_texts(
     return out
 
 
+def token_lengths(model, texts: list[str]) -> list[int]:
+    """Token count of each text (capped at the model's max length); characters if no tokenizer."""
+    tok = getattr(model, "tokenizer", None)
+    if tok is None or not callable(tok):
+        return [len(t) for t in texts]
+    enc = tok(texts, add_special_tokens=True, truncation=True, max_length=model.max_seq_length)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
 def model_dim(model) -> int:
     """Output dimension of a SentenceTransformer (the method was renamed in v5)."""
     get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     return int(get())
 
 
-def _embed_corpus(cfg: EmbedConfig, rp: RunPaths) -> Path:
+def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
     corpus = read_corpus(cfg.run)
     texts = corpus["text"].tolist()
-    device = pick_device(cfg.device)
-    model = load_sentence_model(cfg.model, device)
+    if model is None:
+        model = load_sentence_model(cfg.model, pick_device(cfg.device))
     if cfg.max_seq_length is not None:
         model.max_seq_length = cfg.max_seq_length
     d_in = model_dim(model)
@@ -220,9 +231,13 @@ def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
     return out
 
 
-def run(cfg: EmbedConfig) -> Path:
-    """Fill `acts/` for `cfg` (resuming an interrupted run); return the store folder."""
+def run(cfg: EmbedConfig, *, model=None) -> Path:
+    """Fill `acts/` for `cfg` (resuming an interrupted run); return the store folder.
+
+    `model`: an already loaded SentenceTransformer to use instead of loading `cfg.model`
+    (for callers that embed several runs with one model).
+    """
     rp = RunPaths(cfg.run)
-    out = _import_vectors(cfg, rp) if cfg.vectors else _embed_corpus(cfg, rp)
+    out = _import_vectors(cfg, rp) if cfg.vectors else _embed_corpus(cfg, rp, model)
     write_json(out / STAGE_CONFIG, config_to_dict(cfg))
     return out

@@ -269,6 +269,17 @@ class ActivationStore:
             out[torch.from_numpy(sel)] = block.float()
         return out
 
+    def _shard_rows_for_split(self, index: int, split: str, eval_fraction: float):
+        shard = self.shards[index]
+        x = self.load_shard(index).float()  # (rows, d_in)
+        ids = np.arange(shard.start, shard.stop, dtype=np.int64)
+        if split != "all":
+            keep = split_mask(ids, eval_fraction)
+            if split == "train":
+                keep = ~keep
+            x, ids = x[torch.from_numpy(keep)], ids[keep]
+        return x, ids
+
     def iter_batches(
         self,
         batch_size: int,
@@ -280,65 +291,89 @@ class ActivationStore:
         eval_fraction: float = 0.0,
         drop_last: bool = False,
         with_ids: bool = False,
-    ) -> Iterator[torch.Tensor] | Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[Any]:
         """Stream float32 batches of (batch_size, d_in).
 
-        shuffle: shard order is permuted and rows are mixed through a buffer of
-        about `buffer_rows` rows (plus one shard), so memory stays bounded.
+        shuffle: shard order is permuted, and rows pass through a fixed buffer of
+        `buffer_rows` rows: each batch is drawn from random buffer slots, which are
+        refilled from the incoming shard. Memory is the buffer plus one shard,
+        whatever the size of the store.
         split: "all", "train" or "eval"; eval rows are a fixed `eval_fraction` of
         row ids (`split_mask`), the same whatever the batch size or seed.
         with_ids: yield (rows, row_ids) pairs.
         """
         if split not in ("all", "train", "eval"):
             raise SaescopeError(f"split must be all, train or eval, not {split!r}")
+        if batch_size < 1:
+            raise SaescopeError(f"batch_size must be >= 1, got {batch_size}")
+
+        def out(x: torch.Tensor, i: np.ndarray) -> Any:
+            return (x, torch.from_numpy(i)) if with_ids else x
+
+        if not shuffle:
+            yield from self._iter_in_order(batch_size, split, eval_fraction, drop_last, out)
+            return
         rng = np.random.default_rng(seed)
-        order = rng.permutation(len(self.shards)) if shuffle else np.arange(len(self.shards))
-        buf_x: list[torch.Tensor] = []
-        buf_i: list[np.ndarray] = []
-        buffered = 0
-        carry_x = torch.empty(0, self.d_in)
-        carry_i = np.empty(0, dtype=np.int64)
+        cap = max(int(buffer_rows), batch_size)
+        buf = torch.empty(cap, self.d_in)  # (cap, d_in) the shuffle buffer
+        buf_ids = np.empty(cap, dtype=np.int64)
+        filled = 0
+        pending: list[tuple[torch.Tensor, np.ndarray]] = []
+        pending_rows = 0
+        for si in rng.permutation(len(self.shards)):
+            x, ids = self._shard_rows_for_split(int(si), split, eval_fraction)
+            pos = 0
+            if filled < cap:  # fill the buffer first
+                take = min(cap - filled, len(x))
+                buf[filled : filled + take] = x[:take]
+                buf_ids[filled : filled + take] = ids[:take]
+                filled += take
+                pos = take
+            while pos < len(x):  # buffer full: each batch leaves random slots, new rows take them
+                n = min(batch_size, len(x) - pos)
+                slots = rng.choice(cap, size=n, replace=False)
+                t_slots = torch.from_numpy(slots)
+                batch, batch_ids = buf[t_slots], buf_ids[slots].copy()
+                buf[t_slots] = x[pos : pos + n]
+                buf_ids[slots] = ids[pos : pos + n]
+                pos += n
+                if n == batch_size:
+                    yield out(batch, batch_ids)
+                else:  # a short draw at a shard's end: keep it for the next batch
+                    pending.append((batch, batch_ids))
+                    pending_rows += n
+                    if pending_rows >= batch_size:
+                        px = torch.cat([p[0] for p in pending])
+                        pi = np.concatenate([p[1] for p in pending])
+                        yield out(px[:batch_size], pi[:batch_size])
+                        pending = [(px[batch_size:], pi[batch_size:])]
+                        pending_rows -= batch_size
+        # drain the buffer and the pending rows in random order, gathering batch by batch
+        # (no second copy of the buffer)
+        pend_x = torch.cat([p[0] for p in pending]) if pending else torch.empty(0, self.d_in)
+        pend_i = np.concatenate([p[1] for p in pending]) if pending else np.empty(0, dtype=np.int64)
+        perm = rng.permutation(filled + len(pend_x))
+        stop = (len(perm) // batch_size) * batch_size if drop_last else len(perm)
+        for lo in range(0, stop, batch_size):
+            idx = perm[lo : lo + batch_size]
+            in_buf, in_pend = idx[idx < filled], idx[idx >= filled] - filled
+            x = torch.cat([buf[torch.from_numpy(in_buf)], pend_x[torch.from_numpy(in_pend)]])
+            yield out(x, np.concatenate([buf_ids[in_buf], pend_i[in_pend]]))
 
-        def emit(x: torch.Tensor, i: np.ndarray, final: bool):
-            n_full = len(x) // batch_size
-            for b in range(n_full):
-                sl = slice(b * batch_size, (b + 1) * batch_size)
-                yield (x[sl], torch.from_numpy(i[sl])) if with_ids else x[sl]
-            tail = slice(n_full * batch_size, len(x))
-            if final and not drop_last and tail.stop > tail.start:
-                yield (x[tail], torch.from_numpy(i[tail])) if with_ids else x[tail]
-            return x[tail], i[tail]
+    def _iter_in_order(self, batch_size, split, eval_fraction, drop_last, out):
+        carry_x, carry_i = torch.empty(0, self.d_in), np.empty(0, dtype=np.int64)
+        for si in range(len(self.shards)):
+            x, ids = self._shard_rows_for_split(si, split, eval_fraction)
+            x, ids = torch.cat([carry_x, x]), np.concatenate([carry_i, ids])
+            n_full = (len(x) // batch_size) * batch_size
+            yield from _batches(x[:n_full], ids[:n_full], batch_size, True, out)
+            carry_x, carry_i = x[n_full:], ids[n_full:]
+        yield from _batches(carry_x, carry_i, batch_size, drop_last, out)
 
-        for si in order:
-            shard = self.shards[si]
-            x = self.load_shard(int(si)).float()
-            ids = np.arange(shard.start, shard.stop, dtype=np.int64)
-            if split != "all":
-                keep = split_mask(ids, eval_fraction)
-                if split == "train":
-                    keep = ~keep
-                x, ids = x[torch.from_numpy(keep)], ids[keep]
-            if not shuffle:
-                x = torch.cat([carry_x, x])
-                ids = np.concatenate([carry_i, ids])
-                carry_x, carry_i = yield from emit(x, ids, final=False)
-                continue
-            buf_x.append(x)
-            buf_i.append(ids)
-            buffered += len(x)
-            if buffered >= buffer_rows:
-                xx = torch.cat([carry_x, *buf_x])
-                ii = np.concatenate([carry_i, *buf_i])
-                perm = rng.permutation(len(xx))
-                xx, ii = xx[torch.from_numpy(perm)], ii[perm]
-                # emit half the buffer, keep the rest to mix with the next shards
-                half = (len(xx) // 2 // batch_size) * batch_size
-                yield from emit(xx[:half], ii[:half], final=False)
-                carry_x, carry_i = xx[half:], ii[half:]
-                buf_x, buf_i, buffered = [], [], 0
-        if shuffle and (buf_x or len(carry_x)):
-            xx = torch.cat([carry_x, *buf_x])
-            ii = np.concatenate([carry_i, *buf_i])
-            perm = rng.permutation(len(xx))
-            carry_x, carry_i = xx[torch.from_numpy(perm)], ii[perm]
-        yield from emit(carry_x, carry_i, final=True)
+
+def _batches(
+    x: torch.Tensor, ids: np.ndarray, batch_size: int, drop_last: bool, out
+) -> Iterator[Any]:
+    stop = (len(x) // batch_size) * batch_size if drop_last else len(x)
+    for lo in range(0, stop, batch_size):
+        yield out(x[lo : lo + batch_size], ids[lo : lo + batch_size])
