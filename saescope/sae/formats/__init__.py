@@ -71,9 +71,7 @@ def detect_format(path: str | Path, hookpoint: str | None = None) -> Located:
         elif p.suffix in (".pth", ".pt"):
             return Located("saerch", p)
         else:
-            raise SaescopeError(
-                f"{p} is not an SAE file; give an SAE folder or a saerch .pth file"
-            )
+            raise SaescopeError(f"{p} is not an SAE file; give an SAE folder or a saerch .pth file")
     fmt = _folder_format(p)
     if fmt is not None:
         return Located(fmt, p)

@@ -76,7 +76,9 @@ def load_batchtopk_repo(folder: Path, device: str = "cpu") -> SAE:
         threshold = take(tensors, "jumprelu.log_threshold", (d_sae,), w_path).exp().to(f64)
         # the repo encodes x without subtracting b_dec; native always subtracts it
         b_enc = b_enc + b_dec @ W_enc
-        notes.append("b_dec not subtracted by this repo's jumprelu: b_dec @ W_enc folded into b_enc")
+        notes.append(
+            "b_dec not subtracted by this repo's jumprelu: b_dec @ W_enc folded into b_enc"
+        )
         notes.append("threshold = exp(jumprelu.log_threshold)")
     reject_extra(tensors, known, w_path, f"BatchTopK-repo {sae_type}")
     cfg = SAEConfig(

@@ -157,9 +157,9 @@ def load_saelens(folder: Path, device: str = "cpu") -> SAE:
     if whitening is not None:
         mean = take(whitening, "mean", (d_in,), folder / paths.SAELENS_WHITENING).to(f64)
         mat = take(whitening, "matrix", (d_in, d_in), folder / paths.SAELENS_WHITENING).to(f64)
-        inv = take(
-            whitening, "inverse_matrix", (d_in, d_in), folder / paths.SAELENS_WHITENING
-        ).to(f64)
+        inv = take(whitening, "inverse_matrix", (d_in, d_in), folder / paths.SAELENS_WHITENING).to(
+            f64
+        )
         W_enc, W_dec, b_dec = mat @ W_enc, W_dec @ inv, b_dec @ inv + mean
         notes.append("covariance whitening folded into W_enc, W_dec, b_dec")
     if factor is not None:  # the SAE saw x * factor
