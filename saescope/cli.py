@@ -29,6 +29,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "EmbedConfig",
         "embed the corpus into an activation store (or import vectors)",
     ),
+    "convert": ("saescope.convert", "ConvertConfig", "convert an SAE file between formats"),
 }
 
 # commands with their own argument handling: name -> (module, summary); the module
