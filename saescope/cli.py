@@ -30,6 +30,8 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "embed the corpus into an activation store (or import vectors)",
     ),
     "convert": ("saescope.convert", "ConvertConfig", "convert an SAE file between formats"),
+    "train": ("saescope.train", "TrainConfig", "train sparse autoencoders on the activation store"),
+    "eval": ("saescope.evaluate", "EvalConfig", "held-out metrics of a trained SAE"),
 }
 
 # commands with their own argument handling: name -> (module, summary); the module

@@ -37,6 +37,49 @@ NATIVE_SAE_WEIGHTS = "sae.safetensors"
 CONVERT_RECORD = "convert.json"  # `saescope convert`: options and source of a converted SAE
 
 
+# Files inside one SAE folder (sae/ or sae-<d_sae>-k<k>/).
+SAE_WEIGHTS = "sae.safetensors"
+SAE_METRICS = "metrics.json"
+TRAIN_LOG = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_PATTERN = "step-{:08d}.pt"
+TRAIN_STATE = "train_state.json"
+
+
+@dataclass(frozen=True)
+class SAEPaths:
+    """Paths inside one SAE folder (the first SAE of a run is `sae/`)."""
+
+    dir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.dir / STAGE_CONFIG
+
+    @property
+    def weights(self) -> Path:
+        return self.dir / SAE_WEIGHTS
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / SAE_METRICS
+
+    @property
+    def train_log(self) -> Path:
+        return self.dir / TRAIN_LOG
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / CHECKPOINTS
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / CHECKPOINT_PATTERN.format(step)
+
+    @property
+    def train_state(self) -> Path:
+        return self.dir / TRAIN_STATE
+
+
 def shard_name(index: int) -> str:
     return SHARD_PATTERN.format(index)
 
@@ -89,6 +132,10 @@ class RunPaths:
     def checkpoints(self) -> Path:
         return self.sae / "checkpoints"
 
+    def sae_variant(self, d_sae: int, k: int | None) -> Path:
+        """Folder of a further SAE trained in the same pass: sae-<d_sae>-k<k> (or sae-<d_sae>)."""
+        return self.root / (f"sae-{d_sae}-k{k}" if k is not None else f"sae-{d_sae}")
+
     # latents
     @property
     def latents(self) -> Path:
@@ -105,6 +152,19 @@ class RunPaths:
     @property
     def plots(self) -> Path:
         return self.latents / "plots"
+
+    @property
+    def latents_manifest(self) -> Path:
+        return self.latents / MANIFEST
+
+    @property
+    def latents_config(self) -> Path:
+        return self.latents / STAGE_CONFIG
+
+    @property
+    def latent_index(self) -> Path:
+        """Row of the store -> doc and token position."""
+        return self.latents / "index.parquet"
 
     # interpretation and scores
     @property
@@ -148,3 +208,11 @@ class RunPaths:
     @property
     def report_index(self) -> Path:
         return self.report / "index.html"
+
+    @property
+    def report_plots(self) -> Path:
+        return self.report / "plots"
+
+    @property
+    def report_config(self) -> Path:
+        return self.report / STAGE_CONFIG

@@ -1,0 +1,150 @@
+"""Sparse encode/decode with gradients that touch only the active latents.
+
+A TopK SAE uses k of its d_sae latents per row, yet plain autograd through
+`torch.topk` scatters the gradient into a dense (n_rows, d_sae) tensor and then
+pays a full (d_in x n_rows x d_sae) matmul for the encoder gradient, and a dense
+decode pays the same again. The two autograd Functions here keep everything in
+(n_rows, k) index/value form:
+
+- `sparse_decode(top_idx, top_vals, W_dec)` -> (n_rows, d_in) = sum_j top_vals[:, j] * W_dec[top_idx[:, j]].
+  Backward: d top_vals = gathered dot products with the active decoder rows,
+  d W_dec = index-add over the active rows only.
+- `sparse_encode(x, b_dec, W_enc, b_enc, idx, pre_acts)` -> (n_rows, m) pre-activations at
+  the chosen latents `idx` (gathered from the dense `pre_acts` the caller already computed
+  without grad). Backward: d W_enc only in the chosen columns, d b_enc and d b_dec
+  from column sums.
+
+Both cost O(n_rows * k * d_in) in backward instead of O(n_rows * d_sae * d_in).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.autograd import Function
+
+
+def _offsets(n_rows: int, k: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(0, n_rows * k, k, device=device)
+
+
+def gather_dots(dense: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(n_rows, k): out[r, j] = <dense[r], table[idx[r, j]]> without an (n_rows, k, d) buffer."""
+    n_rows, k = idx.shape
+    if dense.dtype in (torch.float32, torch.float64) and dense.device.type == "cpu":
+        flat = idx.reshape(-1)
+        bag = torch.arange(n_rows, device=idx.device).repeat_interleave(k)
+        out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+            dense.contiguous(), table.contiguous(), flat, _offsets(n_rows, k, idx.device), bag, 0, -1
+        )
+        return out.view(n_rows, k)
+    return torch.bmm(table[idx], dense.unsqueeze(2)).squeeze(2)
+
+
+def scatter_rows(
+    idx: torch.Tensor, vals: torch.Tensor, dense: torch.Tensor, n_latents: int
+) -> torch.Tensor:
+    """(n_latents, d): out[f] = sum over (r, j) with idx[r, j] == f of vals[r, j] * dense[r].
+
+    This is S^T @ dense for the sparse (n_rows, n_latents) matrix S with S[r, idx[r, j]] =
+    vals[r, j]; a COO sparse matmul, which touches only the n_rows * k non-zeros.
+    """
+    n_rows, k = idx.shape
+    rows = torch.arange(n_rows, device=idx.device).repeat_interleave(k)
+    coords = torch.stack([idx.reshape(-1), rows])
+    s_t = torch.sparse_coo_tensor(
+        coords, vals.reshape(-1), (n_latents, n_rows), check_invariants=False
+    )
+    return torch.sparse.mm(s_t, dense)
+
+
+class SparseDecode(Function):
+    """x_hat (n_rows, d_in) from the active latents only; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, top_idx: torch.Tensor, top_vals: torch.Tensor, W_dec: torch.Tensor):  # type: ignore[override]
+        ctx.save_for_backward(top_idx, top_vals, W_dec)
+        n_rows, k = top_idx.shape
+        return F.embedding_bag(
+            top_idx.reshape(-1),
+            W_dec,
+            _offsets(n_rows, k, top_idx.device),
+            mode="sum",
+            per_sample_weights=top_vals.reshape(-1),
+        )
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        top_idx, top_vals, W_dec = ctx.saved_tensors
+        grad_vals = grad_W = None
+        if ctx.needs_input_grad[1]:
+            grad_vals = gather_dots(grad_out, W_dec, top_idx)  # (n_rows, k)
+        if ctx.needs_input_grad[2]:
+            grad_W = scatter_rows(top_idx, top_vals, grad_out, W_dec.shape[0])  # (d_sae, d_in)
+        return None, grad_vals, grad_W
+
+
+class SparseEncode(Function):
+    """Pre-activations (n_rows, m) at latents `idx`, with sparse backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx,
+        x: torch.Tensor,
+        b_dec: torch.Tensor,
+        W_enc: torch.Tensor,
+        b_enc: torch.Tensor,
+        idx: torch.Tensor,
+        pre_acts: torch.Tensor | None,
+    ):
+        ctx.save_for_backward(x, b_dec, W_enc, idx)
+        if pre_acts is not None:
+            return pre_acts.gather(1, idx)
+        x_c = x - b_dec
+        return gather_dots(x_c, W_enc.t(), idx) + b_enc[idx]
+
+    @staticmethod
+    def backward(ctx, grad_sel: torch.Tensor):  # type: ignore[override]
+        x, b_dec, W_enc, idx = ctx.saved_tensors
+        d_sae = W_enc.shape[1]
+        grad_x = grad_b_dec = grad_W = grad_b_enc = None
+        col_sum = torch.zeros(d_sae, dtype=grad_sel.dtype, device=grad_sel.device)
+        col_sum.index_add_(0, idx.reshape(-1), grad_sel.reshape(-1))  # (d_sae,)
+        if ctx.needs_input_grad[2]:
+            x_c = x - b_dec  # (n_rows, d_in)
+            grad_W = scatter_rows(idx, grad_sel, x_c, d_sae).t()  # (d_in, d_sae)
+        if ctx.needs_input_grad[3]:
+            grad_b_enc = col_sum
+        if ctx.needs_input_grad[1]:
+            grad_b_dec = -(W_enc @ col_sum)  # (d_in,)
+        if ctx.needs_input_grad[0]:
+            n_rows, m = idx.shape
+            grad_x = F.embedding_bag(
+                idx.reshape(-1),
+                W_enc.t().contiguous(),
+                _offsets(n_rows, m, idx.device),
+                mode="sum",
+                per_sample_weights=grad_sel.reshape(-1),
+            )
+        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None
+
+
+def sparse_decode(top_idx: torch.Tensor, top_vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """(n_rows, d_in) = sum_j top_vals[:, j] * W_dec[top_idx[:, j]] (no bias)."""
+    return SparseDecode.apply(top_idx, top_vals, W_dec)
+
+
+def sparse_encode(
+    x: torch.Tensor,
+    b_dec: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    idx: torch.Tensor,
+    pre_acts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(n_rows, m) = ((x - b_dec) @ W_enc + b_enc) at columns idx (n_rows, m).
+
+    Pass the dense `pre_acts` (computed under no_grad, e.g. to choose idx) to
+    reuse it in the forward; the backward is sparse either way.
+    """
+    return SparseEncode.apply(x, b_dec, W_enc, b_enc, idx, pre_acts)

@@ -1,0 +1,68 @@
+"""Training sparse autoencoders: the `saescope train` stage and a loop for any batch stream.
+
+- `run(TrainConfig) -> Path`: the stage (reads `<run>/acts`, writes `<run>/sae/...`).
+- `train_on_batches(batches, cfg)`: train on any iterable of raw (batch_size, d_in)
+  tensors, no files; for benchmarks and notebooks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import torch
+
+from saescope.errors import SaescopeError
+from saescope.sae import SAE
+from saescope.train.config import TrainConfig
+from saescope.train.stage import run
+from saescope.train.trainer import Trainer
+
+
+class TrainResult(NamedTuple):
+    saes: list[SAE]  # one per (d_sae, k) of the config, for raw inputs
+    steps: int
+    samples: int
+    seconds: float  # wall time of the steps after the first (the first pays warm-up)
+    samples_per_s: float
+
+
+def train_on_batches(
+    batches: Iterable[torch.Tensor],
+    cfg: TrainConfig,
+    total_steps: int | None = None,
+    init_sample: torch.Tensor | None = None,
+) -> TrainResult:
+    """Train every SAE of `cfg` on `batches` (raw rows), one step per batch.
+
+    `init_sample` (n_rows, d_in) sets b_dec and the input scale; by default the first
+    batch. `total_steps` sets the LR schedule; by default len(batches) if it has one.
+    """
+    it = iter(batches)
+    try:
+        first = next(it)
+    except StopIteration:
+        raise SaescopeError("train_on_batches got no batches") from None
+    if total_steps is None:
+        total_steps = len(batches) if hasattr(batches, "__len__") else cfg.max_steps  # type: ignore[arg-type]
+    sample = first if init_sample is None else init_sample
+    trainer = Trainer(cfg, first.shape[1], sample, int(total_steps or 0))
+    trainer.train_step(first)
+    t0, n0 = time.perf_counter(), trainer.samples
+    for batch in it:
+        if cfg.max_steps and trainer.step >= cfg.max_steps:
+            break
+        trainer.train_step(batch)
+    seconds = time.perf_counter() - t0
+    done = trainer.samples - n0
+    return TrainResult(
+        [trainer.export(tr) for tr in trainer.trainees],
+        trainer.step,
+        trainer.samples,
+        seconds,
+        done / seconds if seconds > 0 else 0.0,
+    )
+
+
+__all__ = ["TrainConfig", "TrainResult", "run", "train_on_batches"]

@@ -1,0 +1,158 @@
+"""`TrainConfig`: every option of `saescope train`, documented field by field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saescope.config import option
+from saescope.errors import SaescopeError
+from saescope.sae.config import ARCHITECTURES, INPUT_NORMS
+
+LOGGERS = ("wandb", "mlflow", "tensorboard")
+DECAYS = ("none", "linear", "cosine")
+B_DEC_INITS = ("geometric_median", "mean", "zeros")
+
+# Options that change how a run is executed or reported, not what it computes: a
+# re-run that differs only in these resumes or skips instead of refusing.
+EXECUTION_FIELDS = (
+    "resume",
+    "overwrite",
+    "stop_after_steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "loggers",
+    "wandb_project",
+    "progress",
+    "threads",
+    "device",
+    "eval_at_end",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Train one or several sparse autoencoders on a run's activation store."""
+
+    run: str = option("runs/demo", "run directory; reads <run>/acts, writes <run>/sae")
+    architecture: str = option(
+        "topk", "SAE architecture", choices=ARCHITECTURES
+    )
+    d_sae: list[int] = option(
+        [3072], "latent sizes; several values train several SAEs in one pass over the data"
+    )
+    k: list[int] = option(
+        [32],
+        "active latents per row (topk; batchtopk: mean per row); several values train several "
+        "SAEs (every d_sae x k pair); ignored by relu and jumprelu",
+    )
+    input_norm: str = option(
+        "none", "per-row input normalisation inside the SAE", choices=INPUT_NORMS
+    )
+    batch_size: int = option(4096, "rows per optimiser step (the global batch under torchrun)")
+    epochs: float = option(5.0, "passes over the training split (fractions allowed)")
+    max_steps: int = option(0, "stop after this many steps in total (0: no limit beyond epochs)")
+    lr: float = option(0.0, "Adam learning rate (0: 2e-4 / sqrt(d_sae / 16384), as for TopK SAEs)")
+    adam_betas: list[float] = option([0.9, 0.999], "Adam beta1 beta2")
+    warmup_steps: int = option(-1, "linear LR warm-up steps (-1: 5% of training, at most 1000)")
+    lr_decay: str = option("linear", "LR decay after warm-up down to lr_end_fraction", choices=DECAYS)
+    lr_decay_start: float = option(0.8, "fraction of training at which the decay begins")
+    lr_end_fraction: float = option(0.0, "final LR as a fraction of lr")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this (0: no clipping)")
+    unit_norm_decoder: bool = option(
+        True, "keep decoder rows at unit norm (gradient parallel to each row removed)"
+    )
+    b_dec_init: str = option(
+        "geometric_median", "initial decoder bias from a data sample", choices=B_DEC_INITS
+    )
+    init_rows: int = option(8192, "rows sampled to estimate b_dec and the input scale")
+    scale_inputs: bool = option(
+        True, "scale inputs to unit mean squared norm in training (folded into weights on save)"
+    )
+    k_aux: int = option(0, "AuxK: dead latents used to model the residual (0: d_in // 2)")
+    aux_coefficient: float = option(1 / 32, "AuxK loss weight (topk, batchtopk)")
+    dead_after_samples: int = option(
+        200_000, "a latent is dead after this many training rows without firing"
+    )
+    l1_coefficient: float = option(
+        5.0, "relu: weight of the decoder-norm-weighted L1 penalty"
+    )
+    l0_coefficient: float = option(1e-3, "jumprelu: weight of the L0 penalty")
+    jumprelu_bandwidth: float = option(
+        1e-3, "jumprelu: width epsilon of the rectangle kernel of the straight-through estimator"
+    )
+    jumprelu_init_threshold: float = option(1e-3, "jumprelu: initial threshold of every latent")
+    batchtopk_threshold_rate: float = option(
+        0.01, "batchtopk: rate of the running mean of the smallest kept activation"
+    )
+    sparsity_warmup_steps: int = option(
+        0, "relu/jumprelu: ramp the sparsity coefficient up linearly over these steps"
+    )
+    eval_fraction: float = option(0.05, "fraction of rows (fixed by row id) held out for eval")
+    shuffle_buffer: int = option(65536, "rows in the shuffle buffer")
+    seed: int = option(0, "seed for weights and data order")
+    threads: int = option(0, "torch CPU threads (0: all cores, split between torchrun ranks)")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    log_every: int = option(20, "write metrics every this many steps")
+    checkpoint_every: int = option(500, "checkpoint every this many steps (0: only at the end)")
+    keep_checkpoints: int = option(2, "checkpoints kept on disk")
+    stop_after_steps: int = option(
+        0, "checkpoint and stop after this many steps (0: train to the end); re-run to resume"
+    )
+    resume: bool = option(True, "continue from the latest checkpoint of the same config")
+    overwrite: bool = option(False, "discard a finished or different training in <run>/sae")
+    loggers: list[str] = option(
+        [], "extra experiment loggers: wandb, mlflow, tensorboard (metrics.jsonl is always written)"
+    )
+    wandb_project: str = option("saescope", "wandb project name")
+    progress: bool = option(True, "show a progress bar")
+    eval_at_end: bool = option(True, "run `saescope eval` on each trained SAE at the end")
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise SaescopeError(
+                f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
+            )
+        if not self.d_sae or any(int(d) < 1 for d in self.d_sae):
+            raise SaescopeError(f"d_sae must be one or more positive sizes, got {self.d_sae}")
+        if self.architecture in ("topk", "batchtopk"):
+            if not self.k or any(int(k) < 1 for k in self.k):
+                raise SaescopeError(f"k must be one or more positive values, got {self.k}")
+            too_big = [(d, k) for d in self.d_sae for k in self.k if k > d]
+            if too_big:
+                raise SaescopeError(
+                    f"k must not exceed d_sae; got k={too_big[0][1]} for d_sae={too_big[0][0]}"
+                )
+        if self.batch_size < 1:
+            raise SaescopeError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise SaescopeError("set epochs > 0 or max_steps > 0")
+        if not 0 <= self.eval_fraction < 1:
+            raise SaescopeError(f"eval_fraction must lie in [0, 1), got {self.eval_fraction}")
+        for name in self.loggers:
+            if name not in LOGGERS:
+                raise SaescopeError(
+                    f"unknown logger {name!r}; choose from {', '.join(LOGGERS)}"
+                )
+        for name, choices in (("lr_decay", DECAYS), ("b_dec_init", B_DEC_INITS)):
+            if getattr(self, name) not in choices:
+                raise SaescopeError(f"{name} must be one of {', '.join(choices)}")
+        if len(self.adam_betas) != 2:
+            raise SaescopeError(f"adam_betas needs two values, got {self.adam_betas}")
+        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
+            raise SaescopeError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
+
+    def variants(self) -> list[tuple[int, int | None]]:
+        """(d_sae, k) of every SAE trained in this pass, first one first."""
+        ks: list[int | None] = (
+            [int(k) for k in self.k] if self.architecture in ("topk", "batchtopk") else [None]
+        )
+        out: list[tuple[int, int | None]] = []
+        for d in self.d_sae:
+            for k in ks:
+                if (int(d), k) not in out:
+                    out.append((int(d), k))
+        return out
+
+    def learning_rate(self, d_sae: int) -> float:
+        return self.lr if self.lr > 0 else 2e-4 / (d_sae / 16384) ** 0.5

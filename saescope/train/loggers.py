@@ -1,0 +1,120 @@
+"""Experiment loggers behind one small interface.
+
+`MetricLogger.log(step, metrics)` and `.close()`. `JsonlLogger` (always on) appends
+one JSON object per line to `metrics.jsonl`; `WandbLogger` (offline unless
+WANDB_MODE says otherwise, so nothing goes over the network by default),
+`MLflowLogger` (local ./mlruns unless MLFLOW_TRACKING_URI is set) and
+`TensorBoardLogger` are optional and imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from saescope.errors import SaescopeError
+
+
+class MetricLogger(Protocol):
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlLogger:
+    """Appends {"step": ..., **metrics} lines; on resume, drops lines past the checkpoint."""
+
+    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        elif self.path.exists():
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        self._fh = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self._fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class WandbLogger:
+    def __init__(self, project: str, name: str, config: dict[str, Any], directory: Path) -> None:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise SaescopeError("logger 'wandb' needs `pip install wandb`") from exc
+        mode = os.environ.get("WANDB_MODE", "offline")
+        wdir = Path(os.environ.get("WANDB_DIR") or directory)
+        wdir.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(
+            project=project, name=name, config=config, dir=str(wdir), mode=mode, reinit=True
+        )
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self._run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class MLflowLogger:
+    def __init__(self, experiment: str, name: str, config: dict[str, Any]) -> None:
+        try:
+            import mlflow
+        except ImportError as exc:
+            raise SaescopeError("logger 'mlflow' needs `pip install mlflow`") from exc
+        self._mlflow = mlflow
+        mlflow.set_experiment(experiment)
+        mlflow.start_run(run_name=name)
+        mlflow.log_params({k: str(v)[:250] for k, v in config.items()})
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self._mlflow.log_metrics(metrics, step=step)
+
+    def close(self) -> None:
+        self._mlflow.end_run()
+
+
+class TensorBoardLogger:
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise SaescopeError("logger 'tensorboard' needs `pip install tensorboard`") from exc
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, value, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def make_loggers(
+    names: list[str], project: str, run_name: str, config: dict[str, Any], directory: Path
+) -> list[MetricLogger]:
+    """The optional loggers named in `names` (metrics keys are '<sae>/<metric>')."""
+    out: list[MetricLogger] = []
+    for name in names:
+        if name == "wandb":
+            out.append(WandbLogger(project, run_name, config, directory / "wandb"))
+        elif name == "mlflow":
+            out.append(MLflowLogger(project, run_name, config))
+        elif name == "tensorboard":
+            out.append(TensorBoardLogger(directory / "tensorboard"))
+        else:
+            raise SaescopeError(f"unknown logger {name!r}; choose wandb, mlflow or tensorboard")
+    return out

@@ -1,0 +1,249 @@
+"""`saescope train`: train SAEs on a run's activation store.
+
+In: `<run>/acts` (the training split: rows not held out by `eval_fraction`).
+Out, for the first (d_sae, k) in `sae/` and for every further one in `sae-<d_sae>-k<k>/`:
+    config.json        SAE shape and inference rule, "training" (this config), versions
+    sae.safetensors    weights for raw inputs (training scale folded in)
+    metrics.jsonl      training metrics every `log_every` steps
+    metrics.json       held-out metrics (`saescope eval`, run at the end)
+and `sae/checkpoints/step-NNNNNNNN.pt` for resuming. A re-run with the same config
+skips finished work and resumes an interrupted one from its latest checkpoint.
+Under `torchrun --nproc_per_node N -m saescope train ...` each process trains on
+its slice of every global batch (data parallel); rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from saescope._version import __version__
+from saescope.config import config_to_dict, same_config
+from saescope.errors import SaescopeError
+from saescope.io import read_json
+from saescope.paths import RunPaths, SAEPaths
+from saescope.store import ActivationStore, split_mask
+from saescope.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from saescope.train.config import EXECUTION_FIELDS, TrainConfig
+from saescope.train.ddp import Dist, close_dist, init_dist
+from saescope.train.loggers import JsonlLogger, MetricLogger, make_loggers
+from saescope.train.trainer import Throughput, Trainer
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SaescopeError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise SaescopeError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from exc
+
+
+def sae_folders(cfg: TrainConfig) -> list[SAEPaths]:
+    rp = RunPaths(cfg.run)
+    out = []
+    for i, (d_sae, k) in enumerate(cfg.variants()):
+        out.append(SAEPaths(rp.sae if i == 0 else rp.sae_variant(d_sae, k)))
+    return out
+
+
+def _check_previous(cfg: TrainConfig, folders: list[SAEPaths]) -> bool:
+    """True when training is finished; raises if `sae/` holds a different training."""
+    first = folders[0]
+    saved = None
+    if first.config.exists():
+        saved = read_json(first.config).get("training")
+        if saved is None and not cfg.overwrite:
+            raise SaescopeError(
+                f"{first.dir} holds an SAE that this command did not train; "
+                "pass --overwrite to replace it or use another --run"
+            )
+    else:
+        ckpt = latest_checkpoint(first)
+        if ckpt is not None and cfg.resume:
+            saved = load_checkpoint(ckpt)["config"]
+    differs = same_config(saved, cfg, ignore=EXECUTION_FIELDS) if saved is not None else []
+    if differs and not cfg.overwrite:
+        raise SaescopeError(
+            f"{first.dir} was trained with different options ({', '.join(differs)}); "
+            "pass --overwrite to retrain or use another --run"
+        )
+    if cfg.overwrite:
+        for f in folders:
+            if f.dir.exists():
+                shutil.rmtree(f.dir)
+        return False
+    return all(f.config.exists() and f.weights.exists() for f in folders)
+
+
+def _threads(cfg: TrainConfig, dist: Dist) -> None:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    elif dist.world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train (or resume, or skip) every SAE of `cfg`; returns the first SAE's folder."""
+    rp = RunPaths(cfg.run)
+    store = ActivationStore(rp.acts)
+    folders = sae_folders(cfg)
+    device = pick_device(cfg.device)
+    dist = init_dist(device)
+    try:
+        _threads(cfg, dist)
+        if not _check_previous(cfg, folders):
+            _train(cfg, store, folders, device, dist)
+        if cfg.eval_at_end and dist.is_main and all(f.weights.exists() for f in folders):
+            from saescope import evaluate
+
+            for f in folders:
+                if not f.metrics.exists():
+                    evaluate.run(evaluate.EvalConfig(run=cfg.run, sae=f.dir.name))
+        dist.barrier()
+    finally:
+        close_dist(dist)
+    return folders[0].dir
+
+
+def _plan(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int]:
+    """(steps per epoch, total steps) of the training split."""
+    n_train = int((~split_mask(np.arange(store.count), cfg.eval_fraction)).sum())
+    if n_train < cfg.batch_size:
+        raise SaescopeError(
+            f"the training split of {store.dir} has {n_train} rows, fewer than one batch "
+            f"({cfg.batch_size}); lower --batch-size or --eval-fraction"
+        )
+    per_epoch = n_train // cfg.batch_size
+    total = math.ceil(cfg.epochs * per_epoch) if cfg.epochs > 0 else cfg.max_steps
+    if cfg.max_steps > 0:
+        total = min(total, cfg.max_steps)
+    return per_epoch, max(1, total)
+
+
+def _train(
+    cfg: TrainConfig, store: ActivationStore, folders: list[SAEPaths], device: torch.device, dist: Dist
+) -> None:
+    per_epoch, total = _plan(cfg, store)
+    sample_rows = min(cfg.init_rows, per_epoch * cfg.batch_size)
+    init_sample = next(
+        iter(
+            store.iter_batches(
+                sample_rows, seed=cfg.seed, split="train", eval_fraction=cfg.eval_fraction,
+                buffer_rows=cfg.shuffle_buffer,
+            )
+        )
+    )
+    names = [f.dir.name for f in folders]
+    trainer = Trainer(cfg, store.d_in, init_sample, total, dist, names, device)
+    ckpt = latest_checkpoint(folders[0]) if cfg.resume else None
+    if ckpt is not None:
+        trainer.load_state_dict(load_checkpoint(ckpt))
+    resume_step = trainer.step if ckpt is not None else None
+    loggers: list[list[MetricLogger]] = []
+    extra: list[MetricLogger] = []
+    if dist.is_main:
+        loggers = [[JsonlLogger(f.train_log, resume_step)] for f in folders]
+        extra = make_loggers(
+            cfg.loggers, cfg.wandb_project, Path(cfg.run).name, config_to_dict(cfg), folders[0].dir
+        )
+    stop_at = min(total, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else total
+    bar = tqdm(
+        total=total, initial=trainer.step, unit="step", desc="train", dynamic_ncols=True,
+        disable=not (cfg.progress and dist.is_main),
+    )
+    speed = Throughput()
+    epoch, skip = divmod(trainer.step, per_epoch)
+    t0 = time.perf_counter()
+    try:
+        while trainer.step < stop_at:
+            batches = store.iter_batches(
+                cfg.batch_size, seed=cfg.seed * 1_000_003 + epoch, split="train",
+                eval_fraction=cfg.eval_fraction, drop_last=True, buffer_rows=cfg.shuffle_buffer,
+            )
+            for i, batch in enumerate(batches):
+                if i < skip:
+                    continue
+                if trainer.step >= stop_at:
+                    break
+                want = (trainer.step + 1) % max(1, cfg.log_every) == 0 or trainer.step + 1 == stop_at
+                trainer.train_step(batch, want_metrics=want)
+                sps = speed.tick(cfg.batch_size)
+                bar.update(1)
+                if want and dist.is_main:
+                    _log(trainer, loggers, extra, bar, sps)
+                if cfg.checkpoint_every > 0 and trainer.step % cfg.checkpoint_every == 0:
+                    _checkpoint(cfg, trainer, folders[0], dist)
+            skip, epoch = 0, epoch + 1
+        if trainer.step < total:
+            _checkpoint(cfg, trainer, folders[0], dist)
+            return
+        _checkpoint(cfg, trainer, folders[0], dist)
+        if dist.is_main:
+            seconds = time.perf_counter() - t0
+            for tr, folder in zip(trainer.trainees, folders, strict=True):
+                _save(cfg, trainer, tr, folder, store, seconds)
+    finally:
+        bar.close()
+        for group in loggers:
+            for lg in group:
+                lg.close()
+        for lg in extra:
+            lg.close()
+        dist.barrier()
+
+
+def _log(trainer: Trainer, loggers, extra, bar, sps: float) -> None:
+    for i, tr in enumerate(trainer.trainees):
+        metrics = {"samples": float(trainer.samples), "samples_per_s": sps, **tr.last}
+        for lg in loggers[i]:
+            lg.log(trainer.step, metrics)
+        for lg in extra:
+            lg.log(trainer.step, {f"{tr.name}/{k}": v for k, v in metrics.items()})
+    m = trainer.trainees[0].last
+    bar.set_postfix(
+        loss=f"{m['loss']:.4f}", nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}",
+        dead=f"{m['dead_fraction']:.3f}", sps=f"{sps:,.0f}",
+    )
+
+
+def _checkpoint(cfg: TrainConfig, trainer: Trainer, first: SAEPaths, dist: Dist) -> None:
+    if dist.is_main:
+        state = trainer.state_dict() | {"config": config_to_dict(cfg)}
+        save_checkpoint(first, trainer.step, state, cfg.keep_checkpoints)
+    dist.barrier()
+
+
+def _save(cfg: TrainConfig, trainer: Trainer, tr, folder: SAEPaths, store: ActivationStore, seconds: float) -> None:
+    sae = trainer.export(tr)
+    meta = {
+        "source": "saescope",
+        "store": str(store.dir),
+        "store_meta": store.meta,
+        "input_scale": trainer.scale,
+    }
+    sae = type(sae).from_tensors(
+        type(sae.cfg)(**(sae.cfg.to_dict() | {"metadata": meta})), sae.state_tensors()
+    )
+    extra = {
+        "training": config_to_dict(cfg),
+        "trained": {
+            "steps": trainer.step,
+            "samples": trainer.samples,
+            "seconds": round(seconds, 2),
+            "world_size": trainer.dist.world,
+            "torch_version": torch.__version__,
+            "saescope_version": __version__,
+        },
+    }
+    # weights first, config last: config.json marks the folder complete
+    sae.save(folder.dir, extra_config=extra)

@@ -1,0 +1,307 @@
+"""The training loop over any stream of batches, for one or several SAEs at once.
+
+In: a `TrainConfig`, d_in, an init sample (n_rows, d_in) of raw inputs and an
+iterator of raw global batches (batch_size, d_in). Out: trained `SAE`s that take
+raw inputs (the training scale folded into their weights), plus per-step metrics
+through a callback. `Trainer.state_dict()` / `load_state_dict()` hold everything a
+bit-exact resume needs; the stage (`saescope.train.stage`) adds files around it.
+
+One step, per SAE: loss (`losses.py`) -> backward -> sum gradients over ranks ->
+remove the decoder-gradient component parallel to each row -> clip -> Adam with
+the scheduled LR -> renormalise decoder rows -> update dead-latent counters and
+the BatchTopK threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from saescope.sae import SAE, SAEConfig
+from saescope.train import losses
+from saescope.train.config import TrainConfig
+from saescope.train.ddp import Dist
+from saescope.train.init import init_sae, input_scale
+
+
+@dataclass
+class Trainee:
+    """One SAE in training with its optimiser and counters."""
+
+    name: str
+    sae: SAE
+    k: int | None
+    base_lr: float
+    optimizer: torch.optim.Adam
+    log_threshold: torch.nn.Parameter | None  # jumprelu only, float32
+    samples_since_fired: torch.Tensor  # (d_sae,) int64
+    batch_threshold: float = math.inf  # batchtopk: running mean of the smallest kept act
+    last: dict[str, float] = field(default_factory=dict)
+
+    def params(self) -> list[torch.nn.Parameter]:
+        ps = [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec]
+        return ps + ([self.log_threshold] if self.log_threshold is not None else [])
+
+
+def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Warm-up then (after lr_decay_start of training) linear or cosine decay."""
+    warmup = cfg.warmup_steps if cfg.warmup_steps >= 0 else min(1000, total_steps // 20)
+    warm = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    if cfg.lr_decay == "none" or total_steps <= 0:
+        return warm
+    start = cfg.lr_decay_start * total_steps
+    if step < start:
+        return warm
+    frac = min(1.0, (step - start) / max(1.0, total_steps - start))
+    end = cfg.lr_end_fraction
+    if cfg.lr_decay == "linear":
+        return warm * (1.0 - (1.0 - end) * frac)
+    return warm * (end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * frac)))
+
+
+def project_decoder_grad(W_dec: torch.Tensor) -> None:
+    """Remove from W_dec.grad the component parallel to each (unit) decoder row."""
+    if W_dec.grad is None:
+        return
+    with torch.no_grad():
+        rows = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        parallel = (W_dec.grad * rows).sum(dim=1, keepdim=True)
+        W_dec.grad.sub_(parallel * rows)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        d_in: int,
+        init_sample: torch.Tensor,
+        total_steps: int,
+        dist: Dist | None = None,
+        names: list[str] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.cfg = cfg
+        self.d_in = d_in
+        self.total_steps = total_steps
+        self.dist = dist or Dist()
+        self.device = torch.device(device)
+        self.step = 0
+        self.samples = 0
+        variants = cfg.variants()
+        names = names or [f"sae-{d}-k{k}" if k else f"sae-{d}" for d, k in variants]
+        probe = SAE(SAEConfig("relu", d_in, 1, input_norm=cfg.input_norm))
+        normed, _, _ = probe._standardize(init_sample.float())
+        self.scale = input_scale(normed) if cfg.scale_inputs else 1.0
+        sample = normed * self.scale
+        self.trainees = [
+            self._make(name, d_sae, k, sample, cfg.seed + i)
+            for i, (name, (d_sae, k)) in enumerate(zip(names, variants, strict=True))
+        ]
+
+    def _make(self, name: str, d_sae: int, k: int | None, sample: torch.Tensor, seed: int) -> Trainee:
+        cfg = self.cfg
+        sae_cfg = SAEConfig(cfg.architecture, self.d_in, d_sae, k=k, input_norm=cfg.input_norm)
+        sae = init_sae(sae_cfg, sample, cfg.b_dec_init, seed).to(self.device)
+        sae.threshold.requires_grad_(False)
+        log_t = None
+        if cfg.architecture == "jumprelu":
+            log_t = torch.nn.Parameter(
+                torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold), device=self.device)
+            )
+        lr = cfg.learning_rate(d_sae)
+        params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec] + ([log_t] if log_t is not None else [])
+        opt = torch.optim.Adam(params, lr=lr, betas=tuple(cfg.adam_betas))  # type: ignore[arg-type]
+        counters = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
+        return Trainee(name, sae, k, lr, opt, log_t, counters)
+
+    # -- one step ----------------------------------------------------------------
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw rows -> what the SAE trains on: row-standardised if asked, then scaled."""
+        x = x.to(self.device, torch.float32)
+        x, _, _ = self.trainees[0].sae._standardize(x)
+        return x * self.scale
+
+    def _context(self, tr: Trainee, n_global: int) -> losses.LossContext:
+        cfg = self.cfg
+        dead = tr.samples_since_fired >= cfg.dead_after_samples
+        ramp = 1.0
+        if cfg.sparsity_warmup_steps > 0:
+            ramp = min(1.0, (self.step + 1) / cfg.sparsity_warmup_steps)
+        coef = cfg.l1_coefficient if cfg.architecture == "relu" else cfg.l0_coefficient
+        return losses.LossContext(
+            n_global=n_global,
+            dead=dead,
+            k=tr.k,
+            k_aux=cfg.k_aux or self.d_in // 2,
+            aux_coefficient=cfg.aux_coefficient,
+            sparsity_coefficient=coef * ramp,
+            bandwidth=cfg.jumprelu_bandwidth,
+            all_sum=self.dist.all_sum,
+        )
+
+    def _loss(self, tr: Trainee, x: torch.Tensor, ctx: losses.LossContext) -> losses.LossOutput:
+        arch = self.cfg.architecture
+        if arch == "topk":
+            return losses.topk_loss(tr.sae, x, ctx)
+        if arch == "batchtopk":
+            return losses.batchtopk_loss(tr.sae, x, ctx)
+        if arch == "jumprelu":
+            assert tr.log_threshold is not None
+            return losses.jumprelu_loss(tr.sae, x, ctx, tr.log_threshold)
+        return losses.relu_loss(tr.sae, x, ctx)
+
+    def _optimise(self, tr: Trainee) -> float:
+        cfg = self.cfg
+        params = tr.params()
+        self.dist.all_sum_grads(params)
+        if cfg.unit_norm_decoder:
+            project_decoder_grad(tr.sae.W_dec)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        )
+        lr = tr.base_lr * lr_factor(cfg, self.step, self.total_steps)
+        for group in tr.optimizer.param_groups:
+            group["lr"] = lr
+        tr.optimizer.step()
+        tr.optimizer.zero_grad(set_to_none=True)
+        if cfg.unit_norm_decoder:
+            tr.sae.normalize_decoder()
+        tr.last["lr"] = lr
+        return float(grad_norm)
+
+    def train_step(self, batch: torch.Tensor, want_metrics: bool = False) -> None:
+        """One optimiser step of every SAE on a raw global batch (batch_size, d_in)."""
+        n_global = batch.shape[0]
+        x = self.normalise(self.dist.local_rows(batch))  # (n_local, d_in)
+        sq_norm_stats = None
+        if want_metrics:
+            sq_norm_stats = torch.cat([x.sum(0), x.pow(2).sum().reshape(1)]).double()
+        for tr in self.trainees:
+            ctx = self._context(tr, n_global)
+            out = self._loss(tr, x, ctx)
+            out.loss.backward()
+            self._optimise(tr)
+            fired = self.dist.all_sum(out.fired.to(torch.int32)) > 0
+            tr.samples_since_fired += n_global
+            tr.samples_since_fired[fired] = 0
+            if self.cfg.architecture == "batchtopk":
+                self._update_batch_threshold(tr, out.min_kept)
+            if want_metrics and sq_norm_stats is not None:
+                tr.last.update(self._metrics(tr, out, sq_norm_stats, n_global))
+        self.step += 1
+        self.samples += n_global
+
+    def _update_batch_threshold(self, tr: Trainee, min_kept: torch.Tensor) -> None:
+        m = float(min_kept)
+        if self.dist.world > 1:
+            # the global minimum, so every rank keeps the same threshold
+            t = torch.tensor([-m if math.isfinite(m) else -math.inf], dtype=torch.float64)
+            import torch.distributed as tdist
+
+            tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+            m = -float(t)
+        if not math.isfinite(m):
+            return
+        rate = self.cfg.batchtopk_threshold_rate
+        tr.batch_threshold = m if not math.isfinite(tr.batch_threshold) else (
+            (1 - rate) * tr.batch_threshold + rate * m
+        )
+
+    def _metrics(
+        self, tr: Trainee, out: losses.LossOutput, stats: torch.Tensor, n_global: int
+    ) -> dict[str, float]:
+        local = torch.cat(
+            [stats, torch.stack([out.sq_err, out.aux, out.active.to(out.sq_err.dtype)]).double()]
+        )
+        tot = self.dist.all_sum(local)
+        d_in = self.d_in
+        mean = tot[:d_in] / n_global
+        var = float(tot[d_in] - n_global * mean.pow(2).sum())
+        sq_err, aux, active = (float(v) for v in tot[d_in + 1 :])
+        dead = float((tr.samples_since_fired >= self.cfg.dead_after_samples).float().mean())
+        m = {
+            "loss": sq_err / n_global,
+            "nmse": sq_err / max(var, 1e-12),
+            "aux": aux,
+            "l0": active / n_global,
+            "dead_fraction": dead,
+        }
+        if self.cfg.architecture == "batchtopk":
+            m["threshold"] = tr.batch_threshold
+        return m
+
+    # -- results -----------------------------------------------------------------
+    def export(self, tr: Trainee) -> SAE:
+        """A copy of `tr.sae` for raw inputs: thresholds set, training scale folded in.
+
+        Trained on x_s = s * x: h_s = (x_s - b_dec) @ W_enc + b_enc. With b_dec / s, b_enc / s
+        and threshold / s, the copy gives h = h_s / s on raw x; codes are 1/s of the training
+        codes and x_hat = x_hat_s / s. W_enc and W_dec are unchanged (decoder rows stay unit).
+        """
+        src = tr.sae
+        out = SAE(src.cfg)
+        s = self.scale
+        thr = torch.zeros(src.cfg.d_sae)
+        if tr.log_threshold is not None:
+            thr = tr.log_threshold.detach().float().exp().cpu()
+        elif self.cfg.architecture == "batchtopk" and math.isfinite(tr.batch_threshold):
+            thr = torch.full((src.cfg.d_sae,), tr.batch_threshold)
+        with torch.no_grad():
+            out.W_enc.copy_(src.W_enc)
+            out.W_dec.copy_(src.W_dec)
+            out.b_dec.copy_(src.b_dec / s)
+            out.b_enc.copy_(src.b_enc / s)
+            out.threshold.copy_(thr / s)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "samples": self.samples,
+            "scale": self.scale,
+            "trainees": [
+                {
+                    "name": tr.name,
+                    "weights": {k: v.cpu().clone() for k, v in tr.sae.state_tensors().items()},
+                    "log_threshold": None if tr.log_threshold is None else tr.log_threshold.detach().cpu().clone(),
+                    "optimizer": tr.optimizer.state_dict(),
+                    "samples_since_fired": tr.samples_since_fired.cpu().clone(),
+                    "batch_threshold": tr.batch_threshold,
+                }
+                for tr in self.trainees
+            ],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.samples = int(state["samples"])
+        self.scale = float(state["scale"])
+        for tr, st in zip(self.trainees, state["trainees"], strict=True):
+            with torch.no_grad():
+                for k, v in st["weights"].items():
+                    getattr(tr.sae, k).copy_(v)
+                if tr.log_threshold is not None:
+                    tr.log_threshold.copy_(st["log_threshold"])
+            tr.optimizer.load_state_dict(st["optimizer"])
+            tr.samples_since_fired.copy_(st["samples_since_fired"])
+            tr.batch_threshold = float(st["batch_threshold"])
+
+
+class Throughput:
+    """Samples per second over the run so far (excluding the first step's warm-up)."""
+
+    def __init__(self) -> None:
+        self.t0: float | None = None
+        self.n = 0
+
+    def tick(self, n: int) -> float:
+        now = time.perf_counter()
+        if self.t0 is None:
+            self.t0 = now
+            return 0.0
+        self.n += n
+        return self.n / max(now - self.t0, 1e-9)
