@@ -258,3 +258,22 @@ def test_convert_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert cli_main(["convert", "--src", str(src), "--out", str(src)]) == 2
     assert "source folder" in capsys.readouterr().err
     assert cli_main(["convert", "--src", str(tmp_path / "nope"), "--out", str(out)]) == 2
+
+
+def test_saelens_log_threshold(tmp_path: Path) -> None:
+    """Older SAELens JumpReLU files keep log(threshold)."""
+    g = torch.Generator().manual_seed(6)
+    W_enc, b_enc = torch.randn(D_IN, D_SAE, generator=g), torch.randn(D_SAE, generator=g)
+    W_dec, b_dec = torch.randn(D_SAE, D_IN, generator=g), torch.randn(D_IN, generator=g)
+    log_t = torch.randn(D_SAE, generator=g)
+    cfg = {"architecture": "jumprelu", "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32"}
+    tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
+    sae = load_sae(saelens_folder(tmp_path / "j", cfg, tensors | {"log_threshold": log_t}))
+    x = x_rows()
+    h = (x - b_dec) @ W_enc + b_enc
+    want = torch.relu(h) * (h > log_t.exp())
+    assert (want != 0).any()
+    with torch.no_grad():
+        got = sae.encode(x)
+    assert torch.equal(got != 0, want != 0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

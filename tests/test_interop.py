@@ -345,3 +345,52 @@ def test_batchtopk_repo(tmp_path: Path, sae_type: str, unit_norm: bool) -> None:
     x = inputs()
     with torch.no_grad():
         assert_same_codes(sae.encode(x), ref.encode(x))
+
+
+def test_saelens_pre_6_config(tmp_path: Path) -> None:
+    """A SAELens 3-5 style cfg (activation_fn topk, boolean normalize) loads like SAELens does."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(5)
+    folder = tmp_path / "old"
+    folder.mkdir()
+    cfg = {
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "torch.float32",
+        "device": "cuda",
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": K},
+        "normalize_activations": False,
+        "hook_point": "blocks.2.hook_resid_pre",
+        "model_name": "gpt2",
+        "sae_lens_training_version": "3.13.0",
+    }
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    tensors = {
+        "W_enc": torch.randn(D_IN, D_SAE, generator=g),
+        "b_enc": torch.randn(D_SAE, generator=g) * 0.1,
+        "W_dec": torch.randn(D_SAE, D_IN, generator=g),
+        "b_dec": torch.randn(D_IN, generator=g) * 0.1,
+    }
+    save_file(tensors, str(folder / "sae_weights.safetensors"))
+    from sae_lens import SAE as LensSAE
+
+    x = inputs()
+    with torch.no_grad():
+        want = LensSAE.load_from_disk(str(folder), device="cpu").encode(x)
+    sae = load_sae(folder)
+    assert (sae.cfg.architecture, sae.cfg.k) == ("topk", K)
+    assert_same_codes(sae.encode(x), want)
+
+
+def test_convert_sparsify_to_saelens_chain(tmp_path: Path) -> None:
+    """sparsify file -> `saescope convert --to saelens` -> SAELens' encode = sparsify's."""
+    from saescope.cli import main as cli_main
+
+    train_sparsify(tmp_path / "ckpt" / "layers.4", num_latents=40, expansion_factor=8)
+    out = tmp_path / "lens"
+    args = ["convert", "--src", str(tmp_path / "ckpt"), "--hookpoint", "layers.4"]
+    assert cli_main([*args, "--out", str(out), "--to", "saelens"]) == 0
+    x = inputs()
+    assert_same_codes(saelens_encode(out, x), sparsify_codes(tmp_path / "ckpt" / "layers.4", x))

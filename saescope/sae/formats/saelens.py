@@ -221,8 +221,12 @@ def saelens_config(sae: SAE) -> dict[str, Any]:
     source_meta = cfg.metadata.get("saelens_metadata") or {}
     meta: dict[str, Any] = dict(source_meta) if isinstance(source_meta, dict) else {}
     meta |= {key: cfg.metadata[key] for key in CARRIED_METADATA if key in cfg.metadata}
-    # the cfg.json layout is SAELens 6's; without a version SAELens takes it for a pre-6 file
-    meta.setdefault("sae_lens_version", "6.0.0")
+    # the cfg.json layout is SAELens 6's; without a 6.x version SAELens takes it for a pre-6 file
+    if (
+        not str(meta.get("sae_lens_version", "")).split(".")[0].isdigit()
+        or int(str(meta["sae_lens_version"]).split(".")[0]) < 6
+    ):
+        meta["sae_lens_version"] = "6.0.0"
     meta["converted_by"] = f"saescope {__version__}"
     if cfg.architecture == "batchtopk":
         meta["training_architecture"] = "batchtopk"
