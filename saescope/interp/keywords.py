@@ -1,0 +1,223 @@
+"""Keywords stage: name every alive feature with keywords, no LLM.
+
+In: a run with `corpus.parquet`, `acts/`, and the latent cache (`latents/`, or
+the SAE with `--activations sae`). Out: `interp/keywords.parquet` with one row per
+feature: feature (int32), keywords (list<string>), scores (list<float32>),
+method, n_texts (naming texts used), status ("ok" or why it has no name) and
+reason; and `interp/keywords.config.json` (options, version, upstream checksums).
+
+Methods: `contrastive` (default; phrases that are more frequent in the
+feature's texts than elsewhere, re-ranked by the SAE encoder, diversified) and
+`thesis` (seed 000's KeyBERT-style procedure, batched). See docs/interp.md.
+
+Only the NAMING half of the rows is read (`saescope.interp.examples`); the
+scorers use the other half.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from saescope.config import config_to_dict, option, same_config
+from saescope.corpus import read_corpus
+from saescope.errors import SaescopeError
+from saescope.interp.candidates import FeatureKeywords, PhraseEmbedder, failed
+from saescope.interp.contrastive import ContrastiveOptions, contrastive_keywords
+from saescope.interp.examples import (
+    Activations,
+    load_activations,
+    run_model_name,
+    scoring_mask,
+    text_vectors,
+)
+from saescope.interp.thesis import ThesisOptions, thesis_keywords
+from saescope.io import atomic_path, read_json, sha256_file, write_json
+from saescope.paths import MANIFEST, RunPaths
+from saescope.store import ActivationStore
+
+METHODS = ("contrastive", "thesis")
+SCHEMA = pa.schema(
+    [
+        ("feature", pa.int32()),
+        ("keywords", pa.list_(pa.string())),
+        ("scores", pa.list_(pa.float32())),
+        ("method", pa.string()),
+        ("n_texts", pa.int64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class KeywordsConfig:
+    """Options of the keywords stage."""
+
+    run: str = option("runs/default", "run directory (reads latents/ or sae/, writes interp/)")
+    method: str = option("contrastive", "naming method", choices=METHODS)
+    activations: str = option(
+        "latents",
+        "where feature activations come from: the latent cache, or the SAE run over the store",
+        choices=("latents", "sae"),
+    )
+    features: list[int] | None = option(None, "name only these feature ids (default: all alive)")
+    split_seed: int = option(1, "seed of the naming/scoring split of rows (scorers must match)")
+    model: str | None = option(None, "sentence model for phrases (default: the store's model)")
+    batch_size: int = option(256, "phrases per embedding batch")
+    n_keywords: int | None = option(None, "keywords per feature (default: thesis 3, contrastive 5)")
+    ngram_max: int | None = option(None, "longest n-gram (default: thesis 1, contrastive 2)")
+    n_texts: int = option(10, "thesis: top naming texts per feature")
+    top_n: int = option(5, "thesis: keywords kept per text")
+    max_texts: int = option(200, "contrastive: top naming texts per feature")
+    min_df: int = option(2, "contrastive: a phrase must occur in this many naming texts")
+    prior: float = option(10.0, "contrastive: strength of the log-odds prior")
+    shortlist: int = option(15, "contrastive: phrases per feature re-ranked by the SAE")
+    sae_weight: float = option(0.5, "contrastive: weight of the SAE pre-activation (0..1)")
+    mmr_lambda: float = option(0.7, "contrastive: relevance versus diversity in MMR (0..1)")
+    progress: bool = option(True, "show progress bars")
+    overwrite: bool = option(False, "replace keywords made with other options")
+
+
+def _upstream(rp: RunPaths, cfg: KeywordsConfig) -> dict[str, str]:
+    files = {"acts": rp.acts / MANIFEST, "sae": rp.sae_weights, "latents": rp.latents / MANIFEST}
+    return {k: sha256_file(p) for k, p in files.items() if p.exists()}
+
+
+def naming_rows_by_feature(
+    acts: Activations, features: np.ndarray, seed: int
+) -> dict[int, np.ndarray]:
+    """feature -> its activating naming rows, highest activation first."""
+    out = {}
+    for f in features.tolist():
+        rows, vals = acts.column(f)
+        keep = ~scoring_mask(rows, seed)
+        rows, vals = rows[keep], vals[keep]
+        out[f] = rows[np.argsort(-vals, kind="stable")]
+    return out
+
+
+def table(results: dict[int, FeatureKeywords], method: str) -> pa.Table:
+    fs = sorted(results)
+    return pa.table(
+        {
+            "feature": [int(f) for f in fs],
+            "keywords": [results[f].keywords for f in fs],
+            "scores": [[float(s) for s in results[f].scores] for f in fs],
+            "method": [method] * len(fs),
+            "n_texts": [int(results[f].n_texts) for f in fs],
+            "status": [results[f].status for f in fs],
+            "reason": [results[f].reason for f in fs],
+        },
+        schema=SCHEMA,
+    )
+
+
+def name_features(
+    cfg: KeywordsConfig,
+    acts: Activations,
+    texts: list[str],
+    store: ActivationStore,
+    embedder: PhraseEmbedder,
+    sae=None,
+) -> dict[int, FeatureKeywords]:
+    """Name the features of `cfg` (the stage without its files; used by bench/ too)."""
+    if cfg.method not in METHODS:
+        raise SaescopeError(f"unknown keywords method {cfg.method!r}; choose {', '.join(METHODS)}")
+    features = acts.check_features(cfg.features)
+    dead = [f for f in features.tolist() if acts.column(f)[0].size == 0]
+    features = np.asarray([f for f in features.tolist() if f not in set(dead)], dtype=np.int64)
+    rows = naming_rows_by_feature(acts, features, cfg.split_seed)
+    if cfg.method == "thesis":
+        opts = ThesisOptions(
+            n_texts=cfg.n_texts,
+            top_n=cfg.top_n,
+            ngram_range=(1, cfg.ngram_max or 1),
+            n_keywords=cfg.n_keywords or 3,
+        )
+        model_name = run_model_name(store, cfg.model)
+        out = thesis_keywords(
+            rows,
+            texts,
+            lambda r: text_vectors(store, texts, r, model_name, embedder),
+            embedder,
+            opts,
+            cfg.progress,
+        )
+    else:
+        copts = ContrastiveOptions(
+            ngram_range=(1, cfg.ngram_max or 2),
+            min_df=cfg.min_df,
+            max_texts=cfg.max_texts,
+            prior=cfg.prior,
+            shortlist=cfg.shortlist,
+            sae_weight=cfg.sae_weight,
+            mmr_lambda=cfg.mmr_lambda,
+            n_keywords=cfg.n_keywords or 5,
+        )
+        naming = np.nonzero(~scoring_mask(np.arange(acts.n_rows), cfg.split_seed))[0]
+        out = contrastive_keywords(rows, naming, texts, embedder, sae, copts, cfg.progress)
+    for f in dead:
+        out[f] = failed("dead", "the feature never fires on this corpus", 0)
+    return out
+
+
+def run(cfg: KeywordsConfig) -> Path:
+    """Write `interp/keywords.parquet` for `cfg`; skip when it is already there."""
+    from saescope.embed import load_sentence_model
+    from saescope.sae import SAE
+
+    rp = RunPaths(cfg.run)
+    store = ActivationStore(rp.acts, verify=False)
+    upstream = _upstream(rp, cfg)
+    if rp.keywords.exists() and rp.keywords_config.exists():
+        saved = read_json(rp.keywords_config)
+        differs = same_config(saved, cfg, ignore=("overwrite", "run", "progress", "batch_size"))
+        if not differs and saved.get("upstream") == upstream:
+            return rp.keywords
+        if differs and not cfg.overwrite:
+            raise SaescopeError(
+                f"{rp.keywords} was made with other options ({', '.join(differs)} differ); "
+                "pass --overwrite to replace it"
+            )
+    corpus = read_corpus(cfg.run)
+    if len(corpus) != store.count:
+        raise SaescopeError(
+            f"{rp.corpus} has {len(corpus)} rows but {rp.acts} has {store.count}; "
+            "keywords need one store row per corpus text (a sentence-embedding run)"
+        )
+    acts = load_activations(cfg.run, cfg.activations)
+    if acts.n_rows != store.count:
+        raise SaescopeError(
+            f"the activations ({acts.n_rows} rows) do not match the store ({store.count} rows); "
+            "re-run `saescope latents`"
+        )
+    sae = SAE.load(rp.sae) if rp.sae_weights.exists() else None
+    model = load_sentence_model(run_model_name(store, cfg.model))
+    embedder = PhraseEmbedder(model, cfg.batch_size, cfg.progress)
+    results = name_features(cfg, acts, corpus["text"].tolist(), store, embedder, sae)
+    with atomic_path(rp.keywords) as tmp:
+        pq.write_table(table(results, cfg.method), tmp)
+    write_json(rp.keywords_config, config_to_dict(cfg) | {"upstream": upstream})
+    _print_summary(pd.read_parquet(rp.keywords))
+    return rp.keywords
+
+
+def _print_summary(df: pd.DataFrame) -> None:
+    ok = df[df["status"] == "ok"]
+    print(f"named {len(ok)} of {len(df)} features ({len(df) - len(ok)} without a name)")
+    for _, r in ok.head(5).iterrows():
+        print(f"  feature {r['feature']}: {', '.join(r['keywords'])}")
+
+
+def read_keywords(run: str | Path) -> pd.DataFrame:
+    """`interp/keywords.parquet` of a run, or a clear error if there is none."""
+    path = RunPaths(run).keywords
+    if not path.exists():
+        raise SaescopeError(f"no keywords at {path}; run `saescope keywords --run {run}` first")
+    return pd.read_parquet(path)

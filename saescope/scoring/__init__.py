@@ -1,0 +1,1 @@
+"""Scoring feature names against held-out examples, with shuffled controls."""

@@ -1,0 +1,271 @@
+"""Score stage: how good are the keyword names? With a shuffled control.
+
+In: `interp/keywords.parquet` (+ its config, for the naming/scoring split),
+`acts/`, `corpus.parquet`, and the latent cache (or the SAE with
+`--activations sae`). Out, for `--scorer NAME`:
+  scores/NAME.parquet       feature, score, shuffled_score, n_pos, n_neg, method,
+                            source (the keywords method), status, reason
+  scores/NAME.summary.json  mean/median of score and shuffled_score
+  scores/NAME.png           their distributions
+  scores/NAME.config.json   options, version, upstream checksums
+
+Scorers: `embedding` (ROC AUC of the name, embedded as a query, ranking held-out
+activating texts above held-out non-activating ones) and `keyword-relevance`
+(the thesis's mean keyword-to-text cosine). Every feature is also scored with
+another feature's keywords (a seeded derangement): `shuffled_score`, the level a
+name that says nothing about this feature reaches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from saescope.config import config_to_dict, option, same_config
+from saescope.corpus import read_corpus
+from saescope.errors import SaescopeError
+from saescope.interp.candidates import PhraseEmbedder, unit_rows
+from saescope.interp.examples import (
+    Activations,
+    load_activations,
+    run_model_name,
+    store_is_text_embedding,
+)
+from saescope.interp.keywords import read_keywords
+from saescope.io import atomic_path, read_json, sha256_file, write_json
+from saescope.paths import MANIFEST, RunPaths
+from saescope.scoring import embedding, keyword_relevance
+from saescope.scoring.base import FeatureScore, derangement, held_out, summarize
+from saescope.store import ActivationStore
+
+SCORERS = (embedding.NAME, keyword_relevance.NAME)
+SCHEMA = pa.schema(
+    [
+        ("feature", pa.int32()),
+        ("score", pa.float64()),
+        ("shuffled_score", pa.float64()),
+        ("n_pos", pa.int64()),
+        ("n_neg", pa.int64()),
+        ("method", pa.string()),
+        ("source", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Options of the score stage."""
+
+    run: str = option(
+        "runs/default", "run directory (reads interp/keywords.parquet, writes scores/)"
+    )
+    scorer: str = option(embedding.NAME, "which scorer", choices=SCORERS)
+    activations: str = option(
+        "latents",
+        "where feature activations come from: the latent cache, or the SAE run over the store",
+        choices=("latents", "sae"),
+    )
+    model: str | None = option(None, "sentence model for queries (default: the store's model)")
+    max_pos: int = option(100, "embedding: most activating held-out texts per feature")
+    n_neg: int = option(100, "embedding: held-out non-activating texts per feature")
+    min_pos: int = option(2, "features with fewer held-out activating texts are not scored")
+    n_texts: int = option(10, "keyword-relevance: top texts per feature")
+    examples: str = option(
+        "scoring",
+        "keyword-relevance: texts from the held-out scoring half, or the naming half (the thesis)",
+        choices=("scoring", "naming"),
+    )
+    seed: int = option(0, "seed of the negative sample and of the shuffled control")
+    batch_size: int = option(256, "phrases per embedding batch")
+    progress: bool = option(True, "show progress bars")
+    overwrite: bool = option(False, "replace scores made with other options")
+
+
+class _TextVectors:
+    """Unit vectors of corpus rows: store rows when they are the model's, else embedded.
+
+    `prepare(rows)` reads (or embeds) the rows once; calls then index them.
+    """
+
+    def __init__(self, store: ActivationStore, texts: list[str], model_name: str, embedder) -> None:
+        self.from_store = store_is_text_embedding(store, model_name)
+        self.store, self.texts, self.embedder = store, texts, embedder
+        self.where = np.full(store.count, -1, dtype=np.int64)
+        self.mat = np.zeros((0, 1), dtype=np.float32)
+
+    def prepare(self, rows: np.ndarray) -> None:
+        rows = np.unique(rows)
+        if self.from_store:
+            self.mat = unit_rows(self.store.rows(rows).numpy())  # (n, d)
+        else:
+            self.mat = self.embedder.unit([self.texts[int(r)] for r in rows])
+        self.where[rows] = np.arange(len(rows))
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return self.mat[self.where[rows]]
+
+
+def score_features(
+    cfg: ScoreConfig,
+    keywords: dict[int, list[str]],
+    acts: Activations,
+    split_seed: int,
+    vectors,
+    embedder: PhraseEmbedder,
+) -> dict[int, FeatureScore]:
+    """Score every feature with keywords (and with a deranged feature's keywords)."""
+    if cfg.scorer not in SCORERS:
+        raise SaescopeError(f"unknown scorer {cfg.scorer!r}; choose {', '.join(SCORERS)}")
+    feats = sorted(keywords)
+    rng = np.random.default_rng(cfg.seed)
+    half = "scoring" if cfg.scorer == embedding.NAME else cfg.examples
+    max_pos = cfg.max_pos if cfg.scorer == embedding.NAME else cfg.n_texts
+    n_neg = cfg.n_neg if cfg.scorer == embedding.NAME else 0
+    held = {f: held_out(acts, f, split_seed, max_pos, n_neg, rng, half) for f in feats}
+    # the held-out rows of every feature, embedded (or read from the store) in one go
+    vectors.prepare(
+        np.concatenate([np.r_[h.pos, h.neg] for h in held.values()] or [[0]]).astype(np.int64)
+    )
+    other = dict(zip(feats, [feats[i] for i in derangement(len(feats), cfg.seed)], strict=True))
+    if cfg.scorer == embedding.NAME:
+        queries = {f: embedding.explanation_text(keywords[f]) for f in feats}
+        embedder.embed(list(queries.values()), desc="score: queries")
+    else:
+        embedder.embed([k for f in feats for k in keywords[f]], desc="score: keywords")
+
+    def one(f: int, explain: int) -> float:
+        h = held[f]
+        if cfg.scorer == embedding.NAME:
+            q = embedder.unit([queries[explain]])[0]
+            return embedding.auc(q, h, vectors)
+        return keyword_relevance.relevance(embedder.unit(keywords[explain]), vectors(h.pos))
+
+    out = {}
+    for f in tqdm(feats, desc=f"score: {cfg.scorer}", unit="feature", disable=not cfg.progress):
+        h = held[f]
+        if len(h.pos) < cfg.min_pos or (n_neg and len(h.neg) == 0):
+            reason = f"{len(h.pos)} activating and {len(h.neg)} other held-out texts"
+            out[f] = FeatureScore(
+                np.nan, np.nan, len(h.pos), len(h.neg), "too_few_examples", reason
+            )
+            continue
+        shuffled = one(f, other[f]) if other[f] != f else np.nan
+        out[f] = FeatureScore(one(f, f), shuffled, len(h.pos), len(h.neg), "ok", "")
+    return out
+
+
+def _upstream(rp: RunPaths) -> dict[str, str]:
+    files = {"keywords": rp.keywords, "acts": rp.acts / MANIFEST, "sae": rp.sae_weights}
+    files["latents"] = rp.latents / MANIFEST
+    return {k: sha256_file(p) for k, p in files.items() if p.exists()}
+
+
+def run(cfg: ScoreConfig) -> Path:
+    """Write `scores/<scorer>.parquet` (+ summary and plot) for `cfg`."""
+    from saescope.embed import load_sentence_model
+
+    rp = RunPaths(cfg.run)
+    out_path, cfg_path = rp.score(cfg.scorer), rp.score_config(cfg.scorer)
+    kw = read_keywords(cfg.run)
+    upstream = _upstream(rp)
+    if out_path.exists() and cfg_path.exists():
+        saved = read_json(cfg_path)
+        differs = same_config(saved, cfg, ignore=("overwrite", "run", "progress", "batch_size"))
+        if not differs and saved.get("upstream") == upstream:
+            return out_path
+        if differs and not cfg.overwrite:
+            raise SaescopeError(
+                f"{out_path} was made with other options ({', '.join(differs)} differ); "
+                "pass --overwrite to replace it"
+            )
+    if not rp.keywords_config.exists():
+        raise SaescopeError(f"{rp.keywords_config} is missing; re-run `saescope keywords`")
+    kcfg = read_json(rp.keywords_config)
+    store = ActivationStore(rp.acts, verify=False)
+    texts = read_corpus(cfg.run)["text"].tolist()
+    acts = load_activations(cfg.run, cfg.activations)
+    acts.check_features([int(f) for f in kw["feature"]])
+    model_name = run_model_name(store, cfg.model)
+    embedder = PhraseEmbedder(load_sentence_model(model_name), cfg.batch_size, cfg.progress)
+    vectors = _TextVectors(store, texts, model_name, embedder)
+    ok = kw[kw["status"] == "ok"]
+    named = {int(f): list(k) for f, k in zip(ok["feature"], ok["keywords"], strict=True)}
+    scores = score_features(cfg, named, acts, int(kcfg["split_seed"]), vectors, embedder)
+    source = str(kcfg.get("method", ""))
+    for f, status, reason in zip(kw["feature"], kw["status"], kw["reason"], strict=True):
+        if status != "ok":
+            scores[int(f)] = FeatureScore(
+                np.nan, np.nan, 0, 0, "no_keywords", f"{status}: {reason}"
+            )
+    fs = sorted(scores)
+    tbl = pa.table(
+        {
+            "feature": fs,
+            "score": [scores[f].score for f in fs],
+            "shuffled_score": [scores[f].shuffled_score for f in fs],
+            "n_pos": [scores[f].n_pos for f in fs],
+            "n_neg": [scores[f].n_neg for f in fs],
+            "method": [cfg.scorer] * len(fs),
+            "source": [source] * len(fs),
+            "status": [scores[f].status for f in fs],
+            "reason": [scores[f].reason for f in fs],
+        },
+        schema=SCHEMA,
+    )
+    with atomic_path(out_path) as tmp:
+        pq.write_table(tbl, tmp)
+    real = np.array([scores[f].score for f in fs], dtype=float)
+    shuf = np.array([scores[f].shuffled_score for f in fs], dtype=float)
+    summary = {"scorer": cfg.scorer, "source": source, "n_features": len(fs)} | summarize(
+        real, shuf
+    )
+    write_json(rp.score_summary(cfg.scorer), summary)
+    plot_scores(real, shuf, cfg.scorer, source, rp.score_plot(cfg.scorer))
+    write_json(cfg_path, config_to_dict(cfg) | {"upstream": upstream})
+    _print_summary(summary)
+    return out_path
+
+
+def _print_summary(s: dict) -> None:
+    def fmt(x) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    print(
+        f"{s['scorer']} ({s['source']} keywords), {s['n_scored']} of {s['n_features']} features: "
+        f"mean {fmt(s['mean'])} (shuffled {fmt(s['shuffled_mean'])}), "
+        f"median {fmt(s['median'])} (shuffled {fmt(s['shuffled_median'])})"
+    )
+
+
+def plot_scores(
+    real: np.ndarray, shuffled: np.ndarray, scorer: str, source: str, path: Path
+) -> None:
+    """Histogram of real versus shuffled-control scores, written as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    both = np.r_[real, shuffled]
+    both = both[~np.isnan(both)]
+    bins = np.linspace(both.min(), both.max(), 31) if len(both) and both.min() < both.max() else 30
+    ax.hist(
+        shuffled[~np.isnan(shuffled)], bins=bins, alpha=0.6, label="shuffled keywords (control)"
+    )
+    ax.hist(real[~np.isnan(real)], bins=bins, alpha=0.6, label="the feature's keywords")
+    ax.set_xlabel(f"{scorer} score")
+    ax.set_ylabel("features")
+    ax.set_title(f"{scorer} scores of {source} keywords")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
