@@ -34,6 +34,7 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "convert": ("saescope.convert", "ConvertConfig", "convert an SAE file between formats"),
     "train": ("saescope.train", "TrainConfig", "train sparse autoencoders on the activation store"),
     "eval": ("saescope.evaluate", "EvalConfig", "held-out metrics of a trained SAE"),
+    "latents": ("saescope.latents", "LatentsConfig", "cache sparse latents, per-feature statistics and examples"),
 }
 
 # commands with their own argument handling: name -> (module, summary); the module

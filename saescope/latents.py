@@ -1,0 +1,454 @@
+"""Latents stage: the activation store and an SAE in, a sparse latent cache and feature tables out.
+
+In: `acts/` (the activation store) and `sae/` (or `--sae DIR`). Out, under `latents/`:
+  shard-NNNNN.safetensors  sparse triples of the non-zero codes: `rows` int64 (store row
+                           ids), `features` int32, `values` float32, in row order
+  manifest.json            d_sae, n_rows, nnz, shards with row ranges and sha256, complete
+  index.parquet            row -> doc, position (sentence embeddings: position 0)
+  features.parquet         per-feature statistics and example rows (schema in docs/latents.md)
+  cooccurrence.safetensors pairs of features active in the same row (upper triangle)
+  plots/*.png              density, L0 and activation histograms
+  config.json              the options, written last (its presence means "done")
+
+The store is streamed once in row order; per-feature count, sum, max and top-N are
+accumulated on the fly, so memory does not grow with rows. Quantile examples and
+co-occurrence come from a second pass over the sparse shards. Shards are atomic; a
+re-run after a crash replays the finished shards into the statistics and encodes
+only the rest. `LatentCache` reads a finished cache.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
+from tqdm.auto import tqdm
+
+from saescope import paths, plots
+from saescope._version import __version__
+from saescope.config import config_to_dict, option, same_config
+from saescope.errors import SaescopeError
+from saescope.features import FeatureAccumulator, cooccurrence, sample_examples
+from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
+from saescope.paths import RunPaths
+from saescope.sae import SAE
+from saescope.store import ActivationStore
+
+FORMAT = "saescope.latents/1"
+N_HIST_FEATURES = 12
+
+# The exact schema of features.parquet (the keywords and scoring stages rely on it).
+FEATURES_SCHEMA = pa.schema(
+    [
+        ("feature", pa.int32()),
+        ("count", pa.int64()),
+        ("density", pa.float64()),
+        ("log10_density", pa.float64()),
+        ("max_act", pa.float32()),
+        ("mean_act", pa.float32()),
+        ("mean_active_act", pa.float32()),
+        ("dead", pa.bool_()),
+        ("top_rows", pa.list_(pa.int64())),
+        ("top_acts", pa.list_(pa.float32())),
+        ("quantile_rows", pa.list_(pa.int64())),
+        ("quantile_acts", pa.list_(pa.float32())),
+        ("quantile_bins", pa.list_(pa.int16())),
+        ("random_rows", pa.list_(pa.int64())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class LatentsConfig:
+    """Options of the latents stage."""
+
+    run: str = option("runs/default", "run directory (reads acts/ and sae/, writes latents/)")
+    sae: str | None = option(None, "SAE folder to use instead of <run>/sae")
+    batch_size: int = option(4096, "rows encoded per forward pass")
+    shard_rows: int = option(65536, "store rows per latent shard (the unit of resume)")
+    device: str = option("auto", "cuda, cpu or auto (cuda when present)")
+    top_n: int = option(20, "top-activating examples kept per feature")
+    n_quantiles: int = option(10, "bins a feature's activating rows are split into by activation")
+    examples_per_quantile: int = option(5, "random examples drawn from each quantile bin")
+    n_random: int = option(20, "random non-activating rows per feature (contrast examples)")
+    seed: int = option(0, "seed of the quantile and random example draws")
+    cooccurrence: bool = option(True, "count pairs of features active in the same row")
+    plots: bool = option(True, "draw the PNG plots under latents/plots/")
+    max_chunk_nnz: int = option(
+        2_000_000,
+        "most non-zeros held in memory at once while sampling examples (about 16 bytes each)",
+    )
+    overwrite: bool = option(False, "replace a cache made from another SAE or store")
+
+
+# options that do not change any output
+_IGNORED = ("run", "device", "batch_size", "overwrite", "sae")
+
+
+class LatentShard(NamedTuple):
+    start: int  # first store row (inclusive)
+    stop: int  # last store row (exclusive)
+    rows: np.ndarray  # (nnz,) int64, sorted
+    features: np.ndarray  # (nnz,) int32
+    values: np.ndarray  # (nnz,) float32, > 0
+
+
+class LatentCache:
+    """Read a finished latent cache of a run.
+
+    `iter_shards` streams the sparse shards; `to_csr` and `feature_values` load the
+    whole cache into memory (n_rows * L0 non-zeros at 16 bytes each), which is fine
+    for interpretability-sized runs (a few million non-zeros); stream with
+    `iter_shards` beyond that.
+    """
+
+    def __init__(self, run_dir: str | Path, verify: bool = False) -> None:
+        self.paths = RunPaths(run_dir)
+        self.dir = self.paths.latents
+        manifest = self.paths.latents_manifest
+        if not manifest.exists():
+            raise SaescopeError(
+                f"no latent cache at {self.dir}; run `saescope latents --run {run_dir}` first"
+            )
+        m = read_json(manifest)
+        if m.get("format") != FORMAT:
+            raise SaescopeError(f"{manifest} is not a saescope latent cache manifest")
+        if not m.get("complete"):
+            raise SaescopeError(
+                f"the latent cache at {self.dir} is incomplete; re-run `saescope latents --run {run_dir}`"
+            )
+        self.manifest = m
+        self.d_sae: int = m["d_sae"]
+        self.n_rows: int = m["n_rows"]
+        self.nnz: int = m["nnz"]
+        self.shards: list[dict[str, Any]] = m["shards"]
+        self._verify = verify
+        self._csc: sp.csc_matrix | None = None
+
+    def iter_shards(self) -> Iterator[LatentShard]:
+        for s in self.shards:
+            yield read_shard(self.dir / s["file"], s, self._verify)
+
+    def triples(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for s in self.iter_shards():
+            yield s.rows, s.features, s.values
+
+    def to_csr(self) -> sp.csr_matrix:
+        """The whole (n_rows, d_sae) float32 code matrix as scipy CSR."""
+        parts = list(self.iter_shards())
+        rows = np.concatenate([p.rows for p in parts]) if parts else np.empty(0, np.int64)
+        feats = np.concatenate([p.features for p in parts]) if parts else np.empty(0, np.int32)
+        vals = np.concatenate([p.values for p in parts]) if parts else np.empty(0, np.float32)
+        return sp.csr_matrix((vals, (rows, feats)), shape=(self.n_rows, self.d_sae))
+
+    def feature_values(self, feature: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows int64 ascending, values float32) where `feature` is active."""
+        if not 0 <= feature < self.d_sae:
+            raise SaescopeError(f"feature {feature} is out of range; the SAE has {self.d_sae}")
+        if self._csc is None:
+            self._csc = self.to_csr().tocsc()
+        lo, hi = self._csc.indptr[feature], self._csc.indptr[feature + 1]
+        rows = self._csc.indices[lo:hi].astype(np.int64)
+        vals = np.asarray(self._csc.data[lo:hi], dtype=np.float32)
+        order = np.argsort(rows, kind="stable")
+        return rows[order], vals[order]
+
+    def features(self) -> pd.DataFrame:
+        """features.parquet as a DataFrame."""
+        if not self.paths.features.exists():
+            raise SaescopeError(
+                f"{self.paths.features} is missing; re-run `saescope latents --run {self.paths.root}`"
+            )
+        return pd.read_parquet(self.paths.features)
+
+
+def read_shard(path: Path, info: dict[str, Any], verify: bool = False) -> LatentShard:
+    if not path.exists():
+        raise SaescopeError(f"latent shard {path} listed in the manifest is missing")
+    if path.stat().st_size != info["nbytes"] or (verify and sha256_file(path) != info["sha256"]):
+        raise SaescopeError(f"latent shard {path} is truncated or altered; re-run with --overwrite")
+    try:
+        t = load_numpy(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise SaescopeError(f"cannot read latent shard {path}: {exc}") from exc
+    return LatentShard(info["start"], info["stop"], t["rows"], t["features"], t["values"])
+
+
+class _ShardWriter:
+    """Appends sparse triples; writes one atomic shard (and the manifest) per `shard_rows` rows."""
+
+    def __init__(self, rp: RunPaths, source: dict[str, Any], shard_rows: int, overwrite: bool):
+        self.rp = rp
+        self.source = source
+        self.shard_rows = shard_rows
+        self.shards: list[dict[str, Any]] = []
+        self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._pending_start = 0
+        m = read_json(rp.latents_manifest) if rp.latents_manifest.exists() else None
+        if m is not None and m.get("source") != source:
+            if not overwrite:
+                differs = sorted(k for k in source if m.get("source", {}).get(k) != source[k])
+                raise SaescopeError(
+                    f"{rp.latents} holds latents of another SAE or store ({', '.join(differs)} "
+                    "differ); pass --overwrite to replace them"
+                )
+            shutil.rmtree(rp.latents)
+            m = None
+        if m is not None:
+            self.shard_rows = m["shard_rows"]
+            self.shards = m["shards"]
+            self._pending_start = self.rows_done
+        rp.latents.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def rows_done(self) -> int:
+        return self.shards[-1]["stop"] if self.shards else 0
+
+    def add(self, rows: torch.Tensor, feats: torch.Tensor, vals: torch.Tensor, stop: int) -> None:
+        self._pending.append((rows, feats, vals))
+        if stop - self._pending_start >= self.shard_rows:
+            self._flush(stop)
+
+    def _flush(self, stop: int) -> None:
+        rows = torch.cat([p[0] for p in self._pending]).numpy()
+        feats = torch.cat([p[1] for p in self._pending]).numpy().astype(np.int32)
+        vals = torch.cat([p[2] for p in self._pending]).numpy().astype(np.float32)
+        name = paths.shard_name(len(self.shards))
+        target = self.rp.latents / name
+        with atomic_path(target) as tmp:
+            save_numpy({"rows": rows, "features": feats, "values": vals}, str(tmp))
+        self.shards.append(
+            {
+                "file": name,
+                "start": self._pending_start,
+                "stop": stop,
+                "nnz": len(rows),
+                "sha256": sha256_file(target),
+                "nbytes": target.stat().st_size,
+            }
+        )
+        self._pending, self._pending_start = [], stop
+        self._write_manifest(complete=False)
+
+    def close(self, n_rows: int) -> None:
+        if self._pending or self.rows_done < n_rows:
+            self._flush(n_rows)
+        self._write_manifest(complete=True)
+
+    def _write_manifest(self, complete: bool) -> None:
+        write_json(
+            self.rp.latents_manifest,
+            {
+                "format": FORMAT,
+                "saescope_version": __version__,
+                "d_sae": self.source["d_sae"],
+                "n_rows": self.source["n_rows"],
+                "rows_done": self.rows_done,
+                "nnz": sum(s["nnz"] for s in self.shards),
+                "shard_rows": self.shard_rows,
+                "complete": complete,
+                "source": self.source,
+                "shards": self.shards,
+            },
+        )
+
+
+def pick_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _source(store: ActivationStore, sae: SAE, sae_dir: Path, shard_rows: int) -> dict[str, Any]:
+    """What the cache was made from; a cache with another source cannot be resumed."""
+    return {
+        "sae_sha256": sha256_file(sae_dir / paths.NATIVE_SAE_WEIGHTS),
+        "store_sha256": sha256_text(json.dumps([s.sha256 for s in store.shards])),
+        "n_rows": store.count,
+        "d_in": store.d_in,
+        "d_sae": sae.cfg.d_sae,
+        "shard_rows": shard_rows,
+    }
+
+
+def encode_store(
+    store: ActivationStore,
+    sae: SAE,
+    writer: _ShardWriter,
+    acc: FeatureAccumulator,
+    cfg: LatentsConfig,
+    device: str,
+) -> None:
+    """Encode the rows not yet in the cache, feeding the writer and the accumulator."""
+    start = writer.rows_done
+    if start >= store.count:
+        writer.close(store.count)
+        return
+    bar = tqdm(total=store.count, initial=start, unit="row", desc="latents", dynamic_ncols=True)
+    batches = store.iter_batches(cfg.batch_size, shuffle=False, with_ids=True)
+    with torch.inference_mode():
+        for x, ids in batches:  # ids are consecutive: the store is read in row order
+            lo, hi = int(ids[0]), int(ids[-1]) + 1
+            if hi <= start:
+                continue
+            if lo < start:
+                x, lo = x[start - lo :], start
+            codes = sae.encode(x.to(device))  # (batch, d_sae)
+            r, f = codes.nonzero(as_tuple=True)
+            v = codes[r, f].float().cpu()
+            r, f = r.cpu() + lo, f.cpu()
+            acc.add(r, f, v, lo, hi)
+            writer.add(r, f, v, hi)
+            bar.update(hi - lo)
+    bar.close()
+    writer.close(store.count)
+
+
+def run(cfg: LatentsConfig) -> Path:
+    """Fill `latents/` for `cfg` (resuming an interrupted run); return the folder."""
+    rp = RunPaths(cfg.run)
+    for name in ("top_n", "n_quantiles", "batch_size", "shard_rows", "max_chunk_nnz"):
+        if getattr(cfg, name) < 1:
+            raise SaescopeError(f"--{name.replace('_', '-')} must be >= 1")
+    sae_dir = Path(cfg.sae) if cfg.sae else rp.sae
+    store = ActivationStore(rp.acts)
+    device = pick_device(cfg.device)
+    sae = SAE.load(sae_dir, device=device).eval()
+    if sae.cfg.d_in != store.d_in:
+        raise SaescopeError(
+            f"the SAE in {sae_dir} takes d_in={sae.cfg.d_in} but the store at {rp.acts} "
+            f"holds {store.d_in}-d rows; train an SAE on this store"
+        )
+    source = _source(store, sae, sae_dir, cfg.shard_rows)
+    if _is_done(rp, cfg, source):
+        return rp.latents
+    if rp.latents_config.exists():
+        rp.latents_config.unlink()  # outputs are about to change
+    writer = _ShardWriter(rp, source, cfg.shard_rows, cfg.overwrite)
+    acc = FeatureAccumulator(sae.cfg.d_sae, cfg.top_n)
+    for shard in _finished_shards(rp):  # replay what a previous run already cached
+        acc.add(
+            torch.from_numpy(shard.rows),
+            torch.from_numpy(shard.features.astype(np.int64)),
+            torch.from_numpy(shard.values),
+            shard.start,
+            shard.stop,
+        )
+    encode_store(store, sae, writer, acc, cfg, device)
+    cache = LatentCache(cfg.run)
+    write_index(rp, store)
+    write_features(rp, cache, acc, cfg)
+    if cfg.cooccurrence:
+        co = cooccurrence(cache.triples, cache.d_sae)
+        with atomic_path(rp.cooccurrence) as tmp:
+            save_numpy(
+                {"indices": co.indices, "counts": co.counts, "diagonal": co.diagonal}, str(tmp)
+            )
+    write_json(rp.latents_config, config_to_dict(cfg) | {"source": source, "sae_dir": str(sae_dir)})
+    return rp.latents
+
+
+def _is_done(rp: RunPaths, cfg: LatentsConfig, source: dict[str, Any]) -> bool:
+    if not (rp.latents_config.exists() and rp.features.exists() and rp.latent_index.exists()):
+        return False
+    saved = read_json(rp.latents_config)
+    if saved.get("source") != source or same_config(saved, cfg, ignore=_IGNORED):
+        return False
+    return not cfg.cooccurrence or rp.cooccurrence.exists()
+
+
+def _finished_shards(rp: RunPaths) -> Iterator[LatentShard]:
+    if not rp.latents_manifest.exists():
+        return
+    for s in read_json(rp.latents_manifest)["shards"]:
+        yield read_shard(rp.latents / s["file"], s, verify=True)
+
+
+def write_index(rp: RunPaths, store: ActivationStore) -> None:
+    """index.parquet: row -> doc, position. Sentence-embedding rows are whole texts (position 0)."""
+    n = store.count
+    doc = pd.Series([None] * n, dtype="object")
+    if rp.corpus.exists():
+        corpus = pd.read_parquet(rp.corpus, columns=["doc"])
+        if len(corpus) == n:
+            doc = corpus["doc"].astype(str)
+    table = pa.table(
+        {
+            "row": pa.array(np.arange(n, dtype=np.int64)),
+            "doc": pa.array(doc.tolist(), type=pa.string()),
+            "position": pa.array(np.zeros(n, dtype=np.int32)),
+        }
+    )
+    with atomic_path(rp.latent_index) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_features(
+    rp: RunPaths, cache: LatentCache, acc: FeatureAccumulator, cfg: LatentsConfig
+) -> None:
+    """features.parquet (exact schema `FEATURES_SCHEMA`) and the plots."""
+    n_rows, d_sae = cache.n_rows, cache.d_sae
+    count = acc.count.numpy()
+    dead = count == 0
+    density = count / max(n_rows, 1)
+    with np.errstate(divide="ignore"):
+        log10 = np.where(dead, np.nan, np.log10(np.where(dead, 1.0, density)))
+    hist_feats = np.argsort(-count, kind="stable")[: min(N_HIST_FEATURES, int((~dead).sum()))]
+    ex = sample_examples(
+        cache.triples,
+        count,
+        n_rows,
+        n_quantiles=cfg.n_quantiles,
+        per_quantile=cfg.examples_per_quantile,
+        n_random=cfg.n_random,
+        seed=cfg.seed,
+        max_nnz=cfg.max_chunk_nnz,
+        hist_features=hist_feats.tolist(),
+    )
+    top_vals, top_rows = acc.top_vals.numpy(), acc.top_rows.numpy()
+    n_top = np.minimum(count, cfg.top_n)
+    sums = acc.sum.numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_active = np.where(dead, np.nan, sums / np.maximum(count, 1))
+    cols = {
+        "feature": np.arange(d_sae, dtype=np.int32),
+        "count": count.astype(np.int64),
+        "density": density.astype(np.float64),
+        "log10_density": log10,
+        "max_act": acc.max.numpy().astype(np.float32),
+        "mean_act": (sums / max(n_rows, 1)).astype(np.float32),
+        "mean_active_act": mean_active.astype(np.float32),
+        "dead": dead,
+        "top_rows": [top_rows[f, : n_top[f]] for f in range(d_sae)],
+        "top_acts": [top_vals[f, : n_top[f]] for f in range(d_sae)],
+        "quantile_rows": ex.quantile_rows,
+        "quantile_acts": ex.quantile_acts,
+        "quantile_bins": ex.quantile_bins,
+        "random_rows": [
+            np.empty(0, np.int64) if dead[f] else ex.random_rows[f] for f in range(d_sae)
+        ],
+    }
+    table = pa.table(
+        {f.name: pa.array(cols[f.name], type=f.type) for f in FEATURES_SCHEMA},
+        schema=FEATURES_SCHEMA,
+    )
+    with atomic_path(rp.features) as tmp:
+        pq.write_table(table, tmp)
+    if cfg.plots:
+        rp.plots.mkdir(parents=True, exist_ok=True)
+        plots.density_histogram(log10, rp.plots / "density.png")
+        plots.l0_histogram(acc.l0_hist.numpy(), rp.plots / "l0.png")
+        plots.activation_grid(ex.hists, density, rp.plots / "activations.png")

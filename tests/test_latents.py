@@ -1,0 +1,245 @@
+"""Latent cache: statistics and examples against brute force on a small real store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from saescope.errors import SaescopeError
+from saescope.io import read_json, write_json
+from saescope.latents import FEATURES_SCHEMA, LatentCache, LatentsConfig, run
+from saescope.paths import RunPaths
+from saescope.sae import SAE, SAEConfig
+from saescope.store import ActivationStore
+
+D_SAE = 256
+
+
+def make_sae(store: ActivationStore, arch: str, seed: int = 0) -> SAE:
+    """An untrained but sensible SAE: unit random decoder rows, tied encoder, mean b_dec."""
+    x = torch.cat(list(store.iter_batches(4096, shuffle=False)))
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(SAEConfig(arch, store.d_in, D_SAE, k=8 if arch == "topk" else None))
+    with torch.no_grad():
+        w = torch.nn.functional.normalize(torch.randn(D_SAE, store.d_in, generator=g), dim=1)
+        sae.W_dec.copy_(w)
+        sae.W_enc.copy_(w.T)
+        sae.b_dec.copy_(x.mean(0))
+        if arch == "relu":
+            sae.b_enc.fill_(-0.08)
+            sae.b_enc[:10] = -100.0  # ten dead features
+    return sae
+
+
+def new_run(news_run: Path, dest: Path, arch: str) -> Path:
+    """A copy of the shared news run (corpus + store) with its own SAE."""
+    dest.mkdir(parents=True)
+    shutil.copy(news_run / "corpus.parquet", dest / "corpus.parquet")
+    shutil.copytree(news_run / "acts", dest / "acts")
+    make_sae(ActivationStore(dest / "acts"), arch).save(dest / "sae")
+    return dest
+
+
+CFG = {"shard_rows": 128, "batch_size": 64, "top_n": 10, "n_quantiles": 5}
+
+
+@pytest.fixture(scope="module", params=["topk", "relu"])
+def cached(request, news_run: Path, tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """(run dir with a finished cache, dense codes (n_rows, d_sae) by brute force)."""
+    arch = request.param
+    rd = new_run(news_run, tmp_path_factory.mktemp(f"lat-{arch}") / "run", arch)
+    run(LatentsConfig(run=str(rd), **CFG))
+    store = ActivationStore(rd / "acts")
+    sae = SAE.load(rd / "sae")
+    with torch.inference_mode():
+        dense = sae.encode(store.rows(np.arange(store.count))).numpy()
+    return rd, dense
+
+
+def test_counts_density_max_mean_match_brute_force(cached) -> None:
+    rd, dense = cached
+    df = pd.read_parquet(RunPaths(rd).features)
+    n_rows = dense.shape[0]
+    count = (dense > 0).sum(0)
+    assert (df["feature"].to_numpy() == np.arange(D_SAE)).all()
+    assert (df["count"].to_numpy() == count).all()
+    np.testing.assert_allclose(df["density"], count / n_rows)
+    np.testing.assert_allclose(df["max_act"], dense.max(0), rtol=1e-6)
+    np.testing.assert_allclose(
+        df["mean_act"], dense.mean(0, dtype=np.float64), rtol=1e-5, atol=1e-7
+    )
+    alive = count > 0
+    assert (df["dead"].to_numpy() == ~alive).all()
+    mean_active = dense.sum(0, dtype=np.float64)[alive] / count[alive]
+    np.testing.assert_allclose(df["mean_active_act"][alive], mean_active, rtol=1e-5)
+    assert df["log10_density"][~alive].isna().all()
+    np.testing.assert_allclose(df["log10_density"][alive], np.log10(count[alive] / n_rows))
+
+
+def test_schema_is_exact(cached) -> None:
+    rd, _ = cached
+    assert pq.read_schema(RunPaths(rd).features).remove_metadata() == FEATURES_SCHEMA
+
+
+def test_top_examples_are_the_highest_activations(cached) -> None:
+    rd, dense = cached
+    df = pd.read_parquet(RunPaths(rd).features)
+    checked = 0
+    for f in range(D_SAE):
+        col = dense[:, f]
+        rows, acts = np.asarray(df.at[f, "top_rows"]), np.asarray(df.at[f, "top_acts"])
+        n = min(CFG["top_n"], int((col > 0).sum()))
+        assert len(rows) == len(acts) == n
+        if n == 0:
+            continue
+        best = np.sort(col)[::-1][:n]
+        np.testing.assert_allclose(acts, best, rtol=1e-6)  # descending, the true top values
+        np.testing.assert_allclose(col[rows], acts, rtol=1e-6)  # and these rows carry them
+        assert len(set(rows.tolist())) == n
+        checked += 1
+    assert checked > 100
+
+
+def test_quantile_examples_lie_in_their_bins(cached) -> None:
+    rd, dense = cached
+    df = pd.read_parquet(RunPaths(rd).features)
+    nq, per_q = CFG["n_quantiles"], LatentsConfig.examples_per_quantile
+    for f in range(D_SAE):
+        col = dense[:, f]
+        active = np.nonzero(col > 0)[0]
+        rows = np.asarray(df.at[f, "quantile_rows"])
+        acts = np.asarray(df.at[f, "quantile_acts"])
+        bins = np.asarray(df.at[f, "quantile_bins"])
+        if len(active) == 0:
+            assert len(rows) == len(acts) == len(bins) == 0
+            continue
+        np.testing.assert_allclose(col[rows], acts, rtol=1e-6)
+        # rank of each example among the feature's activations (ties by row id)
+        order = np.lexsort((active, col[active]))
+        rank = {int(r): i for i, r in enumerate(active[order])}
+        c = len(active)
+        expect_bins = [(rank[int(r)] * nq) // c for r in rows]
+        assert bins.tolist() == expect_bins
+        sizes = np.bincount((np.arange(c) * nq) // c, minlength=nq)
+        got = np.bincount(bins, minlength=nq)
+        assert (got == np.minimum(sizes, per_q)).all()
+        assert (np.diff(bins) >= 0).all()  # grouped by bin, lowest first
+
+
+def test_random_rows_do_not_activate(cached) -> None:
+    rd, dense = cached
+    df = pd.read_parquet(RunPaths(rd).features)
+    for f in range(D_SAE):
+        rows = np.asarray(df.at[f, "random_rows"])
+        n_active = int((dense[:, f] > 0).sum())
+        if n_active == 0:
+            assert len(rows) == 0  # dead features have empty lists
+            continue
+        assert len(rows) == min(LatentsConfig.n_random, dense.shape[0] - n_active)
+        assert len(set(rows.tolist())) == len(rows)
+        assert (dense[rows, f] == 0).all()
+
+
+def test_cache_reader_and_cooccurrence_equal_brute_force(cached) -> None:
+    rd, dense = cached
+    cache = LatentCache(rd)
+    assert (cache.n_rows, cache.d_sae) == dense.shape
+    assert cache.nnz == int((dense > 0).sum())
+    np.testing.assert_array_equal(cache.to_csr().toarray(), dense)
+    f = int(np.argmax((dense > 0).sum(0)))
+    rows, vals = cache.feature_values(f)
+    np.testing.assert_array_equal(rows, np.nonzero(dense[:, f])[0])
+    np.testing.assert_array_equal(vals, dense[rows, f])
+    with pytest.raises(SaescopeError, match="out of range"):
+        cache.feature_values(D_SAE)
+
+    co = load_file(str(RunPaths(rd).cooccurrence))
+    b = (dense > 0).astype(np.int64)
+    xtx = b.T @ b
+    assert co["indices"].dtype == np.int32 and co["counts"].dtype == np.int64
+    i, j = co["indices"]
+    assert (i < j).all()
+    np.testing.assert_array_equal(co["counts"], xtx[i, j])
+    upper = np.triu(xtx, 1)
+    assert len(i) == int((upper > 0).sum())  # every co-occurring pair, and only those
+    np.testing.assert_array_equal(co["diagonal"], np.diag(xtx))
+
+
+def test_index_maps_rows_to_corpus_docs(cached) -> None:
+    rd, dense = cached
+    idx = pd.read_parquet(RunPaths(rd).latent_index)
+    corpus = pd.read_parquet(rd / "corpus.parquet")
+    assert list(idx.columns) == ["row", "doc", "position"]
+    assert (idx["row"].to_numpy() == np.arange(len(dense))).all()
+    assert (idx["doc"] == corpus["doc"].astype(str)).all()
+    assert (idx["position"] == 0).all()
+
+
+def test_plots_written(cached) -> None:
+    rd, _ = cached
+    for name in ("density.png", "l0.png", "activations.png"):
+        data = (RunPaths(rd).plots / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+def test_resume_after_interruption_gives_identical_cache(news_run: Path, tmp_path: Path) -> None:
+    rd = new_run(news_run, tmp_path / "full", "topk")
+    out = run(LatentsConfig(run=str(rd), **CFG))
+    ref_manifest = read_json(out / "manifest.json")
+    ref_features = pd.read_parquet(out / "features.parquet")
+    assert len(ref_manifest["shards"]) >= 4
+
+    # what a kill after the second shard leaves: a manifest listing two shards, a stray temp file
+    rp = RunPaths(rd)
+    m = dict(ref_manifest, complete=False, shards=ref_manifest["shards"][:2])
+    m["rows_done"], m["nnz"] = m["shards"][-1]["stop"], sum(s["nnz"] for s in m["shards"])
+    for s in ref_manifest["shards"][2:]:
+        (rp.latents / s["file"]).unlink()
+    for p in (rp.features, rp.latents_config, rp.cooccurrence):
+        p.unlink()
+    write_json(rp.latents_manifest, m)
+    (rp.latents / ".shard-00002.safetensors.abc.tmp").write_bytes(b"partial")
+    kept = (rp.latents / "shard-00000.safetensors").stat().st_mtime_ns
+    with pytest.raises(SaescopeError, match="incomplete"):
+        LatentCache(rd)
+
+    run(LatentsConfig(run=str(rd), **CFG))
+    again = read_json(rp.latents_manifest)
+    assert (rp.latents / "shard-00000.safetensors").stat().st_mtime_ns == kept  # not redone
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in ref_manifest["shards"]]
+    pd.testing.assert_frame_equal(pd.read_parquet(rp.features), ref_features)
+
+    # same config again: nothing is rewritten
+    before = rp.features.stat().st_mtime_ns
+    run(LatentsConfig(run=str(rd), **CFG))
+    assert rp.features.stat().st_mtime_ns == before
+
+    # other statistics options reuse the shards; a small memory budget gives the same examples
+    run(LatentsConfig(run=str(rd), **(CFG | {"max_chunk_nnz": 300})))
+    assert (rp.latents / "shard-00000.safetensors").stat().st_mtime_ns == kept
+    pd.testing.assert_frame_equal(pd.read_parquet(rp.features), ref_features)
+
+    # another SAE: refused without --overwrite, replaced with it
+    make_sae(ActivationStore(rd / "acts"), "topk", seed=1).save(rd / "sae")
+    with pytest.raises(SaescopeError, match="overwrite"):
+        run(LatentsConfig(run=str(rd), **CFG))
+    run(LatentsConfig(run=str(rd), overwrite=True, **CFG))
+    assert not pd.read_parquet(rp.features).equals(ref_features)
+
+
+def test_errors_name_the_problem(news_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(SaescopeError, match="no latent cache"):
+        LatentCache(tmp_path)
+    rd = new_run(news_run, tmp_path / "r", "topk")
+    with pytest.raises(SaescopeError, match="SAE folder"):
+        run(LatentsConfig(run=str(rd), sae=str(tmp_path / "nowhere")))
+    SAE(SAEConfig("topk", 16, 32, k=4)).save(tmp_path / "small")
+    with pytest.raises(SaescopeError, match="d_in=16"):
+        run(LatentsConfig(run=str(rd), sae=str(tmp_path / "small")))
