@@ -394,3 +394,29 @@ def test_convert_sparsify_to_saelens_chain(tmp_path: Path) -> None:
     assert cli_main([*args, "--out", str(out), "--to", "saelens"]) == 0
     x = inputs()
     assert_same_codes(saelens_encode(out, x), sparsify_codes(tmp_path / "ckpt" / "layers.4", x))
+
+
+def test_batchtopk_repo_fork_with_threshold(tmp_path: Path) -> None:
+    """Forks keep a learned scalar `threshold` buffer: eval codes are relu(h) where > it."""
+    import warnings
+
+    torch.manual_seed(0)
+    cfg = {"sae_type": "batchtopk", "act_size": D_IN, "dict_size": D_SAE, "top_k": K}
+    cfg |= {"input_unit_norm": False, "dtype": "torch.float32", "device": "cuda"}
+    ref = BatchTopKRepoRef(cfg)
+    state = ref.state_dict() | {
+        "threshold": torch.tensor(0.8),
+        "num_batches_not_active": torch.zeros(D_SAE),
+    }
+    folder = tmp_path / "fork"
+    folder.mkdir()
+    torch.save(state, folder / "sae.pt")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no per-row topk fallback warning here
+        sae = load_sae(folder)
+    assert (sae.cfg.architecture, sae.cfg.k) == ("batchtopk", K)
+    x = inputs()
+    with torch.no_grad():
+        acts = F.relu((x - ref.b_dec) @ ref.W_enc)
+        assert_same_codes(sae.encode(x), torch.where(acts > 0.8, acts, torch.zeros_like(acts)))

@@ -7,7 +7,9 @@ ignored here. Mapping onto native rules:
   vanilla  : relu((x - b_dec) @ W_enc + b_enc)                     -> relu
   topk     : k largest of relu((x - b_dec) @ W_enc), b_enc unused  -> topk, b_enc = 0
   batchtopk: like topk but over the whole batch, no inference threshold -> per-row
-             topk with k = top_k (codes differ from batch mode; a warning says so)
+             topk with k = top_k (codes differ from batch mode; a warning says so);
+             a fork's scalar `threshold` buffer (eval: relu(h) where > threshold) ->
+             batchtopk with that threshold
   jumprelu : p = relu(x @ W_enc + b_enc); p * (p > exp(log_threshold)); b_dec NOT
              subtracted -> jumprelu with b_enc + b_dec @ W_enc folded in
 `input_unit_norm` (per-row mean/std standardisation) -> input_norm="row_standardize".
@@ -57,7 +59,8 @@ def load_batchtopk_repo(folder: Path, device: str = "cpu") -> SAE:
     b_enc = take(tensors, "b_enc", (d_sae,), w_path).to(f64)
     W_dec = take(tensors, "W_dec", (d_sae, d_in), w_path).to(f64)
     b_dec = take(tensors, "b_dec", (d_in,), w_path).to(f64)
-    known = {"W_enc", "b_enc", "W_dec", "b_dec"}
+    # num_batches_not_active: dead-latent statistics some versions keep as a buffer
+    known = {"W_enc", "b_enc", "W_dec", "b_dec", "num_batches_not_active"}
     notes: list[str] = []
     k = None
     threshold = None
@@ -68,7 +71,14 @@ def load_batchtopk_repo(folder: Path, device: str = "cpu") -> SAE:
         k = int_field(raw, "top_k", cfg_path)
         b_enc = torch.zeros_like(b_enc)
         notes.append("b_enc is unused by this repo's topk/batchtopk encoder: set to 0")
-    if sae_type == "batchtopk":
+    if sae_type == "batchtopk" and "threshold" in tensors:
+        # forks that learn a global threshold keep it as a scalar buffer and use
+        # relu(h) where > threshold at eval: exactly native batchtopk
+        known.add("threshold")
+        threshold = take(tensors, "threshold", (), w_path).to(f64).expand(d_sae).clone()
+        arch = "batchtopk"
+        notes.append("scalar inference threshold found: loaded as batchtopk")
+    elif sae_type == "batchtopk":
         notes.append(BATCHTOPK_NOTE)
         warnings.warn(f"{w_path}: {BATCHTOPK_NOTE}", UserWarning, stacklevel=3)
     if sae_type == "jumprelu":
