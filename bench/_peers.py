@@ -1,0 +1,255 @@
+"""One benchmark run per process: train one library's TopK SAE, then score it.
+
+In: a `Spec` (library, optimizer, sizes, sample count, store directory), given as
+JSON on the command line by `bench/train.py`. Out: one line `RESULT {json}` on
+stdout with train seconds, samples/s, peak RSS after training (ru_maxrss), and the
+held-out NMSE and dead fraction, computed here by one function for every library.
+
+Every library sees the same data: the store's non-held-out rows, reshuffled each
+epoch with the same seed, cut into `batch_size` batches, cycled until `n_samples`
+rows have been seen. The held-out rows are `split_mask(row_ids, eval_fraction)`.
+
+Runners (each uses the library's own model, forward and loss code):
+  saelens   `SAETrainer.fit` on a `TopKTrainingSAE` (its own Adam, grad clipping,
+            dead-feature bookkeeping); default = SAELens's default Adam settings.
+  sparsify  `SparseCoder` driven the way `sparsify.Trainer.fit` drives it (b_dec set
+            to the first batch mean, decoder renormalised each step, parallel
+            gradient removed, FVU loss); default = schedule-free sign-SGD.
+  saescope  `saescope.train.train_on_batches` with the `TrainConfig` defaults
+            (Adam with warm-up and decay); adam = the peers' constant-lr Adam.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+THREADS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    lib: str  # saescope | saelens | sparsify
+    optimizer: str  # "default" (the library's own) | "adam" (common Adam settings)
+    d_in: int
+    d_sae: int
+    k: int
+    batch_size: int
+    n_samples: int
+    store: str
+    eval_fraction: float
+    adam_lr: float
+    seed: int = 0
+
+
+class Data(NamedTuple):
+    train: torch.Tensor  # (n_train, d_in)
+    held: torch.Tensor  # (n_held, d_in)
+
+
+def load_data(store_dir: str, eval_fraction: float) -> Data:
+    from saescope.store import ActivationStore, split_mask
+
+    store = ActivationStore(store_dir)
+    ids = np.arange(store.count)
+    x = store.rows(ids).float()  # (n_rows, d_in)
+    held = torch.from_numpy(split_mask(ids, eval_fraction))
+    return Data(x[~held].contiguous(), x[held].contiguous())
+
+
+def batches(
+    train: torch.Tensor, batch_size: int, n_samples: int, seed: int
+) -> Iterator[torch.Tensor]:
+    """`n_samples // batch_size` batches of `train` rows, a fresh permutation per epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(train), generator=gen)
+    pos = 0
+    for _ in range(n_samples // batch_size):
+        while pos + batch_size > len(perm):
+            perm = torch.cat([perm[pos:], torch.randperm(len(train), generator=gen)])
+            pos = 0
+        yield train[perm[pos : pos + batch_size]]
+        pos += batch_size
+
+
+# A reconstruction function: (rows, d_in) -> (x_hat (rows, d_in), fired (d_sae,) bool)
+Recon = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def evaluate(
+    recon: Recon, held: torch.Tensor, d_sae: int, chunk: int = 1024
+) -> tuple[float, float]:
+    """(NMSE, dead fraction) on the held-out rows.
+
+    NMSE = sum of squared error / sum of squared deviation from the held-out mean.
+    Dead = fraction of latents that are zero on every held-out row.
+    """
+    mean = held.mean(0)
+    sse = 0.0
+    sst = float((held - mean).pow(2).sum())
+    fired = torch.zeros(d_sae, dtype=torch.bool)
+    for start in range(0, len(held), chunk):
+        x = held[start : start + chunk]
+        x_hat, f = recon(x)
+        sse += float((x - x_hat).pow(2).sum())
+        fired |= f
+    return sse / sst, 1.0 - float(fired.float().mean())
+
+
+# ---------------------------------------------------------------- SAELens
+
+
+def run_saelens(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    # SAELens's default is Adam lr 3e-4, betas (0.9, 0.999), constant schedule
+    lr = 3e-4 if spec.optimizer == "default" else spec.adam_lr
+    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=spec.d_in, d_sae=spec.d_sae, k=spec.k))
+    cfg = SAETrainerConfig(
+        total_training_samples=spec.n_samples,
+        train_batch_size_samples=spec.batch_size,
+        lr=lr,
+        lr_end=lr,
+        lr_scheduler_name="constant",
+        device="cpu",
+        save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    SAETrainer(cfg=cfg, sae=sae, data_provider=it).fit()
+    sae.eval()
+
+    def recon(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        acts = sae.encode(x)  # (rows, d_sae)
+        return sae.decode(acts), (acts > 0).any(0)
+
+    return recon
+
+
+# ---------------------------------------------------------------- sparsify
+
+
+def run_sparsify(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    torch.set_float32_matmul_precision("high")  # what sparsify.Trainer.fit sets
+    sae = SparseCoder(
+        spec.d_in, SparseCoderConfig(num_latents=spec.d_sae, k=spec.k), "cpu", torch.float32
+    )
+    if spec.optimizer == "default":
+        from schedulefree import ScheduleFreeWrapper
+        from sparsify.sign_sgd import SignSGD
+
+        lr = 5e-3 / math.sqrt(spec.d_sae / 2**14)  # sparsify's default signum lr
+        opt: Any = ScheduleFreeWrapper(
+            SignSGD([dict(params=sae.parameters(), lr=lr)]), momentum=0.95
+        )
+        opt.train()
+    else:
+        # sparsify's own Adam warms up over 1000 steps, longer than this whole run;
+        # the common Adam settings (constant lr) are used instead.
+        opt = torch.optim.Adam(sae.parameters(), lr=spec.adam_lr)
+
+    since_fired = torch.zeros(spec.d_sae, dtype=torch.long)
+    did_fire = torch.zeros(spec.d_sae, dtype=torch.bool)
+    for step, x in enumerate(it):
+        if step == 0:
+            sae.b_dec.data = x.mean(0)
+        sae.set_decoder_norm_to_unit_norm()
+        out = sae(x)  # auxk_alpha defaults to 0, so no dead mask
+        out.fvu.backward()
+        did_fire[out.latent_indices.flatten()] = True
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():  # the trainer's dead-latent bookkeeping
+            since_fired += len(x)
+            since_fired[did_fire] = 0
+            did_fire.zero_()
+    if hasattr(opt, "eval"):
+        opt.eval()  # schedule-free: switch to the averaged weights, as sparsify does before saving
+
+    def recon(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = sae.encode(x)
+        x_hat = sae.decode(enc.top_acts, enc.top_indices)
+        fired = torch.zeros(spec.d_sae, dtype=torch.bool)
+        fired[enc.top_indices[enc.top_acts > 0]] = True
+        return x_hat, fired
+
+    return recon
+
+
+# ---------------------------------------------------------------- saescope
+
+
+def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
+    from saescope.train import TrainConfig, train_on_batches
+
+    cfg = TrainConfig(
+        d_sae=[spec.d_sae],
+        k=[spec.k],
+        batch_size=spec.batch_size,
+        seed=spec.seed,
+        threads=THREADS,
+        device="cpu",
+        progress=False,
+    )
+    if spec.optimizer == "adam":  # the peers' common Adam: constant lr, no warm-up
+        cfg = dataclasses.replace(cfg, lr=spec.adam_lr, warmup_steps=0, lr_decay="none")
+    total_steps = spec.n_samples // spec.batch_size
+    sae = train_on_batches(it, cfg, total_steps=total_steps).saes[0]
+    sae.eval()
+
+    def recon(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = sae(x)
+        return out.x_hat, (out.codes > 0).any(0)
+
+    return recon
+
+
+RUNNERS = {"saescope": run_saescope, "saelens": run_saelens, "sparsify": run_sparsify}
+
+
+def run(spec: Spec) -> dict[str, Any]:
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(spec.seed)
+    data = load_data(spec.store, spec.eval_fraction)
+    it = batches(data.train, spec.batch_size, spec.n_samples, spec.seed)
+    n_samples = (spec.n_samples // spec.batch_size) * spec.batch_size
+    t0 = time.perf_counter()
+    recon = RUNNERS[spec.lib](spec, it)
+    seconds = time.perf_counter() - t0
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    nmse, dead = evaluate(recon, data.held, spec.d_sae)
+    return {
+        **dataclasses.asdict(spec),
+        "samples": n_samples,
+        "n_train_rows": len(data.train),
+        "n_held_rows": len(data.held),
+        "seconds": seconds,
+        "samples_per_s": n_samples / seconds,
+        "peak_rss_mb": rss_kb / 1024,
+        "nmse": nmse,
+        "dead": dead,
+    }
+
+
+def main(argv: list[str]) -> int:
+    spec = Spec(**json.loads(argv[0]))
+    print("RESULT " + json.dumps(run(spec)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

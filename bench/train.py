@@ -1,0 +1,229 @@
+"""Training-speed benchmark: saescope against SAELens and sparsify, in one run.
+
+In: an activation store (default `bench/out/run/acts`, MiniLM embeddings of the news
+corpus; see bench/README.md to build it). Out: a printed table per SAE size
+(samples/s, held-out NMSE, dead fraction, peak RSS, achieved GFLOP/s and its
+fraction of this machine's float32 GEMM peak, saescope's speed ratio to the fastest
+peer), PASS/FAIL lines for the targets, and `bench/out/train-results.json`.
+
+Every (library, optimizer) pair trains in its own subprocess (`bench/_peers.py`), so
+its peak RSS is its own, on the same batches in the same order, for the same number
+of samples, on 2 torch threads. NMSE and dead fraction come from one function on the
+same held-out rows for all.
+
+FLOP model (per training step, batch B, d_in D, d_sae F, k active latents): the
+encoder matmul forward + backward as if dense, 3 * 2*B*D*F, plus the decoder as a
+sparse product needs it, 3 * 2*B*k*D (forward, gradient of W_dec, gradient of the
+codes). The count is the same for every library whatever it actually executes, so
+"achieved GFLOP/s" is a work rate and its ratio between libraries equals the
+samples/s ratio; a library with a sparse encoder backward can exceed what dense
+matmuls would reach.
+
+    python bench/train.py                       # the full benchmark
+    python bench/train.py --sizes 3072:32 --samples 40960 --optimizers default
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+PEERS = ("saelens", "sparsify")
+LIBS = ("saescope", *PEERS)
+TARGET_SPEEDUP = 2.0
+TARGET_DEAD = 0.01
+
+
+def gemm_peak_gflops(threads: int = 2, n: int = 2048, repeats: int = 5) -> float:
+    """Best float32 `torch.mm` rate on `threads` threads, in GFLOP/s."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    torch.set_num_threads(old)
+    return 2 * n**3 / best / 1e9
+
+
+def flops_per_step(batch: int, d_in: int, d_sae: int, k: int) -> float:
+    return 3 * 2 * batch * d_in * d_sae + 3 * 2 * batch * k * d_in
+
+
+def adam_lr(d_sae: int) -> float:
+    """The common Adam learning rate: the TopK scaling rule 2e-4 / sqrt(d_sae / 2^14)."""
+    return 2e-4 / (d_sae / 2**14) ** 0.5
+
+
+def run_one(spec: dict[str, Any], log: Path) -> dict[str, Any]:
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+    cmd = [sys.executable, str(HERE / "_peers.py"), json.dumps(spec)]
+    with open(log, "a") as f:
+        f.write(f"\n### {spec['lib']} {spec['optimizer']} d_sae={spec['d_sae']}\n")
+        f.flush()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    return {**spec, "error": f"exit {proc.returncode}; see {log}"}
+
+
+def fmt_row(r: dict[str, Any], peak: float, best_peer_sps: float) -> str:
+    if "error" in r:
+        return f"  {r['lib']:<9} {r['optimizer']:<8} FAILED: {r['error']}"
+    gflops = flops_per_step(r["batch_size"], r["d_in"], r["d_sae"], r["k"]) / r["batch_size"]
+    gflops *= r["samples_per_s"] / 1e9
+    ratio = r["samples_per_s"] / best_peer_sps if best_peer_sps else float("nan")
+    return (
+        f"  {r['lib']:<9} {r['optimizer']:<8} {r['samples_per_s']:>9.0f} {ratio:>6.2f}x "
+        f"{r['seconds']:>7.1f} {r['nmse']:>7.4f} {100 * r['dead']:>6.2f} {r['peak_rss_mb']:>8.0f} "
+        f"{gflops:>8.1f} {100 * gflops / peak:>6.1f}"
+    )
+
+
+HEADER = (
+    f"  {'library':<9} {'optim':<8} {'samples/s':>9} {'vs_fast':>7} {'train_s':>7} {'NMSE':>7} "
+    f"{'dead%':>6} {'RSS_MB':>8} {'GFLOP/s':>8} {'%peak':>6}"
+)
+
+
+def report(results: list[dict[str, Any]], peak: float) -> list[str]:
+    """Table lines and PASS/FAIL lines for one size."""
+    ok = [r for r in results if "error" not in r]
+    peers = [r for r in ok if r["lib"] in PEERS]
+    best_sps = max((r["samples_per_s"] for r in peers), default=0.0)
+    lines = [HEADER] + [fmt_row(r, peak, best_sps) for r in results]
+    ours = next((r for r in ok if r["lib"] == "saescope" and r["optimizer"] == "default"), None)
+    if ours is None or not peers:
+        return lines + ["  targets: not checked (saescope default run or peers missing)"]
+    fastest = max(peers, key=lambda r: r["samples_per_s"])
+    best = min(peers, key=lambda r: r["nmse"])
+    speed = ours["samples_per_s"] / fastest["samples_per_s"]
+    checks = [
+        (
+            speed >= TARGET_SPEEDUP,
+            f"speed: saescope {ours['samples_per_s']:.0f} samples/s = {speed:.2f}x the fastest peer "
+            f"({fastest['lib']} {fastest['optimizer']}, {fastest['samples_per_s']:.0f}); target >= {TARGET_SPEEDUP}x",
+        ),
+        (
+            ours["nmse"] <= best["nmse"],
+            f"NMSE: saescope {ours['nmse']:.4f} vs best peer {best['nmse']:.4f} "
+            f"({best['lib']} {best['optimizer']}); target <=",
+        ),
+        (
+            ours["dead"] < TARGET_DEAD,
+            f"dead: saescope {100 * ours['dead']:.2f}% of latents; target < {100 * TARGET_DEAD:.0f}%",
+        ),
+    ]
+    return lines + [f"  {'PASS' if good else 'FAIL'}  {text}" for good, text in checks]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--store", default=str(HERE / "out" / "run" / "acts"), help="activation store directory"
+    )
+    p.add_argument("--sizes", default="3072:32,12288:64", help="comma-separated d_sae:k pairs")
+    p.add_argument(
+        "--samples",
+        default="245760,81920",
+        help="training samples per size (one value, or one per size); rounded down to whole batches",
+    )
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--libs", default=",".join(LIBS), help="libraries to run")
+    p.add_argument(
+        "--optimizers",
+        default="default,adam",
+        help="'default' (each library's own) and/or 'adam' (common)",
+    )
+    p.add_argument(
+        "--eval-fraction", type=float, default=0.2, help="held-out fraction (split_mask by row id)"
+    )
+    p.add_argument(
+        "--out", default=str(HERE / "out" / "train-results.json"), help="JSON results file"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = [tuple(int(v) for v in s.split(":")) for s in args.sizes.split(",")]
+    samples = [int(s) for s in args.samples.split(",")]
+    samples = samples * len(sizes) if len(samples) == 1 else samples
+    if len(samples) != len(sizes):
+        sys.exit("--samples needs one value or one per size")
+    libs = args.libs.split(",")
+    optimizers = args.optimizers.split(",")
+    store = Path(args.store)
+    if not (store / "manifest.json").exists():
+        sys.exit(f"no activation store at {store}; build it as bench/README.md says")
+    d_in = json.loads((store / "manifest.json").read_text())["d_in"]
+    log = Path(args.out).with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("")
+
+    load = os.getloadavg()
+    peak = gemm_peak_gflops(threads=2)
+    print(f"saescope training benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})")
+    print(
+        f"  torch {torch.__version__}, 2 threads per run, load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
+    print(f"  float32 GEMM peak (2048^3 torch.mm, 2 threads, best of 5): {peak:.1f} GFLOP/s")
+    print(
+        f"  store {store}: d_in {d_in}, held-out fraction {args.eval_fraction}, batch {args.batch_size}"
+    )
+    print("  FLOPs/step = 6*B*d_in*d_sae (encoder fwd+bwd) + 6*B*k*d_in (sparse decoder fwd+bwd)")
+    print(
+        "  optimizers: default = each library's own; adam = Adam(0.9, 0.999), constant lr 2e-4/sqrt(d_sae/2^14)"
+    )
+    everything: dict[str, Any] = {"gemm_peak_gflops": peak, "load_at_start": load, "sizes": []}
+    for (d_sae, k), n in zip(sizes, samples, strict=True):
+        n = (n // args.batch_size) * args.batch_size
+        print(
+            f"\nd_sae {d_sae}, k {k}: {n} samples ({n // args.batch_size} steps of {args.batch_size}), "
+            f"adam lr {adam_lr(d_sae):.2e}"
+        )
+        results = []
+        for lib in libs:
+            for opt in optimizers:
+                spec = dict(
+                    lib=lib,
+                    optimizer=opt,
+                    d_in=d_in,
+                    d_sae=d_sae,
+                    k=k,
+                    batch_size=args.batch_size,
+                    n_samples=n,
+                    store=str(store),
+                    eval_fraction=args.eval_fraction,
+                    adam_lr=adam_lr(d_sae),
+                )
+                results.append(run_one(spec, log))
+                print(fmt_row(results[-1], peak, 0.0), flush=True)
+        print()
+        for line in report(results, peak):
+            print(line)
+        everything["sizes"].append({"d_sae": d_sae, "k": k, "samples": n, "results": results})
+    load = os.getloadavg()
+    everything["load_at_end"] = load
+    print(f"\nload average at end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; results in {args.out}")
+    Path(args.out).write_text(json.dumps(everything, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
