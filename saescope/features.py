@@ -11,7 +11,8 @@ co-occurrence counts of pairs of features (`cooccurrence`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,18 @@ import torch
 
 # A callable that yields (rows, features, values) triples of every shard, in row order.
 ShardSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run small torch ops on one thread: on a busy machine, waking a second intra-op
+    thread for each of dozens of tiny ops per batch costs far more than the ops."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 class FeatureAccumulator:
@@ -51,33 +64,39 @@ class FeatureAccumulator:
         self.l0_hist += torch.bincount(per_row, minlength=self.d_sae + 1)[: self.d_sae + 1]
         if len(values) == 0:
             return
-        counts = torch.bincount(features, minlength=self.d_sae)
-        self.count += counts
+        self.count += torch.bincount(features, minlength=self.d_sae)
         self.sum.index_add_(0, features, values.double())
         self.max = torch.maximum(
             self.max, torch.zeros_like(self.max).scatter_reduce(0, features, values, "amax")
         )
-        self._merge_top(rows, features, values, counts)
+        # only values that reach a feature's current N-th best can enter its top-N;
+        # after the first batches that is a small fraction of the triples
+        cand = values >= self.top_vals[:, -1][features]
+        if bool(cand.any()):
+            self._merge_top(rows[cand], features[cand], values[cand])
 
-    def _merge_top(
-        self, rows: torch.Tensor, features: torch.Tensor, values: torch.Tensor, counts: torch.Tensor
-    ) -> None:
+    def _merge_top(self, rows: torch.Tensor, features: torch.Tensor, values: torch.Tensor) -> None:
         # order triples by (feature, value desc, row asc): triples arrive row-major, so two
         # stable sorts keep the smaller row first among equal values
         v_sorted, order = torch.sort(values, descending=True, stable=True)
         f_sorted, order2 = torch.sort(features[order], stable=True)
         v_sorted, r_sorted = v_sorted[order2], rows[order][order2]
-        seg_start = torch.cumsum(counts, 0) - counts  # (d_sae,)
-        rank = torch.arange(len(f_sorted)) - seg_start[f_sorted]
+        counts = torch.bincount(f_sorted, minlength=self.d_sae)
+        rank = torch.arange(len(f_sorted)) - (torch.cumsum(counts, 0) - counts)[f_sorted]
         keep = rank < self.top_n
-        f_k, rank_k = f_sorted[keep], rank[keep]
-        cand_v = torch.full_like(self.top_vals, -torch.inf)
-        cand_r = torch.full_like(self.top_rows, -1)
-        cand_v[f_k, rank_k] = v_sorted[keep]
-        cand_r[f_k, rank_k] = r_sorted[keep]
-        self.top_vals, self.top_rows = top_merge(
-            torch.cat([self.top_vals, cand_v], 1), torch.cat([self.top_rows, cand_r], 1), self.top_n
+        touched = torch.nonzero(counts).squeeze(1)  # (t,) features with candidates
+        slot = torch.searchsorted(touched, f_sorted[keep])
+        cand_v = torch.full((len(touched), self.top_n), -torch.inf)
+        cand_r = torch.full((len(touched), self.top_n), -1, dtype=torch.int64)
+        cand_v[slot, rank[keep]] = v_sorted[keep]
+        cand_r[slot, rank[keep]] = r_sorted[keep]
+        vals, rws = top_merge(
+            torch.cat([self.top_vals[touched], cand_v], 1),
+            torch.cat([self.top_rows[touched], cand_r], 1),
+            self.top_n,
         )
+        self.top_vals[touched] = vals
+        self.top_rows[touched] = rws
 
 
 def top_merge(vals: torch.Tensor, rows: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,9 +246,22 @@ class Cooccurrence:
         return out
 
 
+DENSE_COOCCURRENCE_MAX = 4096  # up to this d_sae a dense int64 table (<= 134 MB) is cheaper
+
+
 def cooccurrence(source: ShardSource, d_sae: int, chunk_rows: int = 16384) -> Cooccurrence:
-    """X^T X of the binarised (n_rows, d_sae) codes, summed chunk by chunk as sparse matrices."""
-    total = sp.csr_matrix((d_sae, d_sae), dtype=np.int64)
+    """X^T X of the binarised (n_rows, d_sae) codes, summed over chunks of rows.
+
+    Each chunk's product is a scipy sparse matrix; they are summed into a dense
+    table for d_sae <= DENSE_COOCCURRENCE_MAX and as a sparse matrix beyond, so no
+    dense d_sae x d_sae table is ever made for large SAEs.
+    """
+    dense = d_sae <= DENSE_COOCCURRENCE_MAX
+    total: np.ndarray | sp.csr_matrix = (
+        np.zeros((d_sae, d_sae), np.int64)
+        if dense
+        else sp.csr_matrix((d_sae, d_sae), dtype=np.int64)
+    )
     for rows, feats, _ in source():
         if len(rows) == 0:
             continue
@@ -243,13 +275,23 @@ def cooccurrence(source: ShardSource, d_sae: int, chunk_rows: int = 16384) -> Co
                 (np.ones(b - a, np.int32), (local[a:b] - lo, feats[a:b])),
                 shape=(chunk_rows, d_sae),
             )
-            total = total + (x.T @ x).astype(np.int64)
-    upper = sp.triu(total, k=1).tocoo()
-    keep = upper.data > 0
-    indices = np.stack([upper.row[keep], upper.col[keep]]).astype(np.int32)
-    order = np.lexsort((indices[1], indices[0]))
+            xtx = x.T.tocsr() @ x  # (d_sae, d_sae) int32 counts of this chunk
+            if dense:
+                total += xtx.toarray()
+            else:
+                total = total + xtx.astype(np.int64)
+    if dense:
+        diagonal = np.diagonal(total).copy()
+        i, j = np.nonzero(np.triu(total, 1))  # row-major: sorted by (i, j)
+        counts = total[i, j]
+    else:
+        diagonal = np.asarray(total.diagonal(), dtype=np.int64)
+        upper = sp.triu(total, k=1).tocoo()
+        keep = upper.data > 0
+        order = np.lexsort((upper.col[keep], upper.row[keep]))
+        i, j, counts = upper.row[keep][order], upper.col[keep][order], upper.data[keep][order]
     return Cooccurrence(
-        np.ascontiguousarray(indices[:, order]),
-        upper.data[keep][order].astype(np.int64),
-        np.asarray(total.diagonal(), dtype=np.int64),
+        np.ascontiguousarray(np.stack([i, j]).astype(np.int32)),
+        np.asarray(counts, dtype=np.int64),
+        diagonal.astype(np.int64),
     )

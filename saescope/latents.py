@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,7 @@ from saescope import paths, plots
 from saescope._version import __version__
 from saescope.config import config_to_dict, option, same_config
 from saescope.errors import SaescopeError
-from saescope.features import FeatureAccumulator, cooccurrence, sample_examples
+from saescope.features import FeatureAccumulator, cooccurrence, one_thread, sample_examples
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
 from saescope.paths import RunPaths
 from saescope.sae import SAE
@@ -307,11 +308,12 @@ def encode_store(
             if lo < start:
                 x, lo = x[start - lo :], start
             codes = sae.encode(x.to(device))  # (batch, d_sae)
-            r, f = codes.nonzero(as_tuple=True)
-            v = codes[r, f].float().cpu()
-            r, f = r.cpu() + lo, f.cpu()
-            acc.add(r, f, v, lo, hi)
-            writer.add(r, f, v, hi)
+            with one_thread():
+                r, f = codes.nonzero(as_tuple=True)
+                v = codes[r, f].float().cpu()
+                r, f = r.cpu() + lo, f.cpu()
+                acc.add(r, f, v, lo, hi)
+                writer.add(r, f, v, hi)
             bar.update(hi - lo)
     bar.close()
     writer.close(store.count)
@@ -347,17 +349,24 @@ def run(cfg: LatentsConfig) -> Path:
             shard.start,
             shard.stop,
         )
+    seconds = {"encode": time.perf_counter()}
     encode_store(store, sae, writer, acc, cfg, device)
+    seconds["features"] = time.perf_counter()
     cache = LatentCache(cfg.run)
     write_index(rp, store)
     write_features(rp, cache, acc, cfg)
+    seconds["cooccurrence"] = time.perf_counter()
     if cfg.cooccurrence:
         co = cooccurrence(cache.triples, cache.d_sae)
         with atomic_path(rp.cooccurrence) as tmp:
             save_numpy(
                 {"indices": co.indices, "counts": co.counts, "diagonal": co.diagonal}, str(tmp)
             )
-    write_json(rp.latents_config, config_to_dict(cfg) | {"source": source, "sae_dir": str(sae_dir)})
+    marks = [*seconds.values(), time.perf_counter()]
+    seconds = {k: round(b - a, 3) for k, a, b in zip(seconds, marks, marks[1:], strict=False)}
+    # the wall time of each phase (this run only: a resumed run counts what it redid)
+    extra = {"source": source, "sae_dir": str(sae_dir), "seconds": seconds}
+    write_json(rp.latents_config, config_to_dict(cfg) | extra)
     return rp.latents
 
 

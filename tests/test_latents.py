@@ -243,3 +243,16 @@ def test_errors_name_the_problem(news_run: Path, tmp_path: Path) -> None:
     SAE(SAEConfig("topk", 16, 32, k=4)).save(tmp_path / "small")
     with pytest.raises(SaescopeError, match="d_in=16"):
         run(LatentsConfig(run=str(rd), sae=str(tmp_path / "small")))
+
+
+def test_sparse_cooccurrence_path_equals_dense(cached, monkeypatch) -> None:
+    """Large SAEs sum sparse chunk products instead of a dense table: same counts."""
+    from saescope import features
+
+    rd, _ = cached
+    ref = load_file(str(RunPaths(rd).cooccurrence))
+    monkeypatch.setattr(features, "DENSE_COOCCURRENCE_MAX", 0)
+    co = features.cooccurrence(LatentCache(rd).triples, D_SAE, chunk_rows=100)
+    np.testing.assert_array_equal(co.indices, ref["indices"])
+    np.testing.assert_array_equal(co.counts, ref["counts"])
+    np.testing.assert_array_equal(co.diagonal, ref["diagonal"])

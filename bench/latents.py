@@ -1,0 +1,149 @@
+"""Latent caching speed and memory: the latents stage against a bare `sae.encode` loop.
+
+Builds synthetic stores (random normal rows, d_in 384) of each size in `--rows` under
+`bench/out/latents/`, with a TopK SAE (default d_sae 3072, k 32: random unit decoder
+rows, tied encoder). For each size, in fresh subprocesses on 2 torch threads:
+
+  bare     stream the store (`iter_batches(shuffle=False)`) and `sae.encode` every batch
+  latents  `saescope.latents.run` (encode pass + features + co-occurrence + plots)
+
+and prints rows/s of the encode pass, the ratio of the latent encode pass to the bare
+loop (target <= 1.3), the other phases' seconds, and each subprocess's peak RSS
+(`ru_maxrss`). Peak RSS should not grow with rows (compare the sizes).
+
+    python bench/latents.py                      # 200,000 and 50,000 rows
+    python bench/latents.py --rows 50000 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out" / "latents"
+D_IN = 384
+
+
+def build(rows: int, d_sae: int, k: int) -> Path:
+    import torch
+
+    from saescope.sae import SAE, SAEConfig
+    from saescope.store import StoreWriter
+
+    run = OUT / f"run-{rows}-{d_sae}-{k}"
+    if (run / "acts" / "manifest.json").exists() and (run / "sae" / "sae.safetensors").exists():
+        return run
+    shutil.rmtree(run, ignore_errors=True)
+    g = torch.Generator().manual_seed(0)
+    writer = StoreWriter(run / "acts", D_IN, "float32", 16384, {"source": "bench"})
+    for lo in range(0, rows, 16384):
+        writer.append(torch.randn(min(16384, rows - lo), D_IN, generator=g))
+    writer.close()
+    sae = SAE(SAEConfig("topk", D_IN, d_sae, k=k))
+    with torch.no_grad():
+        w = torch.nn.functional.normalize(torch.randn(d_sae, D_IN, generator=g), dim=1)
+        sae.W_dec.copy_(w)
+        sae.W_enc.copy_(w.T)
+    sae.save(run / "sae")
+    return run
+
+
+def child(mode: str, run: Path, batch_size: int) -> dict:
+    """One measurement in this (fresh) process."""
+    import torch
+
+    torch.set_num_threads(2)
+    from saescope.latents import LatentsConfig
+    from saescope.latents import run as latents
+    from saescope.sae import SAE
+    from saescope.store import ActivationStore
+
+    t0 = time.perf_counter()
+    if mode == "bare":
+        store = ActivationStore(run / "acts")
+        sae = SAE.load(run / "sae").eval()
+        n = 0
+        with torch.inference_mode():
+            for x in store.iter_batches(batch_size, shuffle=False):
+                sae.encode(x)
+                n += len(x)
+        out = {"encode": time.perf_counter() - t0, "rows": n}
+    else:
+        shutil.rmtree(run / "latents", ignore_errors=True)
+        cfg = LatentsConfig(run=str(run), batch_size=batch_size, device="cpu")
+        latents(cfg)
+        saved = json.loads((run / "latents" / "config.json").read_text())
+        manifest = json.loads((run / "latents" / "manifest.json").read_text())
+        out = dict(saved["seconds"], rows=manifest["n_rows"], nnz=manifest["nnz"])
+        out["total"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def measure(mode: str, run: Path, batch_size: int) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(run), "--batch-size", str(batch_size)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} on {run} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rows", default="200000,50000", help="store sizes, comma-separated")
+    ap.add_argument("--d-sae", type=int, default=3072)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--repeats", type=int, default=2, help="runs of each mode; the fastest counts")
+    ap.add_argument("--child", nargs=2, metavar=("MODE", "RUN"), help=argparse.SUPPRESS)
+    ns = ap.parse_args()
+    if ns.child:
+        print(json.dumps(child(ns.child[0], Path(ns.child[1]), ns.batch_size)))
+        return
+    results = []
+    for rows in [int(r) for r in ns.rows.split(",")]:
+        run = build(rows, ns.d_sae, ns.k)
+        bare = min(
+            (measure("bare", run, ns.batch_size) for _ in range(ns.repeats)),
+            key=lambda r: r["encode"],
+        )
+        lat = min(
+            (measure("latents", run, ns.batch_size) for _ in range(ns.repeats)),
+            key=lambda r: r["encode"],
+        )
+        ratio = lat["encode"] / bare["encode"]
+        results.append({"rows": rows, "bare": bare, "latents": lat, "ratio": ratio})
+        print(
+            f"rows {rows:>8,}  d_sae {ns.d_sae} k {ns.k}  nnz {lat['nnz']:,}\n"
+            f"  bare encode loop     {bare['encode']:7.2f} s  {rows / bare['encode']:9,.0f} rows/s"
+            f"  peak RSS {bare['peak_rss_mb']:6.0f} MB\n"
+            f"  latents encode pass  {lat['encode']:7.2f} s  {rows / lat['encode']:9,.0f} rows/s"
+            f"  ratio {ratio:.2f} (target <= 1.3: {'PASS' if ratio <= 1.3 else 'FAIL'})\n"
+            f"  then features {lat['features']:.2f} s, co-occurrence {lat['cooccurrence']:.2f} s;"
+            f" whole stage {lat['total']:.2f} s ({rows / lat['total']:,.0f} rows/s)"
+            f"  peak RSS {lat['peak_rss_mb']:6.0f} MB",
+            flush=True,
+        )
+    if len(results) > 1:
+        rss = [r["latents"]["peak_rss_mb"] for r in results]
+        print(
+            f"latents peak RSS by rows: {dict(zip([r['rows'] for r in results], rss, strict=True))}"
+        )
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
