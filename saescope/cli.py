@@ -35,12 +35,14 @@ STAGES: dict[str, tuple[str, str, str]] = {
     "train": ("saescope.train", "TrainConfig", "train sparse autoencoders on the activation store"),
     "eval": ("saescope.evaluate", "EvalConfig", "held-out metrics of a trained SAE"),
     "latents": ("saescope.latents", "LatentsConfig", "cache sparse latents, per-feature statistics and examples"),
+    "report": ("saescope.report", "ReportConfig", "write a static HTML report of the run (opens offline)"),
 }
 
 # commands with their own argument handling: name -> (module, summary); the module
 # has `add_arguments(parser)` and `main(args) -> int`.
 CUSTOM: dict[str, tuple[str, str]] = {
     "demo": ("saescope.pipeline", "run the whole pipeline on the embedded defaults"),
+    "inspect": ("saescope.inspect", "show a feature's statistics and top texts, or a text's features"),
 }
 
 

@@ -24,7 +24,21 @@ def demo_steps(run: str, limit: int) -> list[tuple[str, Callable[[], Path]]]:
             ),
         ),
         ("embed", lambda: embed.run(embed.EmbedConfig(run=run))),
+        ("latents", lambda: _latents(run)),
+        ("report", lambda: _report(run)),
     ]
+
+
+def _latents(run: str) -> Path:
+    from saescope import latents
+
+    return latents.run(latents.LatentsConfig(run=run))
+
+
+def _report(run: str) -> Path:
+    from saescope import report
+
+    return report.run(report.ReportConfig(run=run))
 
 
 def run_steps(steps: list[tuple[str, Callable[[], Path]]]) -> dict[str, float]:
@@ -47,4 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(ns: argparse.Namespace) -> int:
     run_steps(demo_steps(ns.run, ns.limit))
+    from saescope.paths import RunPaths
+
+    index = RunPaths(ns.run).report_index
+    if index.exists():
+        print(f"report: {index.resolve()}  (open it in a browser; it needs no network)")
     return 0

@@ -1,0 +1,253 @@
+"""The report page's HTML, CSS and JavaScript, kept as strings so they ship inside the wheel.
+
+The page loads nothing from the network: styles and script are inlined, plots are
+local PNG files beside index.html, and the data is a JSON blob in a
+`<script type="application/json">` element. The script renders the feature list
+from that blob; cards show whatever annotations the blob carries (keywords,
+explanation, scores), so later stages only need to add fields to it.
+"""
+
+CSS = r"""
+:root { --fg:#1d2330; --muted:#5b6475; --line:#dde2ea; --bg:#f6f7f9; --card:#fff; --accent:#2f5d9a; }
+* { box-sizing: border-box; }
+body { margin:0; font:14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color:var(--fg); background:var(--bg); }
+header { background:#20324f; color:#fff; padding:14px 24px; }
+header h1 { margin:0; font-size:20px; font-weight:600; }
+header .sub { color:#c9d4e6; font-size:13px; margin-top:2px; }
+main { max-width:1180px; margin:0 auto; padding:16px 24px 48px; }
+section { margin-bottom:22px; }
+h2 { font-size:16px; margin:18px 0 8px; }
+.summary { display:grid; grid-template-columns:repeat(auto-fit, minmax(260px, 1fr)); gap:12px; }
+.box { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:10px 14px; }
+.box h3 { margin:0 0 6px; font-size:13px; color:var(--muted); text-transform:uppercase; letter-spacing:.04em; }
+.kv { display:grid; grid-template-columns:max-content 1fr; gap:2px 12px; font-size:13px; }
+.kv .k { color:var(--muted); }
+.kv .v { font-variant-numeric:tabular-nums; overflow-wrap:anywhere; }
+.plots { display:flex; flex-wrap:wrap; gap:12px; }
+.plots figure { margin:0; background:var(--card); border:1px solid var(--line); border-radius:8px; padding:6px; flex:1 1 400px; max-width:560px; }
+.plots img { max-width:100%; height:auto; display:block; }
+.plots figure.wide { flex-basis:100%; max-width:none; }
+.plots figure.wide img { max-width:900px; }
+.controls { display:flex; gap:10px; align-items:center; flex-wrap:wrap; margin:8px 0 10px; }
+.controls input[type=search] { flex:1 1 320px; padding:7px 10px; font-size:14px; border:1px solid #c3cad6; border-radius:6px; }
+.controls select { padding:6px 8px; font-size:14px; border:1px solid #c3cad6; border-radius:6px; background:#fff; }
+#count { color:var(--muted); font-size:13px; }
+.card { background:var(--card); border:1px solid var(--line); border-radius:8px; margin-bottom:6px; }
+.card-head { display:flex; gap:12px; align-items:baseline; padding:8px 12px; cursor:pointer; user-select:none; }
+.card-head:hover { background:#f1f4f9; }
+.fid { font-weight:600; color:var(--accent); min-width:64px; font-variant-numeric:tabular-nums; }
+.title { flex:1; overflow:hidden; text-overflow:ellipsis; white-space:nowrap; }
+.title .kw { color:#7a4b12; }
+.title .ex { color:var(--muted); }
+.stats { color:var(--muted); font-size:12px; white-space:nowrap; font-variant-numeric:tabular-nums; }
+.badge { display:inline-block; padding:0 6px; margin-left:6px; border-radius:9px; background:#e7eefb; color:#244a80; font-size:12px; }
+.card-body { display:none; padding:4px 14px 12px; border-top:1px solid var(--line); }
+.card.open .card-body { display:block; }
+.card.open .card-head { background:#eef3fb; }
+.explanation { margin:8px 0; font-style:italic; }
+.kwlist span { display:inline-block; margin:2px 6px 2px 0; padding:1px 7px; border-radius:10px; background:#fbf0df; color:#6b3f08; font-size:12px; }
+.kwlist span small { color:#a07a48; margin-left:4px; }
+table.examples { width:100%; border-collapse:collapse; margin-top:4px; }
+table.examples td { padding:3px 6px; vertical-align:top; border-bottom:1px solid #eef0f4; }
+table.examples td.act { width:64px; text-align:right; font-variant-numeric:tabular-nums; color:var(--muted); }
+table.examples td.bin { width:44px; color:var(--muted); font-size:12px; }
+.span { border-radius:3px; padding:1px 2px; }
+.tok { border-radius:2px; }
+h4 { margin:12px 0 2px; font-size:13px; color:var(--muted); }
+button.more { margin:8px 0; padding:6px 14px; border:1px solid #c3cad6; background:#fff; border-radius:6px; cursor:pointer; }
+.empty { color:var(--muted); padding:12px; }
+"""
+
+JS = r"""
+"use strict";
+const DATA = JSON.parse(document.getElementById("report-data").textContent);
+const PAGE = 150;
+let shown = PAGE;
+let view = [];
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined && text !== null) e.textContent = String(text);
+  return e;
+}
+function fmt(x, digits) {
+  if (x === null || x === undefined || Number.isNaN(x)) return "–";
+  return Number(x).toPrecision(digits || 3);
+}
+function pct(x) { return (100 * x).toPrecision(3) + "%"; }
+
+for (const f of DATA.features) {
+  const tops = (f.top || []).slice(0, 3).map(e => textOf(e[0]));
+  f._search = ["#" + f.id, String(f.id), (f.keywords || []).join(" "), f.explanation || "", tops.join(" ")]
+    .join(" \u0001 ").toLowerCase();
+}
+
+function textOf(row) {
+  const t = DATA.texts[String(row)];
+  return t === undefined ? "(row " + row + ")" : t;
+}
+
+// Highlight the active span. Sentence embeddings: the whole text is the span, shaded by
+// activation / the feature's max. Token runs may add DATA.tokens[row] = {tokens, pos}.
+function exampleText(row, act, maxAct) {
+  const a = maxAct > 0 ? Math.max(0, Math.min(1, act / maxAct)) : 0;
+  const shade = "rgba(255, 150, 30, " + (0.08 + 0.55 * a).toFixed(3) + ")";
+  const tok = DATA.tokens && DATA.tokens[String(row)];
+  const wrap = el("span");
+  if (tok) {
+    tok.tokens.forEach((t, i) => {
+      const s = el("span", "tok", t);
+      if (i === tok.pos) s.style.background = shade;
+      wrap.appendChild(s);
+    });
+    return wrap;
+  }
+  const s = el("span", "span", textOf(row));
+  s.style.background = shade;
+  s.title = "activation " + fmt(act, 4);
+  wrap.appendChild(s);
+  return wrap;
+}
+
+function exampleTable(examples, maxAct, withBin) {
+  const table = el("table", "examples");
+  for (const e of examples) {
+    const tr = el("tr");
+    tr.appendChild(el("td", "act", fmt(e[1], 3)));
+    if (withBin) tr.appendChild(el("td", "bin", "q" + e[2]));
+    const td = el("td", "text");
+    td.appendChild(exampleText(e[0], e[1], maxAct));
+    tr.appendChild(td);
+    table.appendChild(tr);
+  }
+  return table;
+}
+
+function renderBody(f, body) {
+  if (f.explanation) body.appendChild(el("div", "explanation", f.explanation));
+  if (f.keywords && f.keywords.length) {
+    const kw = el("div", "kwlist");
+    f.keywords.forEach((w, i) => {
+      const s = el("span", null, w);
+      if (f.kw_scores && f.kw_scores[i] !== undefined) s.appendChild(el("small", null, fmt(f.kw_scores[i], 2)));
+      kw.appendChild(s);
+    });
+    if (f.kw_method) kw.appendChild(el("small", "stats", "(" + f.kw_method + ")"));
+    body.appendChild(kw);
+  }
+  const kv = el("div", "kv");
+  const rows = [["active rows", f.count.toLocaleString()], ["density", pct(f.density)],
+    ["max activation", fmt(f.max_act, 4)], ["mean active activation", fmt(f.mean_active_act, 4)]];
+  for (const [name, s] of Object.entries(f.scores || {})) {
+    rows.push([name + " score", fmt(s.score, 3) + ("shuffled_score" in s ? "  (shuffled " + fmt(s.shuffled_score, 3) + ")" : "")]);
+  }
+  for (const [k, v] of rows) { kv.appendChild(el("div", "k", k)); kv.appendChild(el("div", "v", v)); }
+  body.appendChild(kv);
+  body.appendChild(el("h4", null, "Top activations"));
+  body.appendChild(exampleTable(f.top || [], f.max_act, false));
+  if (f.quant && f.quant.length) {
+    body.appendChild(el("h4", null, "Examples across the activation range (q0 = weakest)"));
+    const q = f.quant.slice().sort((a, b) => b[2] - a[2] || b[1] - a[1]);
+    body.appendChild(exampleTable(q, f.max_act, true));
+  }
+}
+
+function card(f) {
+  const c = el("div", "card");
+  c.dataset.feature = f.id;
+  const head = el("div", "card-head");
+  head.appendChild(el("span", "fid", "#" + f.id));
+  const title = el("span", "title");
+  if (f.keywords && f.keywords.length) title.appendChild(el("span", "kw", f.keywords.slice(0, 6).join(", ") + "  "));
+  if (f.explanation) title.appendChild(el("span", null, f.explanation + "  "));
+  if (f.top && f.top.length) title.appendChild(el("span", "ex", textOf(f.top[0][0])));
+  head.appendChild(title);
+  const stats = el("span", "stats", "density " + pct(f.density) + " · max " + fmt(f.max_act, 3));
+  for (const [name, s] of Object.entries(f.scores || {})) stats.appendChild(el("span", "badge", name + " " + fmt(s.score, 2)));
+  head.appendChild(stats);
+  const body = el("div", "card-body");
+  head.addEventListener("click", () => {
+    if (!body.hasChildNodes()) renderBody(f, body);
+    c.classList.toggle("open");
+  });
+  c.appendChild(head);
+  c.appendChild(body);
+  return c;
+}
+
+function sortKey(f, key) {
+  if (key === "id") return f.id;
+  if (key.startsWith("score:")) {
+    const s = (f.scores || {})[key.slice(6)];
+    return s ? s.score : -Infinity;
+  }
+  return f[key];
+}
+
+function update() {
+  const q = document.getElementById("search").value.trim().toLowerCase();
+  const [key, dir] = document.getElementById("sort").value.split("|");
+  const terms = q ? q.split(/\s+/) : [];
+  view = DATA.features.filter(f => terms.every(t => f._search.includes(t)));
+  const sign = dir === "asc" ? 1 : -1;
+  view.sort((a, b) => sign * (sortKey(a, key) - sortKey(b, key)) || a.id - b.id);
+  shown = PAGE;
+  render();
+}
+
+function render() {
+  const list = document.getElementById("features");
+  list.replaceChildren();
+  for (const f of view.slice(0, shown)) list.appendChild(card(f));
+  if (!view.length) list.appendChild(el("div", "empty", "No feature matches."));
+  document.getElementById("count").textContent =
+    view.length + " of " + DATA.features.length + " features" + (view.length > shown ? " (showing " + shown + ")" : "");
+  const more = document.getElementById("more");
+  more.style.display = view.length > shown ? "" : "none";
+}
+
+function setup() {
+  const sort = document.getElementById("sort");
+  const options = [["density|desc", "density (high first)"], ["density|asc", "density (low first)"],
+    ["max_act|desc", "max activation"], ["count|desc", "active rows"], ["id|asc", "feature id"]];
+  for (const s of DATA.scorers) options.push(["score:" + s + "|desc", s + " score"]);
+  for (const [v, label] of options) { const o = el("option", null, label); o.value = v; sort.appendChild(o); }
+  document.getElementById("search").addEventListener("input", update);
+  sort.addEventListener("change", update);
+  document.getElementById("more").addEventListener("click", () => { shown += PAGE; render(); });
+  update();
+}
+setup();
+"""
+
+HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>__TITLE__</title>
+<style>__CSS__</style>
+</head>
+<body>
+<header><h1>__TITLE__</h1><div class="sub">__SUBTITLE__</div></header>
+<main>
+<section><h2>Run</h2><div class="summary">__SUMMARY__</div></section>
+<section><h2>Plots</h2><div class="plots">__PLOTS__</div></section>
+<section>
+<h2>Features</h2>
+<div class="controls">
+<input id="search" type="search" placeholder="Search: feature id, keywords, explanation or top texts" autocomplete="off">
+<label>sort by <select id="sort"></select></label>
+<span id="count"></span>
+</div>
+<div id="features"></div>
+<button id="more" class="more" type="button">show more</button>
+</section>
+</main>
+<script id="report-data" type="application/json">__DATA__</script>
+<script>__JS__</script>
+</body>
+</html>
+"""

@@ -1,0 +1,121 @@
+"""What the report and `saescope inspect` show about features, read from the run directory.
+
+In: `latents/features.parquet`, `corpus.parquet`, and when present the later stages'
+`interp/keywords.parquet`, `interp/explanations.jsonl` and `scores/<scorer>.parquet`.
+Out: `Annotations` (keywords, explanations and scores by feature) and row texts.
+Missing optional files simply give empty annotations.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from saescope.errors import SaescopeError
+from saescope.paths import RunPaths
+
+
+@dataclass(frozen=True)
+class Keywords:
+    words: list[str]
+    scores: list[float]
+    method: str
+
+
+@dataclass(frozen=True)
+class Explanation:
+    text: str
+    method: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Annotations:
+    keywords: dict[int, Keywords] = field(default_factory=dict)
+    explanations: dict[int, Explanation] = field(default_factory=dict)
+    # scorer -> feature -> {"score": x, "shuffled_score": y}
+    scores: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+
+
+def _ok(row: dict[str, Any]) -> bool:
+    """Rows that record a failure (status other than ok) carry no name to show."""
+    return row.get("status") in (None, "ok")
+
+
+def load_annotations(run: str | Path) -> Annotations:
+    rp = RunPaths(run)
+    keywords: dict[int, Keywords] = {}
+    if rp.keywords.exists():
+        for row in pd.read_parquet(rp.keywords).to_dict("records"):
+            if _ok(row) and row.get("keywords") is not None and len(row["keywords"]):
+                keywords[int(row["feature"])] = Keywords(
+                    [str(w) for w in row["keywords"]],
+                    [
+                        float(s)
+                        for s in (row.get("scores") if row.get("scores") is not None else [])
+                    ],
+                    str(row.get("method") or ""),
+                )
+    explanations: dict[int, Explanation] = {}
+    if rp.explanations.exists():
+        for line in rp.explanations.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a torn last line of an interrupted run
+            text = row.get("explanation")
+            if isinstance(row, dict) and "feature" in row and text and _ok(row):
+                explanations[int(row["feature"])] = Explanation(
+                    str(text), str(row.get("method") or ""), str(row.get("model") or "")
+                )
+    scores: dict[str, dict[int, dict[str, float]]] = {}
+    if rp.scores.exists():
+        for path in sorted(rp.scores.glob("*.parquet")):
+            df = pd.read_parquet(path)
+            if "feature" not in df.columns or "score" not in df.columns:
+                continue
+            by_feature: dict[int, dict[str, float]] = {}
+            for row in df.to_dict("records"):
+                if not _ok(row) or row["score"] is None or np.isnan(row["score"]):
+                    continue
+                entry = {"score": float(row["score"])}
+                if row.get("shuffled_score") is not None and not np.isnan(row["shuffled_score"]):
+                    entry["shuffled_score"] = float(row["shuffled_score"])
+                by_feature[int(row["feature"])] = entry
+            scores[path.stem] = by_feature
+    return Annotations(keywords, explanations, scores)
+
+
+def read_features(run: str | Path) -> pd.DataFrame:
+    """features.parquet of a run, or a clear error when the latents stage has not run."""
+    rp = RunPaths(run)
+    if not rp.features.exists():
+        raise SaescopeError(
+            f"no feature table at {rp.features}; run `saescope latents --run {run}` first"
+        )
+    return pd.read_parquet(rp.features)
+
+
+class RowTexts:
+    """Texts of store rows (sentence-embedding runs: row i is corpus text i)."""
+
+    def __init__(self, run: str | Path, n_rows: int) -> None:
+        rp = RunPaths(run)
+        self.texts: np.ndarray | None = None
+        if rp.corpus.exists():
+            texts = pd.read_parquet(rp.corpus, columns=["text"])["text"].to_numpy()
+            if len(texts) == n_rows:
+                self.texts = texts
+
+    def __call__(self, row: int, max_chars: int | None = None) -> str:
+        if self.texts is None:
+            return f"(row {row}: no text for this row in corpus.parquet)"
+        text = str(self.texts[row])
+        if max_chars is not None and len(text) > max_chars:
+            text = text[: max_chars - 1].rstrip() + "…"
+        return text

@@ -1,0 +1,291 @@
+"""Report stage: a run directory in, a static HTML report out (`report/index.html` + `report/plots/`).
+
+The page opens offline (no network resource): a run summary (corpus, model, SAE
+config and metrics, latent cache), the plots, and a searchable, sortable list of
+features whose cards open to show top and quantile examples with the active span
+highlighted by activation. Keywords, explanations and scores are shown when their
+stages have run. Re-running with the same options and unchanged inputs skips.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from saescope.config import config_to_dict, option, same_config
+from saescope.errors import SaescopeError
+from saescope.io import atomic_path, read_json, sha256_file, write_json
+from saescope.paths import RunPaths, SAEPaths
+from saescope.report.assets import CSS, HTML, JS
+from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
+
+PLOT_TITLES = {
+    "density.png": "Feature density",
+    "l0.png": "Active features per row",
+    "activations.png": "Activation distributions",
+}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Options of the report stage."""
+
+    run: str = option(
+        "runs/default", "run directory (reads latents/, interp/, scores/; writes report/)"
+    )
+    max_features: int = option(
+        5000, "most features listed (alive features, the most active first when there are more)"
+    )
+    top_examples: int = option(10, "top-activating examples per feature card")
+    quantile_examples: int = option(2, "examples per activation quantile bin per card")
+    max_text_chars: int = option(400, "texts are cut to this many characters")
+    title: str | None = option(None, "page title (default: the run directory's name)")
+
+
+def _inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:
+    """sha256 of every file the page is made from (a change re-makes the page)."""
+    files = [
+        rp.features,
+        rp.latents_manifest,
+        rp.keywords,
+        rp.explanations,
+        SAEPaths(sae_dir).metrics,
+    ]
+    files += [rp.plots / name for name in PLOT_TITLES]
+    if rp.scores.exists():
+        files += sorted(rp.scores.glob("*.parquet")) + sorted(rp.scores.glob("*.png"))
+    return {str(p.relative_to(rp.root)): sha256_file(p) for p in files if p.exists()}
+
+
+def run(cfg: ReportConfig) -> Path:
+    """Write `report/index.html` for `cfg`; return its path."""
+    rp = RunPaths(cfg.run)
+    for name in ("max_features", "top_examples", "max_text_chars"):
+        if getattr(cfg, name) < 1:
+            raise SaescopeError(f"--{name.replace('_', '-')} must be >= 1")
+    df = read_features(cfg.run)
+    if not rp.latents_config.exists():
+        raise SaescopeError(
+            f"the latent cache of {cfg.run} is unfinished; re-run `saescope latents`"
+        )
+    lat_cfg = read_json(rp.latents_config)
+    sae_dir = Path(lat_cfg.get("sae_dir") or rp.sae)
+    inputs = _inputs(rp, sae_dir)
+    if rp.report_index.exists() and rp.report_config.exists():
+        saved = read_json(rp.report_config)
+        if saved.get("inputs") == inputs and not same_config(saved, cfg):
+            return rp.report_index
+    manifest = read_json(rp.latents_manifest)
+    ann = load_annotations(cfg.run)
+    data = page_data(cfg, df, ann, RowTexts(cfg.run, int(manifest["n_rows"])))
+    plots = _copy_plots(rp)
+    title = cfg.title or f"saescope report: {rp.root.resolve().name}"
+    summary = _summary(rp, sae_dir, df, manifest, lat_cfg, ann, len(data["features"]))
+    page = (
+        HTML.replace("__CSS__", CSS)
+        .replace("__JS__", JS)
+        .replace("__TITLE__", html.escape(title))
+        .replace("__SUBTITLE__", html.escape(str(rp.root.resolve())))
+        .replace("__SUMMARY__", summary)
+        .replace("__PLOTS__", plots)
+        .replace("__DATA__", _json_for_script(data))
+    )
+    with atomic_path(rp.report_index) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    write_json(rp.report_config, config_to_dict(cfg) | {"inputs": inputs})
+    return rp.report_index
+
+
+def _json_for_script(data: Any) -> str:
+    # "<" never appears outside JSON strings, and "\u003c" inside one decodes to "<",
+    # so no text can close the <script> element
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).replace(
+        "<", "\\u003c"
+    )
+
+
+def _f(x: Any) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else round(x, 6)
+
+
+def page_data(
+    cfg: ReportConfig, df: pd.DataFrame, ann: Annotations, texts: RowTexts
+) -> dict[str, Any]:
+    """The JSON blob the page renders: features with examples, and the texts they cite."""
+    alive = df[~df["dead"]].sort_values(["count", "feature"], ascending=[False, True])
+    alive = alive.head(cfg.max_features)
+    rows_used: set[int] = set()
+    features = []
+    for r in alive.itertuples(index=False):
+        f = int(r.feature)
+        top = [[int(row), _f(act)] for row, act in zip(r.top_rows, r.top_acts, strict=True)]
+        top = top[: cfg.top_examples]
+        quant: list[list[Any]] = []
+        per_bin: dict[int, int] = {}
+        for row, act, b in zip(r.quantile_rows, r.quantile_acts, r.quantile_bins, strict=True):
+            if per_bin.get(int(b), 0) < cfg.quantile_examples:
+                per_bin[int(b)] = per_bin.get(int(b), 0) + 1
+                quant.append([int(row), _f(act), int(b)])
+        rows_used.update(e[0] for e in top + quant)
+        item: dict[str, Any] = {
+            "id": f,
+            "count": int(r.count),
+            "density": _f(r.density),
+            "log10_density": _f(r.log10_density),
+            "max_act": _f(r.max_act),
+            "mean_active_act": _f(r.mean_active_act),
+            "top": top,
+            "quant": quant,
+        }
+        if f in ann.keywords:
+            kw = ann.keywords[f]
+            item |= {
+                "keywords": kw.words,
+                "kw_scores": [_f(s) for s in kw.scores],
+                "kw_method": kw.method,
+            }
+        if f in ann.explanations:
+            item["explanation"] = ann.explanations[f].text
+        scores = {name: s[f] for name, s in ann.scores.items() if f in s}
+        if scores:
+            item["scores"] = {n: {k: _f(v) for k, v in s.items()} for n, s in scores.items()}
+        features.append(item)
+    return {
+        "features": features,
+        "texts": {str(row): texts(row, cfg.max_text_chars) for row in sorted(rows_used)},
+        "scorers": sorted(ann.scores),
+    }
+
+
+def _copy_plots(rp: RunPaths) -> str:
+    """Copy the PNGs beside the page; return their <figure> elements."""
+    sources = [(rp.plots / name, name, title) for name, title in PLOT_TITLES.items()]
+    if rp.scores.exists():
+        sources += [
+            (p, f"score-{p.name}", f"Scores: {p.stem}") for p in sorted(rp.scores.glob("*.png"))
+        ]
+    if rp.report_plots.exists():
+        shutil.rmtree(rp.report_plots)
+    figures = []
+    for src, name, title in sources:
+        if not src.exists():
+            continue
+        with atomic_path(rp.report_plots / name) as tmp:
+            shutil.copyfile(src, tmp)
+        wide = ' class="wide"' if name == "activations.png" else ""
+        figures.append(
+            f'<figure{wide}><img src="plots/{html.escape(name)}" alt="{html.escape(title)}" '
+            f'title="{html.escape(title)}"></figure>'
+        )
+    return (
+        "\n".join(figures) or '<div class="empty">No plots (latents ran with --plots false).</div>'
+    )
+
+
+def _box(title: str, items: dict[str, Any]) -> str:
+    cells = "".join(
+        f'<div class="k">{html.escape(str(k))}</div><div class="v">{html.escape(_show(v))}</div>'
+        for k, v in items.items()
+        if v is not None
+    )
+    return f'<div class="box"><h3>{html.escape(title)}</h3><div class="kv">{cells}</div></div>'
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
+def _summary(
+    rp: RunPaths,
+    sae_dir: Path,
+    df: pd.DataFrame,
+    manifest: dict[str, Any],
+    lat_cfg: dict[str, Any],
+    ann: Annotations,
+    n_shown: int,
+) -> str:
+    boxes = []
+    corpus_cfg = read_json(rp.corpus_config) if rp.corpus_config.exists() else {}
+    acts = read_json(rp.acts / "manifest.json") if (rp.acts / "manifest.json").exists() else {}
+    meta = acts.get("meta", {})
+    boxes.append(
+        _box(
+            "Data",
+            {
+                "corpus": corpus_cfg.get("source"),
+                "texts": corpus_cfg.get("n_rows"),
+                "embedding source": meta.get("source"),
+                "model": Path(str(meta["model"])).name if meta.get("model") else None,
+                "rows in store": acts.get("count"),
+                "d_in": acts.get("d_in"),
+            },
+        )
+    )
+    sp = SAEPaths(sae_dir)
+    sae_cfg = read_json(sp.config) if sp.config.exists() else {}
+    boxes.append(
+        _box(
+            "SAE",
+            {
+                "folder": sae_dir.name,
+                "architecture": sae_cfg.get("architecture"),
+                "d_in": sae_cfg.get("d_in"),
+                "d_sae": sae_cfg.get("d_sae"),
+                "k": sae_cfg.get("k"),
+                "input norm": sae_cfg.get("input_norm"),
+            },
+        )
+    )
+    if sp.metrics.exists():
+        metrics = read_json(sp.metrics)
+        flat = {
+            k: v
+            for k, v in metrics.items()
+            if isinstance(v, int | float | str) and len(str(v)) < 60
+        }
+        boxes.append(_box("SAE metrics (held out)", dict(list(flat.items())[:14])))
+    n_rows = int(manifest["n_rows"])
+    dead = int(df["dead"].sum())
+    boxes.append(
+        _box(
+            "Latents",
+            {
+                "rows": n_rows,
+                "non-zeros": int(manifest["nnz"]),
+                "mean L0": float(manifest["nnz"]) / max(n_rows, 1),
+                "alive features": len(df) - dead,
+                "dead features": dead,
+                "features listed": n_shown,
+                "top / quantile examples": f"{lat_cfg.get('top_n')} / {lat_cfg.get('n_quantiles')} bins",
+            },
+        )
+    )
+    interp: dict[str, Any] = {}
+    if ann.keywords:
+        methods = sorted({k.method for k in ann.keywords.values()})
+        interp["keywords"] = f"{len(ann.keywords):,} features ({', '.join(methods)})"
+    if ann.explanations:
+        interp["explanations"] = f"{len(ann.explanations):,} features"
+    for name, s in sorted(ann.scores.items()):
+        real = [v["score"] for v in s.values()]
+        shuf = [v["shuffled_score"] for v in s.values() if "shuffled_score" in v]
+        line = f"mean {np.mean(real):.3f}" if real else "no scores"
+        if shuf:
+            line += f" (shuffled {np.mean(shuf):.3f})"
+        interp[f"{name} score"] = line
+    if interp:
+        boxes.append(_box("Names and scores", interp))
+    return "\n".join(boxes)
