@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from saescope.config import config_to_dict, same_config, option
+from saescope.config import config_to_dict, option, same_config
 from saescope.errors import SaescopeError
 from saescope.io import read_json, sha256_file, write_json
 from saescope.paths import RunPaths, SAEPaths
@@ -50,7 +50,8 @@ class EvalConfig:
     batch_size: int = option(4096, "rows per batch")
     max_rows: int = option(0, "evaluate at most this many held-out rows (0: all)")
     retrieval: str = option(
-        "auto", "compute recall@k of nearest neighbours (auto: for sentence embeddings)",
+        "auto",
+        "compute recall@k of nearest neighbours (auto: for sentence embeddings)",
         choices=("auto", "on", "off"),
     )
     retrieval_rows: int = option(5000, "rows used for the nearest-neighbour recall")

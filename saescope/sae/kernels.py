@@ -35,7 +35,13 @@ def gather_dots(dense: torch.Tensor, table: torch.Tensor, idx: torch.Tensor) -> 
         flat = idx.reshape(-1)
         bag = torch.arange(n_rows, device=idx.device).repeat_interleave(k)
         out = torch.ops.aten._embedding_bag_per_sample_weights_backward(
-            dense.contiguous(), table.contiguous(), flat, _offsets(n_rows, k, idx.device), bag, 0, -1
+            dense.contiguous(),
+            table.contiguous(),
+            flat,
+            _offsets(n_rows, k, idx.device),
+            bag,
+            0,
+            -1,
         )
         return out.view(n_rows, k)
     return torch.bmm(table[idx], dense.unsqueeze(2)).squeeze(2)
@@ -129,7 +135,9 @@ class SparseEncode(Function):
         return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None
 
 
-def sparse_decode(top_idx: torch.Tensor, top_vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+def sparse_decode(
+    top_idx: torch.Tensor, top_vals: torch.Tensor, W_dec: torch.Tensor
+) -> torch.Tensor:
     """(n_rows, d_in) = sum_j top_vals[:, j] * W_dec[top_idx[:, j]] (no bias)."""
     return SparseDecode.apply(top_idx, top_vals, W_dec)
 

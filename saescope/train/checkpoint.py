@@ -29,7 +29,9 @@ def save_checkpoint(sae_paths: paths.SAEPaths, step: int, state: dict[str, Any],
 
 
 def latest_checkpoint(sae_paths: paths.SAEPaths) -> Path | None:
-    found = sorted(sae_paths.checkpoints.glob("step-*.pt")) if sae_paths.checkpoints.is_dir() else []
+    found = (
+        sorted(sae_paths.checkpoints.glob("step-*.pt")) if sae_paths.checkpoints.is_dir() else []
+    )
     return found[-1] if found else None
 
 

@@ -35,9 +35,7 @@ class TrainConfig:
     """Train one or several sparse autoencoders on a run's activation store."""
 
     run: str = option("runs/demo", "run directory; reads <run>/acts, writes <run>/sae")
-    architecture: str = option(
-        "topk", "SAE architecture", choices=ARCHITECTURES
-    )
+    architecture: str = option("topk", "SAE architecture", choices=ARCHITECTURES)
     d_sae: list[int] = option(
         [3072], "latent sizes; several values train several SAEs in one pass over the data"
     )
@@ -55,7 +53,9 @@ class TrainConfig:
     lr: float = option(0.0, "Adam learning rate (0: 2e-4 / sqrt(d_sae / 16384), as for TopK SAEs)")
     adam_betas: list[float] = option([0.9, 0.999], "Adam beta1 beta2")
     warmup_steps: int = option(-1, "linear LR warm-up steps (-1: 5% of training, at most 1000)")
-    lr_decay: str = option("linear", "LR decay after warm-up down to lr_end_fraction", choices=DECAYS)
+    lr_decay: str = option(
+        "linear", "LR decay after warm-up down to lr_end_fraction", choices=DECAYS
+    )
     lr_decay_start: float = option(0.8, "fraction of training at which the decay begins")
     lr_end_fraction: float = option(0.0, "final LR as a fraction of lr")
     grad_clip: float = option(1.0, "clip the global gradient norm to this (0: no clipping)")
@@ -74,9 +74,7 @@ class TrainConfig:
     dead_after_samples: int = option(
         200_000, "a latent is dead after this many training rows without firing"
     )
-    l1_coefficient: float = option(
-        5.0, "relu: weight of the decoder-norm-weighted L1 penalty"
-    )
+    l1_coefficient: float = option(5.0, "relu: weight of the decoder-norm-weighted L1 penalty")
     l0_coefficient: float = option(1e-3, "jumprelu: weight of the L0 penalty")
     jumprelu_bandwidth: float = option(
         1e-3, "jumprelu: width epsilon of the rectangle kernel of the straight-through estimator"
@@ -131,9 +129,7 @@ class TrainConfig:
             raise SaescopeError(f"eval_fraction must lie in [0, 1), got {self.eval_fraction}")
         for name in self.loggers:
             if name not in LOGGERS:
-                raise SaescopeError(
-                    f"unknown logger {name!r}; choose from {', '.join(LOGGERS)}"
-                )
+                raise SaescopeError(f"unknown logger {name!r}; choose from {', '.join(LOGGERS)}")
         for name, choices in (("lr_decay", DECAYS), ("b_dec_init", B_DEC_INITS)):
             if getattr(self, name) not in choices:
                 raise SaescopeError(f"{name} must be one of {', '.join(choices)}")

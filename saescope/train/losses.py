@@ -104,7 +104,11 @@ def topk_loss(sae: SAE, x: torch.Tensor, ctx: LossContext) -> LossOutput:
         loss = loss + ctx.aux_coefficient * aux
     active = (vals > 0).sum()
     return LossOutput(
-        loss, sq_err.detach(), aux.detach(), active, _fired(idx, vals.detach(), sae.cfg.d_sae),
+        loss,
+        sq_err.detach(),
+        aux.detach(),
+        active,
+        _fired(idx, vals.detach(), sae.cfg.d_sae),
         torch.tensor(_INF),
     )
 
@@ -147,7 +151,11 @@ def relu_loss(sae: SAE, x: torch.Tensor, ctx: LossContext) -> LossOutput:
     loss = (sq_err + ctx.sparsity_coefficient * l1) / ctx.n_global
     active = z > 0
     return LossOutput(
-        loss, sq_err.detach(), (l1 / ctx.n_global).detach(), active.sum(), active.any(0),
+        loss,
+        sq_err.detach(),
+        (l1 / ctx.n_global).detach(),
+        active.sum(),
+        active.any(0),
         torch.tensor(_INF),
     )
 
@@ -203,6 +211,10 @@ def jumprelu_loss(
     loss = (sq_err + ctx.sparsity_coefficient * l0) / ctx.n_global
     active = z.detach() > 0
     return LossOutput(
-        loss, sq_err.detach(), (l0 / ctx.n_global).detach(), active.sum(), active.any(0),
+        loss,
+        sq_err.detach(),
+        (l0 / ctx.n_global).detach(),
+        active.sum(),
+        active.any(0),
         torch.tensor(_INF),
     )

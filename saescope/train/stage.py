@@ -41,7 +41,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SaescopeError(f"device {name!r} asked for, but CUDA is not available; use --device cpu")
+        raise SaescopeError(
+            f"device {name!r} asked for, but CUDA is not available; use --device cpu"
+        )
     try:
         return torch.device(name)
     except RuntimeError as exc:
@@ -131,14 +133,21 @@ def _plan(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int]:
 
 
 def _train(
-    cfg: TrainConfig, store: ActivationStore, folders: list[SAEPaths], device: torch.device, dist: Dist
+    cfg: TrainConfig,
+    store: ActivationStore,
+    folders: list[SAEPaths],
+    device: torch.device,
+    dist: Dist,
 ) -> None:
     per_epoch, total = _plan(cfg, store)
     sample_rows = min(cfg.init_rows, per_epoch * cfg.batch_size)
     init_sample = next(
         iter(
             store.iter_batches(
-                sample_rows, seed=cfg.seed, split="train", eval_fraction=cfg.eval_fraction,
+                sample_rows,
+                seed=cfg.seed,
+                split="train",
+                eval_fraction=cfg.eval_fraction,
                 buffer_rows=cfg.shuffle_buffer,
             )
         )
@@ -158,7 +167,11 @@ def _train(
         )
     stop_at = min(total, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else total
     bar = tqdm(
-        total=total, initial=trainer.step, unit="step", desc="train", dynamic_ncols=True,
+        total=total,
+        initial=trainer.step,
+        unit="step",
+        desc="train",
+        dynamic_ncols=True,
         disable=not (cfg.progress and dist.is_main),
     )
     speed = Throughput()
@@ -167,15 +180,21 @@ def _train(
     try:
         while trainer.step < stop_at:
             batches = store.iter_batches(
-                cfg.batch_size, seed=cfg.seed * 1_000_003 + epoch, split="train",
-                eval_fraction=cfg.eval_fraction, drop_last=True, buffer_rows=cfg.shuffle_buffer,
+                cfg.batch_size,
+                seed=cfg.seed * 1_000_003 + epoch,
+                split="train",
+                eval_fraction=cfg.eval_fraction,
+                drop_last=True,
+                buffer_rows=cfg.shuffle_buffer,
             )
             for i, batch in enumerate(batches):
                 if i < skip:
                     continue
                 if trainer.step >= stop_at:
                     break
-                want = (trainer.step + 1) % max(1, cfg.log_every) == 0 or trainer.step + 1 == stop_at
+                want = (trainer.step + 1) % max(
+                    1, cfg.log_every
+                ) == 0 or trainer.step + 1 == stop_at
                 trainer.train_step(batch, want_metrics=want)
                 sps = speed.tick(cfg.batch_size)
                 bar.update(1)
@@ -211,8 +230,11 @@ def _log(trainer: Trainer, loggers, extra, bar, sps: float) -> None:
             lg.log(trainer.step, {f"{tr.name}/{k}": v for k, v in metrics.items()})
     m = trainer.trainees[0].last
     bar.set_postfix(
-        loss=f"{m['loss']:.4f}", nmse=f"{m['nmse']:.3f}", l0=f"{m['l0']:.1f}",
-        dead=f"{m['dead_fraction']:.3f}", sps=f"{sps:,.0f}",
+        loss=f"{m['loss']:.4f}",
+        nmse=f"{m['nmse']:.3f}",
+        l0=f"{m['l0']:.1f}",
+        dead=f"{m['dead_fraction']:.3f}",
+        sps=f"{sps:,.0f}",
     )
 
 
@@ -223,7 +245,9 @@ def _checkpoint(cfg: TrainConfig, trainer: Trainer, first: SAEPaths, dist: Dist)
     dist.barrier()
 
 
-def _save(cfg: TrainConfig, trainer: Trainer, tr, folder: SAEPaths, store: ActivationStore, seconds: float) -> None:
+def _save(
+    cfg: TrainConfig, trainer: Trainer, tr, folder: SAEPaths, store: ActivationStore, seconds: float
+) -> None:
     sae = trainer.export(tr)
     meta = {
         "source": "saescope",

@@ -102,7 +102,9 @@ class Trainer:
             for i, (name, (d_sae, k)) in enumerate(zip(names, variants, strict=True))
         ]
 
-    def _make(self, name: str, d_sae: int, k: int | None, sample: torch.Tensor, seed: int) -> Trainee:
+    def _make(
+        self, name: str, d_sae: int, k: int | None, sample: torch.Tensor, seed: int
+    ) -> Trainee:
         cfg = self.cfg
         sae_cfg = SAEConfig(cfg.architecture, self.d_in, d_sae, k=k, input_norm=cfg.input_norm)
         sae = init_sae(sae_cfg, sample, cfg.b_dec_init, seed).to(self.device)
@@ -113,7 +115,9 @@ class Trainer:
                 torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold), device=self.device)
             )
         lr = cfg.learning_rate(d_sae)
-        params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec] + ([log_t] if log_t is not None else [])
+        params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec] + (
+            [log_t] if log_t is not None else []
+        )
         opt = torch.optim.Adam(params, lr=lr, betas=tuple(cfg.adam_betas))  # type: ignore[arg-type]
         counters = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
         return Trainee(name, sae, k, lr, opt, log_t, counters)
@@ -207,8 +211,10 @@ class Trainer:
         if not math.isfinite(m):
             return
         rate = self.cfg.batchtopk_threshold_rate
-        tr.batch_threshold = m if not math.isfinite(tr.batch_threshold) else (
-            (1 - rate) * tr.batch_threshold + rate * m
+        tr.batch_threshold = (
+            m
+            if not math.isfinite(tr.batch_threshold)
+            else ((1 - rate) * tr.batch_threshold + rate * m)
         )
 
     def _metrics(
@@ -267,7 +273,9 @@ class Trainer:
                 {
                     "name": tr.name,
                     "weights": {k: v.cpu().clone() for k, v in tr.sae.state_tensors().items()},
-                    "log_threshold": None if tr.log_threshold is None else tr.log_threshold.detach().cpu().clone(),
+                    "log_threshold": None
+                    if tr.log_threshold is None
+                    else tr.log_threshold.detach().cpu().clone(),
                     "optimizer": tr.optimizer.state_dict(),
                     "samples_since_fired": tr.samples_since_fired.cpu().clone(),
                     "batch_threshold": tr.batch_threshold,

@@ -1,0 +1,66 @@
+"""`saescope eval`: metrics that can be checked by hand."""
+
+import pytest
+import torch
+
+from saescope import evaluate
+from saescope.io import read_json
+from saescope.paths import RunPaths
+from saescope.sae import SAE, SAEConfig
+from saescope.store import StoreWriter, split_mask
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("evalrun") / "run"
+    g = torch.Generator().manual_seed(0)
+    rows = torch.randn(900, 12, generator=g) + 1.0
+    w = StoreWriter(RunPaths(run).acts, 12, shard_rows=300, meta={"source": "vectors"})
+    w.append(rows)
+    w.close()
+    return run, rows
+
+
+def _save(sae: SAE, folder):
+    sae.save(folder, extra_config={"training": {"eval_fraction": 0.2}})
+
+
+def test_lossless_sae_scores_perfectly(run_dir):
+    run, rows = run_dir
+    sae = SAE(SAEConfig("relu", 12, 24))
+    eye = torch.eye(12)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    _save(sae, RunPaths(run).root / "perfect")
+    out = evaluate.run(evaluate.EvalConfig(run=str(run), sae="perfect"))
+    m = read_json(out)
+    held_out = int(split_mask(torch.arange(900).numpy(), 0.2).sum())
+    assert m["split"] == "eval" and m["n_rows"] == held_out
+    assert m["nmse"] == pytest.approx(0.0, abs=1e-10) and m["fve"] == pytest.approx(1.0)
+    assert m["cosine"] == pytest.approx(1.0) and m["recall_at_k"] == pytest.approx(1.0)
+    assert m["l0"] == pytest.approx(12.0)  # one of +x_i / -x_i is positive
+    assert m["dead_fraction"] == 0.0
+    assert -1.0 < m["mean_log10_density"] < 0.0
+
+
+def test_mean_only_sae_has_nmse_one_and_counts_dead_latents(run_dir):
+    run, rows = run_dir
+    held = rows[torch.from_numpy(split_mask(torch.arange(900).numpy(), 0.2))]
+    sae = SAE(SAEConfig("topk", 12, 8, k=2))
+    with torch.no_grad():
+        sae.b_dec.copy_(held.mean(0))
+        sae.b_enc.fill_(-1.0)  # nothing ever fires
+    _save(sae, RunPaths(run).root / "mean")
+    m = read_json(evaluate.run(evaluate.EvalConfig(run=str(run), sae="mean", retrieval="off")))
+    assert m["nmse"] == pytest.approx(1.0, rel=1e-9)
+    assert m["l0"] == 0 and m["dead_fraction"] == 1.0 and m["mean_log10_density"] is None
+    assert "recall_at_k" not in m
+
+
+def test_recall_at_k():
+    x = torch.randn(200, 16, generator=torch.Generator().manual_seed(1))
+    assert evaluate.recall_at_k(x, x * 3.0, 10) == 1.0
+    noise = torch.randn(200, 16, generator=torch.Generator().manual_seed(2))
+    assert evaluate.recall_at_k(x, noise, 10) < 0.2
+    assert 0.3 < evaluate.recall_at_k(x, x + 0.3 * noise, 10) < 1.0

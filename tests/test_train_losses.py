@@ -1,0 +1,155 @@
+"""Training losses and weight handling: JumpReLU estimators, BatchTopK inference,
+unit-norm decoder, and the input scale folded into saved weights."""
+
+import math
+
+import pytest
+import torch
+
+from saescope.sae import SAE, SAEConfig
+from saescope.train import TrainConfig, losses, train_on_batches
+from saescope.train.trainer import Trainer, project_decoder_grad
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny matrices: one thread is faster, and immune to a busy machine's oversubscription
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _identity_sae() -> SAE:
+    """d_in = d_sae = 1 with h = x and x_hat = z."""
+    sae = SAE(SAEConfig("jumprelu", 1, 1))
+    with torch.no_grad():
+        sae.W_enc.fill_(1.0)
+        sae.W_dec.fill_(1.0)
+    return sae.double()
+
+
+def _ctx(n: int, coef: float, eps: float) -> losses.LossContext:
+    return losses.LossContext(
+        n, torch.zeros(1, dtype=torch.bool), None, 0, 0.0, coef, eps, lambda t: t
+    )
+
+
+@pytest.mark.parametrize("coef", [0.0, 0.3])
+def test_jumprelu_log_threshold_gradient_matches_expected_loss(coef):
+    # h = x ~ Uniform(0, 2) on a fine grid; x_hat = x * H(x - t), so per row
+    # L = x^2 [x < t] + coef [x > t] and E[L](t) = t^3 / 6 + coef * (2 - t) / 2.
+    # The kernel-density pseudo-derivative must match d E[L] / d log t = t * dE/dt.
+    n, eps, t = 400_001, 0.004, 0.8
+    x = torch.linspace(0, 2, n, dtype=torch.float64)[:, None]
+    sae = _identity_sae()
+    log_t = torch.tensor([math.log(t)], dtype=torch.float64, requires_grad=True)
+    out = losses.jumprelu_loss(sae, x, _ctx(n, coef, eps), log_t)
+    (grad,) = torch.autograd.grad(out.loss, log_t)
+
+    def expected(lt: float) -> float:
+        tt = math.exp(lt)
+        return tt**3 / 6 + coef * (2 - tt) / 2
+
+    d = 1e-5
+    fd = (expected(math.log(t) + d) - expected(math.log(t) - d)) / (2 * d)
+    assert grad.item() == pytest.approx(fd, rel=0.02)
+    # the chain-rule factor t matters: without it the gradient would be off by 1/t
+    assert abs(grad.item() - fd / t) > 0.1 * abs(fd)
+
+
+def test_jumprelu_l0_gradient_is_finite_difference_of_smoothed_l0():
+    # The L0 pseudo-derivative is exactly the derivative of the rectangle-kernel
+    # smoothed step sum S((h - t) / eps), S(u) = clamp(u + 1/2, 0, 1).
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(300, 6, generator=g, dtype=torch.float64) * 0.3 + 0.5
+    eps = 0.2
+    log_t = torch.log(torch.tensor([0.3, 0.4, 0.5, 0.6, 0.7, 0.9], dtype=torch.float64))
+    lt = log_t.clone().requires_grad_()
+    losses.Step.apply(h, lt.exp(), eps).sum().backward()
+
+    def smoothed(lt_: torch.Tensor) -> torch.Tensor:
+        return ((h - lt_.exp()) / eps + 0.5).clamp(0, 1).sum(0)
+
+    d = 1e-6
+    for j in range(6):
+        e = torch.zeros(6, dtype=torch.float64)
+        e[j] = d
+        fd = (smoothed(log_t + e)[j] - smoothed(log_t - e)[j]) / (2 * d)
+        assert lt.grad[j].item() == pytest.approx(fd.item(), rel=1e-6, abs=1e-6)
+
+
+def _data(n_batches: int, n: int = 256, d_in: int = 16, seed: int = 0, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(64, d_in, generator=g)
+    out = []
+    for _ in range(n_batches):
+        z = torch.relu(torch.randn(n, 64, generator=g) - 1.5)
+        out.append((z @ basis + 0.3) * scale)
+    return out
+
+
+def test_batchtopk_codes_do_not_depend_on_the_batch():
+    cfg = TrainConfig(architecture="batchtopk", d_sae=[48], k=[4], batch_size=256, lr=3e-3)
+    batches = _data(30)
+    sae = train_on_batches(batches, cfg).saes[0]
+    assert sae.threshold.min() > 0 and torch.all(sae.threshold == sae.threshold[0])
+    x = batches[0][:40]
+    together = sae.encode(x)
+    alone = torch.cat([sae.encode(x[i : i + 1]) for i in range(len(x))])
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(1))
+    shuffled = sae.encode(torch.cat([x[perm], batches[1][:7]]))[: len(x)]
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert torch.allclose(together[perm], shuffled, atol=1e-5)
+    assert 1.0 < (together > 0).sum(1).float().mean() < 12.0
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
+def test_decoder_rows_stay_unit_norm(arch):
+    cfg = TrainConfig(
+        architecture=arch, d_sae=[40], k=[4], batch_size=128, lr=1e-2, l1_coefficient=0.1
+    )
+    trainer = Trainer(cfg, 16, _data(1)[0], 20)
+    for b in _data(8, n=128, seed=1):
+        trainer.train_step(b)
+    norms = trainer.trainees[0].sae.W_dec.norm(dim=1)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
+
+
+def test_decoder_gradient_parallel_component_removed():
+    W = torch.nn.Parameter(torch.nn.functional.normalize(torch.randn(5, 3), dim=1))
+    W.grad = torch.randn(5, 3)
+    project_decoder_grad(W)
+    assert torch.allclose((W.grad * W).sum(1), torch.zeros(5), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
+def test_saved_sae_on_raw_inputs_equals_training_sae_on_scaled_inputs(arch):
+    cfg = TrainConfig(architecture=arch, d_sae=[40], k=[4], batch_size=128, lr=3e-3)
+    batches = _data(6, n=128, scale=50.0)  # far from unit norm
+    trainer = Trainer(cfg, 16, batches[0], 6)
+    for b in batches:
+        trainer.train_step(b)
+    s = trainer.scale
+    assert s < 0.1
+    tr = trainer.trainees[0]
+    saved = trainer.export(tr)
+    x = batches[0][:50]
+    xs = trainer.normalise(x)
+    with torch.no_grad():
+        h_train = tr.sae.pre_activations(xs)
+        h_raw = saved.encode_full(x).pre_acts
+        assert torch.allclose(h_raw * s, h_train, atol=1e-4)
+        codes_raw = saved.encode(x)
+        x_hat_raw = saved.decode(codes_raw)
+        x_hat_train = tr.sae.decode(codes_raw * s)
+        assert torch.allclose(x_hat_raw * s, x_hat_train, atol=1e-4)
+        if arch == "topk":
+            assert torch.allclose(codes_raw * s, tr.sae.encode(xs), atol=1e-5)
+        if arch in ("batchtopk", "jumprelu"):
+            t_train = (
+                torch.full((40,), tr.batch_threshold)
+                if arch == "batchtopk"
+                else tr.log_threshold.detach().exp()
+            )
+            assert torch.allclose(saved.threshold * s, t_train, rtol=1e-5)
