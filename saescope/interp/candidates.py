@@ -11,6 +11,7 @@ features (or by naming and by scoring) is never embedded twice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
@@ -31,6 +32,33 @@ def make_analyzer(
         ngram_range=tuple(ngram_range), stop_words=stop_words, token_pattern=token_pattern
     )
     return cv.build_analyzer()
+
+
+def phrase_analyzer(
+    ngram_range: tuple[int, int] = (1, 2), token_pattern: str = WORD_PATTERN
+) -> Callable[[str], list[str]]:
+    """n-grams that occur verbatim in the text and neither start nor end with a stop word.
+
+    Unlike `CountVectorizer(stop_words=...)`, which drops stop words first and so
+    makes "prescribed wound" out of "prescribed the wound", every phrase here is
+    a real span of the text ("bank of england" is kept, "the bank" is not).
+    """
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    pattern = re.compile(token_pattern)
+    lo, hi = ngram_range
+
+    def analyze(text: str) -> list[str]:
+        toks = pattern.findall(text.lower())
+        out = []
+        for n in range(lo, hi + 1):
+            for i in range(len(toks) - n + 1):
+                first, last = toks[i], toks[i + n - 1]
+                if first not in ENGLISH_STOP_WORDS and last not in ENGLISH_STOP_WORDS:
+                    out.append(" ".join(toks[i : i + n]))
+        return out
+
+    return analyze
 
 
 def text_candidates(texts: Sequence[str], analyzer: Callable[[str], list[str]]) -> list[list[str]]:

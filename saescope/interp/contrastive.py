@@ -4,9 +4,10 @@ In: for each feature, its activating NAMING rows (best first), the ids of all
 naming rows, the corpus texts, a `PhraseEmbedder` and (optionally) the SAE.
 Out: per feature a `FeatureKeywords` with up to `n_keywords` phrases.
 
-1. Candidates: 1-2-grams (CountVectorizer, English stop words out, words start
-   with a letter) present in at least `min_df` naming texts, fitted once on the
-   whole naming half as a binary text x phrase matrix.
+1. Candidates: 1-2-grams that occur verbatim and neither start nor end with an
+   English stop word (`phrase_analyzer`; words start with a letter), present in
+   at least `min_df` naming texts; one binary text x phrase matrix
+   (CountVectorizer) for the whole naming half.
 2. Contrast: per phrase, the log-odds ratio of appearing in the feature's
    activating texts versus every other naming text (the background), with an
    informative Dirichlet prior of strength `prior` centred on the phrase's corpus
@@ -30,7 +31,7 @@ import torch
 from sklearn.feature_extraction.text import CountVectorizer
 from tqdm.auto import tqdm
 
-from saescope.interp.candidates import WORD_PATTERN, FeatureKeywords, PhraseEmbedder, failed
+from saescope.interp.candidates import FeatureKeywords, PhraseEmbedder, failed, phrase_analyzer
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,7 @@ def contrastive_keywords(
     """Name every feature of `feature_rows` (feature -> naming row ids, best first)."""
     naming_rows = np.asarray(naming_rows, dtype=np.int64)
     vec = CountVectorizer(
-        ngram_range=tuple(opts.ngram_range),
-        stop_words="english",
-        token_pattern=WORD_PATTERN,
+        analyzer=phrase_analyzer(tuple(opts.ngram_range)),
         min_df=opts.min_df,
         max_df=opts.max_df if len(naming_rows) * opts.max_df >= opts.min_df else 1.0,
         binary=True,

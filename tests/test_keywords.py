@@ -1,0 +1,148 @@
+"""The keywords stage on a corpus with planted topics, and its failure modes."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_keywords_fixture import TOPICS, topic_run
+
+from saescope.errors import SaescopeError
+from saescope.interp.contrastive import log_odds_z, mmr
+from saescope.interp.examples import load_activations, scoring_mask
+from saescope.interp.keywords import KeywordsConfig, run
+from saescope.paths import RunPaths
+
+TOPIC_WORDS = {
+    name: {w for part in parts.values() for s in part for w in re.findall(r"[a-z]+", s.lower())}
+    for name, parts in TOPICS.items()
+}
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    return topic_run(tmp_path_factory)
+
+
+def pure_features(run, labels) -> dict[int, str]:
+    """Features whose activating rows are >= 80% one topic (at least 10 rows)."""
+    acts = load_activations(run, "sae")
+    out = {}
+    for f in acts.alive().tolist():
+        rows, _ = acts.column(f)
+        if len(rows) >= 10:
+            counts = pd.Series(np.asarray(labels)[rows]).value_counts()
+            if counts.iloc[0] / len(rows) >= 0.8:
+                out[f] = str(counts.index[0])
+    return out
+
+
+def keyword_hits(kw: pd.DataFrame, pure: dict[int, str]) -> dict[int, float]:
+    """Per pure feature: the fraction of its keywords made of its topic's words."""
+    out = {}
+    for f, topic in pure.items():
+        words = kw.set_index("feature").loc[f, "keywords"]
+        ok = [all(w in TOPIC_WORDS[topic] for w in k.split()) for k in words]
+        out[f] = float(np.mean(ok)) if len(ok) else 0.0
+    return out
+
+
+@pytest.mark.parametrize("method", ["contrastive", "thesis"])
+def test_topic_features_get_their_topics_words(planted, method):
+    run_dir, labels = planted
+    out = run(
+        KeywordsConfig(
+            run=str(run_dir), method=method, activations="sae", progress=False, overwrite=True
+        )
+    )
+    kw = pd.read_parquet(out)
+    assert list(kw.columns) == [
+        "feature",
+        "keywords",
+        "scores",
+        "method",
+        "n_texts",
+        "status",
+        "reason",
+    ]
+    assert kw["feature"].dtype == np.int32 and (kw["method"] == method).all()
+    pure = pure_features(run_dir, labels)
+    assert len(set(pure.values())) >= 3, pure
+    hits = keyword_hits(kw, pure)
+    assert all(h >= 0.6 for h in hits.values()), (hits, kw.to_string())
+    ok = kw[kw["status"] == "ok"]
+    assert all(len(k) == (5 if method == "contrastive" else 3) for k in ok["keywords"])
+    assert all(list(s) == sorted(s, reverse=True) for s in ok["scores"]) or method == "contrastive"
+
+
+def test_keywords_come_only_from_naming_texts(planted):
+    run_dir, labels = planted
+    out = run(KeywordsConfig(run=str(run_dir), activations="sae", progress=False, overwrite=True))
+    kw = pd.read_parquet(out)
+    texts = pd.read_parquet(RunPaths(run_dir).corpus)["text"].str.lower().tolist()
+    acts = load_activations(run_dir, "sae")
+    for f, words in zip(kw["feature"], kw["keywords"], strict=True):
+        rows, _ = acts.column(int(f))
+        naming = rows[~scoring_mask(rows, 1)]
+        for w in words:
+            assert any(re.search(rf"\b{re.escape(w)}\b", texts[r]) for r in naming), (f, w)
+
+
+def test_rerun_skips_and_other_options_need_overwrite(planted):
+    run_dir, _ = planted
+    cfg = KeywordsConfig(
+        run=str(run_dir), method="thesis", activations="sae", progress=False, overwrite=True
+    )
+    path = run(cfg)
+    mtime = path.stat().st_mtime_ns
+    assert run(cfg).stat().st_mtime_ns == mtime
+    with pytest.raises(SaescopeError, match="overwrite"):
+        run(
+            KeywordsConfig(
+                run=str(run_dir), method="thesis", n_texts=5, activations="sae", progress=False
+            )
+        )
+
+
+def test_dead_and_out_of_range_features(planted):
+    run_dir, _ = planted
+    acts = load_activations(run_dir, "sae")
+    with pytest.raises(SaescopeError, match="out of range"):
+        run(
+            KeywordsConfig(
+                run=str(run_dir), activations="sae", features=[acts.d_sae], overwrite=True
+            )
+        )
+    dead = sorted(set(range(acts.d_sae)) - set(acts.alive().tolist()))
+    if dead:
+        out = run(
+            KeywordsConfig(
+                run=str(run_dir),
+                activations="sae",
+                features=[dead[0]],
+                progress=False,
+                overwrite=True,
+            )
+        )
+        row = pd.read_parquet(out).iloc[0]
+        assert row["status"] == "dead" and len(row["keywords"]) == 0
+
+
+def test_run_without_latents_is_a_clear_error(planted):
+    run_dir, _ = planted
+    with pytest.raises(SaescopeError, match="latents"):
+        run(KeywordsConfig(run=str(run_dir), activations="latents", overwrite=True))
+
+
+def test_log_odds_favours_phrases_of_the_feature():
+    # phrase 0: in 8 of 10 feature texts, 10 of 1000 overall; phrase 1: equally common everywhere
+    z = log_odds_z(np.array([8.0, 1.0]), 10, np.array([10.0, 100.0]), 1000, prior=10.0)
+    assert z[0] > 3 and abs(z[1]) < 1
+
+
+def test_mmr_skips_near_duplicates():
+    unit = np.array([[1.0, 0.0], [0.999, 0.0447], [0.0, 1.0]])
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    assert mmr(np.array([1.0, 0.95, 0.6]), unit, k=2, lam=0.5) == [0, 2]
