@@ -91,7 +91,7 @@ class SAE(nn.Module):
         """Reconstruction (n_rows, d_in) of codes; mean/std undo row standardisation."""
         x_hat = codes @ self.W_dec + self.b_dec
         if mean is not None and std is not None:
-            x_hat = x_hat * (std + ROW_STD_EPS) + mean
+            x_hat = x_hat * std + mean  # as SAELens layer_norm and the BatchTopK repo map back
         return x_hat
 
     def forward(self, x: torch.Tensor) -> ForwardOutput:
