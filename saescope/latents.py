@@ -38,7 +38,7 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from tqdm.auto import tqdm
 
-from saescope import paths, plots
+from saescope import paths
 from saescope._version import __version__
 from saescope.config import config_to_dict, option, same_config
 from saescope.errors import SaescopeError
@@ -457,6 +457,8 @@ def write_features(
     with atomic_path(rp.features) as tmp:
         pq.write_table(table, tmp)
     if cfg.plots:
+        from saescope import plots  # matplotlib is slow to import: only when drawing
+
         rp.plots.mkdir(parents=True, exist_ok=True)
         plots.density_histogram(log10, rp.plots / "density.png")
         plots.l0_histogram(acc.l0_hist.numpy(), rp.plots / "l0.png")

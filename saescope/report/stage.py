@@ -22,7 +22,7 @@ import pandas as pd
 
 from saescope.config import config_to_dict, option, same_config
 from saescope.errors import SaescopeError
-from saescope.io import atomic_path, read_json, sha256_file, write_json
+from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
 from saescope.paths import RunPaths, SAEPaths
 from saescope.report.assets import CSS, HTML, JS
 from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
@@ -62,7 +62,8 @@ def _inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:
     files += [rp.plots / name for name in PLOT_TITLES]
     if rp.scores.exists():
         files += sorted(rp.scores.glob("*.parquet")) + sorted(rp.scores.glob("*.png"))
-    return {str(p.relative_to(rp.root)): sha256_file(p) for p in files if p.exists()}
+    out = {str(p.relative_to(rp.root)): sha256_file(p) for p in files if p.exists()}
+    return out | {"page template": sha256_text(HTML + CSS + JS)}
 
 
 def run(cfg: ReportConfig) -> Path:
