@@ -73,6 +73,19 @@ def project_decoder_grad(W_dec: torch.Tensor) -> None:
         W_dec.grad.sub_(parallel * rows)
 
 
+def select_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype of the TopK selection matmul; "auto" picks bfloat16 where it is fast."""
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type == "cuda":
+        return torch.bfloat16
+    fast = any(
+        getattr(torch.cpu, probe, lambda: False)()
+        for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    )
+    return torch.bfloat16 if fast else torch.float32
+
+
 class Trainer:
     def __init__(
         self,
@@ -91,6 +104,7 @@ class Trainer:
         self.device = torch.device(device)
         self.step = 0
         self.samples = 0
+        self.select_dtype = select_dtype(cfg.select_precision, self.device)
         variants = cfg.variants()
         names = names or [f"sae-{d}-k{k}" if k else f"sae-{d}" for d, k in variants]
         probe = SAE(SAEConfig("relu", d_in, 1, input_norm=cfg.input_norm))
@@ -129,9 +143,15 @@ class Trainer:
         x, _, _ = self.trainees[0].sae._standardize(x)
         return x * self.scale
 
+    @property
+    def dead_after(self) -> int:
+        if self.cfg.dead_after_samples >= 0:
+            return self.cfg.dead_after_samples
+        return min(10_000_000, max(1, self.total_steps * self.cfg.batch_size // 10))
+
     def _context(self, tr: Trainee, n_global: int) -> losses.LossContext:
         cfg = self.cfg
-        dead = tr.samples_since_fired >= cfg.dead_after_samples
+        dead = tr.samples_since_fired >= self.dead_after
         ramp = 1.0
         if cfg.sparsity_warmup_steps > 0:
             ramp = min(1.0, (self.step + 1) / cfg.sparsity_warmup_steps)
@@ -145,6 +165,7 @@ class Trainer:
             sparsity_coefficient=coef * ramp,
             bandwidth=cfg.jumprelu_bandwidth,
             all_sum=self.dist.all_sum,
+            select_dtype=self.select_dtype,
         )
 
     def _loss(self, tr: Trainee, x: torch.Tensor, ctx: losses.LossContext) -> losses.LossOutput:
@@ -228,7 +249,7 @@ class Trainer:
         mean = tot[:d_in] / n_global
         var = float(tot[d_in] - n_global * mean.pow(2).sum())
         sq_err, aux, active = (float(v) for v in tot[d_in + 1 :])
-        dead = float((tr.samples_since_fired >= self.cfg.dead_after_samples).float().mean())
+        dead = float((tr.samples_since_fired >= self.dead_after).float().mean())
         m = {
             "loss": sq_err / n_global,
             "nmse": sq_err / max(var, 1e-12),
