@@ -9,24 +9,30 @@ from saescope.corpus import run as make_corpus
 from saescope.embed import EmbedConfig
 from saescope.embed import run as embed
 from saescope.errors import SaescopeError
+from saescope.evaluate import EvalConfig
 from saescope.paths import RunPaths
 from saescope.sae import SAE, SAEConfig, export_saelens, load_sae
 from saescope.store import ActivationStore, StoreWriter
+from saescope.train import TrainConfig, TrainResult, train_on_batches
 
 __all__ = [
     "__version__",
     "ActivationStore",
     "CorpusConfig",
     "EmbedConfig",
+    "EvalConfig",
     "RunPaths",
     "SAE",
     "SAEConfig",
     "SaescopeError",
     "StoreWriter",
+    "TrainConfig",
+    "TrainResult",
     "build_corpus",
     "export_saelens",
     "load_sae",
     "embed",
     "make_corpus",
     "read_corpus",
+    "train_on_batches",
 ]

@@ -24,9 +24,26 @@ def demo_steps(run: str, limit: int) -> list[tuple[str, Callable[[], Path]]]:
             ),
         ),
         ("embed", lambda: embed.run(embed.EmbedConfig(run=run))),
+        ("train", lambda: _train(run)),
+        ("eval", lambda: _eval(run)),
         ("latents", lambda: _latents(run)),
         ("report", lambda: _report(run)),
     ]
+
+
+def _train(run: str) -> Path:
+    from saescope import train
+
+    # TopK, 3072 latents, k 32 on the whole store: 20 short epochs, ~1 minute on 2 cores
+    return train.run(
+        train.TrainConfig(run=run, d_sae=[3072], k=[32], batch_size=1024, epochs=20.0, lr=2e-3)
+    )
+
+
+def _eval(run: str) -> Path:
+    from saescope import evaluate
+
+    return evaluate.run(evaluate.EvalConfig(run=run))
 
 
 def _latents(run: str) -> Path:
