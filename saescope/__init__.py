@@ -10,7 +10,11 @@ from saescope.embed import EmbedConfig
 from saescope.embed import run as embed
 from saescope.errors import SaescopeError
 from saescope.evaluate import EvalConfig
+from saescope.latents import LatentCache, LatentsConfig
+from saescope.latents import run as cache_latents
 from saescope.paths import RunPaths
+from saescope.report import ReportConfig
+from saescope.report import run as make_report
 from saescope.sae import SAE, SAEConfig, export_saelens, load_sae
 from saescope.store import ActivationStore, StoreWriter
 from saescope.train import TrainConfig, TrainResult, train_on_batches
@@ -21,6 +25,9 @@ __all__ = [
     "CorpusConfig",
     "EmbedConfig",
     "EvalConfig",
+    "LatentCache",
+    "LatentsConfig",
+    "ReportConfig",
     "RunPaths",
     "SAE",
     "SAEConfig",
@@ -29,10 +36,12 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_corpus",
+    "cache_latents",
     "export_saelens",
     "load_sae",
     "embed",
     "make_corpus",
+    "make_report",
     "read_corpus",
     "train_on_batches",
 ]

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from saescope import paths
 from saescope._version import __version__
 from saescope.config import config_to_dict, option, same_config
+from saescope.embed import pick_device
 from saescope.errors import SaescopeError
 from saescope.features import FeatureAccumulator, cooccurrence, one_thread, sample_examples
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
@@ -265,12 +266,6 @@ class _ShardWriter:
                 "shards": self.shards,
             },
         )
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _source(store: ActivationStore, sae: SAE, sae_dir: Path, shard_rows: int) -> dict[str, Any]:
