@@ -51,6 +51,7 @@ from saescope.store import ActivationStore
 
 FORMAT = "saescope.latents/1"
 N_HIST_FEATURES = 12
+MAX_SHARD_NNZ = 8_000_000  # ~128 MB of pending triples at most
 
 # The exact schema of features.parquet (the keywords and scoring stages rely on it).
 FEATURES_SCHEMA = pa.schema(
@@ -190,7 +191,9 @@ def read_shard(path: Path, info: dict[str, Any], verify: bool = False) -> Latent
 
 
 class _ShardWriter:
-    """Appends sparse triples; writes one atomic shard (and the manifest) per `shard_rows` rows."""
+    """Appends sparse triples; writes one atomic shard (and the manifest) per `shard_rows` rows,
+    or sooner when MAX_SHARD_NNZ non-zeros are pending (dense codes would otherwise hold
+    shard_rows * L0 triples in memory)."""
 
     def __init__(self, rp: RunPaths, source: dict[str, Any], shard_rows: int, overwrite: bool):
         self.rp = rp
@@ -199,6 +202,7 @@ class _ShardWriter:
         self.shards: list[dict[str, Any]] = []
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._pending_start = 0
+        self._pending_nnz = 0
         m = read_json(rp.latents_manifest) if rp.latents_manifest.exists() else None
         if m is not None and m.get("source") != source:
             if not overwrite:
@@ -221,7 +225,8 @@ class _ShardWriter:
 
     def add(self, rows: torch.Tensor, feats: torch.Tensor, vals: torch.Tensor, stop: int) -> None:
         self._pending.append((rows, feats, vals))
-        if stop - self._pending_start >= self.shard_rows:
+        self._pending_nnz += len(rows)
+        if stop - self._pending_start >= self.shard_rows or self._pending_nnz >= MAX_SHARD_NNZ:
             self._flush(stop)
 
     def _flush(self, stop: int) -> None:
@@ -242,7 +247,7 @@ class _ShardWriter:
                 "nbytes": target.stat().st_size,
             }
         )
-        self._pending, self._pending_start = [], stop
+        self._pending, self._pending_start, self._pending_nnz = [], stop, 0
         self._write_manifest(complete=False)
 
     def close(self, n_rows: int) -> None:
@@ -320,6 +325,9 @@ def run(cfg: LatentsConfig) -> Path:
     for name in ("top_n", "n_quantiles", "batch_size", "shard_rows", "max_chunk_nnz"):
         if getattr(cfg, name) < 1:
             raise SaescopeError(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("examples_per_quantile", "n_random"):
+        if getattr(cfg, name) < 0:
+            raise SaescopeError(f"--{name.replace('_', '-')} must be >= 0")
     sae_dir = Path(cfg.sae) if cfg.sae else rp.sae
     store = ActivationStore(rp.acts)
     device = pick_device(cfg.device)

@@ -256,3 +256,24 @@ def test_sparse_cooccurrence_path_equals_dense(cached, monkeypatch) -> None:
     np.testing.assert_array_equal(co.indices, ref["indices"])
     np.testing.assert_array_equal(co.counts, ref["counts"])
     np.testing.assert_array_equal(co.diagonal, ref["diagonal"])
+
+
+def test_shards_are_cut_by_nonzeros_too(cached, tmp_path: Path, monkeypatch) -> None:
+    """Dense codes flush shards early (bounded memory); the tables do not change."""
+    from saescope import latents
+
+    rd, dense = cached
+    other = tmp_path / "run"
+    other.mkdir()
+    for name in ("corpus.parquet", "acts", "sae"):
+        src = rd / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, other / name)
+    monkeypatch.setattr(latents, "MAX_SHARD_NNZ", 300)
+    run(LatentsConfig(run=str(other), **CFG))
+    m = read_json(RunPaths(other).latents_manifest)
+    assert len(m["shards"]) > len(read_json(RunPaths(rd).latents_manifest)["shards"])
+    assert all(s["nnz"] < 300 + CFG["batch_size"] * D_SAE for s in m["shards"])
+    assert m["shards"][-1]["stop"] == len(dense) and m["nnz"] == int((dense > 0).sum())
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(RunPaths(other).features), pd.read_parquet(RunPaths(rd).features)
+    )
