@@ -27,6 +27,8 @@ def demo_steps(run: str, limit: int) -> list[tuple[str, Callable[[], Path]]]:
         ("train", lambda: _train(run)),
         ("eval", lambda: _eval(run)),
         ("latents", lambda: _latents(run)),
+        ("keywords", lambda: _keywords(run)),
+        ("score", lambda: _score(run)),
         ("report", lambda: _report(run)),
     ]
 
@@ -50,6 +52,20 @@ def _latents(run: str) -> Path:
     from saescope import latents
 
     return latents.run(latents.LatentsConfig(run=run))
+
+
+def _keywords(run: str) -> Path:
+    from saescope.interp.keywords import KeywordsConfig
+    from saescope.interp.keywords import run as keywords
+
+    return keywords(KeywordsConfig(run=run))
+
+
+def _score(run: str) -> Path:
+    from saescope.scoring.stage import ScoreConfig
+    from saescope.scoring.stage import run as score
+
+    return score(ScoreConfig(run=run, scorer="embedding"))
 
 
 def _report(run: str) -> Path:
