@@ -10,12 +10,16 @@ from saescope.embed import EmbedConfig
 from saescope.embed import run as embed
 from saescope.errors import SaescopeError
 from saescope.evaluate import EvalConfig
+from saescope.interp.keywords import KeywordsConfig
+from saescope.interp.keywords import run as name_features_with_keywords
 from saescope.latents import LatentCache, LatentsConfig
 from saescope.latents import run as cache_latents
 from saescope.paths import RunPaths
 from saescope.report import ReportConfig
 from saescope.report import run as make_report
 from saescope.sae import SAE, SAEConfig, export_saelens, load_sae
+from saescope.scoring.stage import ScoreConfig
+from saescope.scoring.stage import run as score_names
 from saescope.store import ActivationStore, StoreWriter
 from saescope.train import TrainConfig, TrainResult, train_on_batches
 
@@ -25,6 +29,7 @@ __all__ = [
     "CorpusConfig",
     "EmbedConfig",
     "EvalConfig",
+    "KeywordsConfig",
     "LatentCache",
     "LatentsConfig",
     "ReportConfig",
@@ -32,6 +37,7 @@ __all__ = [
     "SAE",
     "SAEConfig",
     "SaescopeError",
+    "ScoreConfig",
     "StoreWriter",
     "TrainConfig",
     "TrainResult",
@@ -42,6 +48,8 @@ __all__ = [
     "embed",
     "make_corpus",
     "make_report",
+    "name_features_with_keywords",
     "read_corpus",
+    "score_names",
     "train_on_batches",
 ]
