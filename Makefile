@@ -27,7 +27,16 @@ $(VENV)/.test: $(VENV)/.base
 demo: $(VENV)/.base
 	$(BIN)/saescope demo
 
-test: $(VENV)/.test
+# The report's browser test drives Debian's Chromium; install it when missing (needs root).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+	  echo "The report test needs Chromium: run 'sudo apt-get install -y chromium' (Debian/Ubuntu)"; exit 1; \
+	fi
+
+test: $(VENV)/.test $(CHROMIUM)
 	$(BIN)/ruff check saescope tests bench
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
