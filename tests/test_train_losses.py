@@ -101,7 +101,7 @@ def test_batchtopk_codes_do_not_depend_on_the_batch():
     shuffled = sae.encode(torch.cat([x[perm], batches[1][:7]]))[: len(x)]
     assert torch.allclose(together, alone, atol=1e-5)
     assert torch.allclose(together[perm], shuffled, atol=1e-5)
-    assert 1.0 < (together > 0).sum(1).float().mean() < 12.0
+    assert 2.0 < (together > 0).sum(1).float().mean() < 8.0  # k = 4 on average
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])

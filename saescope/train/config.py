@@ -83,14 +83,20 @@ class TrainConfig:
         "a latent is dead after this many training rows without firing "
         "(-1: a tenth of the rows seen in training, at most 10M)",
     )
-    l1_coefficient: float = option(5.0, "relu: weight of the decoder-norm-weighted L1 penalty")
-    l0_coefficient: float = option(1e-3, "jumprelu: weight of the L0 penalty")
+    l1_coefficient: float = option(
+        0.1, "relu: weight of the decoder-norm-weighted L1 penalty (on unit-mean-square inputs)"
+    )
+    l0_coefficient: float = option(3e-3, "jumprelu: weight of the L0 penalty")
     jumprelu_bandwidth: float = option(
         1e-3, "jumprelu: width epsilon of the rectangle kernel of the straight-through estimator"
     )
-    jumprelu_init_threshold: float = option(1e-3, "jumprelu: initial threshold of every latent")
+    jumprelu_init_threshold: float = option(
+        0.05, "jumprelu: initial threshold of every latent (inputs have unit mean square norm)"
+    )
     batchtopk_threshold_rate: float = option(
-        0.01, "batchtopk: rate of the running mean of the smallest kept activation"
+        0.05,
+        "batchtopk: rate of the running mean of the smallest kept activation "
+        "(a plain mean over the first 1/rate steps)",
     )
     sparsity_warmup_steps: int = option(
         0, "relu/jumprelu: ramp the sparsity coefficient up linearly over these steps"

@@ -231,12 +231,12 @@ class Trainer:
             m = -float(t)
         if not math.isfinite(m):
             return
-        rate = self.cfg.batchtopk_threshold_rate
-        tr.batch_threshold = (
-            m
-            if not math.isfinite(tr.batch_threshold)
-            else ((1 - rate) * tr.batch_threshold + rate * m)
-        )
+        # a plain running mean at first (no bias towards the first batch), then an EMA
+        rate = max(self.cfg.batchtopk_threshold_rate, 1.0 / (self.step + 1))
+        if math.isfinite(tr.batch_threshold):
+            tr.batch_threshold = (1 - rate) * tr.batch_threshold + rate * m
+        else:
+            tr.batch_threshold = m
 
     def _metrics(
         self, tr: Trainee, out: losses.LossOutput, stats: torch.Tensor, n_global: int
