@@ -36,9 +36,9 @@ def demo_steps(run: str, limit: int) -> list[tuple[str, Callable[[], Path]]]:
 def _train(run: str) -> Path:
     from saescope import train
 
-    # TopK, 3072 latents, k 32 on the whole store: 20 short epochs, ~1 minute on 2 cores
+    # TopK, 3072 latents, k 32 on the whole store: 10 short epochs, well under a minute on 2 cores
     return train.run(
-        train.TrainConfig(run=run, d_sae=[3072], k=[32], batch_size=1024, epochs=20.0, lr=2e-3)
+        train.TrainConfig(run=run, d_sae=[3072], k=[32], batch_size=1024, epochs=10.0, lr=2e-3)
     )
 
 
