@@ -43,7 +43,6 @@ SAE_METRICS = "metrics.json"
 TRAIN_LOG = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_PATTERN = "step-{:08d}.pt"
-TRAIN_STATE = "train_state.json"
 
 
 @dataclass(frozen=True)
@@ -74,10 +73,6 @@ class SAEPaths:
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / CHECKPOINT_PATTERN.format(step)
-
-    @property
-    def train_state(self) -> Path:
-        return self.dir / TRAIN_STATE
 
 
 def shard_name(index: int) -> str:

@@ -139,3 +139,12 @@ def test_wandb_offline_and_tensorboard_loggers(store_run, tmp_path, monkeypatch)
     assert offline, "wandb wrote no offline run"
     assert list((offline[0]).rglob("*.wandb"))
     assert list((RunPaths(run_dir).sae / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_help_lists_every_option(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--run" in out and ("--dead-after-samples" in out or command == "eval")

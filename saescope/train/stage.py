@@ -14,6 +14,7 @@ its slice of every global batch (data parallel); rank 0 writes the files.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -29,6 +30,7 @@ from saescope.config import config_to_dict, same_config
 from saescope.errors import SaescopeError
 from saescope.io import read_json
 from saescope.paths import RunPaths, SAEPaths
+from saescope.sae import SAE
 from saescope.store import ActivationStore, split_mask
 from saescope.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from saescope.train.config import EXECUTION_FIELDS, TrainConfig
@@ -255,9 +257,7 @@ def _save(
         "store_meta": store.meta,
         "input_scale": trainer.scale,
     }
-    sae = type(sae).from_tensors(
-        type(sae.cfg)(**(sae.cfg.to_dict() | {"metadata": meta})), sae.state_tensors()
-    )
+    sae = SAE.from_tensors(dataclasses.replace(sae.cfg, metadata=meta), sae.state_tensors())
     extra = {
         "training": config_to_dict(cfg),
         "trained": {

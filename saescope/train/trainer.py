@@ -224,7 +224,9 @@ class Trainer:
         m = float(min_kept)
         if self.dist.world > 1:
             # the global minimum, so every rank keeps the same threshold
-            t = torch.tensor([-m if math.isfinite(m) else -math.inf], dtype=torch.float64)
+            t = torch.tensor(
+                [-m if math.isfinite(m) else -math.inf], dtype=torch.float64, device=self.device
+            )
             import torch.distributed as tdist
 
             tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
