@@ -285,6 +285,30 @@ def _source(store: ActivationStore, sae: SAE, sae_dir: Path, shard_rows: int) ->
     }
 
 
+def encode_sparse(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The non-zeros of `sae.encode(x)` as (rows, features, values), row-major, features ascending.
+
+    TopK SAEs skip the dense codes: the k largest pre-activations of each row, then
+    relu, exactly as `SAE.sparsify` does before scattering them into a dense matrix
+    (the tests compare the cache with `sae.encode`). Other architectures scan the
+    dense codes.
+    """
+    if sae.cfg.architecture == "topk":
+        xs, _, _ = sae._standardize(x.to(sae.W_enc.dtype))
+        h = sae.pre_activations(xs)  # (batch, d_sae)
+        vals, idx = torch.topk(h, int(sae.cfg.k or 0), dim=-1, sorted=False)  # (batch, k)
+        with one_thread():
+            idx, order = torch.sort(idx, dim=1)
+            vals = torch.relu(vals.gather(1, order))
+            keep = vals > 0
+            rows = torch.arange(len(x), device=x.device).unsqueeze(1).expand_as(idx)[keep]
+            return rows, idx[keep], vals[keep]
+    codes = sae.encode(x)  # (batch, d_sae)
+    with one_thread():
+        r, f = codes.nonzero(as_tuple=True)
+        return r, f, codes[r, f]
+
+
 def encode_store(
     store: ActivationStore,
     sae: SAE,
@@ -307,11 +331,9 @@ def encode_store(
                 continue
             if lo < start:
                 x, lo = x[start - lo :], start
-            codes = sae.encode(x.to(device))  # (batch, d_sae)
+            r, f, v = encode_sparse(sae, x.to(device))
+            r, f, v = r.cpu() + lo, f.cpu(), v.float().cpu()
             with one_thread():
-                r, f = codes.nonzero(as_tuple=True)
-                v = codes[r, f].float().cpu()
-                r, f = r.cpu() + lo, f.cpu()
                 acc.add(r, f, v, lo, hi)
                 writer.add(r, f, v, hi)
             bar.update(hi - lo)

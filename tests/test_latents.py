@@ -277,3 +277,29 @@ def test_shards_are_cut_by_nonzeros_too(cached, tmp_path: Path, monkeypatch) -> 
     pd.testing.assert_frame_equal(
         pd.read_parquet(RunPaths(other).features), pd.read_parquet(RunPaths(rd).features)
     )
+
+
+@pytest.mark.parametrize("arch", ["topk", "jumprelu"])
+def test_encode_sparse_equals_dense_codes(arch: str) -> None:
+    from saescope.latents import encode_sparse
+
+    g = torch.Generator().manual_seed(3)
+    cfg = SAEConfig(arch, 24, 64, k=6 if arch == "topk" else None, input_norm="row_standardize")
+    sae = SAE.from_tensors(
+        cfg,
+        {
+            "W_enc": torch.randn(24, 64, generator=g),
+            "b_enc": torch.randn(64, generator=g) - 1.0,
+            "W_dec": torch.randn(64, 24, generator=g),
+            "b_dec": torch.randn(24, generator=g),
+            "threshold": torch.rand(64, generator=g),
+        },
+    )
+    x = torch.randn(50, 24, generator=g)
+    with torch.inference_mode():
+        dense = sae.encode(x)
+        rows, feats, vals = encode_sparse(sae, x)
+    r, f = dense.nonzero(as_tuple=True)
+    assert torch.equal(rows, r) and torch.equal(feats, f)  # row-major, features ascending
+    assert torch.equal(vals, dense[r, f])
+    assert (vals > 0).all()
