@@ -1,8 +1,9 @@
 """The sparse encode/decode autograd Functions agree with dense autograd."""
 
+import pytest
 import torch
 
-from saescope.sae.kernels import sparse_decode, sparse_encode
+from saescope.sae.kernels import sparse_decode, sparse_encode, topk_indices
 
 
 def _problem(seed: int = 0, n_rows: int = 5, d_in: int = 4, d_sae: int = 7, k: int = 3):
@@ -63,3 +64,17 @@ def test_sparse_encode_with_pre_acts_matches_dense_autograd():
     g_sparse = torch.autograd.grad(sparse_loss(*params), params)
     for a, b in zip(g_dense, g_sparse, strict=True):
         assert torch.allclose(a, b, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_topk_indices_is_exact(dtype):
+    g = torch.Generator().manual_seed(4)
+    h = (torch.randn(64, 8192, generator=g) + torch.linspace(-1, 1, 8192)).to(dtype)
+    for k in (1, 16, 64):
+        got = topk_indices(h, k)  # grouped search (8192 wide)
+        want = torch.topk(h.float(), k, dim=1).values
+        assert torch.equal(h.gather(1, got).float().sort(1).values, want.sort(1).values)
+    narrow = h[:, :300]
+    got = topk_indices(narrow, 8)
+    want = torch.topk(narrow.float(), 8, dim=1).values
+    assert torch.equal(narrow.gather(1, got).float().sort(1).values, want.sort(1).values)

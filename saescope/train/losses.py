@@ -30,7 +30,7 @@ import torch
 from torch.autograd import Function
 
 from saescope.sae import SAE
-from saescope.sae.kernels import sparse_decode, sparse_encode
+from saescope.sae.kernels import sparse_decode, sparse_encode, topk_indices
 
 
 class LossContext(NamedTuple):
@@ -100,11 +100,7 @@ def topk_loss(sae: SAE, x: torch.Tensor, ctx: LossContext) -> LossOutput:
         # which latents: one dense matmul (in bfloat16 if asked: several times faster on
         # CPUs with AMX and on GPUs); their values are then computed exactly in float32
         h = _select_pre_acts(sae, x, dt)  # (n_rows, d_sae)
-        # bfloat16 bit patterns order like their values when positive, and all negatives
-        # rank below; topk on the int16 view is faster and differs only in which zero
-        # (relu'd negative) latents fill a row with fewer than k positives
-        ranks = h.view(torch.int16) if h.dtype == torch.bfloat16 else h
-        idx = torch.topk(ranks, k, dim=1, sorted=False).indices  # (n_rows, k)
+        idx = topk_indices(h, k)  # (n_rows, k)
         aux_idx = _aux_indices(h, ctx)
     all_idx = idx if aux_idx is None else torch.cat([idx, aux_idx], dim=1)
     exact = h if h.dtype == x.dtype else None
