@@ -153,3 +153,22 @@ def test_saved_sae_on_raw_inputs_equals_training_sae_on_scaled_inputs(arch):
                 else tr.log_threshold.detach().exp()
             )
             assert torch.allclose(saved.threshold * s, t_train, rtol=1e-5)
+
+
+def test_auxk_trains_dead_latents_only_through_the_residual():
+    cfg = TrainConfig(d_sae=[64], k=[2], batch_size=128, lr=1e-2, dead_after_samples=1000)
+    trainer = Trainer(cfg, 16, _data(1)[0], 10)
+    tr = trainer.trainees[0]
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[32:] = True
+    tr.samples_since_fired[dead] = 10_000  # latents 32.. count as dead
+    before = tr.sae.W_enc.detach().clone()
+    trainer.train_step(_data(1, n=128, seed=3)[0], want_metrics=True)
+    assert tr.last["aux"] > 0 and tr.last["dead_fraction"] > 0
+    moved = (tr.sae.W_enc.detach() - before).abs().sum(0) > 0  # (d_sae,)
+    assert moved[dead].float().mean() > 0.5  # the aux loss reached dead latents' encoders
+    cfg_off = TrainConfig(d_sae=[64], k=[2], batch_size=128, aux_coefficient=0.0)
+    off = Trainer(cfg_off, 16, _data(1)[0], 10)
+    off.trainees[0].samples_since_fired[dead] = 10_000
+    off.train_step(_data(1, n=128, seed=3)[0], want_metrics=True)
+    assert off.trainees[0].last["aux"] == 0
