@@ -52,7 +52,9 @@ class TrainConfig:
     max_steps: int = option(0, "stop after this many steps in total (0: no limit beyond epochs)")
     lr: float = option(0.0, "Adam learning rate (0: 2e-4 / sqrt(d_sae / 16384), as for TopK SAEs)")
     adam_betas: list[float] = option([0.9, 0.999], "Adam beta1 beta2")
-    warmup_steps: int = option(-1, "linear LR warm-up steps (-1: 5 percent of training, at most 1000)")
+    warmup_steps: int = option(
+        -1, "linear LR warm-up steps (-1: 5 percent of training, at most 1000)"
+    )
     lr_decay: str = option(
         "linear", "LR decay after warm-up down to lr_end_fraction", choices=DECAYS
     )
