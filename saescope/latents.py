@@ -374,25 +374,42 @@ def run(cfg: LatentsConfig) -> Path:
             shard.start,
             shard.stop,
         )
-    seconds = {"encode": time.perf_counter()}
+    clock = _Clock()
+    clock.mark("encode")
     encode_store(store, sae, writer, acc, cfg, device)
-    seconds["features"] = time.perf_counter()
+    clock.mark("features")
     cache = LatentCache(cfg.run)
     write_index(rp, store)
     write_features(rp, cache, acc, cfg)
-    seconds["cooccurrence"] = time.perf_counter()
+    clock.mark("cooccurrence")
     if cfg.cooccurrence:
         co = cooccurrence(cache.triples, cache.d_sae)
         with atomic_path(rp.cooccurrence) as tmp:
             save_numpy(
                 {"indices": co.indices, "counts": co.counts, "diagonal": co.diagonal}, str(tmp)
             )
-    marks = [*seconds.values(), time.perf_counter()]
-    seconds = {k: round(b - a, 3) for k, a, b in zip(seconds, marks, marks[1:], strict=False)}
-    # the wall time of each phase (this run only: a resumed run counts what it redid)
-    extra = {"source": source, "sae_dir": str(sae_dir), "seconds": seconds}
+    # wall and CPU seconds of each phase (this run only: a resumed run counts what it redid)
+    wall, cpu = clock.done()
+    extra = {"source": source, "sae_dir": str(sae_dir), "seconds": wall, "cpu_seconds": cpu}
     write_json(rp.latents_config, config_to_dict(cfg) | extra)
     return rp.latents
+
+
+class _Clock:
+    """Wall and process CPU seconds between named marks."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[str, float, float]] = []
+
+    def mark(self, name: str) -> None:
+        self.marks.append((name, time.perf_counter(), time.process_time()))
+
+    def done(self) -> tuple[dict[str, float], dict[str, float]]:
+        self.mark("")
+        pairs = list(zip(self.marks, self.marks[1:], strict=False))
+        wall = {a[0]: round(b[1] - a[1], 3) for a, b in pairs}
+        cpu = {a[0]: round(b[2] - a[2], 3) for a, b in pairs}
+        return wall, cpu
 
 
 def _is_done(rp: RunPaths, cfg: LatentsConfig, source: dict[str, Any]) -> bool:
