@@ -26,6 +26,7 @@ matmuls would reach.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -43,11 +44,13 @@ TARGET_SPEEDUP = 2.0
 TARGET_DEAD = 0.01
 
 
-def gemm_peak_gflops(threads: int = 2, n: int = 2048, repeats: int = 5) -> float:
-    """Best float32 `torch.mm` rate on `threads` threads, in GFLOP/s."""
+def gemm_peak_gflops(
+    threads: int = 2, n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """Best `torch.mm` rate on `threads` threads, in GFLOP/s."""
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -178,11 +181,23 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg()
     peak = gemm_peak_gflops(threads=2)
+    peak_bf16 = gemm_peak_gflops(threads=2, dtype=torch.bfloat16)
+    spec = importlib.util.find_spec("saescope")
+    src = Path(spec.origin).parent if spec and spec.origin else "?"
+    head = subprocess.run(
+        ["git", "-C", str(HERE), "log", "-1", "--format=%h %ad", "--date=iso"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     print(f"saescope training benchmark  ({time.strftime('%Y-%m-%d %H:%M:%S %Z')})")
     print(
         f"  torch {torch.__version__}, 2 threads per run, load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
+    print(f"  saescope imported from {src} (checkout HEAD {head})")
     print(f"  float32 GEMM peak (2048^3 torch.mm, 2 threads, best of 5): {peak:.1f} GFLOP/s")
+    print(
+        f"  (bfloat16 GEMM, same test, for reference: {peak_bf16:.1f} GFLOP/s; %peak below is of float32)"
+    )
     print(
         f"  store {store}: d_in {d_in}, held-out fraction {args.eval_fraction}, batch {args.batch_size}"
     )
@@ -190,7 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "  optimizers: default = each library's own; adam = Adam(0.9, 0.999), constant lr 2e-4/sqrt(d_sae/2^14)"
     )
-    everything: dict[str, Any] = {"gemm_peak_gflops": peak, "load_at_start": load, "sizes": []}
+    everything: dict[str, Any] = {
+        "gemm_peak_gflops": peak,
+        "gemm_peak_bf16_gflops": peak_bf16,
+        "saescope_src": str(src),
+        "head": head,
+        "load_at_start": load,
+        "sizes": [],
+    }
     for (d_sae, k), n in zip(sizes, samples, strict=True):
         n = (n // args.batch_size) * args.batch_size
         print(
