@@ -131,6 +131,19 @@ def main() -> None:
     print(
         f"speed-up over KeyBERT per text: thesis x{rates['thesis'] / kb_rate:.1f}, contrastive x{rates['contrastive'] / kb_rate:.1f}"
     )
+    if n_kb < len(feats):  # the same smaller feature set for saescope thesis too
+        cfg = KeywordsConfig(
+            run=ns.run, method="thesis", features=kb_feats.tolist(), progress=False
+        )
+        t0 = time.perf_counter()
+        name_features(cfg, acts, texts, store, PhraseEmbedder(model, progress=False), sae)
+        times["thesis_same_subset"] = time.perf_counter() - t0
+        rates["thesis_same_subset"] = n_kb / times["thesis_same_subset"]
+        print(
+            f"saescope thesis on the same {n_kb} features: {times['thesis_same_subset']:.1f}s, "
+            f"{rates['thesis_same_subset']:.2f} features/s, "
+            f"x{rates['thesis_same_subset'] / kb_rate:.1f} KeyBERT per text"
+        )
 
     jacc, same = [], []
     for f in kb_feats.tolist():

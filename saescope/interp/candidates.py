@@ -20,6 +20,7 @@ from sklearn.feature_extraction.text import CountVectorizer
 
 # Words start with a letter: pure numbers ("2019", "10") make poor names.
 WORD_PATTERN = r"(?u)\b[^\W\d_][\w'-]*\w\b"
+_PHRASE_BREAK = re.compile(r"[.!?;:,()\[\]\"“”]+(?:\s|$)|[;:()\[\]\"“”]")
 
 
 def make_analyzer(
@@ -34,28 +35,29 @@ def make_analyzer(
     return cv.build_analyzer()
 
 
-def phrase_analyzer(
-    ngram_range: tuple[int, int] = (1, 2), token_pattern: str = WORD_PATTERN
-) -> Callable[[str], list[str]]:
+def phrase_analyzer(ngram_range: tuple[int, int] = (1, 2)) -> Callable[[str], list[str]]:
     """n-grams that occur verbatim in the text and neither start nor end with a stop word.
 
     Unlike `CountVectorizer(stop_words=...)`, which drops stop words first and so
-    makes "prescribed wound" out of "prescribed the wound", every phrase here is
-    a real span of the text ("bank of england" is kept, "the bank" is not).
+    makes "treated fever" out of "treated a fever", every phrase here is a real
+    span of the text ("bank of england" is kept, "the bank" is not). The first
+    and last word start with a letter and have 2+ characters.
     """
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    pattern = re.compile(token_pattern)
+    tokens = re.compile(r"(?u)\b\w[\w'-]*\b")
+    edge = re.compile(WORD_PATTERN)
     lo, hi = ngram_range
 
     def analyze(text: str) -> list[str]:
-        toks = pattern.findall(text.lower())
         out = []
-        for n in range(lo, hi + 1):
-            for i in range(len(toks) - n + 1):
-                first, last = toks[i], toks[i + n - 1]
-                if first not in ENGLISH_STOP_WORDS and last not in ENGLISH_STOP_WORDS:
-                    out.append(" ".join(toks[i : i + n]))
+        for part in _PHRASE_BREAK.split(text.lower()):  # no phrase spans punctuation
+            toks = tokens.findall(part)
+            ok = [t not in ENGLISH_STOP_WORDS and edge.fullmatch(t) is not None for t in toks]
+            for n in range(lo, hi + 1):
+                for i in range(len(toks) - n + 1):
+                    if ok[i] and ok[i + n - 1]:
+                        out.append(" ".join(toks[i : i + n]))
         return out
 
     return analyze

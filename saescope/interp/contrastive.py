@@ -41,8 +41,8 @@ class ContrastiveOptions:
     max_df: float = 0.5
     max_texts: int = 200
     prior: float = 10.0
-    shortlist: int = 15
-    sae_weight: float = 0.5
+    shortlist: int = 30
+    sae_weight: float = 0.7
     mmr_lambda: float = 0.7
     n_keywords: int = 5
 
