@@ -7,11 +7,13 @@ stage's wall time. Re-running it skips the stages that are already done.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from saescope import corpus, embed
+corpus = importlib.import_module("saescope.corpus")
+embed = importlib.import_module("saescope.embed")  # the package re-exports a function named embed
 
 
 def demo_steps(run: str, limit: int) -> list[tuple[str, Callable[[], Path]]]:
