@@ -1,9 +1,15 @@
 """Initial weights from a data sample: decoder bias, input scale, tied encoder.
 
 In: a sample (n_rows, d_in) of (normalised) training inputs and a seed.
-Out: an `SAE` whose decoder rows are random unit vectors, W_enc = W_dec.T,
+Out: an `SAE` whose decoder rows are random unit vectors, W_enc = c * W_dec.T,
 b_dec = the sample's geometric median (or mean), b_enc = 0; and the scale factor
 that gives the inputs unit mean squared norm.
+
+The encoder scale c is the least-squares fit of the tied init's reconstruction to
+the sample (`encoder_scale`). Without it, a TopK SAE with k unit-norm latents adds up
+k roughly aligned projections and its first reconstructions are several times too
+long (NMSE well above 1, worse than predicting the mean), which Adam at TopK learning
+rates takes hundreds of steps to undo.
 """
 
 from __future__ import annotations
@@ -11,6 +17,10 @@ from __future__ import annotations
 import torch
 
 from saescope.sae import SAE, SAEConfig
+
+# Architectures whose codes scale linearly with W_enc when b_enc = 0 (JumpReLU's
+# threshold breaks this, so its encoder keeps the tied scale).
+HOMOGENEOUS = ("topk", "batchtopk", "relu")
 
 
 def geometric_median(points: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -34,6 +44,33 @@ def input_scale(sample: torch.Tensor) -> float:
     return 1.0 / msq**0.5 if msq > 0 else 1.0
 
 
+@torch.no_grad()
+def encoder_scale(sae: SAE, sample: torch.Tensor, chunk_rows: int = 1024) -> float:
+    """Least-squares c minimising ||(x - b_dec) - c * (x_hat - b_dec)||^2 over the sample.
+
+    Valid because with b_enc = 0 the codes of TopK, BatchTopK and ReLU SAEs are
+    positively homogeneous in W_enc: scaling W_enc by c > 0 keeps the chosen latents and
+    scales the codes, hence x_hat - b_dec, by c. BatchTopK is fitted with per-row top-k
+    (the same number of active latents on average as its batch-wide rule).
+    """
+    arch = sae.cfg.architecture
+    k = int(sae.cfg.k or 0)
+    num = 0.0
+    den = 0.0
+    for start in range(0, sample.shape[0], chunk_rows):
+        xc = sample[start : start + chunk_rows].to(sae.W_enc.dtype) - sae.b_dec  # (rows, d_in)
+        h = xc @ sae.W_enc + sae.b_enc  # (rows, d_sae)
+        if arch in ("topk", "batchtopk") and 0 < k < h.shape[1]:
+            vals, idx = torch.topk(h, k, dim=-1, sorted=False)
+            codes = torch.zeros_like(h).scatter_(-1, idx, torch.relu(vals))
+        else:
+            codes = torch.relu(h)
+        recon = codes @ sae.W_dec  # (rows, d_in): x_hat - b_dec
+        num += (xc.double() * recon.double()).sum().item()
+        den += recon.double().pow(2).sum().item()
+    return num / den if num > 0 and den > 0 else 1.0
+
+
 def init_sae(cfg: SAEConfig, sample: torch.Tensor, b_dec_init: str, seed: int) -> SAE:
     """A fresh SAE for training on inputs distributed like `sample` (already scaled)."""
     sae = SAE(cfg)
@@ -52,4 +89,6 @@ def init_sae(cfg: SAEConfig, sample: torch.Tensor, b_dec_init: str, seed: int) -
         sae.b_dec.copy_(b_dec)
         sae.b_enc.zero_()
         sae.threshold.zero_()
+        if cfg.architecture in HOMOGENEOUS and sample.shape[0] > 0:
+            sae.W_enc.mul_(encoder_scale(sae, sample))
     return sae
