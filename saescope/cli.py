@@ -29,13 +29,13 @@ STAGES: dict[str, tuple[str, str, str]] = {
         "EmbedConfig",
         "embed the corpus into an activation store (or import vectors)",
     ),
-    "keywords": ("saescope.interp.keywords", "KeywordsConfig", "name every feature with keywords (no LLM)"),
-    "score": ("saescope.scoring.stage", "ScoreConfig", "score keyword names on held-out texts, with a shuffled control"),
-    "convert": ("saescope.convert", "ConvertConfig", "convert an SAE file between formats"),
     "train": ("saescope.train", "TrainConfig", "train sparse autoencoders on the activation store"),
     "eval": ("saescope.evaluate", "EvalConfig", "held-out metrics of a trained SAE"),
     "latents": ("saescope.latents", "LatentsConfig", "cache sparse latents, per-feature statistics and examples"),
+    "keywords": ("saescope.interp.keywords", "KeywordsConfig", "name every feature with keywords (no LLM)"),
+    "score": ("saescope.scoring.stage", "ScoreConfig", "score keyword names on held-out texts, with a shuffled control"),
     "report": ("saescope.report", "ReportConfig", "write a static HTML report of the run (opens offline)"),
+    "convert": ("saescope.convert", "ConvertConfig", "convert an SAE file between formats"),
 }
 
 # commands with their own argument handling: name -> (module, summary); the module
