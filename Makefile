@@ -38,11 +38,13 @@ $(CHROMIUM):
 
 test: $(VENV)/.test $(CHROMIUM)
 	$(BIN)/ruff check saescope tests bench
+	$(BIN)/mypy saescope
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.test
 	$(BIN)/ruff check saescope tests bench
 	$(BIN)/ruff format --check saescope tests bench
+	$(BIN)/mypy saescope
 
 format: $(VENV)/.test
 	$(BIN)/ruff format saescope tests bench

@@ -31,10 +31,26 @@ STAGES: dict[str, tuple[str, str, str]] = {
     ),
     "train": ("saescope.train", "TrainConfig", "train sparse autoencoders on the activation store"),
     "eval": ("saescope.evaluate", "EvalConfig", "held-out metrics of a trained SAE"),
-    "latents": ("saescope.latents", "LatentsConfig", "cache sparse latents, per-feature statistics and examples"),
-    "keywords": ("saescope.interp.keywords", "KeywordsConfig", "name every feature with keywords (no LLM)"),
-    "score": ("saescope.scoring.stage", "ScoreConfig", "score keyword names on held-out texts, with a shuffled control"),
-    "report": ("saescope.report", "ReportConfig", "write a static HTML report of the run (opens offline)"),
+    "latents": (
+        "saescope.latents",
+        "LatentsConfig",
+        "cache sparse latents, per-feature statistics and examples",
+    ),
+    "keywords": (
+        "saescope.interp.keywords",
+        "KeywordsConfig",
+        "name every feature with keywords (no LLM)",
+    ),
+    "score": (
+        "saescope.scoring.stage",
+        "ScoreConfig",
+        "score keyword names on held-out texts, with a shuffled control",
+    ),
+    "report": (
+        "saescope.report",
+        "ReportConfig",
+        "write a static HTML report of the run (opens offline)",
+    ),
     "convert": ("saescope.convert", "ConvertConfig", "convert an SAE file between formats"),
 }
 
@@ -42,7 +58,10 @@ STAGES: dict[str, tuple[str, str, str]] = {
 # has `add_arguments(parser)` and `main(args) -> int`.
 CUSTOM: dict[str, tuple[str, str]] = {
     "demo": ("saescope.pipeline", "run the whole pipeline on the embedded defaults"),
-    "inspect": ("saescope.inspect", "show a feature's statistics and top texts, or a text's features"),
+    "inspect": (
+        "saescope.inspect",
+        "show a feature's statistics and top texts, or a text's features",
+    ),
 }
 
 

@@ -105,7 +105,7 @@ def contrastive_keywords(
     """Name every feature of `feature_rows` (feature -> naming row ids, best first)."""
     naming_rows = np.asarray(naming_rows, dtype=np.int64)
     vec = CountVectorizer(
-        analyzer=phrase_analyzer(tuple(opts.ngram_range)),
+        analyzer=phrase_analyzer((opts.ngram_range[0], opts.ngram_range[1])),
         min_df=opts.min_df,
         max_df=opts.max_df if len(naming_rows) * opts.max_df >= opts.min_df else 1.0,
         binary=True,

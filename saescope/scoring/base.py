@@ -86,7 +86,7 @@ def derangement(n: int, seed: int) -> np.ndarray:
     return perm
 
 
-def summarize(scores: np.ndarray, shuffled: np.ndarray) -> dict[str, float | int]:
+def summarize(scores: np.ndarray, shuffled: np.ndarray) -> dict[str, float | int | None]:
     """Mean and median of real and shuffled scores over the scored features."""
     ok = ~np.isnan(scores)
     okc = ~np.isnan(shuffled)
@@ -94,10 +94,11 @@ def summarize(scores: np.ndarray, shuffled: np.ndarray) -> dict[str, float | int
     def stat(fn, x: np.ndarray) -> float | None:
         return float(fn(x)) if len(x) else None
 
-    return {
+    out: dict[str, float | int | None] = {
         "n_scored": int(ok.sum()),
         "mean": stat(np.mean, scores[ok]),
         "median": stat(np.median, scores[ok]),
         "shuffled_mean": stat(np.mean, shuffled[okc]),
         "shuffled_median": stat(np.median, shuffled[okc]),
     }
+    return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -256,7 +257,9 @@ def plot_scores(
     fig, ax = plt.subplots(figsize=(6, 3.5))
     both = np.r_[real, shuffled]
     both = both[~np.isnan(both)]
-    bins = np.linspace(both.min(), both.max(), 31) if len(both) and both.min() < both.max() else 30
+    bins: Any = (
+        np.linspace(both.min(), both.max(), 31) if len(both) and both.min() < both.max() else 30
+    )
     ax.hist(
         shuffled[~np.isnan(shuffled)], bins=bins, alpha=0.6, label="shuffled keywords (control)"
     )

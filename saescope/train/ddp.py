@@ -16,6 +16,7 @@ no special cases).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -52,7 +53,7 @@ class Dist:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
-    def all_sum_grads(self, params: list[torch.Tensor]) -> None:
+    def all_sum_grads(self, params: Sequence[torch.Tensor]) -> None:
         """Sum .grad of `params` over ranks in place (one flat all-reduce)."""
         if self.world == 1:
             return

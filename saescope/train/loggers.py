@@ -54,7 +54,7 @@ class WandbLogger:
             import wandb
         except ImportError as exc:
             raise SaescopeError("logger 'wandb' needs `pip install wandb`") from exc
-        mode = os.environ.get("WANDB_MODE", "offline")
+        mode: Any = os.environ.get("WANDB_MODE", "offline")  # validated by wandb itself
         wdir = Path(os.environ.get("WANDB_DIR") or directory)
         wdir.mkdir(parents=True, exist_ok=True)
         self._run = wandb.init(
