@@ -45,27 +45,31 @@ def input_scale(sample: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def encoder_scale(sae: SAE, sample: torch.Tensor, chunk_rows: int = 1024) -> float:
+def encoder_scale(
+    sae: SAE, sample: torch.Tensor, max_rows: int = 2048, chunk_rows: int = 256
+) -> float:
     """Least-squares c minimising ||(x - b_dec) - c * (x_hat - b_dec)||^2 over the sample.
 
     Valid because with b_enc = 0 the codes of TopK, BatchTopK and ReLU SAEs are
     positively homogeneous in W_enc: scaling W_enc by c > 0 keeps the chosen latents and
     scales the codes, hence x_hat - b_dec, by c. BatchTopK is fitted with per-row top-k
-    (the same number of active latents on average as its batch-wide rule).
+    (the same number of active latents on average as its batch-wide rule). One scalar
+    needs few rows: the first `max_rows` of the sample are used, to keep init cheap.
     """
     arch = sae.cfg.architecture
     k = int(sae.cfg.k or 0)
     num = 0.0
     den = 0.0
+    sample = sample[:max_rows]
     for start in range(0, sample.shape[0], chunk_rows):
         xc = sample[start : start + chunk_rows].to(sae.W_enc.dtype) - sae.b_dec  # (rows, d_in)
         h = xc @ sae.W_enc + sae.b_enc  # (rows, d_sae)
         if arch in ("topk", "batchtopk") and 0 < k < h.shape[1]:
             vals, idx = torch.topk(h, k, dim=-1, sorted=False)
-            codes = torch.zeros_like(h).scatter_(-1, idx, torch.relu(vals))
+            # (rows, d_in): x_hat - b_dec, from the k chosen decoder rows only
+            recon = torch.einsum("rk,rkd->rd", torch.relu(vals), sae.W_dec[idx])
         else:
-            codes = torch.relu(h)
-        recon = codes @ sae.W_dec  # (rows, d_in): x_hat - b_dec
+            recon = torch.relu(h) @ sae.W_dec
         num += (xc.double() * recon.double()).sum().item()
         den += recon.double().pow(2).sum().item()
     return num / den if num > 0 and den > 0 else 1.0
