@@ -45,6 +45,18 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subproce
     return proc
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test on one torch thread: tiny matrices are faster so, and immune to a
+    busy machine's oversubscription."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def news_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with 600 shuffled news texts embedded by the packaged MiniLM."""

@@ -10,14 +10,7 @@ from saescope.sae import SAE, SAEConfig
 from saescope.train import TrainConfig, losses, train_on_batches
 from saescope.train.trainer import Trainer, project_decoder_grad
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: one thread is faster, and immune to a busy machine's oversubscription
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _identity_sae() -> SAE:

@@ -15,14 +15,7 @@ from saescope.sae import SAE
 from saescope.store import StoreWriter
 from saescope.train import TrainConfig, run
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: one thread is faster, and immune to a busy machine's oversubscription
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_store(run_dir: Path, n_rows: int = 2400, d_in: int = 32, seed: int = 0) -> Path:

@@ -10,13 +10,7 @@ from saescope.train import TrainConfig, train_on_batches
 N_FEATURES, D_IN, ACTIVE = 512, 128, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrices: one thread is faster, and immune to a busy machine's oversubscription
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_batches(n_batches: int, batch_size: int, seed: int = 0):
