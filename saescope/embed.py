@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from saescope.config import config_to_dict, option
 from saescope.corpus import read_corpus
 from saescope.defaults import DEFAULT_EMBED_MODEL, resolve_embed_model
+from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, sha256_file, write_json
 from saescope.paths import STAGE_CONFIG, RunPaths
@@ -54,14 +55,6 @@ class EmbedConfig:
     )
     append: bool = option(False, "--vectors: append to an existing store of the same dimension")
     overwrite: bool = option(False, "replace an existing store made with other options")
-
-
-def pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SaescopeError("--device cuda was asked for but no CUDA device is available")
-    return name
 
 
 def load_sentence_model(name: str, device: str = "cpu"):
@@ -125,7 +118,7 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
     corpus = read_corpus(cfg.run)
     texts = corpus["text"].tolist()
     if model is None:
-        model = load_sentence_model(cfg.model, pick_device(cfg.device))
+        model = load_sentence_model(cfg.model, str(pick_device(cfg.device)))
     if cfg.max_seq_length is not None:
         model.max_seq_length = cfg.max_seq_length
     d_in = model_dim(model)

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from saescope import paths
 from saescope._version import __version__
 from saescope.config import config_to_dict, option, same_config
-from saescope.embed import pick_device
+from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.features import FeatureAccumulator, cooccurrence, one_thread, sample_examples
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
@@ -352,7 +352,7 @@ def run(cfg: LatentsConfig) -> Path:
             raise SaescopeError(f"--{name.replace('_', '-')} must be >= 0")
     sae_dir = Path(cfg.sae) if cfg.sae else rp.sae
     store = ActivationStore(rp.acts)
-    device = pick_device(cfg.device)
+    device = str(pick_device(cfg.device))
     sae = SAE.load(sae_dir, device=device).eval()
     if sae.cfg.d_in != store.d_in:
         raise SaescopeError(

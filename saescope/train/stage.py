@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from saescope._version import __version__
 from saescope.config import config_to_dict, same_config
+from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.io import read_json
 from saescope.paths import RunPaths, SAEPaths
@@ -37,19 +38,6 @@ from saescope.train.config import EXECUTION_FIELDS, TrainConfig
 from saescope.train.ddp import Dist, close_dist, init_dist
 from saescope.train.loggers import JsonlLogger, MetricLogger, make_loggers
 from saescope.train.trainer import Throughput, Trainer
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SaescopeError(
-            f"device {name!r} asked for, but CUDA is not available; use --device cpu"
-        )
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise SaescopeError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from exc
 
 
 def sae_folders(cfg: TrainConfig) -> list[SAEPaths]:
