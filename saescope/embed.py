@@ -24,8 +24,8 @@ from saescope.corpus import read_corpus
 from saescope.defaults import DEFAULT_EMBED_MODEL, resolve_embed_model
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
-from saescope.io import atomic_path, sha256_file, write_json
-from saescope.paths import STAGE_CONFIG, RunPaths
+from saescope.io import atomic_path, read_json, sha256_file, write_json
+from saescope.paths import MANIFEST, STAGE_CONFIG, RunPaths
 from saescope.store import StoreWriter
 
 
@@ -114,9 +114,31 @@ def model_dim(model) -> int:
     return int(get())
 
 
+def _store_is_done(cfg: EmbedConfig, rp: RunPaths, corpus_sha: str, n_texts: int) -> bool:
+    """True when acts/ already holds this corpus embedded with these options (no model load)."""
+    manifest = rp.acts / MANIFEST
+    if cfg.overwrite or not manifest.exists():
+        return False
+    m = read_json(manifest)
+    meta = m.get("meta", {})
+    return bool(
+        m.get("complete")
+        and m.get("count") == n_texts
+        and m.get("dtype") == cfg.dtype
+        and meta.get("source") == "sentence-transformers"
+        and meta.get("model") == cfg.model
+        and meta.get("normalize") == cfg.normalize
+        and meta.get("corpus_sha256") == corpus_sha
+        and cfg.max_seq_length in (None, meta.get("max_seq_length"))
+    )
+
+
 def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
     corpus = read_corpus(cfg.run)
     texts = corpus["text"].tolist()
+    corpus_sha = sha256_file(rp.corpus)
+    if _store_is_done(cfg, rp, corpus_sha, len(texts)):
+        return rp.acts
     if model is None:
         model = load_sentence_model(cfg.model, str(pick_device(cfg.device)))
     if cfg.max_seq_length is not None:
@@ -127,7 +149,7 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
         "model": cfg.model,
         "normalize": cfg.normalize,
         "max_seq_length": model.max_seq_length,
-        "corpus_sha256": sha256_file(rp.corpus),
+        "corpus_sha256": corpus_sha,
     }
     writer = StoreWriter(rp.acts, d_in, cfg.dtype, cfg.shard_rows, meta, overwrite=cfg.overwrite)
     start = writer.rows_done
