@@ -75,13 +75,23 @@ def _aux_loss(
 
 
 def _aux_indices(h: torch.Tensor, ctx: LossContext) -> torch.Tensor | None:
-    """(n_rows, k_aux') indices of the largest pre-acts among dead latents, or None."""
-    n_dead = int(ctx.dead.sum())
-    if n_dead == 0 or ctx.aux_coefficient <= 0 or ctx.k_aux <= 0:
+    """(n_rows, k_aux') indices of the largest pre-acts among dead latents, or None.
+
+    Searches the dead columns only (usually a few percent of d_sae): gathering them
+    costs a fraction of masking the whole (n_rows, d_sae) block and ranking every
+    column; with no more dead latents than k_aux, all of them are taken unranked.
+    """
+    if ctx.aux_coefficient <= 0 or ctx.k_aux <= 0:
         return None
-    k_aux = min(ctx.k_aux, n_dead)
-    h_dead = h.masked_fill(~ctx.dead, -_INF)
-    return torch.topk(h_dead, k_aux, dim=1, sorted=False).indices
+    dead_idx = ctx.dead.nonzero().squeeze(1)  # (n_dead,)
+    n_dead = dead_idx.numel()
+    if n_dead == 0:
+        return None
+    n_rows = h.shape[0]
+    if n_dead <= ctx.k_aux:
+        return dead_idx.expand(n_rows, n_dead).contiguous()
+    pos = topk_indices(h.index_select(1, dead_idx), ctx.k_aux)  # (n_rows, k_aux)
+    return dead_idx[pos]
 
 
 def _select_pre_acts(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:

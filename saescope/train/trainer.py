@@ -26,6 +26,7 @@ from saescope.train import losses
 from saescope.train.config import TrainConfig
 from saescope.train.ddp import Dist
 from saescope.train.init import init_sae, input_scale
+from saescope.train.optim import Adam
 
 
 @dataclass
@@ -36,7 +37,7 @@ class Trainee:
     sae: SAE
     k: int | None
     base_lr: float
-    optimizer: torch.optim.Adam
+    optimizer: Adam
     log_threshold: torch.nn.Parameter | None  # jumprelu only, float32
     samples_since_fired: torch.Tensor  # (d_sae,) int64
     batch_threshold: float = math.inf  # batchtopk: running mean of the smallest kept act
@@ -132,7 +133,7 @@ class Trainer:
         params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec] + (
             [log_t] if log_t is not None else []
         )
-        opt = torch.optim.Adam(params, lr=lr, betas=tuple(cfg.adam_betas))  # type: ignore[arg-type]
+        opt = Adam(params, cfg.adam_betas)
         counters = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
         return Trainee(name, sae, k, lr, opt, log_t, counters)
 
@@ -189,10 +190,8 @@ class Trainer:
             params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         )
         lr = tr.base_lr * lr_factor(cfg, self.step, self.total_steps)
-        for group in tr.optimizer.param_groups:
-            group["lr"] = lr
-        tr.optimizer.step()
-        tr.optimizer.zero_grad(set_to_none=True)
+        tr.optimizer.step(lr)
+        tr.optimizer.zero_grad()
         if cfg.unit_norm_decoder:
             tr.sae.normalize_decoder()
         tr.last["lr"] = lr
