@@ -55,15 +55,23 @@ def scatter_rows(
     """(n_latents, d): out[f] = sum over (r, j) with idx[r, j] == f of vals[r, j] * dense[r].
 
     This is S^T @ dense for the sparse (n_rows, n_latents) matrix S with S[r, idx[r, j]] =
-    vals[r, j]; a COO sparse matmul, which touches only the n_rows * k non-zeros.
+    vals[r, j], computed as one `embedding_bag` over `dense`: the n_rows * k entries are
+    sorted by latent, and latent f's bag holds the rows that chose it, weighted by their
+    values. Each output row is written once (no zero-filled accumulator); on CPU this is
+    about 3x faster than a COO sparse matmul, whose coalescing sorts the same entries.
     """
-    n_rows, k = idx.shape
-    rows = torch.arange(n_rows, device=idx.device).repeat_interleave(k)
-    coords = torch.stack([idx.reshape(-1), rows])
-    s_t = torch.sparse_coo_tensor(
-        coords, vals.reshape(-1), (n_latents, n_rows), check_invariants=False
+    k = idx.shape[1]
+    flat_sorted, order = torch.sort(idx.reshape(-1))
+    starts = torch.searchsorted(
+        flat_sorted, torch.arange(n_latents, device=idx.device, dtype=flat_sorted.dtype)
+    )  # (n_latents,) first entry of each latent's bag; empty bags give zero rows
+    return F.embedding_bag(
+        order // k,  # the row of each sorted entry
+        dense,
+        starts,
+        mode="sum",
+        per_sample_weights=vals.reshape(-1)[order].to(dense.dtype),
     )
-    return torch.sparse.mm(s_t, dense)
 
 
 class SparseDecode(Function):
