@@ -96,11 +96,17 @@ def _aux_indices(h: torch.Tensor, ctx: LossContext) -> torch.Tensor | None:
 
 def _select_pre_acts(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     """(x - b_dec) @ W_enc + b_enc in dtype dt, the bias folded into the matmul (as a ones
-    column) because adding it to the (n_rows, d_sae) output costs a full extra pass."""
-    ones = torch.ones(x.shape[0], 1, dtype=dt, device=x.device)
-    x_aug = torch.cat([(x - sae.b_dec).to(dt), ones], dim=1)  # (n_rows, d_in + 1)
-    W_aug = torch.cat([sae.W_enc.to(dt), sae.b_enc.to(dt)[None]], dim=0)  # (d_in + 1, d_sae)
-    return x_aug @ W_aug
+    column) because adding it to the (n_rows, d_sae) output costs a full extra pass.
+    The weights are gathered latent-major, (d_sae, d_in + 1): a plain copy when W_enc is
+    stored that way, as the trainer stores it."""
+    n_rows, d_in = x.shape
+    x_aug = torch.empty(n_rows, d_in + 1, dtype=dt, device=x.device)
+    x_aug[:, :d_in] = x - sae.b_dec
+    x_aug[:, d_in] = 1.0
+    w_aug = torch.empty(sae.cfg.d_sae, d_in + 1, dtype=dt, device=x.device)
+    w_aug[:, :d_in] = sae.W_enc.t()
+    w_aug[:, d_in] = sae.b_enc
+    return x_aug @ w_aug.t()
 
 
 def topk_loss(sae: SAE, x: torch.Tensor, ctx: LossContext) -> LossOutput:

@@ -123,6 +123,10 @@ class Trainer:
         cfg = self.cfg
         sae_cfg = SAEConfig(cfg.architecture, self.d_in, d_sae, k=k, input_norm=cfg.input_norm)
         sae = init_sae(sae_cfg, sample, cfg.b_dec_init, seed).to(self.device)
+        # W_enc (d_in, d_sae) stored latent-major while training: the TopK kernels read it
+        # as W_enc.t() and write its gradient as a transpose, so either would otherwise
+        # cost a strided copy of the whole matrix every step
+        sae.W_enc = torch.nn.Parameter(sae.W_enc.detach().t().contiguous().t())
         sae.threshold.requires_grad_(False)
         log_t = None
         if cfg.architecture == "jumprelu":
