@@ -1,10 +1,11 @@
 """Training-speed benchmark: saescope against SAELens and sparsify, in one run.
 
-In: an activation store (default `bench/out/run/acts`, MiniLM embeddings of the news
-corpus; see bench/README.md to build it). Out: a printed table per SAE size
-(samples/s, held-out NMSE, dead fraction, peak RSS, achieved GFLOP/s and its
-fraction of this machine's float32 GEMM peak, saescope's speed ratio to the fastest
-peer), PASS/FAIL lines for the targets, and `bench/out/train-results.json`.
+In: an activation store (default `bench/out/sentences/acts`, MiniLM embeddings of the
+88k sentences of the news corpus; see bench/README.md to build it). Out: a printed
+table per SAE size (samples/s, held-out NMSE, dead fraction, peak RSS, achieved
+GFLOP/s and its fraction of this machine's float32 GEMM peak, saescope's speed ratio
+to the fastest peer), PASS/FAIL lines for the targets, and
+`bench/out/train-results.json`.
 
 Every (library, optimizer) pair trains in its own subprocess (`bench/_peers.py`), so
 its peak RSS is its own, on the same batches in the same order, for the same number
@@ -138,12 +139,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--store", default=str(HERE / "out" / "run" / "acts"), help="activation store directory"
+        "--store",
+        default=str(HERE / "out" / "sentences" / "acts"),
+        help="activation store directory",
     )
     p.add_argument("--sizes", default="3072:32,12288:64", help="comma-separated d_sae:k pairs")
     p.add_argument(
         "--samples",
-        default="245760,81920",
+        default="163840",
         help="training samples per size (one value, or one per size); rounded down to whole batches",
     )
     p.add_argument("--batch-size", type=int, default=4096)
