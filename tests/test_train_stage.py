@@ -141,3 +141,25 @@ def test_help_lists_every_option(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--run" in out and ("--dead-after-samples" in out or command == "eval")
+
+
+def test_mlflow_logger_writes_a_local_sqlite_store(store_run, tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run_dir = _copy_run(store_run, tmp_path / "m")
+    run(small(run_dir, loggers=["mlflow"], max_steps=6, eval_at_end=False))
+    db = next(RunPaths(run_dir).sae.rglob("mlflow.db"))
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    (found,) = client.search_runs([client.get_experiment_by_name("saescope").experiment_id])
+    assert found.info.status == "FINISHED"
+    assert found.data.params["d_sae"] == "[64]"
+    logged = [
+        json.loads(line) for line in next(RunPaths(run_dir).sae.rglob("metrics.jsonl")).open()
+    ]
+    assert len(logged) >= 2
+    key = next(k for k in found.data.metrics if k.endswith("/nmse"))
+    history = client.get_metric_history(found.info.run_id, key)
+    assert [m.step for m in history] == [row["step"] for row in logged]
+    assert [m.value for m in history] == pytest.approx([row["nmse"] for row in logged])

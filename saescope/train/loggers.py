@@ -3,7 +3,7 @@
 `MetricLogger.log(step, metrics)` and `.close()`. `JsonlLogger` (always on) appends
 one JSON object per line to `metrics.jsonl`; `WandbLogger` (offline unless
 WANDB_MODE says otherwise, so nothing goes over the network by default),
-`MLflowLogger` (local ./mlruns unless MLFLOW_TRACKING_URI is set) and
+`MLflowLogger` (a SQLite file in the output folder unless MLFLOW_TRACKING_URI is set) and
 `TensorBoardLogger` are optional and imported only when asked for.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,21 +70,44 @@ class WandbLogger:
 
 
 class MLflowLogger:
-    def __init__(self, experiment: str, name: str, config: dict[str, Any]) -> None:
+    """One MLflow run through `MlflowClient` (no process-wide tracking URI is set).
+
+    Tracking store: MLFLOW_TRACKING_URI if set (a server, a database), else a SQLite file
+    `<directory>/mlflow.db` beside the training outputs (view it with
+    `mlflow ui --backend-store-uri sqlite:///<directory>/mlflow.db`).
+    """
+
+    def __init__(self, experiment: str, name: str, config: dict[str, Any], directory: Path) -> None:
         try:
-            import mlflow
+            from mlflow.entities import Metric, Param
+            from mlflow.tracking import MlflowClient
         except ImportError as exc:
-            raise SaescopeError("logger 'mlflow' needs `pip install mlflow`") from exc
-        self._mlflow = mlflow
-        mlflow.set_experiment(experiment)
-        mlflow.start_run(run_name=name)
-        mlflow.log_params({k: str(v)[:250] for k, v in config.items()})
+            raise SaescopeError(
+                "logger 'mlflow' needs `pip install mlflow` (or mlflow-skinny with sqlalchemy "
+                "and alembic for the local SQLite store)"
+            ) from exc
+        directory.mkdir(parents=True, exist_ok=True)
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{directory.resolve()}/mlflow.db"
+        self._metric = Metric
+        self._client = MlflowClient(tracking_uri=uri)
+        found = self._client.get_experiment_by_name(experiment)
+        if found is not None:
+            exp_id = found.experiment_id
+        else:
+            exp_id = self._client.create_experiment(
+                experiment, artifact_location=(directory / "artifacts").resolve().as_uri()
+            )
+        self._run_id = self._client.create_run(exp_id, run_name=name).info.run_id
+        params = [Param(k, str(v)[:250]) for k, v in config.items()]
+        self._client.log_batch(self._run_id, params=params)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self._mlflow.log_metrics(metrics, step=step)
+        now = int(time.time() * 1000)
+        batch = [self._metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._client.log_batch(self._run_id, metrics=batch)
 
     def close(self) -> None:
-        self._mlflow.end_run()
+        self._client.set_terminated(self._run_id)
 
 
 class TensorBoardLogger:
@@ -112,7 +136,7 @@ def make_loggers(
         if name == "wandb":
             out.append(WandbLogger(project, run_name, config, directory / "wandb"))
         elif name == "mlflow":
-            out.append(MLflowLogger(project, run_name, config))
+            out.append(MLflowLogger(project, run_name, config, directory / "mlflow"))
         elif name == "tensorboard":
             out.append(TensorBoardLogger(directory / "tensorboard"))
         else:
