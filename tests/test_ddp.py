@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from test_train_stage import make_store, small
@@ -12,15 +13,18 @@ from saescope.paths import RunPaths
 from saescope.train import run
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_two_gloo_processes_match_one_process(tmp_path, arch):
+    """BatchTopK too: its batch-wide selection runs over the global batch on every rank."""
     one = make_store(tmp_path / "one", n_rows=1600)
     two = make_store(tmp_path / "two", n_rows=1600)
     flags = dict(max_steps=6, epochs=1.0, eval_at_end=False, checkpoint_every=0)
-    run(small(one, **flags))
+    run(small(one, architecture=arch, **flags))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "saescope", "--", "train", "--run", str(two), "--d-sae", "64", "--k", "4",
+        "-m", "saescope", "--", "train", "--run", str(two), "--architecture", arch,
+        "--d-sae", "64", "--k", "4",
         "--batch-size", "200", "--epochs", "1", "--lr", "0.003", "--dead-after-samples", "400",
         "--checkpoint-every", "0", "--progress", "false", "--log-every", "3",
         "--max-steps", "6", "--eval-at-end", "false",

@@ -53,6 +53,14 @@ class Dist:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def all_cat(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's `t` (same shape on each), concatenated along dim 0 in rank order."""
+        if self.world == 1:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
     def all_sum_grads(self, params: Sequence[torch.Tensor]) -> None:
         """Sum .grad of `params` over ranks in place (one flat all-reduce)."""
         if self.world == 1:

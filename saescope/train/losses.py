@@ -12,8 +12,9 @@ rows (inputs are scaled to unit mean squared norm, so 1.0 means "explains nothin
 - relu:      mse + l1 * sum_j z_j * ||W_dec_j||
 - topk:      mse + aux * AuxK;  decode and backward touch only the k active latents
              (`saescope.sae.kernels`)
-- batchtopk: the k * n_rows largest activations over the whole batch are kept;
-             mse + aux * AuxK; reports the smallest kept activation (for the threshold)
+- batchtopk: the k * n_global largest activations of the global batch (all ranks) are
+             kept; mse + aux * AuxK; reports the smallest kept activation (for the
+             threshold)
 - jumprelu:  mse + l0 * L0, with straight-through estimators: the threshold gets the
              rectangle-kernel pseudo-derivative, the chain rule through
              threshold = exp(log_threshold) is left to autograd (so d/dlog_t = t * d/dt)
@@ -43,6 +44,8 @@ class LossContext(NamedTuple):
     bandwidth: float  # jumprelu kernel width
     all_sum: Callable[[torch.Tensor], torch.Tensor]  # sum over ranks (identity on one process)
     select_dtype: torch.dtype = torch.float32  # topk: dtype of the matmul that picks the latents
+    # every rank's tensor concatenated along dim 0 (identity on one process)
+    all_cat: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
 
 
 class LossOutput(NamedTuple):
@@ -147,15 +150,17 @@ def batchtopk_loss(sae: SAE, x: torch.Tensor, ctx: LossContext) -> LossOutput:
     n_rows, d_sae = x.shape[0], sae.cfg.d_sae
     h = sae.pre_activations(x)  # (n_rows, d_sae)
     acts = torch.relu(h)
-    n_keep = min(int(ctx.k or 0) * n_rows, n_rows * d_sae)
     flat = acts.reshape(-1)
     with torch.no_grad():
-        kept_vals, pos = torch.topk(flat, n_keep, sorted=False)
-        keep = torch.zeros_like(flat, dtype=torch.bool)
-        keep[pos] = True
-        keep &= flat > 0
+        # the k * n_global largest activations of the *global* batch: each rank offers its
+        # own largest ones, and every rank finds the same cut-off among all offers
+        n_keep = int(ctx.k or 0) * ctx.n_global
+        offer = torch.topk(flat, min(n_keep, flat.numel()), sorted=False).values
+        offers = ctx.all_cat(offer)
+        kept_vals = torch.topk(offers, min(n_keep, offers.numel()), sorted=False).values
         positive = kept_vals[kept_vals > 0]
         min_kept = positive.min() if len(positive) else torch.tensor(_INF)
+        keep = (flat >= min_kept) & (flat > 0)
         aux_idx = _aux_indices(h, ctx)
     z = (flat * keep).view(n_rows, d_sae)
     x_hat = z @ sae.W_dec + sae.b_dec

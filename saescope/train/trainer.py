@@ -170,6 +170,7 @@ class Trainer:
             sparsity_coefficient=coef * ramp,
             bandwidth=cfg.jumprelu_bandwidth,
             all_sum=self.dist.all_sum,
+            all_cat=self.dist.all_cat,
             select_dtype=self.select_dtype,
         )
 
@@ -224,16 +225,7 @@ class Trainer:
         self.samples += n_global
 
     def _update_batch_threshold(self, tr: Trainee, min_kept: torch.Tensor) -> None:
-        m = float(min_kept)
-        if self.dist.world > 1:
-            # the global minimum, so every rank keeps the same threshold
-            t = torch.tensor(
-                [-m if math.isfinite(m) else -math.inf], dtype=torch.float64, device=self.device
-            )
-            import torch.distributed as tdist
-
-            tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
-            m = -float(t)
+        m = float(min_kept)  # the same on every rank: the loss selects over the global batch
         if not math.isfinite(m):
             return
         # a plain running mean at first (no bias towards the first batch), then an EMA
