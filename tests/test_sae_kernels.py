@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from saescope.sae.kernels import sparse_decode, sparse_encode, topk_indices
+from saescope.sae.kernels import scatter_rows, sparse_decode, sparse_encode, topk_indices
 
 
 def _problem(seed: int = 0, n_rows: int = 5, d_in: int = 4, d_sae: int = 7, k: int = 3):
@@ -31,8 +31,13 @@ def test_sparse_decode_matches_dense():
     assert torch.allclose(sparse_decode(idx, vals, W_dec), dense @ W_dec)
 
 
-def test_sparse_encode_gradcheck():
+@pytest.mark.parametrize("latent_major", [False, True])
+def test_sparse_encode_gradcheck(latent_major):
+    """Also with W_enc stored latent-major (a transposed view), as the trainer keeps it."""
     x, W_enc, b_enc, _, b_dec, idx, _ = _problem(2)
+    if latent_major:
+        W_enc = W_enc.t().contiguous().t()
+        assert not W_enc.is_contiguous()
     for t in (x, W_enc, b_enc, b_dec):
         t.requires_grad_()
 
@@ -78,3 +83,18 @@ def test_topk_indices_is_exact(dtype):
     got = topk_indices(narrow, 8)
     want = torch.topk(narrow.float(), 8, dim=1).values
     assert torch.equal(narrow.gather(1, got).float().sort(1).values, want.sort(1).values)
+
+
+def test_scatter_rows_sums_repeats_and_leaves_unused_latents_zero():
+    """A latent picked twice in one row (active and again as AuxK) gets both terms."""
+    g = torch.Generator().manual_seed(5)
+    idx = torch.tensor([[2, 0, 2], [4, 2, 0]])
+    vals = torch.randn(2, 3, generator=g, dtype=torch.float64)
+    dense = torch.randn(2, 5, generator=g, dtype=torch.float64)
+    want = torch.zeros(6, 5, dtype=torch.float64)
+    for r in range(2):
+        for j in range(3):
+            want[idx[r, j]] += vals[r, j] * dense[r]
+    got = scatter_rows(idx, vals, dense, 6)
+    assert torch.allclose(got, want)
+    assert torch.equal(got[[1, 3, 5]], torch.zeros(3, 5, dtype=torch.float64))

@@ -65,8 +65,10 @@ class Dist:
         """Sum .grad of `params` over ranks in place (one flat all-reduce)."""
         if self.world == 1:
             return
-        grads = [p.grad for p in params if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        # flattened in memory order, so a transposed layout (the trainer's latent-major
+        # W_enc) costs no strided copy: a sum does not care about element order
+        grads = [_memory_order(p.grad) for p in params if p.grad is not None]
+        flat = torch.cat([g.view(-1) for g in grads])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
         for g in grads:
@@ -76,6 +78,15 @@ class Dist:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+
+def _memory_order(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous view of `t`'s storage: `t` itself, or for a transposed matrix `t.T`."""
+    if t.is_contiguous():
+        return t
+    if t.dim() == 2 and t.t().is_contiguous():
+        return t.t()
+    raise SaescopeError(f"cannot all-reduce a gradient of strides {t.stride()} in place")
 
 
 def init_dist(device: torch.device) -> Dist:

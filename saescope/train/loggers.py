@@ -72,9 +72,10 @@ class WandbLogger:
 class MLflowLogger:
     """One MLflow run through `MlflowClient` (no process-wide tracking URI is set).
 
-    Tracking store: MLFLOW_TRACKING_URI if set (a server, a database), else a SQLite file
-    `<directory>/mlflow.db` beside the training outputs (view it with
-    `mlflow ui --backend-store-uri sqlite:///<directory>/mlflow.db`).
+    Tracking store: MLFLOW_TRACKING_URI if set (a server or a database shared by many
+    runs), else a SQLite file `<directory>/mlflow.db` beside this run's outputs, which
+    holds this run only (view it with `mlflow ui --backend-store-uri
+    sqlite:///<directory>/mlflow.db`; `--overwrite` deletes it with the outputs).
     """
 
     def __init__(self, experiment: str, name: str, config: dict[str, Any], directory: Path) -> None:
@@ -86,17 +87,19 @@ class MLflowLogger:
                 "logger 'mlflow' needs `pip install mlflow` (or mlflow-skinny with sqlalchemy "
                 "and alembic for the local SQLite store)"
             ) from exc
-        directory.mkdir(parents=True, exist_ok=True)
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{directory.resolve()}/mlflow.db"
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        artifacts = None  # a shared store keeps its own artifact root
+        if not uri:
+            directory.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{directory.resolve()}/mlflow.db"
+            artifacts = (directory / "artifacts").resolve().as_uri()
         self._metric = Metric
         self._client = MlflowClient(tracking_uri=uri)
         found = self._client.get_experiment_by_name(experiment)
         if found is not None:
             exp_id = found.experiment_id
         else:
-            exp_id = self._client.create_experiment(
-                experiment, artifact_location=(directory / "artifacts").resolve().as_uri()
-            )
+            exp_id = self._client.create_experiment(experiment, artifact_location=artifacts)
         self._run_id = self._client.create_run(exp_id, run_name=name).info.run_id
         params = [Param(k, str(v)[:250]) for k, v in config.items()]
         self._client.log_batch(self._run_id, params=params)

@@ -93,8 +93,10 @@ def _aux_indices(h: torch.Tensor, ctx: LossContext) -> torch.Tensor | None:
     n_rows = h.shape[0]
     if n_dead <= ctx.k_aux:
         return dead_idx.expand(n_rows, n_dead).contiguous()
-    pos = topk_indices(h.index_select(1, dead_idx), ctx.k_aux)  # (n_rows, k_aux)
-    return dead_idx[pos]
+    # torch.topk on the values (not topk_indices' int16 ranks for bfloat16), so that rows
+    # with few positive dead pre-activations fill up with the ones closest to zero
+    pos = torch.topk(h.index_select(1, dead_idx), ctx.k_aux, dim=1, sorted=False).indices
+    return dead_idx[pos]  # (n_rows, k_aux)
 
 
 def _select_pre_acts(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
@@ -155,9 +157,12 @@ def batchtopk_loss(sae: SAE, x: torch.Tensor, ctx: LossContext) -> LossOutput:
         # the k * n_global largest activations of the *global* batch: each rank offers its
         # own largest ones, and every rank finds the same cut-off among all offers
         n_keep = int(ctx.k or 0) * ctx.n_global
-        offer = torch.topk(flat, min(n_keep, flat.numel()), sorted=False).values
-        offers = ctx.all_cat(offer)
-        kept_vals = torch.topk(offers, min(n_keep, offers.numel()), sorted=False).values
+        # (an activation tied with the cut-off is kept too, so a batch with duplicate rows
+        # can keep a few more than k * n_global)
+        kept_vals = torch.topk(flat, min(n_keep, flat.numel()), sorted=False).values
+        offers = ctx.all_cat(kept_vals)
+        if offers.numel() > kept_vals.numel():  # several ranks
+            kept_vals = torch.topk(offers, min(n_keep, offers.numel()), sorted=False).values
         positive = kept_vals[kept_vals > 0]
         min_kept = positive.min() if len(positive) else torch.tensor(_INF)
         keep = (flat >= min_kept) & (flat > 0)

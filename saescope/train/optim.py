@@ -12,6 +12,9 @@ update is the same as torch's default (non-AMSGrad, no weight decay):
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g^2
     p -= lr / (1 - b1^t) * m / (sqrt(v / (1 - b2^t)) + eps)
+
+One step count t for all parameters (torch keeps one per parameter; they agree here
+because every parameter of an SAE gets a gradient every step).
 """
 
 from __future__ import annotations
@@ -64,7 +67,12 @@ class Adam:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != "adam" or len(state["m"]) != len(self.params):
+        shapes = [tuple(p.shape) for p in self.params]
+        if (
+            state.get("kind") != "adam"
+            or [tuple(m.shape) for m in state["m"]] != shapes
+            or [tuple(v.shape) for v in state["v"]] != shapes
+        ):
             raise SaescopeError(
                 "the checkpoint's optimizer state does not fit this trainer "
                 "(written by another saescope version?); re-run with --overwrite"

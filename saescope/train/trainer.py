@@ -297,6 +297,7 @@ class Trainer:
                     "optimizer": tr.optimizer.state_dict(),
                     "samples_since_fired": tr.samples_since_fired.cpu().clone(),
                     "batch_threshold": tr.batch_threshold,
+                    "base_lr": tr.base_lr,
                 }
                 for tr in self.trainees
             ],
@@ -315,6 +316,8 @@ class Trainer:
             tr.optimizer.load_state_dict(st["optimizer"])
             tr.samples_since_fired.copy_(st["samples_since_fired"])
             tr.batch_threshold = float(st["batch_threshold"])
+            # the lr the run started with, even if the default formula changed since
+            tr.base_lr = float(st.get("base_lr", tr.base_lr))
 
 
 class Throughput:
