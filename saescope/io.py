@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from saescope.errors import SaescopeError
+
 
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
@@ -47,6 +49,26 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def read_finished_manifest(
+    path: Path, fmt: str, what: str, missing: str, finish: str
+) -> dict[str, Any]:
+    """The JSON manifest at `path` of a finished `what` (e.g. "activation store").
+
+    Raises `SaescopeError` with the message `missing` when there is no such file, and
+    when the file has another format or describes unfinished work (`finish` tells the
+    user how to finish it).
+    """
+    if not path.exists():
+        raise SaescopeError(missing)
+    m = read_json(path)
+    if m.get("format") != fmt:
+        raise SaescopeError(f"{path} is not a saescope {what} manifest")
+    if not m.get("complete"):
+        so_far = f" ({m['count']} rows so far)" if "count" in m else ""
+        raise SaescopeError(f"the {what} at {path.parent} is incomplete{so_far}; {finish}")
+    return m
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

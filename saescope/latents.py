@@ -44,7 +44,14 @@ from saescope.config import config_to_dict, option, same_config
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.features import FeatureAccumulator, cooccurrence, one_thread, sample_examples
-from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
+from saescope.io import (
+    atomic_path,
+    read_finished_manifest,
+    read_json,
+    sha256_file,
+    sha256_text,
+    write_json,
+)
 from saescope.paths import RunPaths
 from saescope.sae import SAE
 from saescope.store import ActivationStore
@@ -121,18 +128,13 @@ class LatentCache:
     def __init__(self, run_dir: str | Path, verify: bool = False) -> None:
         self.paths = RunPaths(run_dir)
         self.dir = self.paths.latents
-        manifest = self.paths.latents_manifest
-        if not manifest.exists():
-            raise SaescopeError(
-                f"no latent cache at {self.dir}; run `saescope latents --run {run_dir}` first"
-            )
-        m = read_json(manifest)
-        if m.get("format") != FORMAT:
-            raise SaescopeError(f"{manifest} is not a saescope latent cache manifest")
-        if not m.get("complete"):
-            raise SaescopeError(
-                f"the latent cache at {self.dir} is incomplete; re-run `saescope latents --run {run_dir}`"
-            )
+        m = read_finished_manifest(
+            self.paths.latents_manifest,
+            FORMAT,
+            "latent cache",
+            missing=f"no latent cache at {self.dir}; run `saescope latents --run {run_dir}` first",
+            finish=f"re-run `saescope latents --run {run_dir}`",
+        )
         self.manifest = m
         self.d_sae: int = m["d_sae"]
         self.n_rows: int = m["n_rows"]

@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from saescope import paths
 from saescope._version import __version__
 from saescope.errors import SaescopeError
-from saescope.io import atomic_path, read_json, sha256_file, write_json
+from saescope.io import atomic_path, read_finished_manifest, read_json, sha256_file, write_json
 
 FORMAT = "saescope.acts/1"
 TENSOR = "acts"
@@ -187,19 +187,14 @@ class ActivationStore:
 
     def __init__(self, directory: str | Path, verify: bool = True) -> None:
         self.dir = Path(directory)
-        manifest = self.dir / paths.MANIFEST
-        if not manifest.exists():
-            raise SaescopeError(
-                f"no activation store at {self.dir} (missing {paths.MANIFEST}); run `saescope embed` first"
-            )
-        m = read_json(manifest)
-        if m.get("format") != FORMAT:
-            raise SaescopeError(f"{manifest} is not a saescope activation store manifest")
-        if not m.get("complete"):
-            raise SaescopeError(
-                f"the store at {self.dir} is incomplete ({m.get('count')} rows so far); "
-                "re-run the command that made it to finish it"
-            )
+        m = read_finished_manifest(
+            self.dir / paths.MANIFEST,
+            FORMAT,
+            "activation store",
+            missing=f"no activation store at {self.dir} (missing {paths.MANIFEST}); "
+            "run `saescope embed` first",
+            finish="re-run the command that made it to finish it",
+        )
         self.manifest = m
         self.d_in: int = m["d_in"]
         self.dtype: str = m["dtype"]
