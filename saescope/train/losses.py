@@ -183,21 +183,28 @@ def batchtopk_loss(sae: SAE, x: torch.Tensor, ctx: LossContext) -> LossOutput:
     )
 
 
-def relu_loss(sae: SAE, x: torch.Tensor, ctx: LossContext) -> LossOutput:
-    z = torch.relu(sae.pre_activations(x))  # (n_rows, d_sae)
+def _penalised(
+    sae: SAE, x: torch.Tensor, z: torch.Tensor, penalty: torch.Tensor, ctx: LossContext
+) -> LossOutput:
+    """Dense decode of codes z (n_rows, d_sae); loss = (squared error + coef * penalty) / n."""
     x_hat = z @ sae.W_dec + sae.b_dec
     sq_err = (x_hat - x).pow(2).sum()
-    l1 = (z * sae.W_dec.norm(dim=1)).sum()
-    loss = (sq_err + ctx.sparsity_coefficient * l1) / ctx.n_global
-    active = z > 0
+    loss = (sq_err + ctx.sparsity_coefficient * penalty) / ctx.n_global
+    active = z.detach() > 0
     return LossOutput(
         loss,
         sq_err.detach(),
-        (l1 / ctx.n_global).detach(),
+        (penalty / ctx.n_global).detach(),
         active.sum(),
         active.any(0),
         torch.tensor(_INF),
     )
+
+
+def relu_loss(sae: SAE, x: torch.Tensor, ctx: LossContext) -> LossOutput:
+    z = torch.relu(sae.pre_activations(x))  # (n_rows, d_sae)
+    l1 = (z * sae.W_dec.norm(dim=1)).sum()
+    return _penalised(sae, x, z, l1, ctx)
 
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -245,16 +252,5 @@ def jumprelu_loss(
     h = sae.pre_activations(x)  # (n_rows, d_sae)
     t = log_threshold.exp()  # (d_sae,) float32; autograd supplies d t / d log_t = t
     z = JumpReLU.apply(h, t.to(h.dtype), ctx.bandwidth)
-    x_hat = z @ sae.W_dec + sae.b_dec
-    sq_err = (x_hat - x).pow(2).sum()
     l0 = Step.apply(h, t.to(h.dtype), ctx.bandwidth).sum()
-    loss = (sq_err + ctx.sparsity_coefficient * l0) / ctx.n_global
-    active = z.detach() > 0
-    return LossOutput(
-        loss,
-        sq_err.detach(),
-        (l0 / ctx.n_global).detach(),
-        active.sum(),
-        active.any(0),
-        torch.tensor(_INF),
-    )
+    return _penalised(sae, x, z, l0, ctx)
