@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 # Tests never reach a hub: the packaged models and data are local.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,3 +70,20 @@ def news_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_corpus(CorpusConfig(run=str(run), source="news", shuffle=True, limit=600))
     embed(EmbedConfig(run=str(run), shard_rows=128))
     return run
+
+
+def random_sae_weights(
+    g: torch.Generator, arch: str, d_in: int, d_sae: int, w_scale: float, threshold: float
+) -> dict[str, torch.Tensor]:
+    """Random native-layout SAE tensors (jumprelu: random per-feature thresholds)."""
+    import torch
+
+    return {
+        "W_enc": torch.randn(d_in, d_sae, generator=g) * w_scale,
+        "b_enc": torch.randn(d_sae, generator=g) * 0.1,
+        "W_dec": torch.randn(d_sae, d_in, generator=g) * w_scale,
+        "b_dec": torch.randn(d_in, generator=g) * 0.2,
+        "threshold": torch.rand(d_sae, generator=g) * 0.3
+        if arch == "jumprelu"
+        else torch.full((d_sae,), threshold),
+    }

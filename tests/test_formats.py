@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_sae_weights
 from safetensors.torch import save_file
 
 from saescope import SaescopeError, load_sae
@@ -27,18 +28,7 @@ def native_sae(arch: str = "topk", input_norm: str = "none", seed: int = 0) -> S
         input_norm=input_norm,
         metadata={"hook_name": "blocks.3.hook_resid_post"},
     )
-    return SAE.from_tensors(
-        cfg,
-        {
-            "W_enc": torch.randn(D_IN, D_SAE, generator=g) * 0.4,
-            "b_enc": torch.randn(D_SAE, generator=g) * 0.1,
-            "W_dec": torch.randn(D_SAE, D_IN, generator=g) * 0.4,
-            "b_dec": torch.randn(D_IN, generator=g) * 0.2,
-            "threshold": torch.rand(D_SAE, generator=g) * 0.3
-            if arch == "jumprelu"
-            else torch.full((D_SAE,), 0.25),
-        },
-    )
+    return SAE.from_tensors(cfg, random_sae_weights(g, arch, D_IN, D_SAE, 0.4, 0.25))
 
 
 def x_rows(n: int = 64) -> torch.Tensor:

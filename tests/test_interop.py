@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import random_sae_weights
 from torch import nn
 
 from saescope import export_saelens, load_sae
@@ -166,16 +167,7 @@ def test_export_loads_in_saelens(tmp_path: Path, arch: str, input_norm: str) -> 
     cfg = SAEConfig(
         arch, D_IN, D_SAE, k=K if arch in ("topk", "batchtopk") else None, input_norm=input_norm
     )
-    tensors = {
-        "W_enc": torch.randn(D_IN, D_SAE, generator=g) * 0.3,
-        "b_enc": torch.randn(D_SAE, generator=g) * 0.1,
-        "W_dec": torch.randn(D_SAE, D_IN, generator=g) * 0.3,
-        "b_dec": torch.randn(D_IN, generator=g) * 0.2,
-        "threshold": torch.rand(D_SAE, generator=g) * 0.3
-        if arch == "jumprelu"
-        else torch.full((D_SAE,), 0.4),
-    }
-    ours = SAE.from_tensors(cfg, tensors)
+    ours = SAE.from_tensors(cfg, random_sae_weights(g, arch, D_IN, D_SAE, 0.3, 0.4))
     out = export_saelens(ours, tmp_path / "export")
     x = inputs()
     with torch.no_grad():
