@@ -7,6 +7,9 @@ holding one tensor `acts` of shape (rows, d_in) in the store's dtype.
 The manifest lists every complete shard with its row range and sha256. Shards and
 the manifest are written atomically, so after a crash the store holds exactly the
 shards listed, and a writer reopened on it continues after the last one.
+Rows holding NaN or inf, or values a float16 store cannot hold, are refused with
+an error that names them, before they are written (whatever their source). A
+store filled by importing files lists them under `imports` in its manifest.
 
 Reading: `ActivationStore.iter_batches` streams shuffled batches through a bounded
 shuffle buffer (memory does not grow with the store), deterministic for a seed;
@@ -18,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,12 +36,45 @@ from saescope.io import atomic_path, read_finished_manifest, read_json, sha256_f
 FORMAT = "saescope.acts/1"
 TENSOR = "acts"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+FLOAT16_MAX = 65504.0  # largest finite float16; LM residual streams can exceed it
 
 
 def torch_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise SaescopeError(f"unknown storage dtype {name!r}; choose one of {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+class BadRows(NamedTuple):
+    rows: list[int]  # positions of the bad rows in the checked block
+    what: str  # what is wrong with them
+    hint: str  # what to do about it
+
+
+def find_bad_rows(rows: torch.Tensor, dtype: str) -> BadRows | None:
+    """The rows of `rows` (n, d) that a `dtype` store cannot hold, or None.
+
+    Bad: a NaN or inf anywhere in the row, or, for a float16 store, a value beyond
+    float16's range (it would be stored as inf).
+    """
+    bad = ~torch.isfinite(rows).all(dim=1)
+    what, hint = "NaN or inf values", "check the model or the input that produced them"
+    if not bad.any() and dtype == "float16":
+        bad = rows.abs().amax(dim=1) > FLOAT16_MAX
+        what = f"values beyond float16's range (|x| > {FLOAT16_MAX:g})"
+        hint = "store them as --dtype bfloat16 (the range of float32) or float32"
+    if not bad.any():
+        return None
+    return BadRows(torch.nonzero(bad).squeeze(1).tolist(), what, hint)
+
+
+def bad_rows_error(bad: BadRows, first_row: int, where: str) -> SaescopeError:
+    """The error for `bad`, numbering rows from `first_row` (the row of the block's start)."""
+    idx = [first_row + i for i in bad.rows]
+    shown = ", ".join(map(str, idx[:5])) + (f" and {len(idx) - 5} more" if len(idx) > 5 else "")
+    return SaescopeError(
+        f"{where}: row(s) {shown} hold {bad.what}; nothing was stored for them; {bad.hint}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +113,8 @@ class StoreWriter:
         self.shard_rows = int(shard_rows)
         self.meta = dict(meta or {})
         self.shards: list[ShardInfo] = []
+        # files whose rows were imported (`embed --vectors`): file, sha256, start, stop, complete
+        self.imports: list[dict[str, Any]] = []
         self._pending: list[torch.Tensor] = []
         self._pending_rows = 0
         manifest = self.dir / paths.MANIFEST
@@ -109,6 +147,7 @@ class StoreWriter:
             )
         self.shard_rows = int(m.get("shard_rows", self.shard_rows))
         self.shards = [ShardInfo(**s) for s in m["shards"]]
+        self.imports = [dict(r) for r in m.get("imports", [])]
         if append:
             self.meta = m["meta"]
 
@@ -123,6 +162,13 @@ class StoreWriter:
             raise SaescopeError(
                 f"cannot append rows of shape {tuple(rows.shape)} to a store of dimension {self.d_in}"
             )
+        # before the cast (float16 would turn large values into inf) and before any write
+        bad = find_bad_rows(rows, self.dtype)
+        if bad is not None:
+            at = self._pending_rows + bad.rows[0]  # rows after the last complete shard
+            shard = paths.shard_name(len(self.shards) + at // self.shard_rows)
+            where = f"{self.dir} (store rows, {shard})"
+            raise bad_rows_error(bad, self.rows_done + self._pending_rows, where)
         self._pending.append(rows.detach().to("cpu", self._torch_dtype))
         self._pending_rows += rows.shape[0]
         while self._pending_rows >= self.shard_rows:
@@ -143,27 +189,36 @@ class StoreWriter:
         )
         self._write_manifest(complete=False)
 
-    def _write_manifest(self, complete: bool) -> None:
-        write_json(
-            self.dir / paths.MANIFEST,
-            {
-                "format": FORMAT,
-                "saescope_version": __version__,
-                "d_in": self.d_in,
-                "dtype": self.dtype,
-                "count": self.rows_done,
-                "shard_rows": self.shard_rows,
-                "complete": complete,
-                "meta": self.meta,
-                "shards": [dataclasses.asdict(s) for s in self.shards],
-            },
-        )
+    def record_imports(self, imports: list[dict[str, Any]]) -> None:
+        """Set the list of imported files and save it in the manifest now (before their rows)."""
+        self.imports = [dict(r) for r in imports]
+        self._write_manifest(complete=False)
 
-    def close(self) -> Path:
-        """Flush the last partial shard and mark the store complete."""
+    def _write_manifest(self, complete: bool) -> None:
+        manifest = {
+            "format": FORMAT,
+            "saescope_version": __version__,
+            "d_in": self.d_in,
+            "dtype": self.dtype,
+            "count": self.rows_done,
+            "shard_rows": self.shard_rows,
+            "complete": complete,
+            "meta": self.meta,
+            "shards": [dataclasses.asdict(s) for s in self.shards],
+        }
+        if self.imports:  # only import stores carry the key; embedding manifests stay as they were
+            manifest["imports"] = self.imports
+        write_json(self.dir / paths.MANIFEST, manifest)
+
+    def flush(self) -> None:
+        """Write the pending rows now, as a shard shorter than `shard_rows` if need be."""
         if self._pending_rows:
             self._flush(torch.cat(self._pending))
             self._pending, self._pending_rows = [], 0
+
+    def close(self) -> Path:
+        """Flush the last partial shard and mark the store complete."""
+        self.flush()
         self._write_manifest(complete=True)
         return self.dir
 

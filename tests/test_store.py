@@ -121,3 +121,27 @@ def test_incomplete_store_cannot_be_read_and_writer_resumes_it(tmp_path):
 def test_missing_store_message_says_what_to_run(tmp_path):
     with pytest.raises(SaescopeError, match="saescope embed"):
         ActivationStore(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_writer_refuses_non_finite_rows_naming_them_before_writing(tmp_path, bad):
+    w = StoreWriter(tmp_path / "s", 3, shard_rows=4, meta={"m": 1})
+    w.append(torch.ones(6, 3))  # shard 0 written, 2 rows pending
+    block = torch.ones(8, 3)
+    block[[2, 5], 1] = bad  # store rows 8 and 11, both in shard 2
+    with pytest.raises(SaescopeError, match=r"shard-00002.*row\(s\) 8, 11 hold NaN or inf"):
+        w.append(block)
+    assert sorted(p.name for p in (tmp_path / "s").glob("shard-*")) == ["shard-00000.safetensors"]
+    w.close()  # the good rows are kept; the bad block is not
+    assert len(ActivationStore(tmp_path / "s")) == 6
+
+
+def test_float16_store_refuses_values_beyond_its_range(tmp_path):
+    rows = torch.zeros(10, 2)
+    rows[3, 0] = 65504.0  # the largest float16: fine
+    StoreWriter(tmp_path / "ok", 2, "float16").append(rows)
+    rows[[4, 9], 1] = torch.tensor([7e4, -1e6])
+    with pytest.raises(SaescopeError, match=r"row\(s\) 4, 9 hold values beyond float16.*bfloat16"):
+        StoreWriter(tmp_path / "f16", 2, "float16").append(rows)
+    for dtype in ("bfloat16", "float32"):
+        StoreWriter(tmp_path / dtype, 2, dtype).append(rows)
