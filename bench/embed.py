@@ -31,7 +31,14 @@ def main() -> int:
 
     from sentence_transformers import SentenceTransformer
 
-    from saescope import ActivationStore, CorpusConfig, EmbedConfig, embed, make_corpus, read_corpus
+    from saescope import (
+        ActivationStore,
+        CorpusConfig,
+        EmbedConfig,
+        embed_corpus,
+        make_corpus,
+        read_corpus,
+    )
     from saescope.defaults import minilm_path
 
     work = Path(tempfile.mkdtemp(prefix="saescope-bench-embed-"))
@@ -57,7 +64,7 @@ def main() -> int:
         run.mkdir()
         shutil.copy(base / "corpus.parquet", run / "corpus.parquet")
         t0 = time.perf_counter()
-        embed(EmbedConfig(run=str(run), batch_size=args.batch_size), model=model)
+        embed_corpus(EmbedConfig(run=str(run), batch_size=args.batch_size), model=model)
         best["saescope"] = min(best["saescope"], time.perf_counter() - t0)
         print(
             f"  repeat {rep}: plain {len(texts) / best['plain']:.1f}/s, "

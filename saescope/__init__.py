@@ -1,9 +1,14 @@
 """saescope: sparse autoencoders that open dense representations into readable features.
 
-The public Python API; every stage is `run(config) -> Path` over a run directory.
+The public Python API; every stage is `run(config) -> Path` over a run directory,
+re-exported under a name that says what it makes (`make_corpus`, `embed_corpus`,
+`cache_latents`...); `saescope.embed` and the other stage names are the modules.
+Names are imported on first use, so `import saescope` is fast.
 """
 
+import importlib as _importlib
 import os as _os
+from typing import TYPE_CHECKING, Any
 
 # Two OpenMP threads that spin-wait for each other lose most of a step when the
 # machine is busy (610 ms vs 82 ms per training step measured on 2 cores); a
@@ -11,24 +16,73 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from saescope._version import __version__  # noqa: E402
-from saescope.corpus import CorpusConfig, build_corpus, read_corpus
-from saescope.corpus import run as make_corpus
-from saescope.embed import EmbedConfig
-from saescope.embed import run as embed
-from saescope.errors import SaescopeError
-from saescope.evaluate import EvalConfig
-from saescope.interp.keywords import KeywordsConfig
-from saescope.interp.keywords import run as name_features_with_keywords
-from saescope.latents import LatentCache, LatentsConfig
-from saescope.latents import run as cache_latents
-from saescope.paths import RunPaths
-from saescope.report import ReportConfig
-from saescope.report import run as make_report
-from saescope.sae import SAE, SAEConfig, export_saelens, load_sae
-from saescope.scoring.stage import ScoreConfig
-from saescope.scoring.stage import run as score_names
-from saescope.store import ActivationStore, StoreWriter
-from saescope.train import TrainConfig, TrainResult, train_on_batches
+
+# public name -> (module, attribute), imported on first use (PEP 562): `import
+# saescope` and the CLI's --help must not pay for torch, pandas or
+# sentence-transformers.
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "ActivationStore": ("saescope.store", "ActivationStore"),
+    "CorpusConfig": ("saescope.corpus", "CorpusConfig"),
+    "EmbedConfig": ("saescope.embed", "EmbedConfig"),
+    "EvalConfig": ("saescope.evaluate", "EvalConfig"),
+    "KeywordsConfig": ("saescope.interp.keywords", "KeywordsConfig"),
+    "LatentCache": ("saescope.latents", "LatentCache"),
+    "LatentsConfig": ("saescope.latents", "LatentsConfig"),
+    "ReportConfig": ("saescope.report", "ReportConfig"),
+    "RunPaths": ("saescope.paths", "RunPaths"),
+    "SAE": ("saescope.sae", "SAE"),
+    "SAEConfig": ("saescope.sae", "SAEConfig"),
+    "SaescopeError": ("saescope.errors", "SaescopeError"),
+    "ScoreConfig": ("saescope.scoring.stage", "ScoreConfig"),
+    "StoreWriter": ("saescope.store", "StoreWriter"),
+    "TrainConfig": ("saescope.train", "TrainConfig"),
+    "TrainResult": ("saescope.train", "TrainResult"),
+    "build_corpus": ("saescope.corpus", "build_corpus"),
+    "cache_latents": ("saescope.latents", "run"),
+    "embed_corpus": ("saescope.embed", "run"),
+    "export_saelens": ("saescope.sae", "export_saelens"),
+    "load_sae": ("saescope.sae", "load_sae"),
+    "make_corpus": ("saescope.corpus", "run"),
+    "make_report": ("saescope.report", "run"),
+    "name_features_with_keywords": ("saescope.interp.keywords", "run"),
+    "read_corpus": ("saescope.corpus", "read_corpus"),
+    "score_names": ("saescope.scoring.stage", "run"),
+    "train_on_batches": ("saescope.train", "train_on_batches"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'saescope' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    value = getattr(_importlib.import_module(module), attr)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers
+    from saescope.corpus import CorpusConfig, build_corpus, read_corpus
+    from saescope.corpus import run as make_corpus
+    from saescope.embed import EmbedConfig
+    from saescope.embed import run as embed_corpus
+    from saescope.errors import SaescopeError
+    from saescope.evaluate import EvalConfig
+    from saescope.interp.keywords import KeywordsConfig
+    from saescope.interp.keywords import run as name_features_with_keywords
+    from saescope.latents import LatentCache, LatentsConfig
+    from saescope.latents import run as cache_latents
+    from saescope.paths import RunPaths
+    from saescope.report import ReportConfig
+    from saescope.report import run as make_report
+    from saescope.sae import SAE, SAEConfig, export_saelens, load_sae
+    from saescope.scoring.stage import ScoreConfig
+    from saescope.scoring.stage import run as score_names
+    from saescope.store import ActivationStore, StoreWriter
+    from saescope.train import TrainConfig, TrainResult, train_on_batches
 
 __all__ = [
     "__version__",
@@ -51,8 +105,8 @@ __all__ = [
     "build_corpus",
     "cache_latents",
     "export_saelens",
+    "embed_corpus",
     "load_sae",
-    "embed",
     "make_corpus",
     "make_report",
     "name_features_with_keywords",

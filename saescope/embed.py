@@ -11,6 +11,7 @@ complete shard and yields exactly the rows an uninterrupted run yields.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, read_json, sha256_file, write_json
 from saescope.paths import MANIFEST, STAGE_CONFIG, RunPaths
-from saescope.store import StoreWriter
+from saescope.store import StoreWriter, bad_rows_error, find_bad_rows
 
 
 @dataclass(frozen=True)
@@ -215,9 +216,54 @@ def _read_ids(path_str: str, n: int) -> list[str]:
     return ids
 
 
+def _check_vectors(arr: np.ndarray, path: Path, block_rows: int, dtype: str) -> None:
+    """Refuse a vectors file holding NaN/inf (or values `dtype` cannot hold) before any write."""
+    first, rows = None, []  # the first kind of problem met, and every row that has it
+    for lo in range(0, len(arr), block_rows):
+        block = torch.from_numpy(np.array(arr[lo : lo + block_rows], dtype=np.float32))
+        bad = find_bad_rows(block, dtype)
+        if bad is not None and (first is None or bad.what == first.what):
+            first = first or bad
+            rows += [lo + i for i in bad.rows]
+    if first is not None:
+        where = f"vectors file {path} (rows counted from 0)"
+        raise bad_rows_error(first._replace(rows=rows), 0, where)
+
+
+def _this_import(writer: StoreWriter, path: Path, sha: str, n: int, append: bool) -> dict | None:
+    """The store's record of importing `path` (new or unfinished), or None if it is complete.
+
+    A file already imported (same sha256) is never appended twice; an unfinished
+    import is resumed; a store holding other rows takes new ones only with --append.
+    """
+    same = [r for r in writer.imports if r["sha256"] == sha]
+    if same and same[0]["complete"]:
+        return None
+    if same:
+        return same[0]
+    unfinished = [r for r in writer.imports if not r["complete"]]
+    if unfinished:
+        raise SaescopeError(
+            f"{writer.dir} holds an unfinished import of {unfinished[0]['file']}; re-run that "
+            "import to finish it (or pass --overwrite to start the store again)"
+        )
+    if writer.rows_done and not append:
+        raise SaescopeError(
+            f"{writer.dir} already holds {writer.rows_done} rows; pass --append to add {path}, "
+            "or --overwrite to replace them"
+        )
+    start = writer.rows_done
+    return {"file": path.name, "sha256": sha, "start": start, "stop": start + n, "complete": False}
+
+
 def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
+    """Import a vectors file: idempotent (a file already in the store adds nothing) and
+    resumable (an interrupted import continues after its last complete shard)."""
+    path = Path(cfg.vectors or "")
     arr = _read_vectors(cfg)
     ids = _read_ids(cfg.ids, len(arr)) if cfg.ids else None
+    _check_vectors(arr, path, cfg.shard_rows, cfg.dtype)
+    sha = sha256_file(path)
     meta = {"source": "vectors", "model": None, "normalize": cfg.normalize}
     writer = StoreWriter(
         rp.acts,
@@ -228,22 +274,35 @@ def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
         overwrite=cfg.overwrite,
         append=cfg.append,
     )
-    first = writer.rows_done
-    start = 0 if cfg.append else first
+    rec = _this_import(writer, path, sha, len(arr), cfg.append)
+    if rec is None:
+        done = next(r for r in writer.imports if r["sha256"] == sha)
+        print(
+            f"embed: {path} is already in {rp.acts} (rows {done['start']}..{done['stop'] - 1}, "
+            f"imported from {done['file']}); nothing appended",
+            file=sys.stderr,
+        )
+        return rp.acts
+    if rec not in writer.imports:  # recorded before its first row, so a crash can be resumed
+        writer.record_imports([*writer.imports, rec])
+    start = writer.rows_done - rec["start"]  # rows of this file already stored
     for lo in tqdm(range(start, len(arr), writer.shard_rows), desc="import", unit="shard"):
         block = torch.from_numpy(np.array(arr[lo : lo + writer.shard_rows], dtype=np.float32))
         if cfg.normalize:
             block = torch.nn.functional.normalize(block, dim=1)
         writer.append(block)
-    out = writer.close()
+    writer.flush()  # every row is on disk before the import is marked complete
     if ids is not None:
         ids_path = rp.acts / "ids.parquet"
-        old = pd.read_parquet(ids_path) if cfg.append and ids_path.exists() else None
-        new = pd.DataFrame({"row": np.arange(first, first + len(ids)), "id": ids})
-        table = pd.concat([old, new]) if old is not None else new
+        old = pd.read_parquet(ids_path) if ids_path.exists() else None
+        new = pd.DataFrame({"row": np.arange(rec["start"], rec["stop"]), "id": ids})
+        # rows before this import keep their ids; a resumed import rewrites its own
+        table = pd.concat([old[old["row"] < rec["start"]], new]) if old is not None else new
         with atomic_path(ids_path) as tmp:
             table.to_parquet(tmp, index=False)
-    return out
+    # the import and the store are marked complete in one manifest write
+    writer.imports = [r | {"complete": True} if r["sha256"] == sha else r for r in writer.imports]
+    return writer.close()
 
 
 def run(cfg: EmbedConfig, *, model=None) -> Path:

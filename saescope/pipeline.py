@@ -7,25 +7,18 @@ stage's wall time. Re-running it skips the stages that are already done.
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-corpus = importlib.import_module("saescope.corpus")
-embed = importlib.import_module("saescope.embed")  # the package re-exports a function named embed
+# Stages are imported inside the steps: `saescope demo --help` must not load torch.
 
 
 def demo_steps(run: str, limit: int) -> list[tuple[str, Callable[[], Path]]]:
     """(name, thunk) for every stage of the demo, in order."""
     return [
-        (
-            "corpus",
-            lambda: corpus.run(
-                corpus.CorpusConfig(run=run, source="news", shuffle=True, limit=limit)
-            ),
-        ),
-        ("embed", lambda: embed.run(embed.EmbedConfig(run=run))),
+        ("corpus", lambda: _corpus(run, limit)),
+        ("embed", lambda: _embed(run)),
         ("train", lambda: _train(run)),
         ("eval", lambda: _eval(run)),
         ("latents", lambda: _latents(run)),
@@ -33,6 +26,18 @@ def demo_steps(run: str, limit: int) -> list[tuple[str, Callable[[], Path]]]:
         ("score", lambda: _score(run)),
         ("report", lambda: _report(run)),
     ]
+
+
+def _corpus(run: str, limit: int) -> Path:
+    from saescope import corpus
+
+    return corpus.run(corpus.CorpusConfig(run=run, source="news", shuffle=True, limit=limit))
+
+
+def _embed(run: str) -> Path:
+    from saescope import embed
+
+    return embed.run(embed.EmbedConfig(run=run))
 
 
 def _train(run: str) -> Path:

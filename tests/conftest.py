@@ -64,11 +64,11 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def news_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory with 600 shuffled news texts embedded by the packaged MiniLM."""
-    from saescope import CorpusConfig, EmbedConfig, embed, make_corpus
+    from saescope import CorpusConfig, EmbedConfig, embed_corpus, make_corpus
 
     run = tmp_path_factory.mktemp("news") / "run"
     make_corpus(CorpusConfig(run=str(run), source="news", shuffle=True, limit=600))
-    embed(EmbedConfig(run=str(run), shard_rows=128))
+    embed_corpus(EmbedConfig(run=str(run), shard_rows=128))
     return run
 
 

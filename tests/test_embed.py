@@ -15,12 +15,13 @@ from saescope import (
     CorpusConfig,
     EmbedConfig,
     SaescopeError,
-    embed,
+    embed_corpus,
     make_corpus,
     read_corpus,
 )
 from saescope.defaults import minilm_path
-from saescope.io import read_json
+from saescope.io import read_json, sha256_file
+from saescope.store import StoreWriter
 
 
 def test_store_rows_equal_a_plain_sentence_transformers_encode(news_run):
@@ -40,10 +41,10 @@ def test_store_rows_equal_a_plain_sentence_transformers_encode(news_run):
 
 def test_same_config_rerun_is_a_no_op_and_changed_corpus_is_refused(news_run, tmp_path):
     before = read_json(news_run / "acts" / "manifest.json")
-    embed(EmbedConfig(run=str(news_run), shard_rows=128))
+    embed_corpus(EmbedConfig(run=str(news_run), shard_rows=128))
     assert read_json(news_run / "acts" / "manifest.json")["shards"] == before["shards"]
     with pytest.raises(SaescopeError, match="different run.*normalize"):
-        embed(EmbedConfig(run=str(news_run), shard_rows=128, normalize=True))
+        embed_corpus(EmbedConfig(run=str(news_run), shard_rows=128, normalize=True))
 
 
 def _embed_cmd(run):
@@ -97,7 +98,7 @@ def test_import_precomputed_vectors_from_npy_safetensors_and_parquet(tmp_path):
     (tmp_path / "ids.txt").write_text("\n".join(f"paper-{i}" for i in range(50)))
     for name, key in [("v.npy", None), ("v.safetensors", "emb"), ("v.parquet", "vec")]:
         run = tmp_path / name.replace(".", "_")
-        embed(
+        embed_corpus(
             EmbedConfig(
                 run=str(run),
                 vectors=str(tmp_path / name),
@@ -111,21 +112,25 @@ def test_import_precomputed_vectors_from_npy_safetensors_and_parquet(tmp_path):
         assert torch.equal(store.rows(range(50)), torch.from_numpy(vecs))
         ids = pd.read_parquet(run / "acts" / "ids.parquet")
         assert ids["id"].tolist()[7] == "paper-7"
-    # appending more vectors of the same dimension extends the store
-    embed(
+    # appending other vectors of the same dimension extends the store
+    np.save(tmp_path / "v2.npy", vecs[::-1].copy())
+    embed_corpus(
         EmbedConfig(
-            run=str(tmp_path / "v_npy"), vectors=str(tmp_path / "v.npy"), append=True, shard_rows=16
+            run=str(tmp_path / "v_npy"),
+            vectors=str(tmp_path / "v2.npy"),
+            append=True,
+            shard_rows=16,
         )
     )
     assert len(ActivationStore(tmp_path / "v_npy" / "acts")) == 100
     np.save(tmp_path / "w.npy", vecs[:, :6])
     with pytest.raises(SaescopeError, match="dimension 12, not 6"):
-        embed(
+        embed_corpus(
             EmbedConfig(run=str(tmp_path / "v_npy"), vectors=str(tmp_path / "w.npy"), append=True)
         )
     (tmp_path / "few.txt").write_text("a\nb")
     with pytest.raises(SaescopeError, match="2 ids but the vectors file has 50 rows"):
-        embed(
+        embed_corpus(
             EmbedConfig(
                 run=str(tmp_path / "z"),
                 vectors=str(tmp_path / "v.npy"),
@@ -133,7 +138,7 @@ def test_import_precomputed_vectors_from_npy_safetensors_and_parquet(tmp_path):
             )
         )
     with pytest.raises(SaescopeError, match="no column 'embedding'"):
-        embed(EmbedConfig(run=str(tmp_path / "z"), vectors=str(tmp_path / "v.parquet")))
+        embed_corpus(EmbedConfig(run=str(tmp_path / "z"), vectors=str(tmp_path / "v.parquet")))
 
 
 def test_unloadable_model_and_missing_corpus_are_one_line_errors(tmp_path):
@@ -146,3 +151,102 @@ def test_unloadable_model_and_missing_corpus_are_one_line_errors(tmp_path):
     )
     assert proc.returncode == 2 and "cannot load sentence-transformers model" in proc.stderr
     assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def _import(run, path, **kw):
+    return embed_corpus(EmbedConfig(run=str(run), vectors=str(path), shard_rows=16, **kw))
+
+
+def test_appending_a_file_twice_adds_nothing_and_the_store_lists_its_imports(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=(25, 6)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    (tmp_path / "a.txt").write_text("\n".join(f"a{i}" for i in range(40)))
+    (tmp_path / "b.txt").write_text("\n".join(f"b{i}" for i in range(25)))
+    run = tmp_path / "r"
+    _import(run, tmp_path / "a.npy", ids=str(tmp_path / "a.txt"))
+    _import(run, tmp_path / "a.npy", ids=str(tmp_path / "a.txt"))  # a plain re-run: no-op
+    _import(run, tmp_path / "b.npy", ids=str(tmp_path / "b.txt"), append=True)
+    before = read_json(run / "acts" / "manifest.json")
+    capsys.readouterr()
+    _import(run, tmp_path / "a.npy", ids=str(tmp_path / "a.txt"), append=True)
+    err = capsys.readouterr().err
+    assert "a.npy is already in" in err and "rows 0..39" in err and "nothing appended" in err
+    after = read_json(run / "acts" / "manifest.json")
+    assert after == before and after["count"] == 65
+    assert [(r["file"], r["start"], r["stop"], r["complete"]) for r in after["imports"]] == [
+        ("a.npy", 0, 40, True),
+        ("b.npy", 40, 65, True),
+    ]
+    assert after["imports"][0]["sha256"] == sha256_file(tmp_path / "a.npy")
+    store = ActivationStore(run / "acts")
+    assert torch.equal(store.rows(range(65)), torch.from_numpy(np.concatenate([a, b])))
+    ids = pd.read_parquet(run / "acts" / "ids.parquet")
+    assert ids["row"].tolist() == list(range(65)) and ids["id"].tolist()[39:41] == ["a39", "b0"]
+    # a store holding rows takes another file only with --append
+    np.save(tmp_path / "c.npy", a[:3])
+    with pytest.raises(SaescopeError, match="already holds 65 rows; pass --append"):
+        _import(run, tmp_path / "c.npy")
+
+
+def test_an_interrupted_append_resumes_and_gives_the_uninterrupted_store(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(30, 4)).astype(np.float32), rng.normal(size=(70, 4)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    (tmp_path / "b.txt").write_text("\n".join(f"b{i}" for i in range(70)))
+    for run in ("cut", "whole"):
+        _import(tmp_path / run, tmp_path / "a.npy")
+    original = StoreWriter.append
+    calls = []
+
+    def crash_on_third(self, rows):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        original(self, rows)
+
+    monkeypatch.setattr(StoreWriter, "append", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        _import(tmp_path / "cut", tmp_path / "b.npy", ids=str(tmp_path / "b.txt"), append=True)
+    monkeypatch.setattr(StoreWriter, "append", original)
+    partial = read_json(tmp_path / "cut" / "acts" / "manifest.json")
+    assert not partial["complete"] and partial["imports"][1]["complete"] is False
+    assert 30 < partial["count"] < 100
+    np.save(tmp_path / "c.npy", a[:5])  # another file must wait for b.npy to finish
+    with pytest.raises(SaescopeError, match="unfinished import of b.npy"):
+        _import(tmp_path / "cut", tmp_path / "c.npy", append=True)
+    for run in ("cut", "whole"):
+        _import(tmp_path / run, tmp_path / "b.npy", ids=str(tmp_path / "b.txt"), append=True)
+    cut, whole = (
+        ActivationStore(tmp_path / "cut" / "acts"),
+        ActivationStore(tmp_path / "whole" / "acts"),
+    )
+    assert len(cut) == len(whole) == 100
+    assert torch.equal(cut.rows(range(100)), whole.rows(range(100)))
+    assert cut.manifest["imports"] == whole.manifest["imports"]
+    ids = pd.read_parquet(tmp_path / "cut" / "acts" / "ids.parquet")
+    assert ids["row"].tolist() == list(range(30, 100))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_vectors_with_nan_or_inf_are_refused_before_anything_is_written(tmp_path, bad):
+    vecs = np.ones((40, 5), dtype=np.float32)
+    vecs[[7, 33], 2] = bad
+    np.save(tmp_path / "v.npy", vecs)
+    with pytest.raises(SaescopeError, match=r"v.npy.*row\(s\) 7, 33 hold NaN or inf"):
+        _import(tmp_path / "r", tmp_path / "v.npy")
+    assert not (tmp_path / "r" / "acts").exists()
+
+
+def test_float16_store_refuses_vectors_beyond_its_range(tmp_path):
+    vecs = np.ones((20, 3), dtype=np.float32)
+    vecs[11, 0] = -7e4
+    np.save(tmp_path / "v.npy", vecs)
+    with pytest.raises(SaescopeError, match="row\\(s\\) 11 hold values beyond float16.*bfloat16"):
+        _import(tmp_path / "r", tmp_path / "v.npy", dtype="float16")
+    _import(tmp_path / "r", tmp_path / "v.npy", dtype="bfloat16")
+    assert ActivationStore(tmp_path / "r" / "acts").rows([11])[0, 0] == pytest.approx(
+        -7e4, rel=1e-2
+    )
