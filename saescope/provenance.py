@@ -1,0 +1,245 @@
+"""One provenance record per stage: what a stage's output was made from.
+
+Every stage calls this module, and no stage decides on its own whether its output
+is current. A record holds the stage's name, its config (as saved by
+`config_to_dict`), the package version and the identity (sha256) of every
+upstream artifact the stage read. It is written beside the output twice: with
+status "running" before the first output file changes, and "complete" after the
+last. `decide` compares the saved record with the one a new call would write:
+
+  same config, same upstream, complete        -> SKIP (the output is current)
+  same config, same upstream, running         -> RESUME (continue the partial output)
+  anything differs, or no record but output   -> refused with a message that says
+                                                 what changed, unless overwrite: FRESH
+  nothing there                               -> FRESH
+
+A refused call raises before touching anything, so finished output stays intact.
+
+`run_lock` keeps two processes from writing one run directory at once: an
+advisory `flock` on `<run>/.lock`, which the kernel drops when the holder exits
+or is killed, so a lock is never stuck.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from saescope._version import __version__
+from saescope.errors import SaescopeError
+from saescope.io import read_json, sha256_file, write_json
+
+FORMAT = "saescope.provenance/1"
+LOCK_FILE = ".lock"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Decision(enum.Enum):
+    SKIP = "skip"  # the output is current: return it
+    RESUME = "resume"  # a partial output made from the same inputs: continue it
+    FRESH = "fresh"  # start over (the stage clears any old output first)
+
+
+def artifact_id(path: Path) -> str:
+    """Identity of an upstream artifact: the sha256 of the file (of a folder's manifest)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        raise SaescopeError(f"{path} is missing; run the stage that makes it first")
+    return sha256_file(path)
+
+
+def upstream_ids(artifacts: Mapping[str, Path | None]) -> dict[str, str]:
+    """name -> identity of every artifact that is not None (all must exist)."""
+    return {name: artifact_id(p) for name, p in artifacts.items() if p is not None}
+
+
+@dataclass(frozen=True)
+class Record:
+    """What one stage call reads: its config (without execution-only fields) and inputs."""
+
+    stage: str
+    config: dict[str, Any]
+    upstream: dict[str, str]
+
+    @classmethod
+    def make(
+        cls,
+        stage: str,
+        config: Mapping[str, Any],
+        upstream: Mapping[str, str],
+        ignore: tuple[str, ...] = (),
+    ) -> Record:
+        skip = set(ignore) | {"saescope_version"}
+        # through JSON so tuples, paths and the like compare as they are saved
+        cfg = json.loads(
+            json.dumps({k: v for k, v in config.items() if k not in skip}, default=str)
+        )
+        return cls(stage, cfg, dict(upstream))
+
+    def to_json(self, status: str, result: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "stage": self.stage,
+            "status": status,
+            "saescope_version": __version__,
+            "config": self.config,
+            "upstream": self.upstream,
+            "result": dict(result or {}),
+        }
+
+    def changes(self, saved: Mapping[str, Any]) -> list[str]:
+        """What differs between a saved record and this one, in words."""
+        out = []
+        old_cfg = saved.get("config", {})
+        for key in sorted(set(old_cfg) | set(self.config)):
+            if old_cfg.get(key) != self.config.get(key):
+                out.append(f"option {key}: {old_cfg.get(key)!r} -> {self.config.get(key)!r}")
+        old_up = saved.get("upstream", {})
+        for key in sorted(set(old_up) | set(self.upstream)):
+            if key not in old_up:
+                out.append(f"input {key}: not read before, read now")
+            elif key not in self.upstream:
+                out.append(f"input {key}: read before, not now")
+            elif old_up[key] != self.upstream[key]:
+                out.append(
+                    f"input {key} changed since ({old_up[key][:12]} -> {self.upstream[key][:12]})"
+                )
+        return out
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A saved record, or None when there is none (or the file is not one)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        saved = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) and saved.get("format") == FORMAT else None
+
+
+def decide(
+    path: Path,
+    record: Record,
+    *,
+    overwrite: bool,
+    output_exists: bool,
+    output: Path | str | None = None,
+) -> Decision:
+    """SKIP, RESUME or FRESH for a stage call; raises when it would replace other output.
+
+    `output_exists`: whether the stage's output (finished or partial) is on disk now;
+    `output` names it in messages.
+    """
+    what = output or Path(path).parent
+    saved = read_record(path)
+    if saved is None:
+        if output_exists and not overwrite:
+            raise SaescopeError(
+                f"{what} exists but has no provenance record ({Path(path).name}): it was made "
+                "by an older saescope or by hand; pass --overwrite to replace it"
+            )
+        return Decision.FRESH
+    changes = record.changes(saved)
+    if changes:
+        if overwrite:
+            return Decision.FRESH
+        raise SaescopeError(
+            f"{what} was made from other inputs or options: {'; '.join(changes)}. "
+            "Pass --overwrite to redo it, or use another --run"
+        )
+    if not output_exists:
+        return Decision.FRESH
+    if saved.get("status") == "complete":
+        return Decision.FRESH if overwrite else Decision.SKIP
+    return Decision.FRESH if overwrite else Decision.RESUME
+
+
+def start(path: Path, record: Record) -> None:
+    """Mark the output as being made from `record` (before its first file changes)."""
+    write_json(path, record.to_json("running"))
+
+
+def finish(path: Path, record: Record, result: Mapping[str, Any] | None = None) -> None:
+    """Mark the output complete (after its last file is written); `result` holds derived values."""
+    write_json(path, record.to_json("complete", result))
+
+
+def saved_upstream(path: Path) -> dict[str, str]:
+    """The upstream identities a finished stage recorded ({} when there is no record)."""
+    saved = read_record(path)
+    return dict(saved.get("upstream", {})) if saved else {}
+
+
+# --- one writer per run directory -------------------------------------------------
+
+_held: dict[Path, tuple[int, int]] = {}  # run dir -> (fd, depth): re-entrant in one process
+
+
+@contextlib.contextmanager
+def run_lock(run: str | Path, stage: str) -> Iterator[None]:
+    """Hold the run directory's writer lock for `stage`; fail at once if another process has it."""
+    root = Path(run).resolve()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes files
+        yield
+        return
+    if root in _held:
+        fd, depth = _held[root]
+        _held[root] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            fd, depth = _held[root]
+            _held[root] = (fd, depth - 1)
+        return
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no lock rather than no saescope
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise SaescopeError(
+            f"{root} is being written by {holder}; wait for it to finish (or stop it) "
+            "before running another stage on this run directory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"saescope {stage} (pid {os.getpid()}, since {time.ctime()})".encode(), 0)
+    _held[root] = (fd, 1)
+    try:
+        yield
+    finally:
+        del _held[root]
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def locked(stage: str) -> Callable[[F], F]:
+    """Decorate a stage's `run(cfg, ...)` so that it holds `cfg.run`'s writer lock."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+            with run_lock(cfg.run, stage):
+                return fn(cfg, *args, **kwargs)
+
+        return inner  # type: ignore[return-value]
+
+    return wrap
