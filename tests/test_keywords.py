@@ -10,8 +10,13 @@ import pytest
 from test_keywords_fixture import TOPICS, topic_run
 
 from saescope.errors import SaescopeError
-from saescope.interp.contrastive import log_odds_z, mmr
-from saescope.interp.examples import load_activations, scoring_mask
+from saescope.interp.contrastive import (
+    ContrastiveOptions,
+    contrastive_keywords,
+    log_odds_lower,
+    mmr,
+)
+from saescope.examples import load_activations, load_split
 from saescope.interp.keywords import KeywordsConfig, run
 from saescope.paths import RunPaths
 
@@ -83,9 +88,10 @@ def test_keywords_come_only_from_naming_texts(planted):
     kw = pd.read_parquet(out)
     texts = pd.read_parquet(RunPaths(run_dir).corpus)["text"].str.lower().tolist()
     acts = load_activations(run_dir, "sae")
+    split = load_split(run_dir, acts.n_rows, seed=1, kind="doc")
     for f, words in zip(kw["feature"], kw["keywords"], strict=True):
         rows, _ = acts.column(int(f))
-        naming = rows[~scoring_mask(rows, 1)]
+        naming = rows[split.in_half(rows, "naming")]
         for w in words:
             assert any(re.search(rf"\b{re.escape(w)}\b", texts[r]) for r in naming), (f, w)
 
@@ -138,8 +144,44 @@ def test_run_without_latents_is_a_clear_error(planted):
 
 def test_log_odds_favours_phrases_of_the_feature():
     # phrase 0: in 8 of 10 feature texts, 10 of 1000 overall; phrase 1: equally common everywhere
-    z = log_odds_z(np.array([8.0, 1.0]), 10, np.array([10.0, 100.0]), 1000, prior=10.0)
-    assert z[0] > 3 and abs(z[1]) < 1
+    z = log_odds_lower(np.array([8.0, 1.0]), 10, np.array([10.0, 100.0]), 1000, prior=10.0)
+    assert z[0] > 2 and z[1] < 0
+
+
+def test_a_phrase_only_the_features_texts_contain_ranks_first():
+    # the dictionary case of issue 16: "yucca" in 6 of the feature's 20 naming texts and in
+    # no other of 53,484; "whip" in 3 of 20 and 13 overall; a z-score put whip first
+    n_all = 53_484
+    y_a, y_all = np.array([6.0, 3.0]), np.array([6.0, 13.0])
+    bound = log_odds_lower(y_a, 20, y_all, n_all, prior=10.0)
+    assert bound[0] > bound[1] > 0
+    # ... and through the whole method: 20 feature texts among 400 others
+    rng = np.random.default_rng(0)
+    filler = ["tall", "stiff", "white", "leaves", "handle", "terminal", "southern", "plant"]
+    texts = []
+    for i in range(20):  # the feature's texts: yucca in 6, whip in 3, common words throughout
+        words = (
+            list(rng.choice(filler, 5))
+            + (["yucca"] if i < 6 else [])
+            + (["whip"] if i in (6, 7, 8) else [])
+        )
+        texts.append(" ".join(rng.permutation(words)))
+    for i in range(400):  # the rest: whip in 10, never yucca
+        words = list(rng.choice(filler + ["river", "city", "market", "garden"], 6))
+        texts.append(" ".join(words + (["whip"] if i < 10 else [])))
+
+    class Embedder:  # no re-rank (sae=None) and an MMR that only sees distinct words
+        def embed(self, phrases, desc=""):
+            pass
+
+        def unit(self, phrases):
+            return np.eye(len(phrases), dtype=np.float32)
+
+    out = contrastive_keywords(
+        {0: np.arange(20)}, np.arange(len(texts)), texts, Embedder(), None,
+        ContrastiveOptions(ngram_range=(1, 1)), progress=False,
+    )  # fmt: skip
+    assert out[0].status == "ok" and out[0].keywords[0] == "yucca"
 
 
 def test_mmr_skips_near_duplicates():
