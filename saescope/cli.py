@@ -2,109 +2,173 @@
 
 Each stage command takes its config's fields as flags (or `--config FILE`),
 runs the stage and prints the path it wrote. User mistakes (`SaescopeError`)
-print as one line on stderr with exit status 2.
+print as one line on stderr with exit status 2; `--debug` (or SAESCOPE_DEBUG=1)
+prints the traceback instead, with the exception that caused the error.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from saescope._version import __version__
 from saescope.config import add_config_args, config_from_args
 from saescope.errors import SaescopeError
 
-# command -> (module, config class, one-line summary). Each module has `run(config) -> Path`.
-STAGES: dict[str, tuple[str, str, str]] = {
-    "corpus": (
+DEBUG_HELP = "on an error, print the traceback and its cause (also: SAESCOPE_DEBUG=1)"
+
+
+class Stage(NamedTuple):
+    module: str  # has `run(config) -> Path`; imported only to run the stage
+    options: str  # holds the config class and imports nothing heavy (for --help)
+    config: str  # the config class, whose fields are the flags
+    summary: str
+
+
+class Custom(NamedTuple):
+    module: str  # has `main(args) -> int`; imported only to run the command
+    options: str  # has `add_arguments(parser)` and imports nothing heavy
+    summary: str
+
+
+STAGES: dict[str, Stage] = {
+    "corpus": Stage(
+        "saescope.corpus",
         "saescope.corpus",
         "CorpusConfig",
         "build corpus.parquet from a built-in corpus, a file or a HF dataset",
     ),
-    "embed": (
+    "embed": Stage(
+        "saescope.embed",
         "saescope.embed",
         "EmbedConfig",
         "embed the corpus into an activation store (or import vectors)",
     ),
-    "train": ("saescope.train", "TrainConfig", "train sparse autoencoders on the activation store"),
-    "eval": ("saescope.evaluate", "EvalConfig", "held-out metrics of a trained SAE"),
-    "latents": (
+    "train": Stage(
+        "saescope.train",
+        "saescope.train.config",
+        "TrainConfig",
+        "train sparse autoencoders on the activation store",
+    ),
+    "eval": Stage(
+        "saescope.evaluate", "saescope.evaluate", "EvalConfig", "held-out metrics of a trained SAE"
+    ),
+    "latents": Stage(
+        "saescope.latents",
         "saescope.latents",
         "LatentsConfig",
         "cache sparse latents, per-feature statistics and examples",
     ),
-    "keywords": (
+    "keywords": Stage(
+        "saescope.interp.keywords",
         "saescope.interp.keywords",
         "KeywordsConfig",
         "name every feature with keywords (no LLM)",
     ),
-    "score": (
+    "score": Stage(
+        "saescope.scoring.stage",
         "saescope.scoring.stage",
         "ScoreConfig",
         "score keyword names on held-out texts, with a shuffled control",
     ),
-    "report": (
+    "report": Stage(
+        "saescope.report",
         "saescope.report",
         "ReportConfig",
         "write a static HTML report of the run (opens offline)",
     ),
-    "convert": ("saescope.convert", "ConvertConfig", "convert an SAE file between formats"),
+    "convert": Stage(
+        "saescope.convert",
+        "saescope.convert",
+        "ConvertConfig",
+        "convert an SAE file between formats",
+    ),
 }
 
-# commands with their own argument handling: name -> (module, summary); the module
-# has `add_arguments(parser)` and `main(args) -> int`.
-CUSTOM: dict[str, tuple[str, str]] = {
-    "demo": ("saescope.pipeline", "run the whole pipeline on the embedded defaults"),
-    "inspect": (
+CUSTOM: dict[str, Custom] = {
+    "demo": Custom(
+        "saescope.pipeline", "saescope.pipeline", "run the whole pipeline on the embedded defaults"
+    ),
+    "inspect": Custom(
+        "saescope.inspect",
         "saescope.inspect",
         "show a feature's statistics and top texts, or a text's features",
     ),
 }
 
 
-def _stage_handler(module: str, cls_name: str) -> Callable[[argparse.Namespace], int]:
+def _docstring(module: str) -> str | None:
+    """A module's docstring read from its source, so that --help does not import the stage."""
+    base = Path(__file__).parent.joinpath(*module.split(".")[1:])
+    path = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+    try:
+        return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+    except (OSError, SyntaxError, ValueError):  # no source shipped: the summary will do
+        return None
+
+
+def _stage_handler(stage: Stage) -> Callable[[argparse.Namespace], int]:
     def handle(ns: argparse.Namespace) -> int:
-        mod = importlib.import_module(module)
-        cfg = config_from_args(getattr(mod, cls_name), ns)
-        out = mod.run(cfg)
+        cls = getattr(importlib.import_module(stage.options), stage.config)
+        cfg = config_from_args(cls, ns)
+        out = importlib.import_module(stage.module).run(cfg)
         print(out)
         return 0
 
     return handle
 
 
+def _custom_handler(command: Custom) -> Callable[[argparse.Namespace], int]:
+    def handle(ns: argparse.Namespace) -> int:
+        return int(importlib.import_module(command.module).main(ns) or 0)
+
+    return handle
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The whole parser, every command and option, without importing any stage or heavy library."""
     parser = argparse.ArgumentParser(
         prog="saescope",
         description="Sparse autoencoders on sentence embeddings and LM activations: "
         "train them, find what features fire on, name and score features, and use them.",
     )
     parser.add_argument("--version", action="version", version=f"saescope {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, cls_name, summary) in STAGES.items():
-        mod = importlib.import_module(module)
+
+    def add(name: str, module: str, summary: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
             name,
             help=summary,
-            description=(mod.__doc__ or summary).strip(),
+            description=(_docstring(module) or summary).strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
-        add_config_args(p, getattr(mod, cls_name))
-        p.set_defaults(handler=_stage_handler(module, cls_name))
-    for name, (module, summary) in CUSTOM.items():
-        mod = importlib.import_module(module)
-        p = sub.add_parser(
-            name,
-            help=summary,
-            description=(mod.__doc__ or summary).strip(),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        mod.add_arguments(p)
-        p.set_defaults(handler=mod.main)
+        # also after the command (`saescope embed --debug`); unset unless given there
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        return p
+
+    for name, stage in STAGES.items():
+        p = add(name, stage.module, stage.summary)
+        add_config_args(p, getattr(importlib.import_module(stage.options), stage.config))
+        p.set_defaults(handler=_stage_handler(stage))
+    for name, command in CUSTOM.items():
+        p = add(name, command.module, command.summary)
+        importlib.import_module(command.options).add_arguments(p)
+        p.set_defaults(handler=_custom_handler(command))
     return parser
+
+
+def _debug(ns: argparse.Namespace) -> bool:
+    """--debug given, or SAESCOPE_DEBUG set to anything but empty or 0."""
+    env = os.environ.get("SAESCOPE_DEBUG", "")
+    return bool(getattr(ns, "debug", False)) or env not in ("", "0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(ns.handler(ns) or 0)
     except SaescopeError as exc:
-        print(f"saescope {ns.command}: error: {exc}", file=sys.stderr)
+        if _debug(ns):
+            traceback.print_exception(exc)  # with the chained __cause__
+        else:
+            hint = " (--debug shows the traceback)" if exc.__cause__ is not None else ""
+            print(f"saescope {ns.command}: error: {exc}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

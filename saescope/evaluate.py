@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from saescope.config import config_to_dict, option, same_config
 from saescope.errors import SaescopeError
 from saescope.io import read_json, sha256_file, write_json
-from saescope.paths import RunPaths, SAEPaths
+from saescope.paths import DEFAULT_RUN, RunPaths, SAEPaths
 from saescope.sae import SAE
 from saescope.store import ActivationStore
 
@@ -42,7 +42,7 @@ EMBEDDING_SOURCES = ("sentence-transformers", "vectors")
 class EvalConfig:
     """Evaluate an SAE on the held-out rows of its run's activation store."""
 
-    run: str = option("runs/demo", "run directory (reads <run>/acts)")
+    run: str = option(DEFAULT_RUN, "run directory (reads <run>/acts)")
     sae: str = option("sae", "SAE folder: a name inside the run (sae, sae-4096-k16) or a path")
     eval_fraction: float = option(
         -1.0, "held-out fraction of row ids (negative: the one the SAE was trained with)"

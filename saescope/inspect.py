@@ -24,7 +24,7 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.io import read_json
-from saescope.paths import RunPaths
+from saescope.paths import DEFAULT_RUN, RunPaths
 from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
 
 
@@ -194,7 +194,7 @@ def format_hits(hits: list[TextHit], text: str, width: int) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("feature", nargs="?", type=int, help="feature id to show")
     parser.add_argument(
-        "--run", default="runs/default", help="run directory (default: runs/default)"
+        "--run", default=DEFAULT_RUN, help=f"run directory (default: {DEFAULT_RUN})"
     )
     parser.add_argument("--text", help="embed this text and list the features it activates")
     parser.add_argument(

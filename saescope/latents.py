@@ -52,7 +52,7 @@ from saescope.io import (
     sha256_text,
     write_json,
 )
-from saescope.paths import RunPaths
+from saescope.paths import DEFAULT_RUN, RunPaths
 from saescope.sae import SAE
 from saescope.store import ActivationStore
 
@@ -85,7 +85,7 @@ FEATURES_SCHEMA = pa.schema(
 class LatentsConfig:
     """Options of the latents stage."""
 
-    run: str = option("runs/default", "run directory (reads acts/ and sae/, writes latents/)")
+    run: str = option(DEFAULT_RUN, "run directory (reads acts/ and sae/, writes latents/)")
     sae: str | None = option(None, "SAE folder to use instead of <run>/sae")
     batch_size: int = option(4096, "rows encoded per forward pass")
     shard_rows: int = option(65536, "store rows per latent shard (the unit of resume)")

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+# The run directory of every stage when no --run is given (`saescope demo` uses runs/demo).
+DEFAULT_RUN = "runs/default"
 MANIFEST = "manifest.json"
 STAGE_CONFIG = "config.json"
 SHARD_PATTERN = "shard-{:05d}.safetensors"

@@ -125,3 +125,25 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
     ok = run_cli("corpus", "--run", str(tmp_path / "r"), "--source", "tweets", "--limit", "5")
     assert ok.stdout.strip().endswith("corpus.parquet")
+
+
+def test_duplicate_ids_are_an_error_naming_them_never_a_silent_drop(tmp_path):
+    import datasets
+
+    keys = ["a", "b", "a", "c", "b", "d"]
+    df = pd.DataFrame({"key": keys, "text": [f"document number {i} of the file" for i in range(6)]})
+    csv = tmp_path / "t.csv"
+    df.to_csv(csv, index=False)
+    twice = r"ids must be unique, but 'a' at rows 0, 2; 'b' at rows 1, 4 "
+    with pytest.raises(SaescopeError, match=twice):
+        build_corpus(CorpusConfig(source=str(csv), id_column="key"))
+    # an exact duplicate record goes with --dedupe first: its id then clashes with nothing
+    again = tmp_path / "again.csv"
+    pd.concat([df.iloc[:2], df.iloc[[0]]]).to_csv(again, index=False)
+    kept = build_corpus(CorpusConfig(source=str(again), id_column="key"))
+    assert kept["id"].tolist() == ["a", "b"]
+    # a Hugging Face dataset with an id column is checked the same way
+    saved = tmp_path / "hf"
+    datasets.Dataset.from_pandas(df).save_to_disk(str(saved))
+    with pytest.raises(SaescopeError, match=r"'a' at rows 0, 2; 'b' at rows 1, 4"):
+        build_corpus(CorpusConfig(source=str(saved), id_column="key"))

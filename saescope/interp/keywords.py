@@ -38,7 +38,7 @@ from saescope.interp.examples import (
 )
 from saescope.interp.thesis import ThesisOptions, thesis_keywords
 from saescope.io import atomic_path, read_json, sha256_file, write_json
-from saescope.paths import MANIFEST, RunPaths
+from saescope.paths import DEFAULT_RUN, MANIFEST, RunPaths
 from saescope.store import ActivationStore
 
 METHODS = ("contrastive", "thesis")
@@ -59,7 +59,7 @@ SCHEMA = pa.schema(
 class KeywordsConfig:
     """Options of the keywords stage."""
 
-    run: str = option("runs/default", "run directory (reads latents/ or sae/, writes interp/)")
+    run: str = option(DEFAULT_RUN, "run directory (reads latents/ or sae/, writes interp/)")
     method: str = option("contrastive", "naming method", choices=METHODS)
     activations: str = option(
         "latents",

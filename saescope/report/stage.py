@@ -23,7 +23,7 @@ import pandas as pd
 from saescope.config import config_to_dict, option, same_config
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
-from saescope.paths import RunPaths, SAEPaths
+from saescope.paths import DEFAULT_RUN, RunPaths, SAEPaths
 from saescope.report.assets import CSS, HTML, JS
 from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
 
@@ -39,7 +39,7 @@ class ReportConfig:
     """Options of the report stage."""
 
     run: str = option(
-        "runs/default", "run directory (reads latents/, interp/, scores/; writes report/)"
+        DEFAULT_RUN, "run directory (reads latents/, interp/, scores/; writes report/)"
     )
     max_features: int = option(
         5000, "most features listed (alive features, the most active first when there are more)"

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from saescope._version import __version__
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, describe
 from saescope.io import atomic_path
 from saescope.sae.config import SAEConfig
 
@@ -165,5 +165,5 @@ class SAE(nn.Module):
         try:
             tensors = load_file(str(w_path), device=device)
         except Exception as exc:
-            raise SaescopeError(f"cannot read {w_path}: {exc}") from exc
+            raise SaescopeError(f"cannot read {w_path}: {describe(exc)}") from exc
         return cls.from_tensors(cfg, tensors, str(w_path)).to(device)

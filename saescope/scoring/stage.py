@@ -39,7 +39,7 @@ from saescope.interp.examples import (
 )
 from saescope.interp.keywords import read_keywords
 from saescope.io import atomic_path, read_json, sha256_file, write_json
-from saescope.paths import MANIFEST, RunPaths
+from saescope.paths import DEFAULT_RUN, MANIFEST, RunPaths
 from saescope.scoring import embedding, keyword_relevance
 from saescope.scoring.base import FeatureScore, derangement, held_out, summarize
 from saescope.store import ActivationStore
@@ -64,9 +64,7 @@ SCHEMA = pa.schema(
 class ScoreConfig:
     """Options of the score stage."""
 
-    run: str = option(
-        "runs/default", "run directory (reads interp/keywords.parquet, writes scores/)"
-    )
+    run: str = option(DEFAULT_RUN, "run directory (reads interp/keywords.parquet, writes scores/)")
     scorer: str = option(embedding.NAME, "which scorer", choices=SCORERS)
     activations: str = option(
         "latents",

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from saescope import paths
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, describe
 from saescope.io import atomic_path
 
 
@@ -40,5 +40,5 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged file is a user-level problem: say which and what to do
         raise SaescopeError(
-            f"cannot read checkpoint {path}: {exc}; delete it to resume from an older one"
+            f"cannot read checkpoint {path}: {describe(exc)}; delete it to resume from an older one"
         ) from exc

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from saescope.config import option
 from saescope.errors import SaescopeError
+from saescope.paths import DEFAULT_RUN
 from saescope.sae.config import ARCHITECTURES, INPUT_NORMS
 
 LOGGERS = ("wandb", "mlflow", "tensorboard")
@@ -34,7 +35,7 @@ EXECUTION_FIELDS = (
 class TrainConfig:
     """Train one or several sparse autoencoders on a run's activation store."""
 
-    run: str = option("runs/demo", "run directory; reads <run>/acts, writes <run>/sae")
+    run: str = option(DEFAULT_RUN, "run directory; reads <run>/acts, writes <run>/sae")
     architecture: str = option("topk", "SAE architecture", choices=ARCHITECTURES)
     d_sae: list[int] = option(
         [3072], "latent sizes; several values train several SAEs in one pass over the data"

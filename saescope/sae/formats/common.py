@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, describe
 from saescope.sae.config import SAEConfig
 from saescope.sae.model import SAE
 
@@ -59,7 +59,7 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises several types for a damaged file
-        raise SaescopeError(f"cannot read {path} as safetensors: {exc}") from exc
+        raise SaescopeError(f"cannot read {path} as safetensors: {describe(exc)}") from exc
 
 
 def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -68,7 +68,7 @@ def read_torch_state_dict(path: Path) -> dict[str, torch.Tensor]:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors, truncated files, non-tensor objects
         raise SaescopeError(
-            f"cannot read {path} as a weights-only torch state dict: {exc}"
+            f"cannot read {path} as a weights-only torch state dict: {describe(exc)}"
         ) from exc
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise SaescopeError(f"{path} does not hold a state dict (a mapping of names to tensors)")
