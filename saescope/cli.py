@@ -41,13 +41,13 @@ class Custom(NamedTuple):
 STAGES: dict[str, Stage] = {
     "corpus": Stage(
         "saescope.corpus",
-        "saescope.corpus",
+        "saescope.options.corpus",
         "CorpusConfig",
         "build corpus.parquet from a built-in corpus, a file or a HF dataset",
     ),
     "embed": Stage(
         "saescope.embed",
-        "saescope.embed",
+        "saescope.options.embed",
         "EmbedConfig",
         "embed the corpus into an activation store (or import vectors)",
     ),
@@ -74,19 +74,19 @@ STAGES: dict[str, Stage] = {
     ),
     "score": Stage(
         "saescope.scoring.stage",
-        "saescope.scoring.stage",
+        "saescope.options.score",
         "ScoreConfig",
         "score keyword names on held-out texts, with a shuffled control",
     ),
     "report": Stage(
         "saescope.report",
-        "saescope.report",
+        "saescope.options.report",
         "ReportConfig",
         "write a static HTML report of the run (opens offline)",
     ),
     "convert": Stage(
         "saescope.convert",
-        "saescope.convert",
+        "saescope.options.convert",
         "ConvertConfig",
         "convert an SAE file between formats",
     ),
@@ -98,7 +98,7 @@ CUSTOM: dict[str, Custom] = {
     ),
     "inspect": Custom(
         "saescope.inspect",
-        "saescope.inspect",
+        "saescope.options.inspect",
         "show a feature's statistics and top texts, or a text's features",
     ),
 }

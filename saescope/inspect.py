@@ -24,7 +24,7 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.io import read_json
-from saescope.paths import DEFAULT_RUN, RunPaths
+from saescope.paths import RunPaths
 from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
 
 
@@ -189,21 +189,6 @@ def format_hits(hits: list[TextHit], text: str, width: int) -> str:
         about = "[" + ", ".join(h.keywords[:5]) + "] " + h.top_text if h.keywords else h.top_text
         lines.append(left + _clip(about, width - len(left)))
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("feature", nargs="?", type=int, help="feature id to show")
-    parser.add_argument(
-        "--run", default=DEFAULT_RUN, help=f"run directory (default: {DEFAULT_RUN})"
-    )
-    parser.add_argument("--text", help="embed this text and list the features it activates")
-    parser.add_argument(
-        "-n", "--n", type=int, default=10, help="examples or features to list (default: 10)"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument(
-        "--width", type=int, default=0, help="line width (default: the terminal's, at least 60)"
-    )
 
 
 def main(ns: argparse.Namespace) -> int:

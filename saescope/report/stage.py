@@ -13,17 +13,17 @@ import html
 import json
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from saescope.config import config_to_dict, option, same_config
+from saescope.config import config_to_dict, same_config
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
-from saescope.paths import DEFAULT_RUN, RunPaths, SAEPaths
+from saescope.options.report import ReportConfig
+from saescope.paths import RunPaths, SAEPaths
 from saescope.report.assets import CSS, HTML, JS
 from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
 
@@ -32,22 +32,6 @@ PLOT_TITLES = {
     "l0.png": "Active features per row",
     "activations.png": "Activation distributions",
 }
-
-
-@dataclass(frozen=True)
-class ReportConfig:
-    """Options of the report stage."""
-
-    run: str = option(
-        DEFAULT_RUN, "run directory (reads latents/, interp/, scores/; writes report/)"
-    )
-    max_features: int = option(
-        5000, "most features listed (alive features, the most active first when there are more)"
-    )
-    top_examples: int = option(10, "top-activating examples per feature card")
-    quantile_examples: int = option(2, "examples per activation quantile bin per card")
-    max_text_chars: int = option(400, "texts are cut to this many characters")
-    title: str | None = option(None, "page title (default: the run directory's name)")
 
 
 def _inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:

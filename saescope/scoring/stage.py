@@ -18,7 +18,6 @@ name that says nothing about this feature reaches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from saescope.config import config_to_dict, option, same_config
+from saescope.config import config_to_dict, same_config
 from saescope.corpus import read_corpus
 from saescope.errors import SaescopeError
 from saescope.interp.candidates import PhraseEmbedder, unit_rows
@@ -39,12 +38,12 @@ from saescope.interp.examples import (
 )
 from saescope.interp.keywords import read_keywords
 from saescope.io import atomic_path, read_json, sha256_file, write_json
-from saescope.paths import DEFAULT_RUN, MANIFEST, RunPaths
+from saescope.options.score import SCORERS, ScoreConfig
+from saescope.paths import MANIFEST, RunPaths
 from saescope.scoring import embedding, keyword_relevance
 from saescope.scoring.base import FeatureScore, derangement, held_out, summarize
 from saescope.store import ActivationStore
 
-SCORERS = (embedding.NAME, keyword_relevance.NAME)
 SCHEMA = pa.schema(
     [
         ("feature", pa.int32()),
@@ -58,33 +57,6 @@ SCHEMA = pa.schema(
         ("reason", pa.string()),
     ]
 )
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """Options of the score stage."""
-
-    run: str = option(DEFAULT_RUN, "run directory (reads interp/keywords.parquet, writes scores/)")
-    scorer: str = option(embedding.NAME, "which scorer", choices=SCORERS)
-    activations: str = option(
-        "latents",
-        "where feature activations come from: the latent cache, or the SAE run over the store",
-        choices=("latents", "sae"),
-    )
-    model: str | None = option(None, "sentence model for queries (default: the store's model)")
-    max_pos: int = option(100, "embedding: most activating held-out texts per feature")
-    n_neg: int = option(100, "embedding: held-out non-activating texts per feature")
-    min_pos: int = option(2, "features with fewer held-out activating texts are not scored")
-    n_texts: int = option(10, "keyword-relevance: top texts per feature")
-    examples: str = option(
-        "scoring",
-        "keyword-relevance: texts from the held-out scoring half, or the naming half (the thesis)",
-        choices=("scoring", "naming"),
-    )
-    seed: int = option(0, "seed of the negative sample and of the shuffled control")
-    batch_size: int = option(256, "phrases per embedding batch")
-    progress: bool = option(True, "show progress bars")
-    overwrite: bool = option(False, "replace scores made with other options")
 
 
 class _TextVectors:

@@ -1,0 +1,37 @@
+"""Options of the embedding stage (`saescope embed`, saescope/embed.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saescope.config import option
+from saescope.defaults import DEFAULT_EMBED_MODEL
+from saescope.paths import DEFAULT_RUN
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """Options of the embedding stage."""
+
+    run: str = option(DEFAULT_RUN, "run directory (reads corpus.parquet, writes acts/)")
+    model: str = option(
+        DEFAULT_EMBED_MODEL,
+        "sentence-transformers model name or local path (default: the packaged all-MiniLM-L6-v2)",
+    )
+    batch_size: int = option(64, "texts per forward pass")
+    normalize: bool = option(False, "L2-normalise each embedding")
+    device: str = option("auto", "cuda, cpu or auto (cuda when present)")
+    dtype: str = option("float32", "storage dtype", choices=("float32", "float16", "bfloat16"))
+    shard_rows: int = option(8192, "rows per store shard (the unit of resume)")
+    max_seq_length: int | None = option(None, "truncate texts to this many tokens (model default)")
+    vectors: str | None = option(
+        None, "import precomputed vectors from a .npy, .safetensors or .parquet file instead"
+    )
+    vectors_key: str | None = option(
+        None, "tensor name (.safetensors) or list column (.parquet) holding the vectors"
+    )
+    ids: str | None = option(
+        None, "file of row ids for --vectors (.txt one per line, .npy, .parquet)"
+    )
+    append: bool = option(False, "--vectors: append to an existing store of the same dimension")
+    overwrite: bool = option(False, "replace an existing store made with other options")
