@@ -6,36 +6,34 @@ re-exported under a name that says what it makes (`make_corpus`, `embed_corpus`,
 Names are imported on first use, so `import saescope` is fast.
 """
 
-import importlib as _importlib
 import os as _os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 # Two OpenMP threads that spin-wait for each other lose most of a step when the
 # machine is busy (610 ms vs 82 ms per training step measured on 2 cores); a
 # passive wait costs nothing when it is idle. Must be set before torch loads.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from saescope._lazy import lazy_exports  # noqa: E402
 from saescope._version import __version__  # noqa: E402
 
-# public name -> (module, attribute), imported on first use (PEP 562): `import
-# saescope` and the CLI's --help must not pay for torch, pandas or
-# sentence-transformers.
+# public name -> (module, attribute), imported on first use (saescope/_lazy.py)
 _EXPORTS: dict[str, tuple[str, str]] = {
     "ActivationStore": ("saescope.store", "ActivationStore"),
-    "CorpusConfig": ("saescope.corpus", "CorpusConfig"),
-    "EmbedConfig": ("saescope.embed", "EmbedConfig"),
+    "CorpusConfig": ("saescope.options.corpus", "CorpusConfig"),
+    "EmbedConfig": ("saescope.options.embed", "EmbedConfig"),
     "EvalConfig": ("saescope.evaluate", "EvalConfig"),
     "KeywordsConfig": ("saescope.interp.keywords", "KeywordsConfig"),
     "LatentCache": ("saescope.latents", "LatentCache"),
     "LatentsConfig": ("saescope.latents", "LatentsConfig"),
-    "ReportConfig": ("saescope.report", "ReportConfig"),
+    "ReportConfig": ("saescope.options.report", "ReportConfig"),
     "RunPaths": ("saescope.paths", "RunPaths"),
     "SAE": ("saescope.sae", "SAE"),
-    "SAEConfig": ("saescope.sae", "SAEConfig"),
+    "SAEConfig": ("saescope.sae.config", "SAEConfig"),
     "SaescopeError": ("saescope.errors", "SaescopeError"),
-    "ScoreConfig": ("saescope.scoring.stage", "ScoreConfig"),
+    "ScoreConfig": ("saescope.options.score", "ScoreConfig"),
     "StoreWriter": ("saescope.store", "StoreWriter"),
-    "TrainConfig": ("saescope.train", "TrainConfig"),
+    "TrainConfig": ("saescope.train.config", "TrainConfig"),
     "TrainResult": ("saescope.train", "TrainResult"),
     "build_corpus": ("saescope.corpus", "build_corpus"),
     "cache_latents": ("saescope.latents", "run"),
@@ -51,18 +49,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'saescope' has no attribute {name!r}")
-    module, attr = _EXPORTS[name]
-    value = getattr(_importlib.import_module(module), attr)
-    globals()[name] = value  # later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from saescope.corpus import CorpusConfig, build_corpus, read_corpus

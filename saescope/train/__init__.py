@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
-
+from saescope._lazy import lazy_exports
 from saescope.errors import SaescopeError
-from saescope.sae import SAE
 from saescope.train.config import TrainConfig
-from saescope.train.stage import run
-from saescope.train.trainer import Trainer
+
+if TYPE_CHECKING:
+    import torch
+
+    from saescope.sae import SAE
+    from saescope.train.stage import run
+
+# the stage loads torch: imported on first use, so `saescope train --help` stays fast
+__getattr__, __dir__ = lazy_exports(__name__, {"run": ("saescope.train.stage", "run")})
 
 
 class TrainResult(NamedTuple):
@@ -39,6 +44,8 @@ def train_on_batches(
     `init_sample` (n_rows, d_in) sets b_dec and the input scale; by default the first
     batch. `total_steps` sets the LR schedule; by default len(batches) if it has one.
     """
+    from saescope.train.trainer import Trainer
+
     it = iter(batches)
     try:
         first = next(it)
