@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saescope.config import config_to_dict, option, same_config
+from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.io import read_json, sha256_file, write_json
 from saescope.paths import DEFAULT_RUN, RunPaths, SAEPaths
@@ -56,7 +57,7 @@ class EvalConfig:
     )
     retrieval_rows: int = option(5000, "rows used for the nearest-neighbour recall")
     retrieval_k: int = option(10, "neighbours compared per row")
-    device: str = option("cpu", "cpu or cuda")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
 
 
 def sae_dir(cfg: EvalConfig) -> Path:
@@ -128,7 +129,7 @@ def evaluate_sae(
                 break
             if cfg.max_rows:
                 x = x[: cfg.max_rows - sums.n]
-            x = x.to(cfg.device)
+            x = x.to(sae.W_enc.device)
             out = sae(x)
             _accumulate(sums, x, out.x_hat, out.codes)
             if kept < cfg.retrieval_rows:
@@ -140,6 +141,11 @@ def evaluate_sae(
         raise SaescopeError(f"no rows to evaluate in the {split} split of {store.dir}")
     total_var = sums.x_sq - float(sums.x_sum.pow(2).sum()) / sums.n
     nmse = sums.err_sq / max(total_var, 1e-30)
+    if not math.isfinite(nmse):
+        raise SaescopeError(
+            f"the {split} split of {store.dir} gives a non-finite reconstruction error: "
+            "the store holds NaN or inf values (rebuild it) or the SAE overflows on them"
+        )
     density = sums.fires.double() / sums.n
     alive = density > 0
     metrics: dict[str, Any] = {
@@ -169,7 +175,12 @@ def run(cfg: EvalConfig) -> Path:
     """Write `<sae folder>/metrics.json`; returns its path."""
     folder = SAEPaths(sae_dir(cfg))
     store = ActivationStore(RunPaths(cfg.run).acts)
-    sae = SAE.load(folder.dir).to(cfg.device)
+    sae = SAE.load(folder.dir).to(pick_device(cfg.device))
+    bad = [n for n, t in sae.state_tensors().items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise SaescopeError(
+            f"the SAE in {folder.dir} has NaN or inf in {', '.join(bad)}; retrain or reconvert it"
+        )
     if sae.cfg.d_in != store.d_in:
         raise SaescopeError(
             f"the SAE in {folder.dir} takes d_in={sae.cfg.d_in}, the store {store.dir} has {store.d_in}"

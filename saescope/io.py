@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -41,10 +42,26 @@ def atomic_path(target: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def json_safe(data: Any) -> Any:
+    """`data` with every NaN or infinite float (in dicts, lists, tuples) replaced by None.
+
+    json.dumps would write them as bare NaN / Infinity, which is not JSON: strict parsers
+    (browsers, jq, most languages) reject the whole file.
+    """
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
-    """Write `data` as indented JSON, atomically."""
+    """Write `data` as indented JSON, atomically (non-finite floats as null)."""
+    text = json.dumps(json_safe(data), indent=2, sort_keys=False, default=str, allow_nan=False)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def read_json(path: Path) -> Any:

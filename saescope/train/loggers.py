@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from saescope.errors import SaescopeError
+from saescope.io import json_safe
 
 
 class MetricLogger(Protocol):
@@ -25,7 +26,8 @@ class MetricLogger(Protocol):
 
 
 class JsonlLogger:
-    """Appends {"step": ..., **metrics} lines; on resume, drops lines past the checkpoint."""
+    """Appends {"step": ..., **metrics} lines (NaN/inf as null); on resume, drops lines
+    past the checkpoint."""
 
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = Path(path)
@@ -42,7 +44,9 @@ class JsonlLogger:
         self._fh = open(self.path, "a")  # noqa: SIM115 - kept open for the whole run
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self._fh.write(json.dumps({"step": step, **metrics}) + "\n")
+        # strict JSON: a non-finite value (an unset threshold is inf) is written as null
+        line = json.dumps(json_safe({"step": step, **metrics}), allow_nan=False)
+        self._fh.write(line + "\n")
         self._fh.flush()
 
     def close(self) -> None:

@@ -35,9 +35,9 @@ from saescope.sae import SAE
 from saescope.store import ActivationStore, split_mask
 from saescope.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from saescope.train.config import EXECUTION_FIELDS, TrainConfig
-from saescope.train.ddp import Dist, close_dist, init_dist
+from saescope.train.ddp import Dist, close_dist, init_dist, rank_device
 from saescope.train.loggers import JsonlLogger, MetricLogger, make_loggers
-from saescope.train.trainer import Throughput, Trainer
+from saescope.train.trainer import NonFiniteTraining, Throughput, Trainer
 
 
 def sae_folders(cfg: TrainConfig) -> list[SAEPaths]:
@@ -89,7 +89,7 @@ def run(cfg: TrainConfig) -> Path:
     rp = RunPaths(cfg.run)
     store = ActivationStore(rp.acts)
     folders = sae_folders(cfg)
-    device = pick_device(cfg.device)
+    device = rank_device(pick_device(cfg.device))  # under torchrun: cuda:LOCAL_RANK
     dist = init_dist(device)
     try:
         _threads(cfg, dist)
@@ -100,8 +100,12 @@ def run(cfg: TrainConfig) -> Path:
 
             for f in folders:
                 if not f.metrics.exists():
-                    evaluate.run(evaluate.EvalConfig(run=cfg.run, sae=f.dir.name))
-        dist.barrier()
+                    evaluate.run(
+                        evaluate.EvalConfig(run=cfg.run, sae=f.dir.name, device=str(device))
+                    )
+        # the other ranks wait on a gloo group with a long timeout (ddp.MAIN_WAIT): the
+        # default group's barrier would time out if evaluating took over 10 minutes
+        dist.wait_for_main()
     finally:
         close_dist(dist)
     return folders[0].dir
@@ -201,6 +205,14 @@ def _train(
             seconds = time.perf_counter() - t0
             for tr, folder in zip(trainer.trainees, folders, strict=True):
                 _save(cfg, trainer, tr, folder, store, seconds)
+    except NonFiniteTraining as exc:
+        ckpt = latest_checkpoint(folders[0])
+        kept = (
+            f"the last good checkpoint, {ckpt}, is kept"
+            if ckpt is not None
+            else "no checkpoint had been written yet"
+        )
+        raise SaescopeError(f"{exc}. {kept}") from exc
     finally:
         bar.close()
         for group in loggers:
@@ -229,6 +241,7 @@ def _log(trainer: Trainer, loggers, extra, bar, sps: float) -> None:
 
 
 def _checkpoint(cfg: TrainConfig, trainer: Trainer, first: SAEPaths, dist: Dist) -> None:
+    trainer.check_finite_weights()  # on every rank, so all of them stop together
     if dist.is_main:
         state = trainer.state_dict() | {"config": config_to_dict(cfg)}
         save_checkpoint(first, trainer.step, state, cfg.keep_checkpoints)

@@ -21,12 +21,26 @@ from typing import Any
 
 import torch
 
+from saescope.errors import SaescopeError
 from saescope.sae import SAE, SAEConfig
 from saescope.train import losses
 from saescope.train.config import TrainConfig
 from saescope.train.ddp import Dist
 from saescope.train.init import init_sae, input_scale
 from saescope.train.optim import Adam
+
+
+class NonFiniteTraining(SaescopeError):
+    """A NaN or infinite loss, gradient or weight: training stops before it is stored."""
+
+    def __init__(self, step: int, name: str, what: str, kept: str) -> None:
+        self.step = step  # 1-based, as in metrics.jsonl and the checkpoint names
+        self.name = name  # the SAE variant, e.g. sae-4096-k32
+        super().__init__(
+            f"training stopped at step {step}: {name} got a non-finite {what}; {kept}. "
+            "Look for NaN or inf (or float16 overflow) in the activation store, "
+            "or retrain with a lower --lr"
+        )
 
 
 @dataclass
@@ -185,22 +199,39 @@ class Trainer:
             return losses.jumprelu_loss(tr.sae, x, ctx, tr.log_threshold)
         return losses.relu_loss(tr.sae, x, ctx)
 
-    def _optimise(self, tr: Trainee) -> float:
+    def _optimise(self, tr: Trainee, loss: torch.Tensor) -> float:
+        """Sum gradients over ranks, check them, clip, step; returns the gradient norm."""
         cfg = self.cfg
         params = tr.params()
-        self.dist.all_sum_grads(params)
+        # the loss rides in the gradients' all-reduce, so every rank judges the global loss
+        # and all of them stop at the same step
+        global_loss = self.dist.all_sum_grads(params, loss.detach().reshape(1))
         if cfg.unit_norm_decoder:
             project_decoder_grad(tr.sae.W_dec)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         )
+        # One host sync per step and SAE. A non-finite loss usually means non-finite
+        # gradients, but an inf gradient can come with a finite loss and an overflowing loss
+        # with finite gradients, so both are checked; the clip's global norm covers every
+        # gradient element at no extra pass. Checked before Adam, so neither the weights
+        # nor the moments ever hold a NaN.
+        loss_value, norm_value = torch.cat([global_loss, grad_norm.reshape(1)]).tolist()
+        if not math.isfinite(loss_value) or not math.isfinite(norm_value):
+            tr.optimizer.zero_grad()
+            what = (
+                f"loss ({loss_value})"
+                if not math.isfinite(loss_value)
+                else f"gradient (norm {norm_value})"
+            )
+            raise NonFiniteTraining(self.step + 1, tr.name, what, "the weights did not take it")
         lr = tr.base_lr * lr_factor(cfg, self.step, self.total_steps)
         tr.optimizer.step(lr)
         tr.optimizer.zero_grad()
         if cfg.unit_norm_decoder:
             tr.sae.normalize_decoder()
         tr.last["lr"] = lr
-        return float(grad_norm)
+        return norm_value
 
     def train_step(self, batch: torch.Tensor, want_metrics: bool = False) -> None:
         """One optimiser step of every SAE on a raw global batch (batch_size, d_in)."""
@@ -213,7 +244,7 @@ class Trainer:
             ctx = self._context(tr, n_global)
             out = self._loss(tr, x, ctx)
             out.loss.backward()
-            self._optimise(tr)
+            self._optimise(tr, out.loss)
             fired = self.dist.all_sum(out.fired.to(torch.int32)) > 0
             tr.samples_since_fired += n_global
             tr.samples_since_fired[fired] = 0
@@ -281,6 +312,17 @@ class Trainer:
             out.b_enc.copy_(src.b_enc / s)
             out.threshold.copy_(thr / s)
         return out
+
+    def check_finite_weights(self) -> None:
+        """Raise `NonFiniteTraining` if an SAE's weights hold NaN or inf (call before saving).
+
+        One pass over the weights and one host sync: negligible beside writing them. The
+        same on every rank (the weights are), so under torchrun all ranks raise together.
+        """
+        for tr in self.trainees:
+            ok = torch.stack([torch.isfinite(p).all() for p in tr.params()]).all()
+            if not bool(ok):
+                raise NonFiniteTraining(self.step, tr.name, "weight", "nothing was saved")
 
     def state_dict(self) -> dict[str, Any]:
         return {
