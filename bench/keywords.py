@@ -28,9 +28,9 @@ import numpy as np
 
 from saescope.corpus import read_corpus
 from saescope.embed import load_sentence_model
+from saescope.examples import ExampleOptions, open_examples, run_model_name
 from saescope.interp.candidates import PhraseEmbedder, unit_rows
-from saescope.interp.examples import load_activations, run_model_name
-from saescope.interp.keywords import KeywordsConfig, name_features, naming_rows_by_feature
+from saescope.interp.keywords import KeywordsConfig, name_features
 from saescope.interp.thesis import (
     ThesisOptions,
     candidate_pairs,
@@ -89,7 +89,9 @@ def main() -> None:
 
     rp = RunPaths(ns.run)
     source = "latents" if (rp.latents / MANIFEST).exists() else "sae"
-    acts = load_activations(ns.run, source)
+    kcfg = KeywordsConfig()
+    ex = open_examples(ns.run, source, kcfg.split_seed, kcfg.split)
+    acts = ex.acts
     store = ActivationStore(rp.acts, verify=False)
     texts = read_corpus(ns.run)["text"].tolist()
     model_name = run_model_name(store)
@@ -108,7 +110,7 @@ def main() -> None:
         cfg = KeywordsConfig(run=ns.run, method=method, features=feats.tolist(), progress=False)
         emb = PhraseEmbedder(model, progress=False)
         t0 = time.perf_counter()
-        out = name_features(cfg, acts, texts, store, emb, sae)
+        out = name_features(cfg, ex, texts, store, emb, sae)
         times[method] = time.perf_counter() - t0
         names[method] = out
         print(
@@ -119,7 +121,8 @@ def main() -> None:
 
     n_kb = ns.keybert_features or len(feats)
     kb_feats = feats[:n_kb]
-    rows = naming_rows_by_feature(acts, kb_feats, KeywordsConfig().split_seed)
+    top = ExampleOptions(n_top=ThesisOptions().n_texts, n_quantiles=0, n_random=0)
+    rows = {f: ex.of(f, "naming", top).top_rows for f in kb_feats.tolist()}
     t0 = time.perf_counter()
     kb_names = keybert_thesis(KeyBERT(model=model), model, rows, texts, ThesisOptions())
     times["keybert"] = time.perf_counter() - t0
@@ -136,7 +139,7 @@ def main() -> None:
             run=ns.run, method="thesis", features=kb_feats.tolist(), progress=False
         )
         t0 = time.perf_counter()
-        name_features(cfg, acts, texts, store, PhraseEmbedder(model, progress=False), sae)
+        name_features(cfg, ex, texts, store, PhraseEmbedder(model, progress=False), sae)
         times["thesis_same_subset"] = time.perf_counter() - t0
         rates["thesis_same_subset"] = n_kb / times["thesis_same_subset"]
         print(
@@ -161,14 +164,13 @@ def main() -> None:
     }
 
     # embedding-scorer AUC of both methods' names on held-out texts, with shuffled controls
-    kcfg = KeywordsConfig()
     scfg = ScoreConfig(run=ns.run, progress=False)
     emb = PhraseEmbedder(model, progress=False)
     vectors = _TextVectors(store, texts, model_name, emb)
     result["auc"] = {}
     for method, out in names.items():
         kw = {f: r.keywords for f, r in out.items() if r.status == "ok"}
-        sc = score_features(scfg, kw, acts, kcfg.split_seed, vectors, emb)
+        sc = score_features(scfg, kw, ex, vectors, emb)
         real = np.array([s.score for s in sc.values()])
         shuf = np.array([s.shuffled_score for s in sc.values()])
         s = summarize(real, shuf)

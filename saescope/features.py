@@ -4,9 +4,10 @@ In: sparse (row, feature, value) triples, a batch or a shard at a time, in any g
 Out: per feature the count of active rows, the sum and max of its activations,
 its top-N (value, row) pairs (ties broken by the smaller row id, so the result does
 not depend on how the rows were batched), and a histogram of L0 per row
-(`FeatureAccumulator`); then, from a second pass over the sparse shards,
-quantile-binned and random contrast examples (`sample_examples`) and the
-co-occurrence counts of pairs of features (`cooccurrence`).
+(`FeatureAccumulator`); then, from a second pass over the sparse shards, the
+co-occurrence counts of pairs of features (`cooccurrence`, read back with
+`read_cooccurrence`). The quantile and random examples are chosen by
+`saescope.examples` (the one place that picks a feature's examples).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from safetensors.numpy import load_file as load_numpy
 
 # A callable that yields (rows, features, values) triples of every shard, in row order.
 ShardSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
@@ -110,125 +113,6 @@ def top_merge(vals: torch.Tensor, rows: torch.Tensor, n: int) -> tuple[torch.Ten
 
 
 @dataclass(frozen=True)
-class ExampleSets:
-    """Per-feature example lists (index = feature id); dead features have empty arrays."""
-
-    quantile_rows: list[np.ndarray]  # int64, grouped by bin ascending, activation ascending
-    quantile_acts: list[np.ndarray]  # float32
-    quantile_bins: list[np.ndarray]  # int16, 0 = lowest activations
-    random_rows: list[np.ndarray]  # int64, rows where the feature is 0
-    hists: dict[int, tuple[np.ndarray, np.ndarray]]  # feature -> (counts, bin edges)
-
-
-def feature_blocks(counts: np.ndarray, max_nnz: int) -> list[tuple[int, int]]:
-    """Split [0, d_sae) into feature ranges holding at most max_nnz non-zeros (one feature at least)."""
-    blocks, lo, acc = [], 0, 0
-    for f, c in enumerate(counts.tolist()):
-        if acc and acc + c > max_nnz:
-            blocks.append((lo, f))
-            lo, acc = f, 0
-        acc += c
-    blocks.append((lo, len(counts)))
-    return blocks
-
-
-def sample_examples(
-    source: ShardSource,
-    counts: np.ndarray,
-    n_rows: int,
-    *,
-    n_quantiles: int,
-    per_quantile: int,
-    n_random: int,
-    seed: int,
-    max_nnz: int,
-    hist_features: Iterable[int] = (),
-    hist_bins: int = 40,
-) -> ExampleSets:
-    """Quantile-binned examples and random non-activating rows for every feature.
-
-    A feature's activating rows are sorted by activation and cut into `n_quantiles`
-    bins of (nearly) equal size by rank; up to `per_quantile` rows are drawn at random
-    from each bin. Each feature draws from its own generator seeded by (seed, feature),
-    so results do not depend on how features are grouped. Features are processed in
-    blocks of at most `max_nnz` non-zeros, one pass over the shards per block, which
-    bounds memory whatever the number of rows.
-    """
-    d_sae = len(counts)
-    empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float32)
-    q_rows, q_acts = [empty_i] * d_sae, [empty_f] * d_sae
-    q_bins, rand = [np.empty(0, np.int16)] * d_sae, [empty_i] * d_sae
-    hist_set = set(int(f) for f in hist_features)
-    hists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for lo, hi in feature_blocks(counts, max_nnz):
-        if counts[lo:hi].sum() == 0:
-            continue
-        parts = []
-        for rows, feats, vals in source():
-            m = (feats >= lo) & (feats < hi)
-            parts.append((rows[m], feats[m], vals[m]))
-        rows = np.concatenate([p[0] for p in parts])
-        feats = np.concatenate([p[1] for p in parts])
-        vals = np.concatenate([p[2] for p in parts])
-        order = np.lexsort((rows, vals, feats))  # feature, then value asc, then row asc
-        rows, feats, vals = rows[order], feats[order], vals[order]
-        bounds = np.searchsorted(feats, np.arange(lo, hi + 1))
-        for f in range(lo, hi):
-            s, e = bounds[f - lo], bounds[f - lo + 1]
-            if s == e:
-                continue
-            rng = np.random.default_rng([seed, f])
-            r, v = rows[s:e], vals[s:e]
-            pick, bins = _quantile_pick(len(r), n_quantiles, per_quantile, rng)
-            q_rows[f], q_acts[f], q_bins[f] = r[pick], v[pick], bins
-            rand[f] = _random_inactive(np.sort(r), n_rows, n_random, rng)
-            if f in hist_set:
-                hists[f] = np.histogram(v, bins=hist_bins, range=(0.0, float(v[-1])))
-    return ExampleSets(q_rows, q_acts, q_bins, rand, hists)
-
-
-def _quantile_pick(
-    c: int, n_quantiles: int, per_quantile: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices into c activation-sorted rows (and their bins): up to per_quantile per bin."""
-    bins = (np.arange(c) * n_quantiles) // c  # bin of each rank, 0 = lowest
-    keys = rng.random(c)
-    order = np.lexsort((keys, bins))  # within each bin, a random order
-    bin_sorted = bins[order]
-    first = np.searchsorted(bin_sorted, bin_sorted, side="left")
-    chosen = np.sort(order[np.arange(c) - first < per_quantile])  # bin asc, then act asc
-    return chosen, bins[chosen].astype(np.int16)
-
-
-def _random_inactive(
-    active_sorted: np.ndarray, n_rows: int, n: int, rng: np.random.Generator
-) -> np.ndarray:
-    """Up to n distinct random rows of [0, n_rows) not in active_sorted."""
-    n_free = n_rows - len(active_sorted)
-    n = min(n, n_free)
-    if n <= 0:
-        return np.empty(0, np.int64)
-    if n_free < 4 * n:  # few free rows: enumerate them
-        free = np.setdiff1d(np.arange(n_rows, dtype=np.int64), active_sorted, assume_unique=True)
-        return rng.choice(free, size=n, replace=False)
-    picked: list[int] = []
-    seen: set[int] = set()
-    while len(picked) < n:
-        cand = rng.integers(0, n_rows, size=2 * n)
-        pos = np.searchsorted(active_sorted, cand)
-        hit = (pos < len(active_sorted)) & (
-            active_sorted[np.minimum(pos, len(active_sorted) - 1)] == cand
-        )
-        for x in cand[~hit].tolist():
-            if x not in seen:
-                seen.add(x)
-                picked.append(x)
-                if len(picked) == n:
-                    break
-    return np.array(picked, dtype=np.int64)
-
-
-@dataclass(frozen=True)
 class Cooccurrence:
     """Rows in which two features are both active, upper triangle only."""
 
@@ -244,6 +128,12 @@ class Cooccurrence:
         out[self.indices[1], self.indices[0]] = self.counts
         out[np.arange(d), np.arange(d)] = self.diagonal
         return out
+
+
+def read_cooccurrence(path: Path) -> Cooccurrence:
+    """The co-occurrence table the latents stage saved (`cooccurrence.safetensors`)."""
+    t = load_numpy(str(path))
+    return Cooccurrence(t["indices"], t["counts"], t["diagonal"])
 
 
 DENSE_COOCCURRENCE_MAX = 4096  # up to this d_sae a dense int64 table (<= 134 MB) is cheaper

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from saescope.errors import SaescopeError
+from saescope.examples import from_features_row
 from saescope.io import read_json
 from saescope.paths import RunPaths
 from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
@@ -69,15 +70,14 @@ def feature_view(
     r = df.iloc[feature]
     ann = ann if ann is not None else load_annotations(run)
     texts = RowTexts(run, int(read_json(RunPaths(run).latents_manifest)["n_rows"]))
+    fe = from_features_row(r).limit(n_top)
     top = [
         Example(int(row), float(act), texts(int(row)))
-        for row, act in list(zip(r["top_rows"], r["top_acts"], strict=True))[:n_top]
+        for row, act in zip(fe.top_rows, fe.top_acts, strict=True)
     ]
     quant = [
         Example(int(row), float(act), texts(int(row)), int(b))
-        for row, act, b in zip(
-            r["quantile_rows"], r["quantile_acts"], r["quantile_bins"], strict=True
-        )
+        for row, act, b in zip(fe.quantile_rows, fe.quantile_acts, fe.quantile_bins, strict=True)
     ]
     kw = ann.keywords.get(feature)
     ex = ann.explanations.get(feature)

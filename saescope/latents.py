@@ -11,8 +11,10 @@ In: `acts/` (the activation store) and `sae/` (or `--sae DIR`). Out, under `late
   config.json              the options, written last (its presence means "done")
 
 The store is streamed once in row order; per-feature count, sum, max and top-N are
-accumulated on the fly, so memory does not grow with rows. Quantile examples and
-co-occurrence come from a second pass over the sparse shards. Shards are atomic; a
+accumulated on the fly, so memory does not grow with rows. Quantile and random
+examples (chosen by `saescope.examples`, in blocks of features spilled to disk:
+one more read of the shards) and co-occurrence come from passes over the sparse
+shards whose number does not grow with rows. Shards are atomic; a
 re-run after a crash replays the finished shards into the statistics and encodes
 only the rest. `LatentCache` reads a finished cache.
 """
@@ -43,7 +45,8 @@ from saescope._version import __version__
 from saescope.config import config_to_dict, option, same_config
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
-from saescope.features import FeatureAccumulator, cooccurrence, one_thread, sample_examples
+from saescope.examples.table import sample_table_examples
+from saescope.features import FeatureAccumulator, cooccurrence, one_thread
 from saescope.io import (
     atomic_path,
     read_finished_manifest,
@@ -99,7 +102,8 @@ class LatentsConfig:
     plots: bool = option(True, "draw the PNG plots under latents/plots/")
     max_chunk_nnz: int = option(
         2_000_000,
-        "most non-zeros held in memory at once while sampling examples (about 16 bytes each)",
+        "most non-zeros held in memory at once while sampling examples (about 16 bytes each; "
+        "more are spilled to a temporary folder in latents/)",
     )
     overwrite: bool = option(False, "replace a cache made from another SAE or store")
 
@@ -164,7 +168,9 @@ class LatentCache:
         if not 0 <= feature < self.d_sae:
             raise SaescopeError(f"feature {feature} is out of range; the SAE has {self.d_sae}")
         if self._csc is None:
-            self._csc = self.to_csr().tocsc()
+            from saescope.examples import csc_from_triples
+
+            self._csc = csc_from_triples(self.triples, self.n_rows, self.d_sae)
         lo, hi = self._csc.indptr[feature], self._csc.indptr[feature + 1]
         rows = self._csc.indices[lo:hi].astype(np.int64)
         vals = np.asarray(self._csc.data[lo:hi], dtype=np.float32)
@@ -460,7 +466,7 @@ def write_features(
     with np.errstate(divide="ignore"):
         log10 = np.where(dead, np.nan, np.log10(np.where(dead, 1.0, density)))
     hist_feats = np.argsort(-count, kind="stable")[: min(N_HIST_FEATURES, int((~dead).sum()))]
-    ex = sample_examples(
+    ex = sample_table_examples(
         cache.triples,
         count,
         n_rows,
@@ -470,6 +476,7 @@ def write_features(
         seed=cfg.seed,
         max_nnz=cfg.max_chunk_nnz,
         hist_features=hist_feats.tolist(),
+        spill_dir=rp.latents,
     )
     top_vals, top_rows = acc.top_vals.numpy(), acc.top_rows.numpy()
     n_top = np.minimum(count, cfg.top_n)

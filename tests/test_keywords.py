@@ -10,13 +10,13 @@ import pytest
 from test_keywords_fixture import TOPICS, topic_run
 
 from saescope.errors import SaescopeError
+from saescope.examples import load_activations, load_split
 from saescope.interp.contrastive import (
     ContrastiveOptions,
     contrastive_keywords,
     log_odds_lower,
     mmr,
 )
-from saescope.examples import load_activations, load_split
 from saescope.interp.keywords import KeywordsConfig, run
 from saescope.paths import RunPaths
 

@@ -13,7 +13,7 @@ from test_keywords import pure_features
 from test_keywords_fixture import topic_run
 
 from saescope.errors import SaescopeError
-from saescope.interp.examples import load_activations, scoring_mask
+from saescope.examples import open_examples
 from saescope.interp.keywords import KeywordsConfig
 from saescope.interp.keywords import run as keywords
 from saescope.paths import RunPaths
@@ -69,12 +69,12 @@ def test_keyword_relevance_scorer_and_its_control(named):
 
 def test_held_out_examples_come_from_the_scoring_half_only(named):
     run_dir, _ = named
-    acts = load_activations(run_dir, "sae")
-    rng = np.random.default_rng(0)
-    for f in acts.alive().tolist():
-        h = held_out(acts, f, split_seed=1, max_pos=100, n_neg=50, rng=rng)
-        assert scoring_mask(h.pos, 1).all() and scoring_mask(h.neg, 1).all()
-        active = set(acts.column(f)[0].tolist())
+    ex = open_examples(run_dir, "sae", split_seed=1)
+    for f in ex.acts.alive().tolist():
+        h = held_out(ex, f, "scoring", max_pos=100, n_neg=50, seed=0)
+        assert ex.split.in_half(h.pos, "scoring").all()
+        assert ex.split.in_half(h.neg, "scoring").all()
+        active = set(ex.acts.column(f)[0].tolist())
         assert not active & set(h.neg.tolist()) and set(h.pos.tolist()) <= active
         assert len(set(h.neg.tolist())) == len(h.neg)
 
@@ -100,3 +100,52 @@ def test_score_without_keywords_or_latents_is_a_clear_error(tmp_path, named):
         run(ScoreConfig(run=str(run_dir), activations="latents", overwrite=True))
     proc = run_cli("score", "--run", str(tmp_path / "empty"), check=False)
     assert proc.returncode == 2 and "saescope keywords" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def doc_run(tmp_path_factory):
+    """The topic run with documents of several rows: 6 texts of one topic per document."""
+    import shutil
+
+    src, labels = topic_run(tmp_path_factory)
+    run_dir = tmp_path_factory.mktemp("docs") / "run"
+    shutil.copytree(src, run_dir)
+    rp = RunPaths(run_dir)
+    corpus = pd.read_parquet(rp.corpus)
+    lab = pd.Series(labels)
+    corpus["doc"] = [f"{t}-{i // 6}" for t, i in zip(lab, lab.groupby(lab).cumcount(), strict=True)]
+    corpus.to_parquet(rp.corpus)
+    return run_dir, corpus["doc"].to_numpy()
+
+
+def test_scorer_never_scores_on_documents_the_names_were_read_from(doc_run, monkeypatch):
+    from saescope.examples.select import Examples
+
+    run_dir, docs = doc_run
+    seen: dict[str, dict[int, set[int]]] = {"naming": {}, "scoring": {}}
+    of = Examples.of
+
+    def spy(self, feature, half="all", opts=None):
+        fe = of(self, feature, half, opts) if opts is not None else of(self, feature, half)
+        rows = np.r_[fe.top_rows, fe.quantile_rows, fe.random_rows, fe.hard_rows]
+        seen[half].setdefault(int(feature), set()).update(rows.tolist())
+        return fe
+
+    monkeypatch.setattr(Examples, "of", spy)
+    keywords(KeywordsConfig(run=str(run_dir), activations="sae", progress=False, overwrite=True))
+    kcfg = json.loads(RunPaths(run_dir).keywords_config.read_text())
+    assert kcfg["split"] == "doc" and kcfg["split_seed"] == 1
+    out = run(ScoreConfig(run=str(run_dir), activations="sae", progress=False, overwrite=True))
+    scored = pd.read_parquet(out).query("status == 'ok'")
+    assert len(scored) >= 3
+
+    split = open_examples(run_dir, "sae", 1, "doc").split
+    assert split.kind == "doc"
+    by_doc = pd.Series(split.scoring).groupby(docs).nunique()
+    assert (by_doc == 1).all() and len(by_doc) == len(docs) // 6  # every document in one half
+    assert 0.35 < split.scoring.mean() < 0.65
+    assert seen["naming"] and seen["scoring"]
+    for f in scored["feature"].tolist():
+        naming_docs = {docs[r] for r in seen["naming"][f]}
+        scoring_docs = {docs[r] for r in seen["scoring"][f]}
+        assert naming_docs and scoring_docs and not naming_docs & scoring_docs, f

@@ -10,8 +10,9 @@ Methods: `contrastive` (default; phrases that are more frequent in the
 feature's texts than elsewhere, re-ranked by the SAE encoder, diversified) and
 `thesis` (seed 000's KeyBERT-style procedure, batched). See docs/interp.md.
 
-Only the NAMING half of the rows is read (`saescope.interp.examples`); the
-scorers use the other half.
+Only the NAMING half of the rows is read; the scorers use the other half. Which
+rows those are (by document by default: `--split doc`) is decided by
+`saescope.examples`, and the split kind and seed are saved in the config for them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,15 +27,16 @@ import pyarrow.parquet as pq
 from saescope.config import config_to_dict, option, same_config
 from saescope.corpus import read_corpus
 from saescope.errors import SaescopeError
-from saescope.interp.candidates import FeatureKeywords, PhraseEmbedder, failed
-from saescope.interp.contrastive import ContrastiveOptions, contrastive_keywords
-from saescope.interp.examples import (
-    Activations,
-    load_activations,
+from saescope.examples import (
+    SPLIT_KINDS,
+    ExampleOptions,
+    Examples,
+    open_examples,
     run_model_name,
-    scoring_mask,
     text_vectors,
 )
+from saescope.interp.candidates import FeatureKeywords, PhraseEmbedder, failed
+from saescope.interp.contrastive import ContrastiveOptions, contrastive_keywords
 from saescope.interp.thesis import ThesisOptions, thesis_keywords
 from saescope.io import atomic_path, read_json, sha256_file, write_json
 from saescope.paths import DEFAULT_RUN, MANIFEST, RunPaths
@@ -68,6 +69,12 @@ class KeywordsConfig:
     )
     features: list[int] | None = option(None, "name only these feature ids (default: all alive)")
     split_seed: int = option(1, "seed of the naming/scoring split of rows (scorers must match)")
+    split: str = option(
+        "doc",
+        "naming/scoring split: every row of a document in the same half (doc; rows without "
+        "a document by row id), or each row on its own (row)",
+        choices=SPLIT_KINDS,
+    )
     model: str | None = option(None, "sentence model for phrases (default: the store's model)")
     batch_size: int = option(256, "phrases per embedding batch")
     n_keywords: int | None = option(None, "keywords per feature (default: thesis 3, contrastive 5)")
@@ -89,19 +96,6 @@ def _upstream(rp: RunPaths, cfg: KeywordsConfig) -> dict[str, str]:
     return {k: sha256_file(p) for k, p in files.items() if p.exists()}
 
 
-def naming_rows_by_feature(
-    acts: Activations, features: np.ndarray, seed: int
-) -> dict[int, np.ndarray]:
-    """feature -> its activating naming rows, highest activation first."""
-    out = {}
-    for f in features.tolist():
-        rows, vals = acts.column(f)
-        keep = ~scoring_mask(rows, seed)
-        rows, vals = rows[keep], vals[keep]
-        out[f] = rows[np.argsort(-vals, kind="stable")]
-    return out
-
-
 def table(results: dict[int, FeatureKeywords], method: str) -> pa.Table:
     fs = sorted(results)
     return pa.table(
@@ -120,7 +114,7 @@ def table(results: dict[int, FeatureKeywords], method: str) -> pa.Table:
 
 def name_features(
     cfg: KeywordsConfig,
-    acts: Activations,
+    ex: Examples,
     texts: list[str],
     store: ActivationStore,
     embedder: PhraseEmbedder,
@@ -129,10 +123,13 @@ def name_features(
     """Name the features of `cfg` (the stage without its files; used by bench/ too)."""
     if cfg.method not in METHODS:
         raise SaescopeError(f"unknown keywords method {cfg.method!r}; choose {', '.join(METHODS)}")
-    features = acts.check_features(cfg.features)
-    dead = [f for f in features.tolist() if acts.column(f)[0].size == 0]
-    features = np.asarray([f for f in features.tolist() if f not in set(dead)], dtype=np.int64)
-    rows = naming_rows_by_feature(acts, features, cfg.split_seed)
+    features = ex.acts.check_features(cfg.features)
+    counts = ex.acts.counts()
+    dead = [f for f in features.tolist() if counts[f] == 0]
+    n_top = cfg.n_texts if cfg.method == "thesis" else cfg.max_texts
+    only_top = ExampleOptions(n_top=n_top, n_quantiles=0, n_random=0)
+    # feature -> its top activating naming rows, highest activation first
+    rows = {f: ex.of(f, "naming", only_top).top_rows for f in features.tolist() if counts[f]}
     if cfg.method == "thesis":
         opts = ThesisOptions(
             n_texts=cfg.n_texts,
@@ -160,7 +157,7 @@ def name_features(
             mmr_lambda=cfg.mmr_lambda,
             n_keywords=cfg.n_keywords or 5,
         )
-        naming = np.nonzero(~scoring_mask(np.arange(acts.n_rows), cfg.split_seed))[0]
+        naming = ex.half_rows("naming")
         out = contrastive_keywords(rows, naming, texts, embedder, sae, copts, cfg.progress)
     for f in dead:
         out[f] = failed("dead", "the feature never fires on this corpus", 0)
@@ -191,16 +188,16 @@ def run(cfg: KeywordsConfig) -> Path:
             f"{rp.corpus} has {len(corpus)} rows but {rp.acts} has {store.count}; "
             "keywords need one store row per corpus text (a sentence-embedding run)"
         )
-    acts = load_activations(cfg.run, cfg.activations)
-    if acts.n_rows != store.count:
+    ex = open_examples(cfg.run, cfg.activations, cfg.split_seed, cfg.split)
+    if ex.n_rows != store.count:
         raise SaescopeError(
-            f"the activations ({acts.n_rows} rows) do not match the store ({store.count} rows); "
+            f"the activations ({ex.n_rows} rows) do not match the store ({store.count} rows); "
             "re-run `saescope latents`"
         )
     sae = SAE.load(rp.sae) if rp.sae_weights.exists() else None
     model = load_sentence_model(run_model_name(store, cfg.model))
     embedder = PhraseEmbedder(model, cfg.batch_size, cfg.progress)
-    results = name_features(cfg, acts, corpus["text"].tolist(), store, embedder, sae)
+    results = name_features(cfg, ex, corpus["text"].tolist(), store, embedder, sae)
     with atomic_path(rp.keywords) as tmp:
         pq.write_table(table(results, cfg.method), tmp)
     write_json(rp.keywords_config, config_to_dict(cfg) | {"upstream": upstream})

@@ -21,6 +21,7 @@ import pandas as pd
 
 from saescope.config import config_to_dict, same_config
 from saescope.errors import SaescopeError
+from saescope.examples import from_features_row
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
 from saescope.options.report import ReportConfig
 from saescope.paths import RunPaths, SAEPaths
@@ -112,14 +113,14 @@ def page_data(
     features = []
     for r in alive.itertuples(index=False):
         f = int(r.feature)
-        top = [[int(row), _f(act)] for row, act in zip(r.top_rows, r.top_acts, strict=True)]
-        top = top[: cfg.top_examples]
-        quant: list[list[Any]] = []
-        per_bin: dict[int, int] = {}
-        for row, act, b in zip(r.quantile_rows, r.quantile_acts, r.quantile_bins, strict=True):
-            if per_bin.get(int(b), 0) < cfg.quantile_examples:
-                per_bin[int(b)] = per_bin.get(int(b), 0) + 1
-                quant.append([int(row), _f(act), int(b)])
+        ex = from_features_row(r._asdict()).limit(cfg.top_examples, cfg.quantile_examples)
+        top = [[int(row), _f(act)] for row, act in zip(ex.top_rows, ex.top_acts, strict=True)]
+        quant: list[list[Any]] = [
+            [int(row), _f(act), int(b)]
+            for row, act, b in zip(
+                ex.quantile_rows, ex.quantile_acts, ex.quantile_bins, strict=True
+            )
+        ]
         rows_used.update(e[0] for e in top + quant)
         item: dict[str, Any] = {
             "id": f,

@@ -1,11 +1,11 @@
 """What every keyword scorer shares: held-out examples, controls, results.
 
-In: feature activations (`saescope.interp.examples.Activations`) and the
-naming/scoring split seed the keywords were made with. Out: per feature its
-held-out examples (`HeldOut`: activating rows and a seeded sample of rows where
-it is 0, all from the SCORING half), the seeded derangement that gives each
-feature another feature's explanation (the shuffled control), and the fixed
-per-feature result type `FeatureScore`.
+In: a run's examples (`saescope.examples.Examples`, with the naming/scoring split
+the keywords were made with). Out: per feature its held-out examples (`HeldOut`:
+top activating rows and a seeded sample of rows where it is 0, all from the
+SCORING half, as `saescope.examples` picks them), the seeded derangement that
+gives each feature another feature's explanation (the shuffled control), and the
+fixed per-feature result type `FeatureScore`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from saescope.interp.examples import Activations, scoring_mask
+from saescope.examples import ExampleOptions, Examples
 
 
 class HeldOut(NamedTuple):
@@ -33,44 +33,16 @@ class FeatureScore(NamedTuple):
     reason: str
 
 
-def held_out(
-    acts: Activations,
-    feature: int,
-    split_seed: int,
-    max_pos: int,
-    n_neg: int,
-    rng: np.random.Generator,
-    half: str = "scoring",
-) -> HeldOut:
-    """Activating and non-activating rows of `feature` in one half of the split.
+def held_out(ex: Examples, feature: int, half: str, max_pos: int, n_neg: int, seed: int) -> HeldOut:
+    """A feature's examples from one half of the split, as `saescope.examples` picks them.
 
-    pos: the `max_pos` most activating rows of that half; neg: `n_neg` rows drawn
-    with `rng` among that half's rows where the feature is 0.
+    pos: the `max_pos` most activating rows of that half; neg: `n_neg` random rows of
+    that half where the feature is 0 (drawn with a generator seeded by (seed, feature)).
     """
-    rows, vals = acts.column(feature)
-    in_half = scoring_mask(rows, split_seed)
-    if half == "naming":
-        in_half = ~in_half
-    rows, vals = rows[in_half], vals[in_half]
-    pos = rows[np.argsort(-vals, kind="stable")][:max_pos]
-    active = np.zeros(acts.n_rows, dtype=bool)
-    active[acts.column(feature)[0]] = True
-    neg = np.zeros(0, dtype=np.int64)
-    if n_neg > 0:
-        # rejection sampling: features are sparse, so a few rounds are enough
-        want = n_neg
-        picked: list[np.ndarray] = []
-        for _ in range(20):
-            cand = rng.integers(0, acts.n_rows, size=4 * want + 16)
-            mask = scoring_mask(cand, split_seed)
-            ok = cand[(mask if half == "scoring" else ~mask) & ~active[cand]]
-            picked.append(ok)
-            uniq = np.unique(np.concatenate(picked))
-            if len(uniq) >= want:
-                break
-        uniq = np.unique(np.concatenate(picked)) if picked else neg
-        neg = rng.permutation(uniq)[:want].astype(np.int64)
-    return HeldOut(pos.astype(np.int64), neg)
+    fe = ex.of(
+        feature, half, ExampleOptions(n_top=max_pos, n_quantiles=0, n_random=n_neg, seed=seed)
+    )
+    return HeldOut(fe.top_rows, fe.random_rows)
 
 
 def derangement(n: int, seed: int) -> np.ndarray:

@@ -29,13 +29,8 @@ from tqdm.auto import tqdm
 from saescope.config import config_to_dict, same_config
 from saescope.corpus import read_corpus
 from saescope.errors import SaescopeError
+from saescope.examples import Examples, open_examples, run_model_name, store_is_text_embedding
 from saescope.interp.candidates import PhraseEmbedder, unit_rows
-from saescope.interp.examples import (
-    Activations,
-    load_activations,
-    run_model_name,
-    store_is_text_embedding,
-)
 from saescope.interp.keywords import read_keywords
 from saescope.io import atomic_path, read_json, sha256_file, write_json
 from saescope.options.score import SCORERS, ScoreConfig
@@ -62,32 +57,34 @@ SCHEMA = pa.schema(
 class _TextVectors:
     """Unit vectors of corpus rows: store rows when they are the model's, else embedded.
 
-    `prepare(rows)` reads (or embeds) the rows once; calls then index them.
+    `prepare(rows)` reads (or embeds) the rows once, replacing the rows prepared
+    before; calls then look them up (sorted ids, no n_rows-long index).
     """
 
     def __init__(self, store: ActivationStore, texts: list[str], model_name: str, embedder) -> None:
         self.from_store = store_is_text_embedding(store, model_name)
         self.store, self.texts, self.embedder = store, texts, embedder
-        self.where = np.full(store.count, -1, dtype=np.int64)
+        self.rows = np.zeros(0, dtype=np.int64)
         self.mat = np.zeros((0, 1), dtype=np.float32)
 
     def prepare(self, rows: np.ndarray) -> None:
-        rows = np.unique(rows)
+        self.rows = np.unique(np.asarray(rows, dtype=np.int64))
         if self.from_store:
-            self.mat = unit_rows(self.store.rows(rows).numpy())  # (n, d)
+            self.mat = unit_rows(self.store.rows(self.rows).numpy())  # (n, d)
         else:
-            self.mat = self.embedder.unit([self.texts[int(r)] for r in rows])
-        self.where[rows] = np.arange(len(rows))
+            self.mat = self.embedder.unit([self.texts[int(r)] for r in self.rows])
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return self.mat[self.where[rows]]
+        return self.mat[np.searchsorted(self.rows, rows)]
+
+
+_VECTOR_CHUNK = 256  # features whose example vectors are held at once
 
 
 def score_features(
     cfg: ScoreConfig,
     keywords: dict[int, list[str]],
-    acts: Activations,
-    split_seed: int,
+    ex: Examples,
     vectors,
     embedder: PhraseEmbedder,
 ) -> dict[int, FeatureScore]:
@@ -95,15 +92,10 @@ def score_features(
     if cfg.scorer not in SCORERS:
         raise SaescopeError(f"unknown scorer {cfg.scorer!r}; choose {', '.join(SCORERS)}")
     feats = sorted(keywords)
-    rng = np.random.default_rng(cfg.seed)
     half = "scoring" if cfg.scorer == embedding.NAME else cfg.examples
     max_pos = cfg.max_pos if cfg.scorer == embedding.NAME else cfg.n_texts
     n_neg = cfg.n_neg if cfg.scorer == embedding.NAME else 0
-    held = {f: held_out(acts, f, split_seed, max_pos, n_neg, rng, half) for f in feats}
-    # the held-out rows of every feature, embedded (or read from the store) in one go
-    vectors.prepare(
-        np.concatenate([np.r_[h.pos, h.neg] for h in held.values()] or [[0]]).astype(np.int64)
-    )
+    held = {f: held_out(ex, f, half, max_pos, n_neg, cfg.seed) for f in feats}
     other = dict(zip(feats, [feats[i] for i in derangement(len(feats), cfg.seed)], strict=True))
     if cfg.scorer == embedding.NAME:
         queries = {f: embedding.explanation_text(keywords[f]) for f in feats}
@@ -119,7 +111,12 @@ def score_features(
         return keyword_relevance.relevance(embedder.unit(keywords[explain]), vectors(h.pos))
 
     out = {}
-    for f in tqdm(feats, desc=f"score: {cfg.scorer}", unit="feature", disable=not cfg.progress):
+    for i, f in enumerate(
+        tqdm(feats, desc=f"score: {cfg.scorer}", unit="feature", disable=not cfg.progress)
+    ):
+        if i % _VECTOR_CHUNK == 0:  # the held-out rows of the next features, in one go
+            chunk = [held[g] for g in feats[i : i + _VECTOR_CHUNK]]
+            vectors.prepare(np.concatenate([np.r_[h.pos, h.neg] for h in chunk]))
         h = held[f]
         if len(h.pos) < cfg.min_pos or (n_neg and len(h.neg) == 0):
             reason = f"{len(h.pos)} activating and {len(h.neg)} other held-out texts"
@@ -161,14 +158,16 @@ def run(cfg: ScoreConfig) -> Path:
     kcfg = read_json(rp.keywords_config)
     store = ActivationStore(rp.acts, verify=False)
     texts = read_corpus(cfg.run)["text"].tolist()
-    acts = load_activations(cfg.run, cfg.activations)
-    acts.check_features([int(f) for f in kw["feature"]])
+    # the split the names were made with (keywords made before the document split: by row)
+    split = (int(kcfg["split_seed"]), str(kcfg.get("split", "row")))
+    ex = open_examples(cfg.run, cfg.activations, *split)
+    ex.acts.check_features([int(f) for f in kw["feature"]])
     model_name = run_model_name(store, cfg.model)
     embedder = PhraseEmbedder(load_sentence_model(model_name), cfg.batch_size, cfg.progress)
     vectors = _TextVectors(store, texts, model_name, embedder)
     ok = kw[kw["status"] == "ok"]
     named = {int(f): list(k) for f, k in zip(ok["feature"], ok["keywords"], strict=True)}
-    scores = score_features(cfg, named, acts, int(kcfg["split_seed"]), vectors, embedder)
+    scores = score_features(cfg, named, ex, vectors, embedder)
     source = str(kcfg.get("method", ""))
     for f, status, reason in zip(kw["feature"], kw["status"], kw["reason"], strict=True):
         if status != "ok":
