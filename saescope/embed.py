@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from saescope import provenance
 from saescope.config import config_to_dict
 from saescope.corpus import read_corpus
 from saescope.defaults import resolve_embed_model
@@ -26,7 +27,7 @@ from saescope.device import pick_device
 from saescope.errors import SaescopeError, describe
 from saescope.io import atomic_path, read_json, sha256_file, write_json
 from saescope.options.embed import EmbedConfig
-from saescope.paths import MANIFEST, STAGE_CONFIG, RunPaths
+from saescope.paths import STAGE_CONFIG, RunPaths
 from saescope.store import StoreWriter, bad_rows_error, find_bad_rows
 
 
@@ -87,31 +88,26 @@ def model_dim(model) -> int:
     return int(get())
 
 
-def _store_is_done(cfg: EmbedConfig, rp: RunPaths, corpus_sha: str, n_texts: int) -> bool:
-    """True when acts/ already holds this corpus embedded with these options (no model load)."""
-    manifest = rp.acts / MANIFEST
-    if cfg.overwrite or not manifest.exists():
-        return False
-    m = read_json(manifest)
-    meta = m.get("meta", {})
-    return bool(
-        m.get("complete")
-        and m.get("count") == n_texts
-        and m.get("dtype") == cfg.dtype
-        and meta.get("source") == "sentence-transformers"
-        and meta.get("model") == cfg.model
-        and meta.get("normalize") == cfg.normalize
-        and meta.get("corpus_sha256") == corpus_sha
-        and cfg.max_seq_length in (None, meta.get("max_seq_length"))
-    )
+# options that change no stored row (shard_rows only cuts the same rows into files)
+_IGNORED = ("run", "batch_size", "device", "overwrite", "append", "shard_rows")
 
 
 def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
     corpus = read_corpus(cfg.run)
     texts = corpus["text"].tolist()
-    corpus_sha = sha256_file(rp.corpus)
-    if _store_is_done(cfg, rp, corpus_sha, len(texts)):
-        return rp.acts
+    record = provenance.Record.make(
+        "embed", config_to_dict(cfg), provenance.upstream_ids({"corpus": rp.corpus}), _IGNORED
+    )
+    decision = provenance.decide(
+        rp.acts_record,
+        record,
+        overwrite=cfg.overwrite,
+        output_exists=rp.acts_manifest.exists(),
+        output=rp.acts,
+    )
+    if decision is provenance.Decision.SKIP:
+        return rp.acts  # no model load
+    corpus_sha = record.upstream["corpus"]
     if model is None:
         model = load_sentence_model(cfg.model, str(pick_device(cfg.device)))
     if cfg.max_seq_length is not None:
@@ -124,7 +120,9 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
         "max_seq_length": model.max_seq_length,
         "corpus_sha256": corpus_sha,
     }
-    writer = StoreWriter(rp.acts, d_in, cfg.dtype, cfg.shard_rows, meta, overwrite=cfg.overwrite)
+    fresh = decision is provenance.Decision.FRESH
+    writer = StoreWriter(rp.acts, d_in, cfg.dtype, cfg.shard_rows, meta, overwrite=fresh)
+    provenance.start(rp.acts_record, record)
     start = writer.rows_done
     bar = tqdm(total=len(texts), initial=start, unit="text", desc="embed", dynamic_ncols=True)
     for lo in range(start, len(texts), writer.shard_rows):
@@ -277,6 +275,7 @@ def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
     return writer.close()
 
 
+@provenance.locked("embed")
 def run(cfg: EmbedConfig, *, model=None) -> Path:
     """Fill `acts/` for `cfg` (resuming an interrupted run); return the store folder.
 
@@ -284,6 +283,19 @@ def run(cfg: EmbedConfig, *, model=None) -> Path:
     (for callers that embed several runs with one model).
     """
     rp = RunPaths(cfg.run)
-    out = _import_vectors(cfg, rp) if cfg.vectors else _embed_corpus(cfg, rp, model)
+    if cfg.vectors:
+        out = _import_vectors(cfg, rp)
+        # appends are tracked file by file in the manifest's `imports`; the record lists them
+        imports = read_json(rp.acts_manifest).get("imports", [])
+        upstream = {
+            f"vectors {r['file']} (rows {r['start']}..{r['stop']})": r["sha256"] for r in imports
+        }
+        record = provenance.Record.make("embed", config_to_dict(cfg), upstream, _IGNORED)
+    else:
+        out = _embed_corpus(cfg, rp, model)
+        record = provenance.Record.make(
+            "embed", config_to_dict(cfg), provenance.upstream_ids({"corpus": rp.corpus}), _IGNORED
+        )
     write_json(out / STAGE_CONFIG, config_to_dict(cfg))
+    provenance.finish(rp.acts_record, record)
     return out

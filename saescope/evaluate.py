@@ -15,7 +15,9 @@ Out: `<sae folder>/metrics.json` with
     recall_at_k          (sentence embeddings) share of each row's k nearest neighbours
                          (cosine, within the first `retrieval_rows` held-out rows) that are
                          still its neighbours when every row is replaced by its reconstruction
-A re-run with the same config and the same SAE weights skips the work.
+and its provenance record `metrics.provenance.json`. A re-run with the same options,
+the same SAE weights and the same store skips the work; a change of any of them
+redoes it (metrics are derived data: no --overwrite needed).
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from saescope.config import config_to_dict, option, same_config
+from saescope import provenance
+from saescope.config import config_to_dict, option
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
-from saescope.io import read_json, sha256_file, write_json
+from saescope.io import read_json, write_json
 from saescope.paths import DEFAULT_RUN, RunPaths, SAEPaths
 from saescope.sae import SAE
 from saescope.store import ActivationStore
@@ -171,6 +174,11 @@ def evaluate_sae(
     return metrics
 
 
+# options that change no output
+_IGNORED = ("run", "batch_size", "device")
+
+
+@provenance.locked("eval")
 def run(cfg: EvalConfig) -> Path:
     """Write `<sae folder>/metrics.json`; returns its path."""
     folder = SAEPaths(sae_dir(cfg))
@@ -189,11 +197,20 @@ def run(cfg: EvalConfig) -> Path:
     if fraction < 0:
         fraction = float(read_json(folder.config).get("training", {}).get("eval_fraction", 0.0))
     split = "eval" if fraction > 0 else "all"
-    weights_sha = sha256_file(folder.weights)
-    if folder.metrics.exists():
-        old = read_json(folder.metrics)
-        if old.get("sae_sha256") == weights_sha and not same_config(old.get("config", {}), cfg):
-            return folder.metrics
+    rp = RunPaths(cfg.run)
+    upstream = provenance.upstream_ids({"acts": rp.acts_manifest, "sae": folder.weights})
+    config = config_to_dict(cfg) | {"eval_fraction": fraction}  # the fraction actually used
+    record = provenance.Record.make("eval", config, upstream, ignore=_IGNORED)
+    decision = provenance.decide(
+        folder.eval_record,
+        record,
+        overwrite=True,  # metrics of an SAE are redone whenever the SAE or the store changed
+        output_exists=folder.metrics.exists(),
+        output=folder.metrics,
+    )
+    if decision is provenance.Decision.SKIP:
+        return folder.metrics
+    provenance.start(folder.eval_record, record)
     metrics = evaluate_sae(sae, store, split, fraction, cfg)
     write_json(
         folder.metrics,
@@ -201,8 +218,9 @@ def run(cfg: EvalConfig) -> Path:
             "split": split,
             "eval_fraction": fraction,
             **metrics,
-            "sae_sha256": weights_sha,
+            "sae_sha256": upstream["sae"],
             "config": config_to_dict(cfg),
         },
     )
+    provenance.finish(folder.eval_record, record)
     return folder.metrics

@@ -3,15 +3,19 @@
 No other module spells a file name of the run directory; they ask `RunPaths`.
 
     runs/<name>/
-      corpus.parquet, corpus.config.json
-      acts/manifest.json, acts/config.json, acts/shard-00000.safetensors ...
-      sae/config.json, sae/sae.safetensors, sae/metrics.json, sae/metrics.jsonl, sae/checkpoints/
-      latents/manifest.json, latents/config.json, latents/shard-*.safetensors,
-      latents/features.parquet, latents/cooccurrence.safetensors, latents/plots/
-      interp/keywords.parquet, interp/keywords.config.json, interp/explanations.jsonl
-      scores/<scorer>.parquet, scores/<scorer>.config.json, scores/<scorer>.summary.json,
-      scores/<scorer>.png
-      report/index.html
+      .lock                  the writer lock (saescope.provenance.run_lock)
+      corpus.parquet, corpus.config.json, corpus.provenance.json
+      acts/manifest.json, acts/config.json, acts/provenance.json, acts/shard-00000.safetensors ...
+      sae/config.json, sae/sae.safetensors, sae/provenance.json, sae/metrics.json,
+      sae/metrics.provenance.json, sae/metrics.jsonl, sae/checkpoints/
+      latents/manifest.json, latents/config.json, latents/provenance.json,
+      latents/shard-*.safetensors, latents/features.parquet, latents/cooccurrence.safetensors,
+      latents/plots/
+      interp/keywords.parquet, interp/keywords.config.json, interp/keywords.provenance.json,
+      interp/explanations.jsonl
+      scores/<scorer>.parquet, scores/<scorer>.config.json, scores/<scorer>.provenance.json,
+      scores/<scorer>.summary.json, scores/<scorer>.png
+      report/index.html, report/config.json, report/provenance.json
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ SAELENS_SCALER = "activation_scaler.json"  # SAELens trainer checkpoints: norm s
 SAELENS_WHITENING = "activation_whitening.safetensors"
 NATIVE_SAE_CONFIG = "config.json"  # saescope's own SAE folder (SAE.save / SAE.load)
 NATIVE_SAE_WEIGHTS = "sae.safetensors"
-CONVERT_RECORD = "convert.json"  # `saescope convert`: options and source of a converted SAE
+CONVERT_RECORD = "convert.json"
+PROVENANCE = "provenance.json"  # a stage's provenance record (saescope.provenance)  # `saescope convert`: options and source of a converted SAE
 
 
 # Files inside one SAE folder (sae/ or sae-<d_sae>-k<k>/).
@@ -76,6 +81,16 @@ class SAEPaths:
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / CHECKPOINT_PATTERN.format(step)
 
+    @property
+    def train_record(self) -> Path:
+        """Provenance of the training that made this SAE."""
+        return self.dir / PROVENANCE
+
+    @property
+    def eval_record(self) -> Path:
+        """Provenance of metrics.json."""
+        return self.dir / "metrics.provenance.json"
+
 
 def shard_name(index: int) -> str:
     return SHARD_PATTERN.format(index)
@@ -99,10 +114,22 @@ class RunPaths:
     def corpus_config(self) -> Path:
         return self.root / "corpus.config.json"
 
+    @property
+    def corpus_record(self) -> Path:
+        return self.root / "corpus.provenance.json"
+
     # activation store
     @property
     def acts(self) -> Path:
         return self.root / "acts"
+
+    @property
+    def acts_manifest(self) -> Path:
+        return self.acts / MANIFEST
+
+    @property
+    def acts_record(self) -> Path:
+        return self.acts / PROVENANCE
 
     # sae
     @property
@@ -159,6 +186,10 @@ class RunPaths:
         return self.latents / STAGE_CONFIG
 
     @property
+    def latents_record(self) -> Path:
+        return self.latents / PROVENANCE
+
+    @property
     def latent_index(self) -> Path:
         """Row of the store -> doc and token position."""
         return self.latents / "index.parquet"
@@ -177,6 +208,10 @@ class RunPaths:
         return self.interp / "keywords.config.json"
 
     @property
+    def keywords_record(self) -> Path:
+        return self.interp / "keywords.provenance.json"
+
+    @property
     def explanations(self) -> Path:
         return self.interp / "explanations.jsonl"
 
@@ -189,6 +224,9 @@ class RunPaths:
 
     def score_config(self, scorer: str) -> Path:
         return self.scores / f"{scorer}.config.json"
+
+    def score_record(self, scorer: str) -> Path:
+        return self.scores / f"{scorer}.provenance.json"
 
     def score_summary(self, scorer: str) -> Path:
         """Mean/median of real and shuffled-control scores."""
@@ -213,3 +251,7 @@ class RunPaths:
     @property
     def report_config(self) -> Path:
         return self.report / STAGE_CONFIG
+
+    @property
+    def report_record(self) -> Path:
+        return self.report / PROVENANCE

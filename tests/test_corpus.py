@@ -110,7 +110,7 @@ def test_run_skips_same_config_and_refuses_a_different_one(tmp_path):
     path = make_corpus(cfg)
     stamp = path.stat().st_mtime_ns
     assert make_corpus(cfg) == path and path.stat().st_mtime_ns == stamp
-    with pytest.raises(SaescopeError, match="different corpus.*limit"):
+    with pytest.raises(SaescopeError, match="other inputs or options: option limit: 20 -> 30"):
         make_corpus(CorpusConfig(run=run, source="tweets", limit=30))
     make_corpus(CorpusConfig(run=run, source="tweets", limit=30, overwrite=True))
     assert len(read_corpus(run)) == 30

@@ -43,8 +43,17 @@ def test_same_config_rerun_is_a_no_op_and_changed_corpus_is_refused(news_run, tm
     before = read_json(news_run / "acts" / "manifest.json")
     embed_corpus(EmbedConfig(run=str(news_run), shard_rows=128))
     assert read_json(news_run / "acts" / "manifest.json")["shards"] == before["shards"]
-    with pytest.raises(SaescopeError, match="different run.*normalize"):
+    with pytest.raises(SaescopeError, match="option normalize: False -> True"):
         embed_corpus(EmbedConfig(run=str(news_run), shard_rows=128, normalize=True))
+    # a corpus rebuilt under the store: refused, naming the input, and the store is untouched
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(news_run, run)
+    make_corpus(CorpusConfig(run=str(run), source="news", shuffle=True, limit=500, overwrite=True))
+    with pytest.raises(SaescopeError, match="input corpus changed since"):
+        embed_corpus(EmbedConfig(run=str(run), shard_rows=128))
+    assert read_json(run / "acts" / "manifest.json")["shards"] == before["shards"]
 
 
 def _embed_cmd(run):

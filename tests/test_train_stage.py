@@ -79,7 +79,7 @@ def test_train_writes_every_sae_and_skips_a_rerun(store_run, tmp_path):
     stamp = rp.sae_weights.stat().st_mtime_ns
     run(cfg)
     assert rp.sae_weights.stat().st_mtime_ns == stamp
-    with pytest.raises(SaescopeError, match="different options"):
+    with pytest.raises(SaescopeError, match="other inputs or options: option lr"):
         run(small(run_dir, k=[4, 8], lr=1e-3))
 
 

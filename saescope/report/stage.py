@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from saescope.config import config_to_dict, same_config
+from saescope import provenance
+from saescope.config import config_to_dict
 from saescope.errors import SaescopeError
 from saescope.examples import from_features_row
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
@@ -47,10 +48,16 @@ def _inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:
     files += [rp.plots / name for name in PLOT_TITLES]
     if rp.scores.exists():
         files += sorted(rp.scores.glob("*.parquet")) + sorted(rp.scores.glob("*.png"))
-    out = {str(p.relative_to(rp.root)): sha256_file(p) for p in files if p.exists()}
+    out = {_name(p, rp.root): sha256_file(p) for p in files if p.exists()}
     return out | {"page template": sha256_text(HTML + CSS + JS)}
 
 
+def _name(path: Path, root: Path) -> str:
+    """`path` relative to the run when it lies inside it (an SAE may live elsewhere)."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path.resolve())
+
+
+@provenance.locked("report")
 def run(cfg: ReportConfig) -> Path:
     """Write `report/index.html` for `cfg`; return its path."""
     rp = RunPaths(cfg.run)
@@ -65,10 +72,17 @@ def run(cfg: ReportConfig) -> Path:
     lat_cfg = read_json(rp.latents_config)
     sae_dir = Path(lat_cfg.get("sae_dir") or rp.sae)
     inputs = _inputs(rp, sae_dir)
-    if rp.report_index.exists() and rp.report_config.exists():
-        saved = read_json(rp.report_config)
-        if saved.get("inputs") == inputs and not same_config(saved, cfg):
-            return rp.report_index
+    record = provenance.Record.make("report", config_to_dict(cfg), inputs, ignore=("run",))
+    decision = provenance.decide(
+        rp.report_record,
+        record,
+        overwrite=True,  # a page is a view: re-made whenever what it shows changed
+        output_exists=rp.report_index.exists(),
+        output=rp.report_index,
+    )
+    if decision is provenance.Decision.SKIP:
+        return rp.report_index
+    provenance.start(rp.report_record, record)
     manifest = read_json(rp.latents_manifest)
     ann = load_annotations(cfg.run)
     data = page_data(cfg, df, ann, RowTexts(cfg.run, int(manifest["n_rows"])))
@@ -86,7 +100,8 @@ def run(cfg: ReportConfig) -> Path:
     )
     with atomic_path(rp.report_index) as tmp:
         tmp.write_text(page, encoding="utf-8")
-    write_json(rp.report_config, config_to_dict(cfg) | {"inputs": inputs})
+    write_json(rp.report_config, config_to_dict(cfg))
+    provenance.finish(rp.report_record, record)
     return rp.report_index
 
 

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from saescope import provenance
 from saescope._version import __version__
-from saescope.config import config_to_dict, same_config
+from saescope.config import config_to_dict
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
-from saescope.io import read_json
 from saescope.paths import RunPaths, SAEPaths
 from saescope.sae import SAE
 from saescope.store import ActivationStore, split_mask
@@ -48,33 +48,30 @@ def sae_folders(cfg: TrainConfig) -> list[SAEPaths]:
     return out
 
 
-def _check_previous(cfg: TrainConfig, folders: list[SAEPaths]) -> bool:
-    """True when training is finished; raises if `sae/` holds a different training."""
+def _record(cfg: TrainConfig, rp: RunPaths) -> provenance.Record:
+    """What a training reads: its options (not the execution ones) and the activation store."""
+    up = provenance.upstream_ids({"acts": rp.acts_manifest})
+    return provenance.Record.make("train", config_to_dict(cfg), up, ignore=EXECUTION_FIELDS)
+
+
+def _decide(cfg: TrainConfig, record: provenance.Record, folders: list[SAEPaths]) -> bool:
+    """True when training is finished; otherwise clears what must not be resumed.
+
+    A checkpoint is resumed only when the provenance record says it was made from the
+    same store and options; anything else needs --overwrite (see saescope.provenance).
+    """
     first = folders[0]
-    saved = None
-    if first.config.exists():
-        saved = read_json(first.config).get("training")
-        if saved is None and not cfg.overwrite:
-            raise SaescopeError(
-                f"{first.dir} holds an SAE that this command did not train; "
-                "pass --overwrite to replace it or use another --run"
-            )
-    else:
-        ckpt = latest_checkpoint(first)
-        if ckpt is not None and cfg.resume:
-            saved = load_checkpoint(ckpt)["config"]
-    differs = same_config(saved, cfg, ignore=EXECUTION_FIELDS) if saved is not None else []
-    if differs and not cfg.overwrite:
-        raise SaescopeError(
-            f"{first.dir} was trained with different options ({', '.join(differs)}); "
-            "pass --overwrite to retrain or use another --run"
-        )
-    if cfg.overwrite:
+    exists = first.config.exists() or latest_checkpoint(first) is not None
+    decision = provenance.decide(
+        first.train_record, record, overwrite=cfg.overwrite, output_exists=exists, output=first.dir
+    )
+    if decision is provenance.Decision.SKIP:
+        return all(f.config.exists() and f.weights.exists() for f in folders)
+    if decision is provenance.Decision.FRESH and int(os.environ.get("RANK", "0")) == 0:
         for f in folders:
             if f.dir.exists():
                 shutil.rmtree(f.dir)
-        return False
-    return all(f.config.exists() and f.weights.exists() for f in folders)
+    return False
 
 
 def _threads(cfg: TrainConfig, dist: Dist) -> None:
@@ -84,6 +81,7 @@ def _threads(cfg: TrainConfig, dist: Dist) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.world))
 
 
+@provenance.locked("train")
 def run(cfg: TrainConfig) -> Path:
     """Train (or resume, or skip) every SAE of `cfg`; returns the first SAE's folder."""
     rp = RunPaths(cfg.run)
@@ -93,8 +91,12 @@ def run(cfg: TrainConfig) -> Path:
     dist = init_dist(device)
     try:
         _threads(cfg, dist)
-        if not _check_previous(cfg, folders):
-            _train(cfg, store, folders, device, dist)
+        record = _record(cfg, rp)
+        done = _decide(cfg, record, folders)
+        dist.barrier()  # rank 0 may have cleared old folders
+        if not done and _train(cfg, record, store, folders, device, dist) and dist.is_main:
+            for f in folders:
+                provenance.finish(f.train_record, record)
         if cfg.eval_at_end and dist.is_main and all(f.weights.exists() for f in folders):
             from saescope import evaluate
 
@@ -128,12 +130,16 @@ def _plan(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int]:
 
 def _train(
     cfg: TrainConfig,
+    record: provenance.Record,
     store: ActivationStore,
     folders: list[SAEPaths],
     device: torch.device,
     dist: Dist,
-) -> None:
+) -> bool:
+    """Train until done or `stop_after_steps`; True when training finished."""
     per_epoch, total = _plan(cfg, store)
+    if dist.is_main:
+        provenance.start(folders[0].train_record, record)
     sample_rows = min(cfg.init_rows, per_epoch * cfg.batch_size)
     init_sample = next(
         iter(
@@ -199,12 +205,13 @@ def _train(
             skip, epoch = 0, epoch + 1
         if trainer.step < total:
             _checkpoint(cfg, trainer, folders[0], dist)
-            return
+            return False
         _checkpoint(cfg, trainer, folders[0], dist)
         if dist.is_main:
             seconds = time.perf_counter() - t0
             for tr, folder in zip(trainer.trainees, folders, strict=True):
                 _save(cfg, trainer, tr, folder, store, seconds)
+        return True
     except NonFiniteTraining as exc:
         ckpt = latest_checkpoint(folders[0])
         kept = (
