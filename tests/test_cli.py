@@ -60,6 +60,16 @@ def test_every_stage_defaults_to_the_same_run_directory():
     assert DEFAULT_RUN == "runs/default"
 
 
+def test_light_option_modules_agree_with_the_stages():
+    from saescope.options.score import SCORERS
+    from saescope.scoring import embedding, keyword_relevance
+
+    assert SCORERS == (embedding.NAME, keyword_relevance.NAME)
+    for stage in STAGES.values():  # each stage module uses (re-exports) its config class
+        cls = getattr(importlib.import_module(stage.options), stage.config)
+        assert getattr(importlib.import_module(stage.module), stage.config) is cls
+
+
 def test_corpus_embed_train_without_run_share_runs_default(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     topics = ["rain and wind", "stock prices", "football match", "new vaccine", "city council"]
