@@ -40,9 +40,9 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
 from tqdm.auto import tqdm
 
-from saescope import paths
+from saescope import paths, provenance
 from saescope._version import __version__
-from saescope.config import config_to_dict, option, same_config
+from saescope.config import config_to_dict, option
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.examples.table import sample_table_examples
@@ -109,7 +109,7 @@ class LatentsConfig:
 
 
 # options that do not change any output
-_IGNORED = ("run", "device", "batch_size", "overwrite", "sae")
+_IGNORED = ("run", "device", "batch_size", "overwrite", "sae", "max_chunk_nnz")
 
 
 class LatentShard(NamedTuple):
@@ -146,6 +146,23 @@ class LatentCache:
         self.shards: list[dict[str, Any]] = m["shards"]
         self._verify = verify
         self._csc: sp.csc_matrix | None = None
+
+    @property
+    def sae_sha256(self) -> str:
+        """sha256 of the weights of the SAE that encoded the cache."""
+        return str(self.manifest["source"]["sae_sha256"])
+
+    def sae_dir(self) -> Path:
+        """The SAE folder the cache was encoded with; refuses one whose weights changed since."""
+        src = self.manifest["source"]
+        folder = Path(src.get("sae_dir", self.paths.sae))
+        weights = folder / paths.NATIVE_SAE_WEIGHTS
+        if not weights.exists() or sha256_file(weights) != self.sae_sha256:
+            raise SaescopeError(
+                f"the latent cache at {self.dir} was made with the SAE at {folder}, which is "
+                "missing or has changed since; re-run `saescope latents` (with --overwrite)"
+            )
+        return folder
 
     def iter_shards(self) -> Iterator[LatentShard]:
         for s in self.shards:
@@ -203,7 +220,7 @@ class _ShardWriter:
     or sooner when MAX_SHARD_NNZ non-zeros are pending (dense codes would otherwise hold
     shard_rows * L0 triples in memory)."""
 
-    def __init__(self, rp: RunPaths, source: dict[str, Any], shard_rows: int, overwrite: bool):
+    def __init__(self, rp: RunPaths, source: dict[str, Any], shard_rows: int):
         self.rp = rp
         self.source = source
         self.shard_rows = shard_rows
@@ -211,16 +228,8 @@ class _ShardWriter:
         self._pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self._pending_start = 0
         self._pending_nnz = 0
+        # the provenance record has decided: a manifest still here is one to resume
         m = read_json(rp.latents_manifest) if rp.latents_manifest.exists() else None
-        if m is not None and m.get("source") != source:
-            if not overwrite:
-                differs = sorted(k for k in source if m.get("source", {}).get(k) != source[k])
-                raise SaescopeError(
-                    f"{rp.latents} holds latents of another SAE or store ({', '.join(differs)} "
-                    "differ); pass --overwrite to replace them"
-                )
-            shutil.rmtree(rp.latents)
-            m = None
         if m is not None:
             self.shard_rows = m["shard_rows"]
             self.shards = m["shards"]
@@ -281,10 +290,13 @@ class _ShardWriter:
         )
 
 
-def _source(store: ActivationStore, sae: SAE, sae_dir: Path, shard_rows: int) -> dict[str, Any]:
-    """What the cache was made from; a cache with another source cannot be resumed."""
+def _source(
+    store: ActivationStore, sae: SAE, sae_dir: Path, sae_sha256: str, shard_rows: int
+) -> dict[str, Any]:
+    """What the cache was made from (readers find the SAE of the cache here)."""
     return {
-        "sae_sha256": sha256_file(sae_dir / paths.NATIVE_SAE_WEIGHTS),
+        "sae_dir": str(sae_dir.resolve()),
+        "sae_sha256": sae_sha256,
         "store_sha256": sha256_text(json.dumps([s.sha256 for s in store.shards])),
         "n_rows": store.count,
         "d_in": store.d_in,
@@ -349,6 +361,7 @@ def encode_store(
     writer.close(store.count)
 
 
+@provenance.locked("latents")
 def run(cfg: LatentsConfig) -> Path:
     """Fill `latents/` for `cfg` (resuming an interrupted run); return the folder."""
     rp = RunPaths(cfg.run)
@@ -361,18 +374,38 @@ def run(cfg: LatentsConfig) -> Path:
     sae_dir = Path(cfg.sae) if cfg.sae else rp.sae
     store = ActivationStore(rp.acts)
     device = str(pick_device(cfg.device))
-    sae = SAE.load(sae_dir, device=device).eval()
+    sae = SAE.load(sae_dir, device=device).eval()  # names a missing or foreign folder
     if sae.cfg.d_in != store.d_in:
         raise SaescopeError(
             f"the SAE in {sae_dir} takes d_in={sae.cfg.d_in} but the store at {rp.acts} "
             f"holds {store.d_in}-d rows; train an SAE on this store"
         )
-    source = _source(store, sae, sae_dir, cfg.shard_rows)
-    if _is_done(rp, cfg, source):
+    sae_weights = sae_dir / paths.NATIVE_SAE_WEIGHTS
+    record = provenance.Record.make(
+        "latents",
+        config_to_dict(cfg),
+        provenance.upstream_ids({"acts": rp.acts_manifest, "sae": sae_weights}),
+        ignore=_IGNORED,
+    )
+    decision = provenance.decide(
+        rp.latents_record,
+        record,
+        overwrite=cfg.overwrite,
+        output_exists=rp.latents_manifest.exists(),
+        output=rp.latents,
+    )
+    if decision is provenance.Decision.SKIP and _outputs_present(rp, cfg):
         return rp.latents
-    if rp.latents_config.exists():
-        rp.latents_config.unlink()  # outputs are about to change
-    writer = _ShardWriter(rp, source, cfg.shard_rows, cfg.overwrite)
+    source = _source(store, sae, sae_dir, record.upstream["sae"], cfg.shard_rows)
+    # nothing was changed before this point: a refused run leaves a finished cache intact.
+    # Shards encoded by the same SAE from the same store are kept when only the
+    # statistics options changed; the tables are rewritten from them.
+    if decision is provenance.Decision.FRESH and rp.latents.exists():
+        old = read_json(rp.latents_manifest) if rp.latents_manifest.exists() else {}
+        if old.get("source") != source:
+            shutil.rmtree(rp.latents)
+    provenance.start(rp.latents_record, record)
+    writer = _ShardWriter(rp, source, cfg.shard_rows)
     acc = FeatureAccumulator(sae.cfg.d_sae, cfg.top_n)
     for shard in _finished_shards(rp):  # replay what a previous run already cached
         acc.add(
@@ -400,6 +433,7 @@ def run(cfg: LatentsConfig) -> Path:
     wall, cpu = clock.done()
     extra = {"source": source, "sae_dir": str(sae_dir), "seconds": wall, "cpu_seconds": cpu}
     write_json(rp.latents_config, config_to_dict(cfg) | extra)
+    provenance.finish(rp.latents_record, record, {"seconds": wall})
     return rp.latents
 
 
@@ -420,13 +454,10 @@ class _Clock:
         return wall, cpu
 
 
-def _is_done(rp: RunPaths, cfg: LatentsConfig, source: dict[str, Any]) -> bool:
-    if not (rp.latents_config.exists() and rp.features.exists() and rp.latent_index.exists()):
-        return False
-    saved = read_json(rp.latents_config)
-    if saved.get("source") != source or same_config(saved, cfg, ignore=_IGNORED):
-        return False
-    return not cfg.cooccurrence or rp.cooccurrence.exists()
+def _outputs_present(rp: RunPaths, cfg: LatentsConfig) -> bool:
+    """Every file a finished cache has (a complete record with a file removed by hand redoes)."""
+    files = [rp.latents_config, rp.features, rp.latent_index]
+    return all(p.exists() for p in files) and (not cfg.cooccurrence or rp.cooccurrence.exists())
 
 
 def _finished_shards(rp: RunPaths) -> Iterator[LatentShard]:

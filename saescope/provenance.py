@@ -9,6 +9,7 @@ last. `decide` compares the saved record with the one a new call would write:
 
   same config, same upstream, complete        -> SKIP (the output is current)
   same config, same upstream, running         -> RESUME (continue the partial output)
+                                                 (both with or without overwrite)
   anything differs, or no record but output   -> refused with a message that says
                                                  what changed, unless overwrite: FRESH
   nothing there                               -> FRESH
@@ -159,11 +160,10 @@ def decide(
             f"{what} was made from other inputs or options: {'; '.join(changes)}. "
             "Pass --overwrite to redo it, or use another --run"
         )
+    # same inputs and options: --overwrite has nothing different to replace
     if not output_exists:
         return Decision.FRESH
-    if saved.get("status") == "complete":
-        return Decision.FRESH if overwrite else Decision.SKIP
-    return Decision.FRESH if overwrite else Decision.RESUME
+    return Decision.SKIP if saved.get("status") == "complete" else Decision.RESUME
 
 
 def start(path: Path, record: Record) -> None:

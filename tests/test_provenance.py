@@ -65,10 +65,11 @@ def test_record_changes_name_what_differs(tmp_path: Path) -> None:
         is provenance.Decision.RESUME
     )
     provenance.finish(path, rec, {"seconds": 1.0})
-    assert (
-        provenance.decide(path, rec, overwrite=False, output_exists=True)
-        is provenance.Decision.SKIP
-    )
+    for overwrite in (False, True):  # --overwrite replaces other output, not the same
+        assert (
+            provenance.decide(path, rec, overwrite=overwrite, output_exists=True)
+            is provenance.Decision.SKIP
+        )
     # execution-only options change nothing
     same = provenance.Record.make(
         "x", {"k": 4, "run": "q", "device": "cuda"}, up, ignore=("run", "device")

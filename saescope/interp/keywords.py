@@ -24,7 +24,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saescope.config import config_to_dict, option, same_config
+from saescope import provenance
+from saescope.config import config_to_dict, option
 from saescope.corpus import read_corpus
 from saescope.errors import SaescopeError
 from saescope.examples import (
@@ -38,8 +39,8 @@ from saescope.examples import (
 from saescope.interp.candidates import FeatureKeywords, PhraseEmbedder, failed
 from saescope.interp.contrastive import ContrastiveOptions, contrastive_keywords
 from saescope.interp.thesis import ThesisOptions, thesis_keywords
-from saescope.io import atomic_path, read_json, sha256_file, write_json
-from saescope.paths import DEFAULT_RUN, MANIFEST, RunPaths
+from saescope.io import atomic_path, write_json
+from saescope.paths import DEFAULT_RUN, RunPaths
 from saescope.store import ActivationStore
 
 METHODS = ("contrastive", "thesis")
@@ -84,6 +85,9 @@ class KeywordsConfig:
     max_texts: int = option(200, "contrastive: top naming texts per feature")
     min_df: int = option(2, "contrastive: a phrase must occur in this many naming texts")
     prior: float = option(10.0, "contrastive: strength of the log-odds prior")
+    confidence: float = option(
+        2.0, "contrastive: standard errors taken off a phrase's log-odds ratio before ranking"
+    )
     shortlist: int = option(30, "contrastive: phrases per feature re-ranked by the SAE")
     sae_weight: float = option(0.7, "contrastive: weight of the SAE pre-activation (0..1)")
     mmr_lambda: float = option(0.7, "contrastive: relevance versus diversity in MMR (0..1)")
@@ -91,9 +95,27 @@ class KeywordsConfig:
     overwrite: bool = option(False, "replace keywords made with other options")
 
 
-def _upstream(rp: RunPaths, cfg: KeywordsConfig) -> dict[str, str]:
-    files = {"acts": rp.acts / MANIFEST, "sae": rp.sae_weights, "latents": rp.latents / MANIFEST}
-    return {k: sha256_file(p) for k, p in files.items() if p.exists()}
+# options that change no output
+_IGNORED = ("overwrite", "run", "progress", "batch_size")
+
+
+def activation_source(rp: RunPaths, activations: str) -> tuple[Path, dict[str, str]]:
+    """(SAE folder, upstream identities) of the activations the names or scores read.
+
+    With the latent cache, the SAE is the one the cache was encoded with (recorded in
+    the cache), never whatever `sae/` holds now. "sae" is the identity of the SAE's
+    weights in both cases, so names and scores can be checked to use the same codes.
+    """
+    up = provenance.upstream_ids({"corpus": rp.corpus, "acts": rp.acts_manifest})
+    if activations == "latents":
+        from saescope.latents import LatentCache
+
+        cache = LatentCache(rp.root)
+        up |= {"latents": provenance.artifact_id(rp.latents_manifest), "sae": cache.sae_sha256}
+        return cache.sae_dir(), up
+    if not rp.sae_weights.exists():
+        raise SaescopeError(f"no SAE at {rp.sae}; run `saescope train --run {rp.root}` first")
+    return rp.sae, up | {"sae": provenance.artifact_id(rp.sae_weights)}
 
 
 def table(results: dict[int, FeatureKeywords], method: str) -> pa.Table:
@@ -152,6 +174,7 @@ def name_features(
             min_df=cfg.min_df,
             max_texts=cfg.max_texts,
             prior=cfg.prior,
+            confidence=cfg.confidence,
             shortlist=cfg.shortlist,
             sae_weight=cfg.sae_weight,
             mmr_lambda=cfg.mmr_lambda,
@@ -164,6 +187,7 @@ def name_features(
     return out
 
 
+@provenance.locked("keywords")
 def run(cfg: KeywordsConfig) -> Path:
     """Write `interp/keywords.parquet` for `cfg`; skip when it is already there."""
     from saescope.embed import load_sentence_model
@@ -171,17 +195,17 @@ def run(cfg: KeywordsConfig) -> Path:
 
     rp = RunPaths(cfg.run)
     store = ActivationStore(rp.acts, verify=False)
-    upstream = _upstream(rp, cfg)
-    if rp.keywords.exists() and rp.keywords_config.exists():
-        saved = read_json(rp.keywords_config)
-        differs = same_config(saved, cfg, ignore=("overwrite", "run", "progress", "batch_size"))
-        if not differs and saved.get("upstream") == upstream:
-            return rp.keywords
-        if differs and not cfg.overwrite:
-            raise SaescopeError(
-                f"{rp.keywords} was made with other options ({', '.join(differs)} differ); "
-                "pass --overwrite to replace it"
-            )
+    sae_dir, upstream = activation_source(rp, cfg.activations)
+    record = provenance.Record.make("keywords", config_to_dict(cfg), upstream, ignore=_IGNORED)
+    decision = provenance.decide(
+        rp.keywords_record,
+        record,
+        overwrite=cfg.overwrite,
+        output_exists=rp.keywords.exists(),
+        output=rp.keywords,
+    )
+    if decision is provenance.Decision.SKIP:
+        return rp.keywords
     corpus = read_corpus(cfg.run)
     if len(corpus) != store.count:
         raise SaescopeError(
@@ -194,13 +218,15 @@ def run(cfg: KeywordsConfig) -> Path:
             f"the activations ({ex.n_rows} rows) do not match the store ({store.count} rows); "
             "re-run `saescope latents`"
         )
-    sae = SAE.load(rp.sae) if rp.sae_weights.exists() else None
+    sae = SAE.load(sae_dir)
     model = load_sentence_model(run_model_name(store, cfg.model))
     embedder = PhraseEmbedder(model, cfg.batch_size, cfg.progress)
     results = name_features(cfg, ex, corpus["text"].tolist(), store, embedder, sae)
+    provenance.start(rp.keywords_record, record)
     with atomic_path(rp.keywords) as tmp:
         pq.write_table(table(results, cfg.method), tmp)
-    write_json(rp.keywords_config, config_to_dict(cfg) | {"upstream": upstream})
+    write_json(rp.keywords_config, config_to_dict(cfg) | {"sae_dir": str(sae_dir)})
+    provenance.finish(rp.keywords_record, record)
     _print_summary(pd.read_parquet(rp.keywords))
     return rp.keywords
 

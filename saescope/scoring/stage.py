@@ -26,15 +26,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from saescope.config import config_to_dict, same_config
+from saescope import provenance
+from saescope.config import config_to_dict
 from saescope.corpus import read_corpus
 from saescope.errors import SaescopeError
 from saescope.examples import Examples, open_examples, run_model_name, store_is_text_embedding
 from saescope.interp.candidates import PhraseEmbedder, unit_rows
-from saescope.interp.keywords import read_keywords
-from saescope.io import atomic_path, read_json, sha256_file, write_json
+from saescope.interp.keywords import activation_source, read_keywords
+from saescope.io import atomic_path, read_json, write_json
 from saescope.options.score import SCORERS, ScoreConfig
-from saescope.paths import MANIFEST, RunPaths
+from saescope.paths import RunPaths
 from saescope.scoring import embedding, keyword_relevance
 from saescope.scoring.base import FeatureScore, derangement, held_out, summarize
 from saescope.store import ActivationStore
@@ -129,12 +130,28 @@ def score_features(
     return out
 
 
-def _upstream(rp: RunPaths) -> dict[str, str]:
-    files = {"keywords": rp.keywords, "acts": rp.acts / MANIFEST, "sae": rp.sae_weights}
-    files["latents"] = rp.latents / MANIFEST
-    return {k: sha256_file(p) for k, p in files.items() if p.exists()}
+# options that change no output
+_IGNORED = ("overwrite", "run", "progress", "batch_size")
 
 
+def _same_activations(rp: RunPaths, upstream: dict[str, str]) -> None:
+    """Refuse to score names on other activations than those they were made from."""
+    named_from = provenance.saved_upstream(rp.keywords_record)
+    if not named_from:
+        raise SaescopeError(
+            f"{rp.keywords_record} is missing: the keywords have no record of what they were "
+            "made from; re-run `saescope keywords --overwrite`"
+        )
+    differ = [k for k in ("corpus", "acts", "sae") if named_from.get(k) != upstream.get(k)]
+    if differ:
+        raise SaescopeError(
+            f"the keywords in {rp.keywords} were made from other activations than these "
+            f"({', '.join(differ)} differ): scores would not measure those names. Re-run "
+            "`saescope keywords` on these activations (or score with the ones they used)"
+        )
+
+
+@provenance.locked("score")
 def run(cfg: ScoreConfig) -> Path:
     """Write `scores/<scorer>.parquet` (+ summary and plot) for `cfg`."""
     from saescope.embed import load_sentence_model
@@ -142,17 +159,19 @@ def run(cfg: ScoreConfig) -> Path:
     rp = RunPaths(cfg.run)
     out_path, cfg_path = rp.score(cfg.scorer), rp.score_config(cfg.scorer)
     kw = read_keywords(cfg.run)
-    upstream = _upstream(rp)
-    if out_path.exists() and cfg_path.exists():
-        saved = read_json(cfg_path)
-        differs = same_config(saved, cfg, ignore=("overwrite", "run", "progress", "batch_size"))
-        if not differs and saved.get("upstream") == upstream:
-            return out_path
-        if differs and not cfg.overwrite:
-            raise SaescopeError(
-                f"{out_path} was made with other options ({', '.join(differs)} differ); "
-                "pass --overwrite to replace it"
-            )
+    _, upstream = activation_source(rp, cfg.activations)
+    _same_activations(rp, upstream)
+    upstream |= provenance.upstream_ids({"keywords": rp.keywords})
+    record = provenance.Record.make("score", config_to_dict(cfg), upstream, ignore=_IGNORED)
+    decision = provenance.decide(
+        rp.score_record(cfg.scorer),
+        record,
+        overwrite=cfg.overwrite,
+        output_exists=out_path.exists(),
+        output=out_path,
+    )
+    if decision is provenance.Decision.SKIP:
+        return out_path
     if not rp.keywords_config.exists():
         raise SaescopeError(f"{rp.keywords_config} is missing; re-run `saescope keywords`")
     kcfg = read_json(rp.keywords_config)
@@ -189,6 +208,7 @@ def run(cfg: ScoreConfig) -> Path:
         },
         schema=SCHEMA,
     )
+    provenance.start(rp.score_record(cfg.scorer), record)
     with atomic_path(out_path) as tmp:
         pq.write_table(tbl, tmp)
     real = np.array([scores[f].score for f in fs], dtype=float)
@@ -198,7 +218,8 @@ def run(cfg: ScoreConfig) -> Path:
     )
     write_json(rp.score_summary(cfg.scorer), summary)
     plot_scores(real, shuf, cfg.scorer, source, rp.score_plot(cfg.scorer))
-    write_json(cfg_path, config_to_dict(cfg) | {"upstream": upstream})
+    write_json(cfg_path, config_to_dict(cfg))
+    provenance.finish(rp.score_record(cfg.scorer), record)
     _print_summary(summary)
     return out_path
 
