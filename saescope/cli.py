@@ -58,17 +58,20 @@ STAGES: dict[str, Stage] = {
         "train sparse autoencoders on the activation store",
     ),
     "eval": Stage(
-        "saescope.evaluate", "saescope.evaluate", "EvalConfig", "held-out metrics of a trained SAE"
+        "saescope.evaluate",
+        "saescope.options.evaluate",
+        "EvalConfig",
+        "held-out metrics of a trained SAE",
     ),
     "latents": Stage(
         "saescope.latents",
-        "saescope.latents",
+        "saescope.options.latents",
         "LatentsConfig",
         "cache sparse latents, per-feature statistics and examples",
     ),
     "keywords": Stage(
         "saescope.interp.keywords",
-        "saescope.interp.keywords",
+        "saescope.options.keywords",
         "KeywordsConfig",
         "name every feature with keywords (no LLM)",
     ),

@@ -2,6 +2,8 @@
 
 import dataclasses
 import importlib
+import subprocess
+import sys
 
 import pytest
 
@@ -19,6 +21,18 @@ HEAVY = (
     "matplotlib",
     "scipy",
 )
+
+
+def test_building_the_parser_imports_no_heavy_library():
+    code = (
+        "import sys, saescope.cli\n"
+        "saescope.cli.build_parser()\n"
+        f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert proc.stdout.strip() == ""
 
 
 def test_help_lists_every_command_and_every_option_with_its_default(capsys):
@@ -61,10 +75,13 @@ def test_every_stage_defaults_to_the_same_run_directory():
 
 
 def test_light_option_modules_agree_with_the_stages():
+    from saescope.examples import SPLIT_KINDS
+    from saescope.options import keywords
     from saescope.options.score import SCORERS
     from saescope.scoring import embedding, keyword_relevance
 
     assert SCORERS == (embedding.NAME, keyword_relevance.NAME)
+    assert keywords.SPLIT_KINDS == SPLIT_KINDS
     for stage in STAGES.values():  # each stage module uses (re-exports) its config class
         cls = getattr(importlib.import_module(stage.options), stage.config)
         assert getattr(importlib.import_module(stage.module), stage.config) is cls

@@ -1,0 +1,29 @@
+"""Options of the eval stage (`saescope eval`, saescope/evaluate.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saescope.config import option
+from saescope.paths import DEFAULT_RUN
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluate an SAE on the held-out rows of its run's activation store."""
+
+    run: str = option(DEFAULT_RUN, "run directory (reads <run>/acts)")
+    sae: str = option("sae", "SAE folder: a name inside the run (sae, sae-4096-k16) or a path")
+    eval_fraction: float = option(
+        -1.0, "held-out fraction of row ids (negative: the one the SAE was trained with)"
+    )
+    batch_size: int = option(4096, "rows per batch")
+    max_rows: int = option(0, "evaluate at most this many held-out rows (0: all)")
+    retrieval: str = option(
+        "auto",
+        "compute recall@k of nearest neighbours (auto: for sentence embeddings)",
+        choices=("auto", "on", "off"),
+    )
+    retrieval_rows: int = option(5000, "rows used for the nearest-neighbour recall")
+    retrieval_k: int = option(10, "neighbours compared per row")
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
