@@ -182,23 +182,16 @@ def run(cfg: CorpusConfig) -> Path:
     """Write `corpus.parquet` for `cfg`; skip the work if the same corpus is there."""
     rp = RunPaths(cfg.run)
     record = provenance.Record.make(
-        "corpus", config_to_dict(cfg), _source_ids(cfg), ignore=("overwrite", "run")
+        rp.corpus_record, "corpus", cfg, _source_ids(cfg), ignore=("overwrite", "run")
     )
-    decision = provenance.decide(
-        rp.corpus_record,
-        record,
-        overwrite=cfg.overwrite,
-        output_exists=rp.corpus.exists(),
-        output=rp.corpus,
-    )
-    if decision is provenance.Decision.SKIP:
+    if record.decide(cfg.overwrite, rp.corpus) is provenance.Decision.SKIP:
         return rp.corpus
     df = build_corpus(cfg)
-    provenance.start(rp.corpus_record, record)
+    record.start()
     with atomic_path(rp.corpus) as tmp:
         df.to_parquet(tmp, index=False)
     write_json(rp.corpus_config, config_to_dict(cfg) | {"n_rows": len(df)})
-    provenance.finish(rp.corpus_record, record, {"n_rows": len(df)})
+    record.finish({"n_rows": len(df)})
     return rp.corpus
 
 

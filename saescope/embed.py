@@ -92,19 +92,16 @@ def model_dim(model) -> int:
 _IGNORED = ("run", "batch_size", "device", "overwrite", "append", "shard_rows")
 
 
+def _corpus_record(cfg: EmbedConfig, rp: RunPaths) -> provenance.Record:
+    up = provenance.upstream_ids({"corpus": rp.corpus})
+    return provenance.Record.make(rp.acts_record, "embed", cfg, up, _IGNORED)
+
+
 def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
     corpus = read_corpus(cfg.run)
     texts = corpus["text"].tolist()
-    record = provenance.Record.make(
-        "embed", config_to_dict(cfg), provenance.upstream_ids({"corpus": rp.corpus}), _IGNORED
-    )
-    decision = provenance.decide(
-        rp.acts_record,
-        record,
-        overwrite=cfg.overwrite,
-        output_exists=rp.acts_manifest.exists(),
-        output=rp.acts,
-    )
+    record = _corpus_record(cfg, rp)
+    decision = record.decide(cfg.overwrite, rp.acts, exists=rp.acts_manifest.exists())
     if decision is provenance.Decision.SKIP:
         return rp.acts  # no model load
     corpus_sha = record.upstream["corpus"]
@@ -122,7 +119,7 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
     }
     fresh = decision is provenance.Decision.FRESH
     writer = StoreWriter(rp.acts, d_in, cfg.dtype, cfg.shard_rows, meta, overwrite=fresh)
-    provenance.start(rp.acts_record, record)
+    record.start()
     start = writer.rows_done
     bar = tqdm(total=len(texts), initial=start, unit="text", desc="embed", dynamic_ncols=True)
     for lo in range(start, len(texts), writer.shard_rows):
@@ -290,12 +287,10 @@ def run(cfg: EmbedConfig, *, model=None) -> Path:
         upstream = {
             f"vectors {r['file']} (rows {r['start']}..{r['stop']})": r["sha256"] for r in imports
         }
-        record = provenance.Record.make("embed", config_to_dict(cfg), upstream, _IGNORED)
+        record = provenance.Record.make(rp.acts_record, "embed", cfg, upstream, _IGNORED)
     else:
         out = _embed_corpus(cfg, rp, model)
-        record = provenance.Record.make(
-            "embed", config_to_dict(cfg), provenance.upstream_ids({"corpus": rp.corpus}), _IGNORED
-        )
+        record = _corpus_record(cfg, rp)
     write_json(out / STAGE_CONFIG, config_to_dict(cfg))
-    provenance.finish(rp.acts_record, record)
+    record.finish()
     return out

@@ -180,17 +180,11 @@ def run(cfg: EvalConfig) -> Path:
     rp = RunPaths(cfg.run)
     upstream = provenance.upstream_ids({"acts": rp.acts_manifest, "sae": folder.weights})
     config = config_to_dict(cfg) | {"eval_fraction": fraction}  # the fraction actually used
-    record = provenance.Record.make("eval", config, upstream, ignore=_IGNORED)
-    decision = provenance.decide(
-        folder.eval_record,
-        record,
-        overwrite=True,  # metrics of an SAE are redone whenever the SAE or the store changed
-        output_exists=folder.metrics.exists(),
-        output=folder.metrics,
-    )
-    if decision is provenance.Decision.SKIP:
+    record = provenance.Record.make(folder.eval_record, "eval", config, upstream, _IGNORED)
+    # metrics of an SAE are redone whenever the SAE or the store changed: overwrite
+    if record.decide(True, folder.metrics) is provenance.Decision.SKIP:
         return folder.metrics
-    provenance.start(folder.eval_record, record)
+    record.start()
     metrics = evaluate_sae(sae, store, split, fraction, cfg)
     write_json(
         folder.metrics,
@@ -202,5 +196,5 @@ def run(cfg: EvalConfig) -> Path:
             "config": config_to_dict(cfg),
         },
     )
-    provenance.finish(folder.eval_record, record)
+    record.finish()
     return folder.metrics

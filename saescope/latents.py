@@ -357,19 +357,9 @@ def run(cfg: LatentsConfig) -> Path:
             f"holds {store.d_in}-d rows; train an SAE on this store"
         )
     sae_weights = sae_dir / paths.NATIVE_SAE_WEIGHTS
-    record = provenance.Record.make(
-        "latents",
-        config_to_dict(cfg),
-        provenance.upstream_ids({"acts": rp.acts_manifest, "sae": sae_weights}),
-        ignore=_IGNORED,
-    )
-    decision = provenance.decide(
-        rp.latents_record,
-        record,
-        overwrite=cfg.overwrite,
-        output_exists=rp.latents_manifest.exists(),
-        output=rp.latents,
-    )
+    up = provenance.upstream_ids({"acts": rp.acts_manifest, "sae": sae_weights})
+    record = provenance.Record.make(rp.latents_record, "latents", cfg, up, _IGNORED)
+    decision = record.decide(cfg.overwrite, rp.latents, exists=rp.latents_manifest.exists())
     if decision is provenance.Decision.SKIP and _outputs_present(rp, cfg):
         return rp.latents
     source = _source(store, sae, sae_dir, record.upstream["sae"], cfg.shard_rows)
@@ -380,7 +370,7 @@ def run(cfg: LatentsConfig) -> Path:
         old = read_json(rp.latents_manifest) if rp.latents_manifest.exists() else {}
         if old.get("source") != source:
             shutil.rmtree(rp.latents)
-    provenance.start(rp.latents_record, record)
+    record.start()
     writer = _ShardWriter(rp, source, cfg.shard_rows)
     acc = FeatureAccumulator(sae.cfg.d_sae, cfg.top_n)
     for shard in _finished_shards(rp):  # replay what a previous run already cached
@@ -409,7 +399,7 @@ def run(cfg: LatentsConfig) -> Path:
     wall, cpu = clock.done()
     extra = {"source": source, "sae_dir": str(sae_dir), "seconds": wall, "cpu_seconds": cpu}
     write_json(rp.latents_config, config_to_dict(cfg) | extra)
-    provenance.finish(rp.latents_record, record, {"seconds": wall})
+    record.finish({"seconds": wall})
     return rp.latents
 
 

@@ -4,8 +4,9 @@ Every stage calls this module, and no stage decides on its own whether its outpu
 is current. A record holds the stage's name, its config (as saved by
 `config_to_dict`), the package version and the identity (sha256) of every
 upstream artifact the stage read. It is written beside the output twice: with
-status "running" before the first output file changes, and "complete" after the
-last. `decide` compares the saved record with the one a new call would write:
+status "running" before the first output file changes (`Record.start`), and
+"complete" after the last (`Record.finish`). `Record.decide` compares the saved
+record with the one a new call would write:
 
   same config, same upstream, complete        -> SKIP (the output is current)
   same config, same upstream, running         -> RESUME (continue the partial output)
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from saescope._version import __version__
+from saescope.config import config_to_dict
 from saescope.errors import SaescopeError
 from saescope.io import read_json, sha256_file, write_json
 
@@ -66,8 +68,10 @@ def upstream_ids(artifacts: Mapping[str, Path | None]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Record:
-    """What one stage call reads: its config (without execution-only fields) and inputs."""
+    """What one stage call reads (its options without execution-only ones, its inputs),
+    and the file beside its output where that is recorded."""
 
+    path: Path
     stage: str
     config: dict[str, Any]
     upstream: dict[str, str]
@@ -75,17 +79,20 @@ class Record:
     @classmethod
     def make(
         cls,
+        path: Path,
         stage: str,
-        config: Mapping[str, Any],
+        config: Any,
         upstream: Mapping[str, str],
         ignore: tuple[str, ...] = (),
     ) -> Record:
+        """`config`: the stage's config dataclass (or a dict of its fields)."""
+        fields = config if isinstance(config, Mapping) else config_to_dict(config)
         skip = set(ignore) | {"saescope_version"}
         # through JSON so tuples, paths and the like compare as they are saved
         cfg = json.loads(
-            json.dumps({k: v for k, v in config.items() if k not in skip}, default=str)
+            json.dumps({k: v for k, v in fields.items() if k not in skip}, default=str)
         )
-        return cls(stage, cfg, dict(upstream))
+        return cls(Path(path), stage, cfg, dict(upstream))
 
     def to_json(self, status: str, result: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -117,6 +124,42 @@ class Record:
                 )
         return out
 
+    def decide(self, overwrite: bool, output: Path, exists: bool | None = None) -> Decision:
+        """SKIP, RESUME or FRESH for this call; raises when it would replace other output.
+
+        `output` names the stage's output in messages; `exists` says whether it is on
+        disk now, finished or partial (default: whether `output` exists).
+        """
+        exists = Path(output).exists() if exists is None else exists
+        saved = read_record(self.path)
+        if saved is None:
+            if exists and not overwrite:
+                raise SaescopeError(
+                    f"{output} exists but has no provenance record ({self.path.name}): it was "
+                    "made by an older saescope or by hand; pass --overwrite to replace it"
+                )
+            return Decision.FRESH
+        changes = self.changes(saved)
+        if changes:
+            if overwrite:
+                return Decision.FRESH
+            raise SaescopeError(
+                f"{output} was made from other inputs or options: {'; '.join(changes)}. "
+                "Pass --overwrite to redo it, or use another --run"
+            )
+        # same inputs and options: --overwrite has nothing different to replace
+        if not exists:
+            return Decision.FRESH
+        return Decision.SKIP if saved.get("status") == "complete" else Decision.RESUME
+
+    def start(self) -> None:
+        """Mark the output as being made from this record (before its first file changes)."""
+        write_json(self.path, self.to_json("running"))
+
+    def finish(self, result: Mapping[str, Any] | None = None) -> None:
+        """Mark the output complete (after its last file is written); `result`: derived values."""
+        write_json(self.path, self.to_json("complete", result))
+
 
 def read_record(path: Path) -> dict[str, Any] | None:
     """A saved record, or None when there is none (or the file is not one)."""
@@ -128,52 +171,6 @@ def read_record(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return saved if isinstance(saved, dict) and saved.get("format") == FORMAT else None
-
-
-def decide(
-    path: Path,
-    record: Record,
-    *,
-    overwrite: bool,
-    output_exists: bool,
-    output: Path | str | None = None,
-) -> Decision:
-    """SKIP, RESUME or FRESH for a stage call; raises when it would replace other output.
-
-    `output_exists`: whether the stage's output (finished or partial) is on disk now;
-    `output` names it in messages.
-    """
-    what = output or Path(path).parent
-    saved = read_record(path)
-    if saved is None:
-        if output_exists and not overwrite:
-            raise SaescopeError(
-                f"{what} exists but has no provenance record ({Path(path).name}): it was made "
-                "by an older saescope or by hand; pass --overwrite to replace it"
-            )
-        return Decision.FRESH
-    changes = record.changes(saved)
-    if changes:
-        if overwrite:
-            return Decision.FRESH
-        raise SaescopeError(
-            f"{what} was made from other inputs or options: {'; '.join(changes)}. "
-            "Pass --overwrite to redo it, or use another --run"
-        )
-    # same inputs and options: --overwrite has nothing different to replace
-    if not output_exists:
-        return Decision.FRESH
-    return Decision.SKIP if saved.get("status") == "complete" else Decision.RESUME
-
-
-def start(path: Path, record: Record) -> None:
-    """Mark the output as being made from `record` (before its first file changes)."""
-    write_json(path, record.to_json("running"))
-
-
-def finish(path: Path, record: Record, result: Mapping[str, Any] | None = None) -> None:
-    """Mark the output complete (after its last file is written); `result` holds derived values."""
-    write_json(path, record.to_json("complete", result))
 
 
 def saved_upstream(path: Path) -> dict[str, str]:

@@ -51,43 +51,31 @@ def small_train(run_dir: Path, **kw) -> TrainConfig:
 
 def test_record_changes_name_what_differs(tmp_path: Path) -> None:
     up = {"acts": "a" * 64}
-    rec = provenance.Record.make(
-        "x", {"k": 4, "run": "r", "device": "cpu"}, up, ignore=("run", "device")
-    )
-    path = tmp_path / "p.json"
-    assert (
-        provenance.decide(path, rec, overwrite=False, output_exists=False)
-        is provenance.Decision.FRESH
-    )
-    provenance.start(path, rec)
-    assert (
-        provenance.decide(path, rec, overwrite=False, output_exists=True)
-        is provenance.Decision.RESUME
-    )
-    provenance.finish(path, rec, {"seconds": 1.0})
+    path, out = tmp_path / "p.json", tmp_path / "out"
+    ignore = ("run", "device")
+    rec = provenance.Record.make(path, "x", {"k": 4, "run": "r", "device": "cpu"}, up, ignore)
+    D = provenance.Decision
+    assert rec.decide(False, out) is D.FRESH  # nothing there
+    rec.start()
+    out.write_text("partial")
+    assert rec.decide(False, out) is D.RESUME
+    rec.finish({"seconds": 1.0})
+    assert read_json(path)["result"] == {"seconds": 1.0}
     for overwrite in (False, True):  # --overwrite replaces other output, not the same
-        assert (
-            provenance.decide(path, rec, overwrite=overwrite, output_exists=True)
-            is provenance.Decision.SKIP
-        )
+        assert rec.decide(overwrite, out) is D.SKIP
+    assert rec.decide(False, out, exists=False) is D.FRESH  # output removed by hand: redo
     # execution-only options change nothing
-    same = provenance.Record.make(
-        "x", {"k": 4, "run": "q", "device": "cuda"}, up, ignore=("run", "device")
-    )
-    assert (
-        provenance.decide(path, same, overwrite=False, output_exists=True)
-        is provenance.Decision.SKIP
-    )
-    other = provenance.Record.make("x", {"k": 8}, {"acts": "b" * 64})
+    same = provenance.Record.make(path, "x", {"k": 4, "run": "q", "device": "cuda"}, up, ignore)
+    assert same.decide(False, out) is D.SKIP
+    other = provenance.Record.make(path, "x", {"k": 8}, {"acts": "b" * 64})
     with pytest.raises(SaescopeError, match=r"option k: 4 -> 8; input acts changed since"):
-        provenance.decide(path, other, overwrite=False, output_exists=True)
-    assert (
-        provenance.decide(path, other, overwrite=True, output_exists=True)
-        is provenance.Decision.FRESH
-    )
+        other.decide(False, out)
+    assert other.decide(True, out) is D.FRESH
     # output without a record (an older saescope, or made by hand) is never silently replaced
+    orphan = provenance.Record.make(tmp_path / "none.json", "x", {"k": 4}, up)
     with pytest.raises(SaescopeError, match="no provenance record"):
-        provenance.decide(tmp_path / "none.json", rec, overwrite=False, output_exists=True)
+        orphan.decide(False, out)
+    assert orphan.decide(True, out) is D.FRESH
 
 
 def test_a_rebuilt_store_makes_train_and_eval_redo(tmp_path: Path) -> None:

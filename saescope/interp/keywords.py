@@ -156,15 +156,8 @@ def run(cfg: KeywordsConfig) -> Path:
     rp = RunPaths(cfg.run)
     store = ActivationStore(rp.acts, verify=False)
     sae_dir, upstream = activation_source(rp, cfg.activations)
-    record = provenance.Record.make("keywords", config_to_dict(cfg), upstream, ignore=_IGNORED)
-    decision = provenance.decide(
-        rp.keywords_record,
-        record,
-        overwrite=cfg.overwrite,
-        output_exists=rp.keywords.exists(),
-        output=rp.keywords,
-    )
-    if decision is provenance.Decision.SKIP:
+    record = provenance.Record.make(rp.keywords_record, "keywords", cfg, upstream, _IGNORED)
+    if record.decide(cfg.overwrite, rp.keywords) is provenance.Decision.SKIP:
         return rp.keywords
     corpus = read_corpus(cfg.run)
     if len(corpus) != store.count:
@@ -182,11 +175,11 @@ def run(cfg: KeywordsConfig) -> Path:
     model = load_sentence_model(run_model_name(store, cfg.model))
     embedder = PhraseEmbedder(model, cfg.batch_size, cfg.progress)
     results = name_features(cfg, ex, corpus["text"].tolist(), store, embedder, sae)
-    provenance.start(rp.keywords_record, record)
+    record.start()
     with atomic_path(rp.keywords) as tmp:
         pq.write_table(table(results, cfg.method), tmp)
     write_json(rp.keywords_config, config_to_dict(cfg) | {"sae_dir": str(sae_dir)})
-    provenance.finish(rp.keywords_record, record)
+    record.finish()
     _print_summary(pd.read_parquet(rp.keywords))
     return rp.keywords
 

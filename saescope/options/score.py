@@ -22,7 +22,11 @@ class ScoreConfig:
         "where feature activations come from: the latent cache, or the SAE run over the store",
         choices=("latents", "sae"),
     )
-    model: str | None = option(None, "sentence model for queries (default: the store's model)")
+    model: str | None = option(
+        None,
+        "sentence model that embeds names and held-out texts (default: the store's model, the "
+        "one the keywords were made with; all-mpnet-base-v2, packaged, scores independently)",
+    )
     max_pos: int = option(100, "embedding: most activating held-out texts per feature")
     n_neg: int = option(100, "embedding: held-out non-activating texts per feature")
     min_pos: int = option(2, "features with fewer held-out activating texts are not scored")

@@ -72,17 +72,11 @@ def run(cfg: ReportConfig) -> Path:
     lat_cfg = read_json(rp.latents_config)
     sae_dir = Path(lat_cfg.get("sae_dir") or rp.sae)
     inputs = _inputs(rp, sae_dir)
-    record = provenance.Record.make("report", config_to_dict(cfg), inputs, ignore=("run",))
-    decision = provenance.decide(
-        rp.report_record,
-        record,
-        overwrite=True,  # a page is a view: re-made whenever what it shows changed
-        output_exists=rp.report_index.exists(),
-        output=rp.report_index,
-    )
-    if decision is provenance.Decision.SKIP:
+    record = provenance.Record.make(rp.report_record, "report", cfg, inputs, ignore=("run",))
+    # a page is a view: re-made whenever what it shows changed (overwrite)
+    if record.decide(True, rp.report_index) is provenance.Decision.SKIP:
         return rp.report_index
-    provenance.start(rp.report_record, record)
+    record.start()
     manifest = read_json(rp.latents_manifest)
     ann = load_annotations(cfg.run)
     data = page_data(cfg, df, ann, RowTexts(cfg.run, int(manifest["n_rows"])))
@@ -101,7 +95,7 @@ def run(cfg: ReportConfig) -> Path:
     with atomic_path(rp.report_index) as tmp:
         tmp.write_text(page, encoding="utf-8")
     write_json(rp.report_config, config_to_dict(cfg))
-    provenance.finish(rp.report_record, record)
+    record.finish()
     return rp.report_index
 
 

@@ -162,15 +162,10 @@ def run(cfg: ScoreConfig) -> Path:
     _, upstream = activation_source(rp, cfg.activations)
     _same_activations(rp, upstream)
     upstream |= provenance.upstream_ids({"keywords": rp.keywords})
-    record = provenance.Record.make("score", config_to_dict(cfg), upstream, ignore=_IGNORED)
-    decision = provenance.decide(
-        rp.score_record(cfg.scorer),
-        record,
-        overwrite=cfg.overwrite,
-        output_exists=out_path.exists(),
-        output=out_path,
+    record = provenance.Record.make(
+        rp.score_record(cfg.scorer), "score", cfg, upstream, ignore=_IGNORED
     )
-    if decision is provenance.Decision.SKIP:
+    if record.decide(cfg.overwrite, out_path) is provenance.Decision.SKIP:
         return out_path
     if not rp.keywords_config.exists():
         raise SaescopeError(f"{rp.keywords_config} is missing; re-run `saescope keywords`")
@@ -208,18 +203,20 @@ def run(cfg: ScoreConfig) -> Path:
         },
         schema=SCHEMA,
     )
-    provenance.start(rp.score_record(cfg.scorer), record)
+    record.start()
     with atomic_path(out_path) as tmp:
         pq.write_table(tbl, tmp)
     real = np.array([scores[f].score for f in fs], dtype=float)
     shuf = np.array([scores[f].shuffled_score for f in fs], dtype=float)
-    summary = {"scorer": cfg.scorer, "source": source, "n_features": len(fs)} | summarize(
-        real, shuf
-    )
+    # the names' own model re-uses the space the SAE re-rank picked phrases in: say so
+    namer_model = run_model_name(store, kcfg.get("model"))
+    summary: dict[str, Any] = {"scorer": cfg.scorer, "source": source, "model": model_name}
+    summary["independent_model"] = model_name != namer_model
+    summary |= {"n_features": len(fs)} | summarize(real, shuf)
     write_json(rp.score_summary(cfg.scorer), summary)
     plot_scores(real, shuf, cfg.scorer, source, rp.score_plot(cfg.scorer))
     write_json(cfg_path, config_to_dict(cfg))
-    provenance.finish(rp.score_record(cfg.scorer), record)
+    record.finish()
     _print_summary(summary)
     return out_path
 
@@ -231,8 +228,14 @@ def _print_summary(s: dict) -> None:
     print(
         f"{s['scorer']} ({s['source']} keywords), {s['n_scored']} of {s['n_features']} features: "
         f"mean {fmt(s['mean'])} (shuffled {fmt(s['shuffled_mean'])}), "
-        f"median {fmt(s['median'])} (shuffled {fmt(s['shuffled_median'])})"
+        f"median {fmt(s['median'])} (shuffled {fmt(s['shuffled_median'])}); "
+        f"scored with {s['model']}"
     )
+    if not s["independent_model"]:
+        print(
+            "  (the model the names were made with; `--model all-mpnet-base-v2` scores them "
+            "with a model the namer did not use)"
+        )
 
 
 def plot_scores(

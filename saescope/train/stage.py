@@ -51,7 +51,8 @@ def sae_folders(cfg: TrainConfig) -> list[SAEPaths]:
 def _record(cfg: TrainConfig, rp: RunPaths) -> provenance.Record:
     """What a training reads: its options (not the execution ones) and the activation store."""
     up = provenance.upstream_ids({"acts": rp.acts_manifest})
-    return provenance.Record.make("train", config_to_dict(cfg), up, ignore=EXECUTION_FIELDS)
+    path = sae_folders(cfg)[0].train_record
+    return provenance.Record.make(path, "train", cfg, up, ignore=EXECUTION_FIELDS)
 
 
 def _decide(cfg: TrainConfig, record: provenance.Record, folders: list[SAEPaths]) -> bool:
@@ -62,9 +63,7 @@ def _decide(cfg: TrainConfig, record: provenance.Record, folders: list[SAEPaths]
     """
     first = folders[0]
     exists = first.config.exists() or latest_checkpoint(first) is not None
-    decision = provenance.decide(
-        first.train_record, record, overwrite=cfg.overwrite, output_exists=exists, output=first.dir
-    )
+    decision = record.decide(cfg.overwrite, first.dir, exists=exists)
     if decision is provenance.Decision.SKIP:
         return all(f.config.exists() and f.weights.exists() for f in folders)
     if decision is provenance.Decision.FRESH and int(os.environ.get("RANK", "0")) == 0:
@@ -95,8 +94,8 @@ def run(cfg: TrainConfig) -> Path:
         done = _decide(cfg, record, folders)
         dist.barrier()  # rank 0 may have cleared old folders
         if not done and _train(cfg, record, store, folders, device, dist) and dist.is_main:
-            for f in folders:
-                provenance.finish(f.train_record, record)
+            for f in folders:  # each SAE of the sweep carries the record of its training
+                dataclasses.replace(record, path=f.train_record).finish()
         if cfg.eval_at_end and dist.is_main and all(f.weights.exists() for f in folders):
             from saescope import evaluate
 
@@ -139,7 +138,7 @@ def _train(
     """Train until done or `stop_after_steps`; True when training finished."""
     per_epoch, total = _plan(cfg, store)
     if dist.is_main:
-        provenance.start(folders[0].train_record, record)
+        record.start()
     sample_rows = min(cfg.init_rows, per_epoch * cfg.batch_size)
     init_sample = next(
         iter(
