@@ -10,8 +10,8 @@ In: `acts/` (the activation store) and `sae/` (or `--sae DIR`). Out, under `late
   plots/*.png              density, L0 and activation histograms
   config.json              the options, written last (its presence means "done")
 
-The store is streamed once in row order; per-feature count, sum, max and top-N are
-accumulated on the fly, so memory does not grow with rows. Quantile and random
+The store is streamed once in row order; per-feature count, sum and max are
+accumulated on the fly, so memory does not grow with rows. Top, quantile and random
 examples (chosen by `saescope.examples`, in blocks of features spilled to disk:
 one more read of the shards) and co-occurrence come from passes over the sparse
 shards whose number does not grow with rows. Shards are atomic; a
@@ -44,8 +44,10 @@ from saescope._version import __version__
 from saescope.config import config_to_dict
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
+from saescope.examples.activations import Activations, csc_from_triples
+from saescope.examples.select import ExampleOptions, Picked
 from saescope.examples.table import sample_table_examples
-from saescope.features import FeatureAccumulator, cooccurrence, one_thread
+from saescope.features import FeatureAccumulator, cooccurrence
 from saescope.io import (
     atomic_path,
     read_finished_manifest,
@@ -57,6 +59,7 @@ from saescope.io import (
 from saescope.options.latents import LatentsConfig
 from saescope.paths import RunPaths
 from saescope.sae import SAE
+from saescope.sae.sparse import encode_sparse, one_thread
 from saescope.store import ActivationStore
 
 FORMAT = "saescope.latents/1"
@@ -100,9 +103,9 @@ class LatentCache:
     """Read a finished latent cache of a run.
 
     `iter_shards` streams the sparse shards; `to_csr` and `feature_values` load the
-    whole cache into memory (n_rows * L0 non-zeros at 16 bytes each), which is fine
-    for interpretability-sized runs (a few million non-zeros); stream with
-    `iter_shards` beyond that.
+    whole cache into memory once (`saescope.examples.Activations`, 8 bytes a non-zero),
+    which is fine for interpretability-sized runs (a few million non-zeros); stream
+    with `iter_shards` beyond that.
     """
 
     def __init__(self, run_dir: str | Path, verify: bool = False) -> None:
@@ -121,7 +124,7 @@ class LatentCache:
         self.nnz: int = m["nnz"]
         self.shards: list[dict[str, Any]] = m["shards"]
         self._verify = verify
-        self._csc: sp.csc_matrix | None = None
+        self._acts: Activations | None = None
 
     @property
     def sae_sha256(self) -> str:
@@ -150,25 +153,20 @@ class LatentCache:
 
     def to_csr(self) -> sp.csr_matrix:
         """The whole (n_rows, d_sae) float32 code matrix as scipy CSR."""
-        parts = list(self.iter_shards())
-        rows = np.concatenate([p.rows for p in parts]) if parts else np.empty(0, np.int64)
-        feats = np.concatenate([p.features for p in parts]) if parts else np.empty(0, np.int32)
-        vals = np.concatenate([p.values for p in parts]) if parts else np.empty(0, np.float32)
-        return sp.csr_matrix((vals, (rows, feats)), shape=(self.n_rows, self.d_sae))
+        return self._activations().codes.tocsr()
 
     def feature_values(self, feature: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows int64 ascending, values float32) where `feature` is active."""
-        if not 0 <= feature < self.d_sae:
-            raise SaescopeError(f"feature {feature} is out of range; the SAE has {self.d_sae}")
-        if self._csc is None:
-            from saescope.examples import csc_from_triples
+        acts = self._activations()
+        acts.check_features([feature])  # names an id out of range
+        return acts.column(feature)
 
-            self._csc = csc_from_triples(self.triples, self.n_rows, self.d_sae)
-        lo, hi = self._csc.indptr[feature], self._csc.indptr[feature + 1]
-        rows = self._csc.indices[lo:hi].astype(np.int64)
-        vals = np.asarray(self._csc.data[lo:hi], dtype=np.float32)
-        order = np.argsort(rows, kind="stable")
-        return rows[order], vals[order]
+    def _activations(self) -> Activations:
+        """Every row's codes as one CSC matrix, built once (see `saescope.examples`)."""
+        if self._acts is None:
+            csc = csc_from_triples(self.triples, self.n_rows, self.d_sae)
+            self._acts = Activations(csc, "latents")
+        return self._acts
 
     def features(self) -> pd.DataFrame:
         """features.parquet as a DataFrame."""
@@ -281,30 +279,6 @@ def _source(
     }
 
 
-def encode_sparse(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The non-zeros of `sae.encode(x)` as (rows, features, values), row-major, features ascending.
-
-    TopK SAEs skip the dense codes: the k largest pre-activations of each row, then
-    relu, exactly as `SAE.sparsify` does before scattering them into a dense matrix
-    (the tests compare the cache with `sae.encode`). Other architectures scan the
-    dense codes.
-    """
-    if sae.cfg.architecture == "topk":
-        xs, _, _ = sae._standardize(x.to(sae.W_enc.dtype))
-        h = sae.pre_activations(xs)  # (batch, d_sae)
-        vals, idx = torch.topk(h, int(sae.cfg.k or 0), dim=-1, sorted=False)  # (batch, k)
-        with one_thread():
-            idx, order = torch.sort(idx, dim=1)
-            vals = torch.relu(vals.gather(1, order))
-            keep = vals > 0
-            rows = torch.arange(len(x), device=x.device).unsqueeze(1).expand_as(idx)[keep]
-            return rows, idx[keep], vals[keep]
-    codes = sae.encode(x)  # (batch, d_sae)
-    with one_thread():
-        r, f = codes.nonzero(as_tuple=True)
-        return r, f, codes[r, f]
-
-
 def encode_store(
     store: ActivationStore,
     sae: SAE,
@@ -372,7 +346,7 @@ def run(cfg: LatentsConfig) -> Path:
             shutil.rmtree(rp.latents)
     record.start()
     writer = _ShardWriter(rp, source, cfg.shard_rows)
-    acc = FeatureAccumulator(sae.cfg.d_sae, cfg.top_n)
+    acc = FeatureAccumulator(sae.cfg.d_sae)
     for shard in _finished_shards(rp):  # replay what a previous run already cached
         acc.add(
             torch.from_numpy(shard.rows),
@@ -463,20 +437,22 @@ def write_features(
     with np.errstate(divide="ignore"):
         log10 = np.where(dead, np.nan, np.log10(np.where(dead, 1.0, density)))
     hist_feats = np.argsort(-count, kind="stable")[: min(N_HIST_FEATURES, int((~dead).sum()))]
-    ex = sample_table_examples(
-        cache.triples,
-        count,
-        n_rows,
+    opts = ExampleOptions(
+        n_top=cfg.top_n,
         n_quantiles=cfg.n_quantiles,
         per_quantile=cfg.examples_per_quantile,
         n_random=cfg.n_random,
         seed=cfg.seed,
+    )
+    ex = sample_table_examples(
+        cache.triples,
+        count,
+        n_rows,
+        opts,
         max_nnz=cfg.max_chunk_nnz,
         hist_features=hist_feats.tolist(),
         spill_dir=rp.latents,
     )
-    top_vals, top_rows = acc.top_vals.numpy(), acc.top_rows.numpy()
-    n_top = np.minimum(count, cfg.top_n)
     sums = acc.sum.numpy()
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_active = np.where(dead, np.nan, sums / np.maximum(count, 1))
@@ -489,14 +465,8 @@ def write_features(
         "mean_act": (sums / max(n_rows, 1)).astype(np.float32),
         "mean_active_act": mean_active.astype(np.float32),
         "dead": dead,
-        "top_rows": [top_rows[f, : n_top[f]] for f in range(d_sae)],
-        "top_acts": [top_vals[f, : n_top[f]] for f in range(d_sae)],
-        "quantile_rows": ex.quantile_rows,
-        "quantile_acts": ex.quantile_acts,
-        "quantile_bins": ex.quantile_bins,
-        "random_rows": [
-            np.empty(0, np.int64) if dead[f] else ex.random_rows[f] for f in range(d_sae)
-        ],
+        # top_rows ... random_rows: what `saescope.examples` picks (dead features: empty)
+        **{name: [getattr(p, name) for p in ex.picked] for name in Picked._fields},
     }
     table = pa.table(
         {f.name: pa.array(cols[f.name], type=f.type) for f in FEATURES_SCHEMA},

@@ -145,27 +145,21 @@ def test_table_sampler_equals_examples_of_all(data, tmp_path, max_nnz):
         reads.append(1)
         return iter(chunks)
 
+    opts = ExampleOptions(n_top=12, n_quantiles=5, per_quantile=3, n_random=20, seed=7)
     t = sample_table_examples(
-        source,
-        acts.counts(),
-        N_ROWS,
-        n_quantiles=5,
-        per_quantile=3,
-        n_random=20,
-        seed=7,
-        max_nnz=max_nnz,
-        spill_dir=tmp_path,
+        source, acts.counts(), N_ROWS, opts, max_nnz=max_nnz, spill_dir=tmp_path
     )
     assert len(reads) == 1  # one read of the shards, however many blocks
     assert not list(tmp_path.iterdir())  # the spill folder is gone
     ex = Examples(acts, split)
-    opts = ExampleOptions(n_quantiles=5, per_quantile=3, n_random=20, seed=7)
     for f in range(D_SAE):
         fe = ex.of(f, "all", opts)
-        np.testing.assert_array_equal(fe.quantile_rows, t.quantile_rows[f])
-        np.testing.assert_array_equal(fe.quantile_acts, t.quantile_acts[f])
-        np.testing.assert_array_equal(fe.quantile_bins, t.quantile_bins[f])
-        np.testing.assert_array_equal(fe.random_rows, t.random_rows[f])
+        np.testing.assert_array_equal(fe.top_rows, t.picked[f].top_rows)
+        np.testing.assert_array_equal(fe.top_acts, t.picked[f].top_acts)
+        np.testing.assert_array_equal(fe.quantile_rows, t.picked[f].quantile_rows)
+        np.testing.assert_array_equal(fe.quantile_acts, t.picked[f].quantile_acts)
+        np.testing.assert_array_equal(fe.quantile_bins, t.picked[f].quantile_bins)
+        np.testing.assert_array_equal(fe.random_rows, t.picked[f].random_rows)
 
 
 def test_features_row_and_limit():

@@ -281,7 +281,7 @@ def test_shards_are_cut_by_nonzeros_too(cached, tmp_path: Path, monkeypatch) -> 
 
 @pytest.mark.parametrize("arch", ["topk", "jumprelu"])
 def test_encode_sparse_equals_dense_codes(arch: str) -> None:
-    from saescope.latents import encode_sparse
+    from saescope.sae.sparse import encode_sparse
 
     g = torch.Generator().manual_seed(3)
     cfg = SAEConfig(arch, 24, 64, k=6 if arch == "topk" else None, input_norm="row_standardize")

@@ -20,12 +20,11 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from saescope import paths
+from saescope import paths, provenance
 from saescope.errors import SaescopeError
+from saescope.options.examples import ACTIVATION_SOURCES
 from saescope.paths import RunPaths
 from saescope.store import ActivationStore
-
-ACTIVATION_SOURCES = ("latents", "sae")
 
 # A callable that yields (rows, features, values) triples, rows ascending within and across.
 TripleSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
@@ -125,6 +124,7 @@ def encode_store(run: Path, batch_size: int = 4096) -> sp.csc_matrix:
     import torch
 
     from saescope.sae import SAE
+    from saescope.sae.sparse import encode_sparse
 
     rp = RunPaths(run)
     if not rp.sae_weights.exists():
@@ -140,15 +140,31 @@ def encode_store(run: Path, batch_size: int = 4096) -> sp.csc_matrix:
     bar = tqdm(total=store.count, desc="encode store", unit="row")
     with torch.inference_mode():
         for x in store.iter_batches(batch_size, shuffle=False):
-            codes = sae.encode(x)  # (batch, d_sae)
-            r, f = codes.nonzero(as_tuple=True)
-            triples.append(
-                ((r + start).numpy(), f.numpy().astype(np.int32), codes[r, f].float().numpy())
-            )
+            r, f, v = encode_sparse(sae, x)
+            triples.append(((r + start).numpy(), f.numpy().astype(np.int32), v.float().numpy()))
             start += len(x)
             bar.update(len(x))
     bar.close()
     return csc_from_triples(lambda: iter(triples), store.count, sae.cfg.d_sae)
+
+
+def activation_source(rp: RunPaths, activations: str) -> tuple[Path, dict[str, str]]:
+    """(SAE folder, upstream identities) of the activations the names or scores read.
+
+    With the latent cache, the SAE is the one the cache was encoded with (recorded in
+    the cache), never whatever `sae/` holds now. "sae" is the identity of the SAE's
+    weights in both cases, so names and scores can be checked to use the same codes.
+    """
+    up = provenance.upstream_ids({"corpus": rp.corpus, "acts": rp.acts_manifest})
+    if activations == "latents":
+        from saescope.latents import LatentCache  # the latents stage imports this package
+
+        cache = LatentCache(rp.root)
+        up |= {"latents": provenance.artifact_id(rp.latents_manifest), "sae": cache.sae_sha256}
+        return cache.sae_dir(), up
+    if not rp.sae_weights.exists():
+        raise SaescopeError(f"no SAE at {rp.sae}; run `saescope train --run {rp.root}` first")
+    return rp.sae, up | {"sae": provenance.artifact_id(rp.sae_weights)}
 
 
 def load_activations(run: str | Path, source: str = "latents") -> Activations:

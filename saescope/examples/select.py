@@ -5,9 +5,10 @@ In: `Activations`, a `Split` and a half ("naming", "scoring" or "all"), and
 `Examples.of(feature, half, opts)`; or, for the table the latents stage wrote,
 `from_features_row(row)` (half "all").
 
-The rules (the latents stage's table uses the same functions, so
+`pick` applies the rules to one feature's activating rows; `Examples.of` and the
+latents stage's streamed table (`saescope.examples.table`) both call it, so
 `Examples.of(f, "all", opts)` with the stage's options and seed gives exactly the
-rows of `features.parquet`):
+rows of `features.parquet`. The rules:
 - top: the `n_top` highest activations of the half, ties to the smaller row id;
 - quantiles: the half's activating rows sorted by activation (ties by row id) are
   cut into `n_quantiles` bins of (nearly) equal size by rank; up to `per_quantile`
@@ -82,6 +83,52 @@ class FeatureExamples(NamedTuple):
             quantile_acts=self.quantile_acts[q],
             quantile_bins=self.quantile_bins[q],
         )
+
+
+class Picked(NamedTuple):
+    """The rows `pick` chooses for one feature: the `FeatureExamples` fields of the rules."""
+
+    top_rows: np.ndarray  # (<= n_top,) int64, highest activation first
+    top_acts: np.ndarray  # float32
+    quantile_rows: np.ndarray  # int64, grouped by bin ascending, activation ascending
+    quantile_acts: np.ndarray  # float32
+    quantile_bins: np.ndarray  # int16, 0 = lowest activations
+    random_rows: np.ndarray  # int64, rows of the pool where the feature is 0
+
+
+NOTHING_PICKED = Picked(_EMPTY_I, _EMPTY_F, _EMPTY_I, _EMPTY_F, np.empty(0, np.int16), _EMPTY_I)
+
+
+def pick(
+    rows: np.ndarray,
+    vals: np.ndarray,
+    pool: int | np.ndarray,
+    opts: ExampleOptions,
+    feature: int,
+    active: np.ndarray | None = None,
+) -> Picked:
+    """The top, quantile and random rows of `feature` (the rules of the module docstring).
+
+    rows: (c,) int64 ascending, the rows of a half where the feature is active;
+    vals: (c,) float32, its activations there. pool: the half's row ids, ascending, or
+    n_rows for all rows: where random rows come from. active: every row where the
+    feature is active, ascending (default `rows`): random rows avoid them, and a
+    feature active nowhere gets none.
+    """
+    active = rows if active is None else active
+    top = top_indices(vals, opts.n_top)
+    rng = np.random.default_rng([opts.seed, feature])
+    chosen, bins = quantile_pick(len(rows), opts.n_quantiles, opts.per_quantile, rng)
+    by_act = np.lexsort((rows, vals))[chosen] if len(chosen) else _EMPTY_I  # act asc, then row
+    rand = random_inactive(active, pool, opts.n_random, rng) if len(active) else _EMPTY_I
+    return Picked(
+        top_rows=rows[top],
+        top_acts=vals[top].astype(np.float32),
+        quantile_rows=rows[by_act],
+        quantile_acts=vals[by_act].astype(np.float32),
+        quantile_bins=bins,
+        random_rows=rand,
+    )
 
 
 def from_features_row(row: Mapping[str, Any]) -> FeatureExamples:
@@ -242,24 +289,11 @@ class Examples:
         all_rows, all_vals = self.acts.column(feature)  # rows ascending
         keep = self.split.in_half(all_rows, half)
         rows, vals = all_rows[keep], all_vals[keep]
-        top = top_indices(vals, opts.n_top)
-        rng = np.random.default_rng([opts.seed, feature])
-        pick, bins = quantile_pick(len(rows), opts.n_quantiles, opts.per_quantile, rng)
-        by_act = np.lexsort((rows, vals)) if len(pick) else _EMPTY_I  # act asc, then row
         pool: int | np.ndarray = self.n_rows if half == "all" else self.split.rows(half)
-        rand = random_inactive(all_rows, pool, opts.n_random, rng) if len(all_rows) else _EMPTY_I
+        picked = pick(rows, vals, pool, opts, feature, active=all_rows)
         hard = self._hard(feature, all_rows, half, opts) if opts.n_hard > 0 else _EMPTY_I
         return FeatureExamples(
-            feature=int(feature),
-            half=half,
-            n_active=len(rows),
-            top_rows=rows[top],
-            top_acts=vals[top].astype(np.float32),
-            quantile_rows=rows[by_act][pick],
-            quantile_acts=vals[by_act][pick].astype(np.float32),
-            quantile_bins=bins,
-            random_rows=rand,
-            hard_rows=hard,
+            feature=int(feature), half=half, n_active=len(rows), **picked._asdict(), hard_rows=hard
         )
 
     def _hard(

@@ -24,10 +24,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from saescope.errors import SaescopeError
+from saescope.options.examples import SPLIT_KINDS
 from saescope.paths import RunPaths
 from saescope.store import split_mask
 
-SPLIT_KINDS = ("doc", "row")
 HALVES = ("naming", "scoring", "all")
 SCORING_FRACTION = 0.5
 

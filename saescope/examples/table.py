@@ -1,10 +1,10 @@
 """The example columns of `latents/features.parquet`, from the sparse shards in bounded memory.
 
 In: a source of the cache's (row, feature, value) triples in row order, each
-feature's count, the sampling options. Out: `ExampleSets`, per feature the quantile
-examples and random non-activating rows that `Examples.of(f, "all", opts)` would
-pick (the same rules: `quantile_pick`, `random_inactive`), plus activation
-histograms of a few features for the plots.
+feature's count, the `ExampleOptions`. Out: `ExampleSets`, per feature the top,
+quantile and random rows that `Examples.of(f, "all", opts)` picks (both call
+`select.pick` on the feature's rows; no hard rows here), plus activation histograms
+of a few features for the plots.
 
 Features are cut into blocks of at most `max_nnz` non-zeros. The shards are read
 once: each shard's triples are sent to their block, and blocks are written to
@@ -25,17 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from saescope.examples.activations import TripleSource
-from saescope.examples.select import quantile_pick, random_inactive
+from saescope.examples.select import NOTHING_PICKED, ExampleOptions, Picked, pick
 
 
 @dataclass(frozen=True)
 class ExampleSets:
-    """Per-feature example lists (index = feature id); dead features have empty arrays."""
+    """Per-feature examples (index = feature id); dead features have empty arrays."""
 
-    quantile_rows: list[np.ndarray]  # int64, grouped by bin ascending, activation ascending
-    quantile_acts: list[np.ndarray]  # float32
-    quantile_bins: list[np.ndarray]  # int16, 0 = lowest activations
-    random_rows: list[np.ndarray]  # int64, rows where the feature is 0
+    picked: list[Picked]  # (d_sae,) what `pick` chose for each feature
     hists: dict[int, tuple[np.ndarray, np.ndarray]]  # feature -> (counts, bin edges)
 
 
@@ -109,47 +106,40 @@ def sample_table_examples(
     source: TripleSource,
     counts: np.ndarray,
     n_rows: int,
+    opts: ExampleOptions,
     *,
-    n_quantiles: int,
-    per_quantile: int,
-    n_random: int,
-    seed: int,
     max_nnz: int,
     hist_features: Iterable[int] = (),
     hist_bins: int = 40,
     spill_dir: Path | None = None,
 ) -> ExampleSets:
-    """Quantile-binned examples and random non-activating rows for every feature (half "all").
+    """Top, quantile-binned and random non-activating rows of every feature (half "all").
 
     Each feature draws from its own generator seeded by (seed, feature), so results do
     not depend on how features are grouped into blocks.
     """
     d_sae = len(counts)
-    empty_i, empty_f = np.empty(0, np.int64), np.empty(0, np.float32)
-    q_rows, q_acts = [empty_i] * d_sae, [empty_f] * d_sae
-    q_bins, rand = [np.empty(0, np.int16)] * d_sae, [empty_i] * d_sae
+    picked = [NOTHING_PICKED] * d_sae
     hist_set = set(int(f) for f in hist_features)
     hists: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if d_sae == 0 or counts.sum() == 0:
-        return ExampleSets(q_rows, q_acts, q_bins, rand, hists)
+        return ExampleSets(picked, hists)
     blocks = feature_blocks(counts, max_nnz)
     for (lo, hi), (rows, feats, vals) in zip(
         blocks, block_triples(source, blocks, max_nnz, spill_dir), strict=True
     ):
         if len(rows) == 0:
             continue
-        order = np.lexsort((rows, vals, feats))  # feature, then value asc, then row asc
+        # by feature, and each feature's rows ascending (as `pick` takes them)
+        order = np.lexsort((rows, feats))
         rows, feats, vals = rows[order], feats[order], vals[order]
         bounds = np.searchsorted(feats, np.arange(lo, hi + 1))
         for f in range(lo, hi):
             s, e = bounds[f - lo], bounds[f - lo + 1]
             if s == e:
                 continue
-            rng = np.random.default_rng([seed, f])
             r, v = rows[s:e], vals[s:e]
-            pick, bins = quantile_pick(len(r), n_quantiles, per_quantile, rng)
-            q_rows[f], q_acts[f], q_bins[f] = r[pick], v[pick], bins
-            rand[f] = random_inactive(np.sort(r), n_rows, n_random, rng)
+            picked[f] = pick(r, v, n_rows, opts, f)
             if f in hist_set:
-                hists[f] = np.histogram(v, bins=hist_bins, range=(0.0, float(v[-1])))
-    return ExampleSets(q_rows, q_acts, q_bins, rand, hists)
+                hists[f] = np.histogram(v, bins=hist_bins, range=(0.0, float(v.max())))
+    return ExampleSets(picked, hists)

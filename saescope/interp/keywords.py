@@ -34,6 +34,7 @@ from saescope.examples import (
     run_model_name,
     text_vectors,
 )
+from saescope.examples.activations import activation_source
 from saescope.interp.candidates import FeatureKeywords, PhraseEmbedder, failed
 from saescope.interp.contrastive import ContrastiveOptions, contrastive_keywords
 from saescope.interp.thesis import ThesisOptions, thesis_keywords
@@ -57,25 +58,6 @@ SCHEMA = pa.schema(
 
 # options that change no output
 _IGNORED = ("overwrite", "run", "progress", "batch_size")
-
-
-def activation_source(rp: RunPaths, activations: str) -> tuple[Path, dict[str, str]]:
-    """(SAE folder, upstream identities) of the activations the names or scores read.
-
-    With the latent cache, the SAE is the one the cache was encoded with (recorded in
-    the cache), never whatever `sae/` holds now. "sae" is the identity of the SAE's
-    weights in both cases, so names and scores can be checked to use the same codes.
-    """
-    up = provenance.upstream_ids({"corpus": rp.corpus, "acts": rp.acts_manifest})
-    if activations == "latents":
-        from saescope.latents import LatentCache
-
-        cache = LatentCache(rp.root)
-        up |= {"latents": provenance.artifact_id(rp.latents_manifest), "sae": cache.sae_sha256}
-        return cache.sae_dir(), up
-    if not rp.sae_weights.exists():
-        raise SaescopeError(f"no SAE at {rp.sae}; run `saescope train --run {rp.root}` first")
-    return rp.sae, up | {"sae": provenance.artifact_id(rp.sae_weights)}
 
 
 def table(results: dict[int, FeatureKeywords], method: str) -> pa.Table:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saescope.config import option
+from saescope.options.examples import ACTIVATION_SOURCES, SPLIT_KINDS
 from saescope.paths import DEFAULT_RUN
 
 METHODS = ("contrastive", "thesis")
-# the naming/scoring split kinds of saescope.examples (a test checks they agree)
-SPLIT_KINDS = ("doc", "row")
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,7 @@ class KeywordsConfig:
     activations: str = option(
         "latents",
         "where feature activations come from: the latent cache, or the SAE run over the store",
-        choices=("latents", "sae"),
+        choices=ACTIVATION_SOURCES,
     )
     features: list[int] | None = option(None, "name only these feature ids (default: all alive)")
     split_seed: int = option(1, "seed of the naming/scoring split of rows (scorers must match)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saescope.config import option
+from saescope.options.examples import ACTIVATION_SOURCES
 from saescope.paths import DEFAULT_RUN
 
 # the NAME of each scorer module in saescope/scoring/ (a test checks they agree)
@@ -20,7 +21,7 @@ class ScoreConfig:
     activations: str = option(
         "latents",
         "where feature activations come from: the latent cache, or the SAE run over the store",
-        choices=("latents", "sae"),
+        choices=ACTIVATION_SOURCES,
     )
     model: str | None = option(
         None,

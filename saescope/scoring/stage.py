@@ -31,8 +31,9 @@ from saescope.config import config_to_dict
 from saescope.corpus import read_corpus
 from saescope.errors import SaescopeError
 from saescope.examples import Examples, open_examples, run_model_name, store_is_text_embedding
+from saescope.examples.activations import activation_source
 from saescope.interp.candidates import PhraseEmbedder, unit_rows
-from saescope.interp.keywords import activation_source, read_keywords
+from saescope.interp.keywords import read_keywords
 from saescope.io import atomic_path, read_json, write_json
 from saescope.options.score import SCORERS, ScoreConfig
 from saescope.paths import RunPaths

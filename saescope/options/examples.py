@@ -1,0 +1,12 @@
+"""Choices of `saescope.examples` that stage options offer (keywords, score).
+
+Light like every options module: `--help` is built from these tuples and
+`saescope.examples` checks its inputs against the same ones.
+"""
+
+from __future__ import annotations
+
+# where feature activations come from: the latent cache, or the SAE run over the store
+ACTIVATION_SOURCES = ("latents", "sae")
+# the naming/scoring split: every row of a document in one half, or each row on its own
+SPLIT_KINDS = ("doc", "row")
