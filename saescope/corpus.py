@@ -196,9 +196,13 @@ def run(cfg: CorpusConfig) -> Path:
 
 
 def _source_ids(cfg: CorpusConfig) -> dict[str, str]:
-    """The identity of a local source file (a changed file is another corpus)."""
-    path = Path(cfg.source)
-    return provenance.upstream_ids({"source": path}) if path.is_file() else {}
+    """The identity of a local source (a changed file or dataset folder is another corpus)."""
+    path = Path(cfg.source.removeprefix("hf:"))
+    if path.is_file():
+        return provenance.upstream_ids({"source": path})
+    if path.is_dir():
+        return {"source": provenance.listing_id(path)}
+    return {}  # a built-in corpus (versioned with its package) or a hub dataset name
 
 
 def read_corpus(run_dir: str | Path) -> pd.DataFrame:

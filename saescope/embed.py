@@ -160,7 +160,7 @@ def _read_vectors(cfg: EmbedConfig) -> np.ndarray:
     except SaescopeError:
         raise
     except (OSError, ValueError) as exc:
-        raise SaescopeError(f"cannot read vectors from {path}: {exc}") from exc
+        raise SaescopeError(f"cannot read vectors from {path}: {describe(exc)}") from exc
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
         raise SaescopeError(
             f"{path} must hold a 2-D float array, got {arr.dtype} of shape {arr.shape}"
@@ -183,11 +183,16 @@ def _read_ids(path_str: str, n: int) -> list[str]:
     return ids
 
 
-def _check_vectors(arr: np.ndarray, path: Path, block_rows: int, dtype: str) -> None:
-    """Refuse a vectors file holding NaN/inf (or values `dtype` cannot hold) before any write."""
+def _check_vectors(
+    arr: np.ndarray, path: Path, block_rows: int, dtype: str, normalize: bool
+) -> None:
+    """Refuse a vectors file holding NaN/inf (or values `dtype` cannot hold, as stored:
+    after --normalize) before any write."""
     first, rows = None, []  # the first kind of problem met, and every row that has it
     for lo in range(0, len(arr), block_rows):
         block = torch.from_numpy(np.array(arr[lo : lo + block_rows], dtype=np.float32))
+        if normalize and bool(torch.isfinite(block).all()):
+            block = torch.nn.functional.normalize(block, dim=1)
         bad = find_bad_rows(block, dtype)
         if bad is not None and (first is None or bad.what == first.what):
             first = first or bad
@@ -223,13 +228,35 @@ def _this_import(writer: StoreWriter, path: Path, sha: str, n: int, append: bool
     return {"file": path.name, "sha256": sha, "start": start, "stop": start + n, "complete": False}
 
 
+def _vectors_record(cfg: EmbedConfig, rp: RunPaths) -> provenance.Record:
+    """The record of a store filled by imports: its options and every imported file.
+
+    Which files are in the store is the manifest's `imports` (one entry per file, so
+    appends are idempotent and resumable); the options must be the same for all.
+    """
+    m = read_json(rp.acts_manifest) if rp.acts_manifest.exists() else {}
+    up = {
+        f"vectors {r['file']} (rows {r['start']}..{r['stop']})": r["sha256"]
+        for r in m.get("imports", [])
+    }
+    ignore = (*_IGNORED, "vectors", "ids")  # these name one import, not the store
+    return provenance.Record.make(rp.acts_record, "embed", cfg, up, ignore)
+
+
 def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
     """Import a vectors file: idempotent (a file already in the store adds nothing) and
     resumable (an interrupted import continues after its last complete shard)."""
     path = Path(cfg.vectors or "")
+    saved = provenance.read_record(rp.acts_record)
+    changed = _vectors_record(cfg, rp).option_changes(saved) if saved else []
+    if changed and not cfg.overwrite and rp.acts_manifest.exists():
+        raise SaescopeError(
+            f"{rp.acts} holds rows made with other options ({'; '.join(changed)}); appending "
+            "would mix them. Pass --overwrite to replace the store, or use another --run"
+        )
     arr = _read_vectors(cfg)
     ids = _read_ids(cfg.ids, len(arr)) if cfg.ids else None
-    _check_vectors(arr, path, cfg.shard_rows, cfg.dtype)
+    _check_vectors(arr, path, cfg.shard_rows, cfg.dtype, cfg.normalize)
     sha = sha256_file(path)
     meta = {"source": "vectors", "model": None, "normalize": cfg.normalize}
     writer = StoreWriter(
@@ -282,12 +309,7 @@ def run(cfg: EmbedConfig, *, model=None) -> Path:
     rp = RunPaths(cfg.run)
     if cfg.vectors:
         out = _import_vectors(cfg, rp)
-        # appends are tracked file by file in the manifest's `imports`; the record lists them
-        imports = read_json(rp.acts_manifest).get("imports", [])
-        upstream = {
-            f"vectors {r['file']} (rows {r['start']}..{r['stop']})": r["sha256"] for r in imports
-        }
-        record = provenance.Record.make(rp.acts_record, "embed", cfg, upstream, _IGNORED)
+        record = _vectors_record(cfg, rp)
     else:
         out = _embed_corpus(cfg, rp, model)
         record = _corpus_record(cfg, rp)

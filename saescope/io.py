@@ -48,6 +48,8 @@ def json_safe(data: Any) -> Any:
     json.dumps would write them as bare NaN / Infinity, which is not JSON: strict parsers
     (browsers, jq, most languages) reject the whole file.
     """
+    if type(data).__module__ == "numpy" and getattr(data, "ndim", None) == 0:
+        data = data.item()  # a numpy scalar (float32 NaN included) as its Python value
     if isinstance(data, float):
         return data if math.isfinite(data) else None
     if isinstance(data, dict):

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 from saescope._version import __version__
 from saescope.config import config_to_dict
 from saescope.errors import SaescopeError
-from saescope.io import read_json, sha256_file, write_json
+from saescope.io import read_json, sha256_file, sha256_text, write_json
 
 FORMAT = "saescope.provenance/1"
 LOCK_FILE = ".lock"
@@ -59,6 +59,18 @@ def artifact_id(path: Path) -> str:
     if not path.is_file():
         raise SaescopeError(f"{path} is missing; run the stage that makes it first")
     return sha256_file(path)
+
+
+def listing_id(folder: Path) -> str:
+    """Identity of a folder of data files too large to hash: sha256 of its listing
+    (relative name, size and modification time of every file below it)."""
+    folder = Path(folder)
+    lines = [
+        f"{p.relative_to(folder)}\t{p.stat().st_size}\t{p.stat().st_mtime_ns}"
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    ]
+    return sha256_text("\n".join(lines))
 
 
 def upstream_ids(artifacts: Mapping[str, Path | None]) -> dict[str, str]:
@@ -107,11 +119,18 @@ class Record:
 
     def changes(self, saved: Mapping[str, Any]) -> list[str]:
         """What differs between a saved record and this one, in words."""
-        out = []
+        return self.option_changes(saved) + self.input_changes(saved)
+
+    def option_changes(self, saved: Mapping[str, Any]) -> list[str]:
         old_cfg = saved.get("config", {})
-        for key in sorted(set(old_cfg) | set(self.config)):
-            if old_cfg.get(key) != self.config.get(key):
-                out.append(f"option {key}: {old_cfg.get(key)!r} -> {self.config.get(key)!r}")
+        return [
+            f"option {key}: {old_cfg.get(key)!r} -> {self.config.get(key)!r}"
+            for key in sorted(set(old_cfg) | set(self.config))
+            if old_cfg.get(key) != self.config.get(key)
+        ]
+
+    def input_changes(self, saved: Mapping[str, Any]) -> list[str]:
+        out = []
         old_up = saved.get("upstream", {})
         for key in sorted(set(old_up) | set(self.upstream)):
             if key not in old_up:
@@ -132,8 +151,10 @@ class Record:
         """
         exists = Path(output).exists() if exists is None else exists
         saved = read_record(self.path)
+        if not exists:  # nothing to protect (a record whose output was deleted included)
+            return Decision.FRESH
         if saved is None:
-            if exists and not overwrite:
+            if not overwrite:
                 raise SaescopeError(
                     f"{output} exists but has no provenance record ({self.path.name}): it was "
                     "made by an older saescope or by hand; pass --overwrite to replace it"
@@ -148,8 +169,6 @@ class Record:
                 "Pass --overwrite to redo it, or use another --run"
             )
         # same inputs and options: --overwrite has nothing different to replace
-        if not exists:
-            return Decision.FRESH
         return Decision.SKIP if saved.get("status") == "complete" else Decision.RESUME
 
     def start(self) -> None:
@@ -205,6 +224,7 @@ def run_lock(run: str | Path, stage: str) -> Iterator[None]:
     except ImportError:  # no flock (Windows): no lock rather than no saescope
         yield
         return
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -226,6 +246,11 @@ def run_lock(run: str | Path, stage: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)
         os.close(fd)  # closing the descriptor releases the flock
+        if created and [p.name for p in root.iterdir()] == [LOCK_FILE]:
+            # a stage that failed at once (a mistyped --run) leaves no empty run behind
+            with contextlib.suppress(OSError):
+                (root / LOCK_FILE).unlink()
+                root.rmdir()
 
 
 def locked(stage: str) -> Callable[[F], F]:

@@ -87,3 +87,21 @@ def random_sae_weights(
         if arch == "jumprelu"
         else torch.full((d_sae,), threshold),
     }
+
+
+def record_hand_made_names(run: Path, scorers: tuple[str, ...] = ()) -> None:
+    """The provenance records the keywords and score stages write, for names (and
+    scores) a test wrote by hand: they describe the run's current latent cache."""
+    from saescope import provenance
+    from saescope.latents import LatentCache
+    from saescope.paths import RunPaths
+
+    rp = RunPaths(run)
+    made_from = {
+        "acts": provenance.artifact_id(rp.acts_manifest),
+        "sae": LatentCache(run).sae_sha256,
+    }
+    provenance.Record.make(rp.keywords_record, "keywords", {}, made_from).finish()
+    for scorer in scorers:
+        scored = {"keywords": provenance.artifact_id(rp.keywords)}
+        provenance.Record.make(rp.score_record(scorer), "score", {}, scored).finish()

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_cli
+from conftest import record_hand_made_names, run_cli
 from test_latents import new_run
 
 from saescope.cli import main as cli
@@ -44,6 +44,7 @@ def test_feature_table_and_json(run_dir: Path) -> None:
         ),
         rp.keywords,
     )
+    record_hand_made_names(run_dir)
     out = run_cli("inspect", str(f), "--run", str(run_dir), "-n", "5", "--width", "100").stdout
     lines = out.splitlines()
     assert lines[0].startswith(f"feature {f}")

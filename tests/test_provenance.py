@@ -175,6 +175,10 @@ def test_keywords_use_the_sae_of_the_cache_and_scores_refuse_other_activations(
     with pytest.raises(SaescopeError, match="other activations"):
         score(ScoreConfig(run=str(rd), activations="sae", progress=False))
     score(ScoreConfig(run=str(rd), progress=False))
+    from saescope.report.data import load_annotations
+
+    ann = load_annotations(rd)
+    assert ann.keywords and ann.scores["embedding"] and not ann.stale
     # the cache's SAE changed after the cache was made: refused, never named with the new one
     with torch.no_grad():
         sae.W_enc.mul_(2.0)
@@ -182,6 +186,11 @@ def test_keywords_use_the_sae_of_the_cache_and_scores_refuse_other_activations(
     sae.save(alt)
     with pytest.raises(SaescopeError, match="missing or has changed since"):
         keywords(KeywordsConfig(run=str(rd), progress=False, max_texts=50, overwrite=True))
+
+    # the cache re-made from another SAE: the old names and scores are no longer shown
+    latents(LatentsConfig(run=str(rd), plots=False, cooccurrence=False, overwrite=True))  # sae/
+    ann = load_annotations(rd)
+    assert not ann.keywords and not ann.scores and len(ann.stale) == 2
 
 
 LOCK_HOLDER = """
@@ -213,3 +222,31 @@ def test_a_second_writer_gets_a_clear_error_and_a_killed_one_leaves_no_lock(tmp_
     # one process may nest stages (a stage calling another) without locking itself out
     with provenance.run_lock(rd, "outer"), provenance.run_lock(rd, "inner"):
         evaluate(EvalConfig(run=str(rd)))
+
+
+def test_appending_vectors_with_other_options_is_refused(tmp_path: Path) -> None:
+    import numpy as np
+
+    from saescope.embed import run as embed
+    from saescope.options.embed import EmbedConfig
+
+    rd = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    a, b = tmp_path / "a.npy", tmp_path / "b.npy"
+    np.save(a, rng.normal(size=(50, 8)).astype(np.float32))
+    np.save(b, rng.normal(size=(30, 8)).astype(np.float32))
+    embed(EmbedConfig(run=str(rd), vectors=str(a)))
+    manifest = read_json(RunPaths(rd).acts_manifest)
+    with pytest.raises(SaescopeError, match="option normalize: False -> True"):
+        embed(EmbedConfig(run=str(rd), vectors=str(b), append=True, normalize=True))
+    assert read_json(RunPaths(rd).acts_manifest) == manifest
+    embed(EmbedConfig(run=str(rd), vectors=str(b), append=True))
+    record = read_json(RunPaths(rd).acts_record)
+    assert record["status"] == "complete" and len(record["upstream"]) == 2
+    assert read_json(RunPaths(rd).acts_manifest)["count"] == 80
+
+
+def test_a_failed_stage_on_a_mistyped_run_leaves_no_folder(tmp_path: Path) -> None:
+    with pytest.raises(SaescopeError):
+        train(small_train(tmp_path / "typo"))
+    assert not (tmp_path / "typo").exists()

@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import record_hand_made_names
 from test_latents import CFG, new_run
 
 from saescope.latents import LatentsConfig
@@ -69,6 +70,7 @@ def run_dir(news_run: Path, tmp_path_factory) -> Path:
         }
     )
     scores.to_parquet(rp.score("embedding"), index=False)
+    record_hand_made_names(rd, scorers=("embedding",))
     report(ReportConfig(run=str(rd)))
     return rd
 
@@ -129,10 +131,16 @@ def test_rerun_skips_until_an_input_changes(run_dir: Path) -> None:
     extra = rp.score("extra")
     pd.DataFrame({"feature": [0], "score": [0.5]}).to_parquet(extra, index=False)
     try:
+        # scores with no record of the names they scored are left out, and the page says so
+        report(ReportConfig(run=str(run_dir)))
+        assert page_blob(run_dir)["scorers"] == ["embedding"]
+        assert "scores/extra.parquet (scores of other names)" in rp.report_index.read_text()
+        record_hand_made_names(run_dir, scorers=("extra",))
         report(ReportConfig(run=str(run_dir)))
         assert page_blob(run_dir)["scorers"] == ["embedding", "extra"]
     finally:
         extra.unlink()
+        rp.score_record("extra").unlink(missing_ok=True)
         report(ReportConfig(run=str(run_dir)))
     assert page_blob(run_dir)["scorers"] == ["embedding"]
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from saescope import provenance
 from saescope.errors import SaescopeError
 from saescope.paths import RunPaths
 
@@ -40,6 +41,24 @@ class Annotations:
     explanations: dict[int, Explanation] = field(default_factory=dict)
     # scorer -> feature -> {"score": x, "shuffled_score": y}
     scores: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
+    # files left out because they describe other activations or other names than these
+    stale: list[str] = field(default_factory=list)
+
+
+def _made_from_this_cache(rp: RunPaths) -> bool:
+    """True when the keywords were made from the SAE and store of the current latent cache."""
+    from saescope.latents import LatentCache
+
+    named_from = provenance.saved_upstream(rp.keywords_record)
+    cache = LatentCache(rp.root)
+    acts = provenance.artifact_id(rp.acts_manifest)
+    return named_from.get("sae") == cache.sae_sha256 and named_from.get("acts") == acts
+
+
+def _scored_these_names(rp: RunPaths, scorer: str) -> bool:
+    """True when scores/<scorer> scored the keywords file that is there now."""
+    scored = provenance.saved_upstream(rp.score_record(scorer)).get("keywords")
+    return rp.keywords.exists() and scored == provenance.artifact_id(rp.keywords)
 
 
 def _ok(row: dict[str, Any]) -> bool:
@@ -48,9 +67,16 @@ def _ok(row: dict[str, Any]) -> bool:
 
 
 def load_annotations(run: str | Path) -> Annotations:
+    """Names, explanations and scores of a run's features: only those made from the
+    activations of the current latent cache (and scores of the current names); the
+    others are listed in `stale`, never shown as if they described these features."""
     rp = RunPaths(run)
     keywords: dict[int, Keywords] = {}
-    if rp.keywords.exists():
+    stale: list[str] = []
+    names_current = rp.keywords.exists() and _made_from_this_cache(rp)
+    if rp.keywords.exists() and not names_current:
+        stale.append(f"{rp.keywords.name} (made from another SAE or store)")
+    if names_current:
         for row in pd.read_parquet(rp.keywords).to_dict("records"):
             if _ok(row) and row.get("keywords") is not None and len(row["keywords"]):
                 keywords[int(row["feature"])] = Keywords(
@@ -76,6 +102,9 @@ def load_annotations(run: str | Path) -> Annotations:
     scores: dict[str, dict[int, dict[str, float]]] = {}
     if rp.scores.exists():
         for path in sorted(rp.scores.glob("*.parquet")):
+            if not (names_current and _scored_these_names(rp, path.stem)):
+                stale.append(f"scores/{path.name} (scores of other names)")
+                continue
             df = pd.read_parquet(path)
             if "feature" not in df.columns or "score" not in df.columns:
                 continue
@@ -88,7 +117,7 @@ def load_annotations(run: str | Path) -> Annotations:
                     entry["shuffled_score"] = float(row["shuffled_score"])
                 by_feature[int(row["feature"])] = entry
             scores[path.stem] = by_feature
-    return Annotations(keywords, explanations, scores)
+    return Annotations(keywords, explanations, scores, stale)
 
 
 def read_features(run: str | Path) -> pd.DataFrame:

@@ -42,12 +42,14 @@ def _inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:
         rp.features,
         rp.latents_manifest,
         rp.keywords,
+        rp.keywords_record,  # which activations the names describe
         rp.explanations,
         SAEPaths(sae_dir).metrics,
     ]
     files += [rp.plots / name for name in PLOT_TITLES]
     if rp.scores.exists():
         files += sorted(rp.scores.glob("*.parquet")) + sorted(rp.scores.glob("*.png"))
+        files += sorted(rp.scores.glob("*.provenance.json"))  # which names they scored
     out = {_name(p, rp.root): sha256_file(p) for p in files if p.exists()}
     return out | {"page template": sha256_text(HTML + CSS + JS)}
 
@@ -281,6 +283,8 @@ def _summary(
         if shuf:
             line += f" (shuffled {np.mean(shuf):.3f})"
         interp[f"{name} score"] = line
+    if ann.stale:
+        interp["left out"] = "; ".join(ann.stale) + ": re-run keywords and score"
     if interp:
         boxes.append(_box("Names and scores", interp))
     return "\n".join(boxes)

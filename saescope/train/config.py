@@ -16,6 +16,7 @@ B_DEC_INITS = ("geometric_median", "mean", "zeros")
 # Options that change how a run is executed or reported, not what it computes: a
 # re-run that differs only in these resumes or skips instead of refusing.
 EXECUTION_FIELDS = (
+    "run",  # the same store reached by another path, or a copied run, is the same training
     "resume",
     "overwrite",
     "stop_after_steps",

@@ -99,11 +99,8 @@ def run(cfg: TrainConfig) -> Path:
         if cfg.eval_at_end and dist.is_main and all(f.weights.exists() for f in folders):
             from saescope import evaluate
 
-            for f in folders:
-                if not f.metrics.exists():
-                    evaluate.run(
-                        evaluate.EvalConfig(run=cfg.run, sae=f.dir.name, device=str(device))
-                    )
+            for f in folders:  # eval's own record decides whether metrics.json is current
+                evaluate.run(evaluate.EvalConfig(run=cfg.run, sae=f.dir.name, device=str(device)))
         # the other ranks wait on a gloo group with a long timeout (ddp.MAIN_WAIT): the
         # default group's barrier would time out if evaluating took over 10 minutes
         dist.wait_for_main()
