@@ -4,7 +4,8 @@ In: a run with `corpus.parquet`, `acts/`, and the latent cache (`latents/`, or
 the SAE with `--activations sae`). Out: `interp/keywords.parquet` with one row per
 feature: feature (int32), keywords (list<string>), scores (list<float32>),
 method, n_texts (naming texts used), status ("ok" or why it has no name) and
-reason; and `interp/keywords.config.json` (options, version, upstream checksums).
+reason; `interp/keywords.config.json` (options, version, SAE folder) and
+`interp/keywords.provenance.json` (the provenance record: upstream sha256s).
 
 Methods: `contrastive` (default; phrases that are more frequent in the
 feature's texts than elsewhere, re-ranked by the SAE encoder, diversified) and

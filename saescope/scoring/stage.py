@@ -7,7 +7,8 @@ In: `interp/keywords.parquet` (+ its config, for the naming/scoring split),
                             source (the keywords method), status, reason
   scores/NAME.summary.json  mean/median of score and shuffled_score
   scores/NAME.png           their distributions
-  scores/NAME.config.json   options, version, upstream checksums
+  scores/NAME.config.json   options, version
+  scores/NAME.provenance.json  provenance record: the sha256 of every input, keywords included
 
 Scorers: `embedding` (ROC AUC of the name, embedded as a query, ranking held-out
 activating texts above held-out non-activating ones) and `keyword-relevance`
