@@ -38,6 +38,7 @@ from saescope.interp.thesis import (
     keep_pairs,
     merge_similar,
 )
+from saescope.latents import LatentCache
 from saescope.paths import MANIFEST, RunPaths
 from saescope.sae import SAE
 from saescope.scoring.base import summarize
@@ -96,7 +97,8 @@ def main() -> None:
     texts = read_corpus(ns.run)["text"].tolist()
     model_name = run_model_name(store)
     model = load_sentence_model(model_name)
-    sae = SAE.load(rp.sae)
+    # the SAE whose codes the features are: the cache's own (recorded in it), else sae/
+    sae = SAE.load(LatentCache(ns.run).sae_dir() if source == "latents" else rp.sae)
     alive = acts.alive()
     rng = np.random.default_rng(ns.seed)
     feats = np.sort(rng.choice(alive, size=min(ns.features, len(alive)), replace=False))

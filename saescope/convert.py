@@ -7,7 +7,9 @@ Reads SAELens (`cfg.json` + `sae_weights.safetensors`), sparsify (`cfg.json` +
 library (see docs/formats.md). Writes into `--out`:
   --to native  : config.json + sae.safetensors (what `saescope train` writes)
   --to saelens : cfg.json + sae_weights.safetensors (loads with sae_lens.SAE.load_from_disk)
-and `convert.json` (these options, the source format and the source files' sha256).
+and `convert.json`, the provenance record of the conversion (these options, the
+sha256 of the source files read, and as its result the source format and path and
+the SAE's shape).
 Re-running with the same options and unchanged source files does nothing.
 """
 
@@ -16,11 +18,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from saescope import paths
-from saescope.config import config_to_dict, same_config
+from saescope import paths, provenance
 from saescope.errors import SaescopeError
-from saescope.io import read_json, sha256_file, write_json
+from saescope.io import sha256_file
 from saescope.options.convert import TARGETS, ConvertConfig
+from saescope.paths import SAEPaths
 from saescope.sae.formats import Located, detect_format, export_saelens, load_sae
 
 # every SAE file name convert may write; an --overwrite clears them all first
@@ -54,22 +56,16 @@ def _source_record(where: Located) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in _source_files(where)}
 
 
-def _is_done(out: Path, cfg: ConvertConfig, sources: dict[str, str]) -> bool | None:
-    """True: finished with these options; False: another conversion is there; None: none."""
-    record = out / paths.CONVERT_RECORD
-    if not record.exists():
-        return None
-    saved = read_json(record)
-    same = (
-        not same_config(saved.get("config", {}), cfg, ignore=("overwrite",))
-        and saved.get("source_sha256") == sources
-    )
-    present = all((out / name).exists() for name in _OUTPUT_FILES[cfg.to])
-    return same and present
-
-
 def run(cfg: ConvertConfig) -> Path:
-    if not cfg.src or not cfg.out:
+    """Convert `cfg.src` into `cfg.out`, holding the writer lock of the folder around it."""
+    if not cfg.out:
+        raise SaescopeError("convert needs --src (the SAE to read) and --out (a folder to write)")
+    with provenance.run_lock(Path(cfg.out).parent, "convert"):
+        return _convert(cfg)
+
+
+def _convert(cfg: ConvertConfig) -> Path:
+    if not cfg.src:
         raise SaescopeError("convert needs --src (the SAE to read) and --out (a folder to write)")
     if cfg.to not in TARGETS:
         raise SaescopeError(f"--to must be one of {', '.join(TARGETS)}, got {cfg.to!r}")
@@ -79,38 +75,44 @@ def run(cfg: ConvertConfig) -> Path:
     if out.resolve() == src_dir.resolve():
         raise SaescopeError(f"--out {out} is the source folder; choose another folder")
     sources = _source_record(where)
-    done = _is_done(out, cfg, sources)
-    if done:
+    record = provenance.Record.make(
+        out / paths.CONVERT_RECORD, "convert", cfg, sources, ignore=("overwrite",)
+    )
+    present = all((out / name).exists() for name in _OUTPUT_FILES[cfg.to])
+    holds = out.exists() and any(out.iterdir())  # another conversion, or other data
+    if record.decide(cfg.overwrite, out, exists=holds) is provenance.Decision.SKIP and present:
         return out
-    if not cfg.overwrite and (done is False or (out.exists() and any(out.iterdir()))):
-        raise SaescopeError(
-            f"{out} already holds files (another conversion or other data); "
-            "choose an empty folder or pass --overwrite"
-        )
     sae = load_sae(cfg.src, hookpoint=cfg.hookpoint, k=cfg.k)
     if out.exists():  # --overwrite: clear SAE files of either target, nothing else
-        for name in (*_OUTPUT_FILES["native"], *_OUTPUT_FILES["saelens"], paths.CONVERT_RECORD):
-            target = out / name
+        # ... and what described an SAE trained here (its records, metrics, checkpoints):
+        # left beside converted weights they would claim those weights as trained here
+        trained = SAEPaths(out)
+        own = (*_OUTPUT_FILES["native"], *_OUTPUT_FILES["saelens"], paths.CONVERT_RECORD)
+        for target in [out / name for name in own] + [
+            trained.train_record,
+            trained.eval_record,
+            trained.metrics,
+            trained.train_log,
+            trained.checkpoints,
+        ]:
             if target.is_dir():
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+    record.start()
     if cfg.to == "native":
         sae.save(out)
     else:
         export_saelens(sae, out)
-    write_json(
-        out / paths.CONVERT_RECORD,
+    record.finish(
         {
-            "config": config_to_dict(cfg),
             "source_format": where.format,
             "source_path": str(where.path),
-            "source_sha256": sources,
             "architecture": sae.cfg.architecture,
             "d_in": sae.cfg.d_in,
             "d_sae": sae.cfg.d_sae,
             "k": sae.cfg.k,
             "conversion": sae.cfg.metadata.get("conversion", []),
-        },
+        }
     )
     return out

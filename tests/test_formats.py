@@ -227,7 +227,8 @@ def test_convert_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert cli_main(["convert", "--src", str(src), "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     record = json.loads((out / "convert.json").read_text())
-    assert record["source_format"] == "saelens" and record["architecture"] == "relu"
+    assert record["result"]["source_format"] == "saelens"
+    assert record["result"]["architecture"] == "relu" and record["status"] == "complete"
     mtime = (out / "sae.safetensors").stat().st_mtime_ns
     # same options, same source: nothing is rewritten
     assert run(ConvertConfig(src=str(src), out=str(out))) == out
@@ -243,7 +244,7 @@ def test_convert_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         torch.testing.assert_close(load_sae(out).encode(x), load_sae(src).encode(x))
     # the source changed: the old conversion no longer counts as done
     standard_saelens(src, dtype="float64")
-    with pytest.raises(SaescopeError, match="already holds files"):
+    with pytest.raises(SaescopeError, match="input cfg.json changed since"):
         run(ConvertConfig(src=str(src), out=str(out), to="saelens"))
     assert cli_main(["convert", "--src", str(src), "--out", str(src)]) == 2
     assert "source folder" in capsys.readouterr().err

@@ -250,3 +250,24 @@ def test_a_failed_stage_on_a_mistyped_run_leaves_no_folder(tmp_path: Path) -> No
     with pytest.raises(SaescopeError):
         train(small_train(tmp_path / "typo"))
     assert not (tmp_path / "typo").exists()
+
+
+def test_converting_over_a_trained_sae_removes_what_claimed_it_was_trained_here(
+    tmp_path: Path,
+) -> None:
+    from saescope.convert import run as convert
+    from saescope.options.convert import ConvertConfig
+
+    rd, other = tmp_path / "run", tmp_path / "other"
+    write_store(rd, seed=0)
+    train(small_train(rd))
+    shutil.copytree(RunPaths(rd).acts, RunPaths(other).acts)
+    train(small_train(other, seed=7))
+    sae = RunPaths(rd).sae
+    with pytest.raises(SaescopeError, match="no provenance record"):
+        convert(ConvertConfig(src=str(RunPaths(other).sae), out=str(sae)))
+    convert(ConvertConfig(src=str(RunPaths(other).sae), out=str(sae), overwrite=True))
+    assert not RunPaths(rd).checkpoints.exists() and not (sae / "provenance.json").exists()
+    # training here again does not take the converted SAE for its own finished work
+    with pytest.raises(SaescopeError, match="no provenance record"):
+        train(small_train(rd))
