@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saescope.config import option
-from saescope.options.examples import ACTIVATION_SOURCES, SPLIT_KINDS
+from saescope.options.examples import SPLIT_KINDS, activations_option
 from saescope.paths import DEFAULT_RUN
 
 METHODS = ("contrastive", "thesis")
@@ -17,11 +17,7 @@ class KeywordsConfig:
 
     run: str = option(DEFAULT_RUN, "run directory (reads latents/ or sae/, writes interp/)")
     method: str = option("contrastive", "naming method", choices=METHODS)
-    activations: str = option(
-        "latents",
-        "where feature activations come from: the latent cache, or the SAE run over the store",
-        choices=ACTIVATION_SOURCES,
-    )
+    activations: str = activations_option()
     features: list[int] | None = option(None, "name only these feature ids (default: all alive)")
     split_seed: int = option(1, "seed of the naming/scoring split of rows (scorers must match)")
     split: str = option(

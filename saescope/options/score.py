@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from saescope.config import option
-from saescope.options.examples import ACTIVATION_SOURCES
+from saescope.options.examples import activations_option
 from saescope.paths import DEFAULT_RUN
 
 # the NAME of each scorer module in saescope/scoring/ (a test checks they agree)
@@ -18,11 +18,7 @@ class ScoreConfig:
 
     run: str = option(DEFAULT_RUN, "run directory (reads interp/keywords.parquet, writes scores/)")
     scorer: str = option("embedding", "which scorer", choices=SCORERS)
-    activations: str = option(
-        "latents",
-        "where feature activations come from: the latent cache, or the SAE run over the store",
-        choices=ACTIVATION_SOURCES,
-    )
+    activations: str = activations_option()
     model: str | None = option(
         None,
         "sentence model that embeds names and held-out texts (default: the store's model, the "
