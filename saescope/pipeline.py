@@ -14,39 +14,49 @@ from pathlib import Path
 # Stages are imported inside the steps: `saescope demo --help` must not load torch.
 
 
-def demo_steps(run: str, limit: int) -> list[tuple[str, Callable[[], Path]]]:
-    """(name, thunk) for every stage of the demo, in order."""
+def demo_steps(
+    run: str, limit: int, overwrite: bool = False
+) -> list[tuple[str, Callable[[], Path]]]:
+    """(name, thunk) for every stage of the demo, in order.
+
+    `overwrite`: replace output that the stages' provenance records say was made from
+    other inputs or options (an older saescope's run, say); identical output is kept.
+    """
     return [
-        ("corpus", lambda: _corpus(run, limit)),
-        ("embed", lambda: _embed(run)),
-        ("train", lambda: _train(run)),
+        ("corpus", lambda: _corpus(run, limit, overwrite)),
+        ("embed", lambda: _embed(run, overwrite)),
+        ("train", lambda: _train(run, overwrite)),
         ("eval", lambda: _eval(run)),
-        ("latents", lambda: _latents(run)),
-        ("keywords", lambda: _keywords(run)),
-        ("score", lambda: _score(run)),
+        ("latents", lambda: _latents(run, overwrite)),
+        ("keywords", lambda: _keywords(run, overwrite)),
+        ("score", lambda: _score(run, overwrite)),
         ("report", lambda: _report(run)),
     ]
 
 
-def _corpus(run: str, limit: int) -> Path:
+def _corpus(run: str, limit: int, overwrite: bool) -> Path:
     from saescope import corpus
 
-    return corpus.run(corpus.CorpusConfig(run=run, source="news", shuffle=True, limit=limit))
+    cfg = corpus.CorpusConfig(
+        run=run, source="news", shuffle=True, limit=limit, overwrite=overwrite
+    )
+    return corpus.run(cfg)
 
 
-def _embed(run: str) -> Path:
+def _embed(run: str, overwrite: bool) -> Path:
     from saescope import embed
 
-    return embed.run(embed.EmbedConfig(run=run))
+    return embed.run(embed.EmbedConfig(run=run, overwrite=overwrite))
 
 
-def _train(run: str) -> Path:
+def _train(run: str, overwrite: bool) -> Path:
     from saescope import train
 
     # TopK, 3072 latents, k 32 on the whole store: 10 short epochs, well under a minute on 2 cores
-    return train.run(
-        train.TrainConfig(run=run, d_sae=[3072], k=[32], batch_size=1024, epochs=10.0, lr=2e-3)
+    cfg = train.TrainConfig(
+        run=run, d_sae=[3072], k=[32], batch_size=1024, epochs=10.0, lr=2e-3, overwrite=overwrite
     )
+    return train.run(cfg)
 
 
 def _eval(run: str) -> Path:
@@ -55,24 +65,24 @@ def _eval(run: str) -> Path:
     return evaluate.run(evaluate.EvalConfig(run=run))
 
 
-def _latents(run: str) -> Path:
+def _latents(run: str, overwrite: bool) -> Path:
     from saescope import latents
 
-    return latents.run(latents.LatentsConfig(run=run))
+    return latents.run(latents.LatentsConfig(run=run, overwrite=overwrite))
 
 
-def _keywords(run: str) -> Path:
+def _keywords(run: str, overwrite: bool) -> Path:
     from saescope.interp.keywords import KeywordsConfig
     from saescope.interp.keywords import run as keywords
 
-    return keywords(KeywordsConfig(run=run))
+    return keywords(KeywordsConfig(run=run, overwrite=overwrite))
 
 
-def _score(run: str) -> Path:
+def _score(run: str, overwrite: bool) -> Path:
     from saescope.scoring.stage import ScoreConfig
     from saescope.scoring.stage import run as score
 
-    return score(ScoreConfig(run=run, scorer="embedding"))
+    return score(ScoreConfig(run=run, scorer="embedding", overwrite=overwrite))
 
 
 def _report(run: str) -> Path:
@@ -97,10 +107,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit", type=int, default=20000, help="texts taken from the news corpus (default: 20000)"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what an earlier run made from other inputs or options (e.g. an older saescope)",
+    )
 
 
 def main(ns: argparse.Namespace) -> int:
-    run_steps(demo_steps(ns.run, ns.limit))
+    from saescope.provenance import run_lock
+
+    with run_lock(ns.run, "demo"):  # one writer for the whole chain, not stage by stage
+        run_steps(demo_steps(ns.run, ns.limit, ns.overwrite))
     from saescope.paths import RunPaths
 
     index = RunPaths(ns.run).report_index
