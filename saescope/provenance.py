@@ -39,9 +39,10 @@ from saescope._version import __version__
 from saescope.config import config_to_dict
 from saescope.errors import SaescopeError
 from saescope.io import read_json, sha256_file, sha256_text, write_json
+from saescope.paths import MANIFEST
 
 FORMAT = "saescope.provenance/1"
-LOCK_FILE = ".lock"
+LOCK_FILE = ".lock"  # in the run directory (paths.py lists it)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -55,7 +56,7 @@ def artifact_id(path: Path) -> str:
     """Identity of an upstream artifact: the sha256 of the file (of a folder's manifest)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "manifest.json"
+        path = path / MANIFEST
     if not path.is_file():
         raise SaescopeError(f"{path} is missing; run the stage that makes it first")
     return sha256_file(path)
