@@ -122,12 +122,10 @@ def text_features(run: str | Path, text: str, n: int = 10) -> list[TextHit]:
             f"(source {meta.get('source')!r}), so a new text cannot be embedded the same way"
         )
     df = read_features(run)
-    sae_dir = (
-        Path(read_json(rp.latents_config).get("sae_dir", rp.sae))
-        if rp.latents_config.exists()
-        else rp.sae
-    )
-    sae = SAE.load(sae_dir).eval()
+    from saescope.latents import LatentCache
+
+    # the SAE whose features the table lists: the one the cache was encoded with
+    sae = SAE.load(LatentCache(run).sae_dir()).eval()
     model = load_sentence_model(meta["model"])
     x = encode_texts(model, [text], 1, bool(meta.get("normalize", False)))  # (1, d_in)
     with torch.inference_mode():

@@ -134,7 +134,7 @@ class LatentCache:
     def sae_dir(self) -> Path:
         """The SAE folder the cache was encoded with; refuses one whose weights changed since."""
         src = self.manifest["source"]
-        folder = Path(src.get("sae_dir", self.paths.sae))
+        folder = self.paths.root / src["sae_dir"]  # relative to the run, or absolute
         weights = folder / paths.NATIVE_SAE_WEIGHTS
         if not weights.exists() or sha256_file(weights) != self.sae_sha256:
             raise SaescopeError(
@@ -265,11 +265,21 @@ class _ShardWriter:
 
 
 def _source(
-    store: ActivationStore, sae: SAE, sae_dir: Path, sae_sha256: str, shard_rows: int
+    rp: RunPaths,
+    store: ActivationStore,
+    sae: SAE,
+    sae_dir: Path,
+    sae_sha256: str,
+    shard_rows: int,
 ) -> dict[str, Any]:
-    """What the cache was made from (readers find the SAE of the cache here)."""
+    """What the cache was made from (readers find the SAE of the cache here).
+
+    The SAE folder is kept relative to the run when it lies inside it, so the cache
+    still finds it after the run directory is moved or read from another cwd.
+    """
+    folder, root = sae_dir.resolve(), rp.root.resolve()
     return {
-        "sae_dir": str(sae_dir.resolve()),
+        "sae_dir": str(folder.relative_to(root) if folder.is_relative_to(root) else folder),
         "sae_sha256": sae_sha256,
         "store_sha256": sha256_text(json.dumps([s.sha256 for s in store.shards])),
         "n_rows": store.count,
@@ -336,7 +346,7 @@ def run(cfg: LatentsConfig) -> Path:
     decision = record.decide(cfg.overwrite, rp.latents, exists=rp.latents_manifest.exists())
     if decision is provenance.Decision.SKIP and _outputs_present(rp, cfg):
         return rp.latents
-    source = _source(store, sae, sae_dir, record.upstream["sae"], cfg.shard_rows)
+    source = _source(rp, store, sae, sae_dir, record.upstream["sae"], cfg.shard_rows)
     # nothing was changed before this point: a refused run leaves a finished cache intact.
     # Shards encoded by the same SAE from the same store are kept when only the
     # statistics options changed; the tables are rewritten from them.

@@ -127,6 +127,11 @@ def test_refused_latents_leave_the_finished_cache_intact(tmp_path: Path) -> None
     shutil.copytree(rp.acts, RunPaths(other).acts)
     train(small_train(other, seed=5))
     latents(LatentsConfig(run=str(rd), plots=False))
+    from saescope.latents import LatentCache
+
+    # the cache finds its SAE inside the run, wherever the run directory is now
+    moved = shutil.copytree(rd, tmp_path / "moved")
+    assert LatentCache(moved).sae_dir() == moved / "sae"
     before = {p.name: sha256_file(p) for p in rp.latents.iterdir() if p.is_file()}
     with pytest.raises(SaescopeError, match="input sae changed since"):
         latents(LatentsConfig(run=str(rd), sae=str(RunPaths(other).sae), plots=False))
@@ -134,8 +139,6 @@ def test_refused_latents_leave_the_finished_cache_intact(tmp_path: Path) -> None
         latents(LatentsConfig(run=str(rd), top_n=3, plots=False))
     after = {p.name: sha256_file(p) for p in rp.latents.iterdir() if p.is_file()}
     assert after == before
-    from saescope.latents import LatentCache
-
     assert LatentCache(rd).n_rows == 1200  # still reads as finished
     latents(LatentsConfig(run=str(rd), sae=str(RunPaths(other).sae), plots=False, overwrite=True))
     assert LatentCache(rd).sae_dir().resolve() == RunPaths(other).sae.resolve()

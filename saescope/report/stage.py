@@ -72,7 +72,9 @@ def run(cfg: ReportConfig) -> Path:
             f"the latent cache of {cfg.run} is unfinished; re-run `saescope latents`"
         )
     lat_cfg = read_json(rp.latents_config)
-    sae_dir = Path(lat_cfg.get("sae_dir") or rp.sae)
+    from saescope.latents import LatentCache
+
+    sae_dir = LatentCache(cfg.run).sae_dir()  # the SAE the cache was encoded with
     inputs = _inputs(rp, sae_dir)
     record = provenance.Record.make(rp.report_record, "report", cfg, inputs, ignore=("run",))
     # a page is a view: re-made whenever what it shows changed (overwrite)
