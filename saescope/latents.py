@@ -381,7 +381,8 @@ def run(cfg: LatentsConfig) -> Path:
             )
     # wall and CPU seconds of each phase (this run only: a resumed run counts what it redid)
     wall, cpu = clock.done()
-    extra = {"source": source, "sae_dir": str(sae_dir), "seconds": wall, "cpu_seconds": cpu}
+    # the SAE folder is in `source` (relative to the run): a cwd-relative copy would mislead
+    extra = {"source": source, "seconds": wall, "cpu_seconds": cpu}
     write_json(rp.latents_config, config_to_dict(cfg) | extra)
     record.finish({"seconds": wall})
     return rp.latents

@@ -55,7 +55,9 @@ def _record(cfg: TrainConfig, rp: RunPaths) -> provenance.Record:
     return provenance.Record.make(path, "train", cfg, up, ignore=EXECUTION_FIELDS)
 
 
-def _decide(cfg: TrainConfig, record: provenance.Record, folders: list[SAEPaths]) -> bool:
+def _decide(
+    cfg: TrainConfig, record: provenance.Record, folders: list[SAEPaths], dist: Dist
+) -> bool:
     """True when training is finished; otherwise clears what must not be resumed.
 
     A checkpoint is resumed only when the provenance record says it was made from the
@@ -66,7 +68,7 @@ def _decide(cfg: TrainConfig, record: provenance.Record, folders: list[SAEPaths]
     decision = record.decide(cfg.overwrite, first.dir, exists=exists)
     if decision is provenance.Decision.SKIP:
         return all(f.config.exists() and f.weights.exists() for f in folders)
-    if decision is provenance.Decision.FRESH and int(os.environ.get("RANK", "0")) == 0:
+    if decision is provenance.Decision.FRESH and dist.is_main:
         for f in folders:
             if f.dir.exists():
                 shutil.rmtree(f.dir)
@@ -91,7 +93,7 @@ def run(cfg: TrainConfig) -> Path:
     try:
         _threads(cfg, dist)
         record = _record(cfg, rp)
-        done = _decide(cfg, record, folders)
+        done = _decide(cfg, record, folders, dist)
         dist.barrier()  # rank 0 may have cleared old folders
         if not done and _train(cfg, record, store, folders, device, dist) and dist.is_main:
             for f in folders:  # each SAE of the sweep carries the record of its training
