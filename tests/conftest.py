@@ -105,3 +105,67 @@ def record_hand_made_names(run: Path, scorers: tuple[str, ...] = ()) -> None:
     for scorer in scorers:
         scored = {"keywords": provenance.artifact_id(rp.keywords)}
         provenance.Record.make(rp.score_record(scorer), "score", {}, scored).finish()
+
+
+# --- language-model runs -----------------------------------------------------------
+
+TINY_LM_LAYERS = 3
+
+
+def make_tiny_lm(folder: Path, layers: int = TINY_LM_LAYERS, seed: int = 0) -> Path:
+    """A randomly initialised Llama causal LM (d_model 64) with the packaged SmolLM2's
+    tokenizer, saved as a Hugging Face folder: fast enough for unit tests of hooks,
+    tokenisation, the store and the LM metrics."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from saescope.defaults import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder of the tiny random Llama (see `make_tiny_lm`)."""
+    return make_tiny_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_run(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path) -> Path:
+    """A token run: 150 news texts, the tiny Llama's resid_post.1 over 64-token packed
+    contexts (acts/ with tokens.safetensors and index.parquet). No SAE yet."""
+    from saescope import CorpusConfig, make_corpus
+    from saescope.lm.acts import run as acts
+    from saescope.options.acts import ActsConfig
+
+    run = tmp_path_factory.mktemp("tiny-lm-run") / "run"
+    make_corpus(CorpusConfig(run=str(run), source="news", shuffle=True, limit=150))
+    acts(
+        ActsConfig(
+            run=str(run),
+            model=str(tiny_lm_dir),
+            hookpoint="resid_post.1",
+            ctx_len=64,
+            shard_rows=512,
+        )
+    )
+    return run

@@ -32,7 +32,7 @@ from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.paths import RunPaths, SAEPaths
 from saescope.sae import SAE
-from saescope.store import ActivationStore, split_mask
+from saescope.store import ActivationStore
 from saescope.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from saescope.train.config import EXECUTION_FIELDS, TrainConfig
 from saescope.train.ddp import Dist, close_dist, init_dist, rank_device
@@ -113,7 +113,7 @@ def run(cfg: TrainConfig) -> Path:
 
 def _plan(cfg: TrainConfig, store: ActivationStore) -> tuple[int, int]:
     """(steps per epoch, total steps) of the training split."""
-    n_train = int((~split_mask(np.arange(store.count), cfg.eval_fraction)).sum())
+    n_train = int((~store.held_out(np.arange(store.count), cfg.eval_fraction)).sum())
     if n_train < cfg.batch_size:
         raise SaescopeError(
             f"the training split of {store.dir} has {n_train} rows, fewer than one batch "

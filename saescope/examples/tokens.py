@@ -1,0 +1,184 @@
+"""The texts of store rows, whatever a row is: a corpus text, or a token in its context.
+
+In: a run directory. The store's manifest says what its rows are (`rows`:
+"texts" or "tokens"); nothing here assumes row i is text i. Out:
+  row_texts(run)   a sequence: row -> text (a corpus text, or a token's short window)
+  TokenRows(run)   for token runs: each row's context window as tokens, and
+                   which store row every token of the window is
+
+Token windows never cross their context and leave out BOS and padding. The
+default window is delphi's 32 tokens (24 before the token, the token, 7 after);
+`text()` joins a window into a string, optionally marking the token `<<like this>>`.
+For naming and scoring, a token row stands for the short window before and at it
+(`NAME_BEFORE` tokens and `NAME_AFTER` after), so the phrases found are the ones
+around the activating token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from safetensors.numpy import load_file as load_numpy
+
+from saescope.errors import SaescopeError
+from saescope.io import read_json
+from saescope.paths import RunPaths
+
+WINDOW_BEFORE, WINDOW_AFTER = 24, 7  # 32 tokens with the token itself
+NAME_BEFORE, NAME_AFTER = 6, 2  # the window a token row stands for when naming/scoring
+
+
+def store_rows_kind(run: str | Path) -> str:
+    """ "texts" or "tokens": what the rows of the run's store are (from its manifest)."""
+    m = RunPaths(run).acts_manifest
+    if not m.exists():
+        return "texts"
+    return str(read_json(m).get("meta", {}).get("rows", "texts"))
+
+
+def load_tokenizer(model: str):
+    """The tokenizer of the LM a token store was made with (no model weights are loaded)."""
+    from transformers import AutoTokenizer
+
+    from saescope.lm.model import resolve_lm
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_lm(model))
+    except Exception as exc:  # hub, IO and config errors alike
+        from saescope.errors import describe
+
+        raise SaescopeError(f"cannot load the tokenizer of {model!r}: {describe(exc)}") from exc
+
+
+@dataclass(frozen=True)
+class Window:
+    """A token's context window: token strings, their store rows (-1: not a row), the token."""
+
+    tokens: list[str]
+    rows: list[int]
+    center: int  # index of the token itself in `tokens`
+
+
+class TokenRows:
+    """Token rows of an LM run: context windows as strings (see the module docstring)."""
+
+    def __init__(self, run: str | Path, tokenizer: Any = None) -> None:
+        rp = RunPaths(run)
+        if not rp.acts_tokens.exists() or not rp.acts_index.exists():
+            raise SaescopeError(
+                f"{rp.acts} has no token contexts ({rp.acts_tokens.name}, {rp.acts_index.name}); "
+                f"run `saescope acts --run {run}`"
+            )
+        t = load_numpy(str(rp.acts_tokens))
+        self.input_ids: np.ndarray = t["input_ids"]  # (n_ctx, ctx_len)
+        self.attention: np.ndarray = t["attention_mask"].astype(bool)
+        self.text_row: np.ndarray = t["text_row"]
+        index = pq.read_table(rp.acts_index, columns=["context", "position"])
+        self.context: np.ndarray = index["context"].to_numpy().astype(np.int64)
+        self.position: np.ndarray = index["position"].to_numpy().astype(np.int64)
+        # store row of every (context, position), -1 where the token is not a row
+        self.row_at = np.full(self.input_ids.shape, -1, dtype=np.int64)
+        self.row_at[self.context, self.position] = np.arange(len(self.context))
+        self.model = str(read_json(rp.acts_manifest)["meta"].get("model"))
+        self._tokenizer = tokenizer
+        self._strings: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.context)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.model)
+        return self._tokenizer
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """Each token id as the text it stands for (decoded alone, cached)."""
+        missing = sorted({int(i) for i in ids} - self._strings.keys())
+        if missing:
+            for i, s in zip(
+                missing, self.tokenizer.batch_decode([[i] for i in missing]), strict=True
+            ):
+                self._strings[i] = s
+        return [self._strings[int(i)] for i in ids]
+
+    def token(self, row: int) -> str:
+        return self.token_strings([self.input_ids[self.context[row], self.position[row]]])[0]
+
+    def window(self, row: int, before: int = WINDOW_BEFORE, after: int = WINDOW_AFTER) -> Window:
+        """The tokens around store row `row` within its context (no BOS, no padding)."""
+        if not 0 <= row < len(self.context):
+            raise SaescopeError(f"row {row} is out of range: the store has rows 0..{len(self) - 1}")
+        c, p = int(self.context[row]), int(self.position[row])
+        lo, hi = max(0, p - before), min(self.input_ids.shape[1], p + after + 1)
+        span = np.arange(lo, hi)
+        # keep text tokens and tokens that are rows (a kept special token); never padding
+        ok = self.attention[c, span] & ((self.text_row[c, span] >= 0) | (self.row_at[c, span] >= 0))
+        ok |= span == p
+        span = span[ok]
+        return Window(
+            self.token_strings(self.input_ids[c, span].tolist()),
+            self.row_at[c, span].tolist(),
+            int(np.flatnonzero(span == p)[0]),
+        )
+
+    def text(
+        self, row: int, before: int = WINDOW_BEFORE, after: int = WINDOW_AFTER, mark: bool = False
+    ) -> str:
+        """The window of `row` as one string; with `mark`, the token itself as <<token>>."""
+        w = self.window(row, before, after)
+        parts = list(w.tokens)
+        if mark:
+            parts[w.center] = f"<<{parts[w.center]}>>"
+        return "".join(parts)
+
+
+class TokenTexts(Sequence[str]):
+    """row -> the short window a token row stands for when naming and scoring (cached)."""
+
+    def __init__(self, tokens: TokenRows, before: int = NAME_BEFORE, after: int = NAME_AFTER):
+        self.tokens, self.before, self.after = tokens, before, after
+        self._cache: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        if i not in self._cache:
+            self._cache[i] = self.tokens.text(i, self.before, self.after).strip()
+        return self._cache[i]
+
+
+def row_texts(run: str | Path, n_rows: int | None = None) -> Sequence[str]:
+    """row -> text for every store row of a run: corpus texts, or token windows (`TokenTexts`).
+
+    `n_rows`: the number of rows the caller's activations have; a mismatch is an error.
+    """
+    rp = RunPaths(run)
+    if store_rows_kind(run) == "tokens":
+        texts: Sequence[str] = TokenTexts(TokenRows(run))
+    else:
+        if not rp.corpus.exists():
+            raise SaescopeError(f"no corpus at {rp.corpus}; run `saescope corpus --run {run}`")
+        texts = pd.read_parquet(rp.corpus, columns=["text"])["text"].astype(str).tolist()
+    if n_rows is not None and len(texts) != n_rows:
+        raise SaescopeError(
+            f"the run {run} has {len(texts)} rows of text but the activations have {n_rows}; "
+            "re-run `saescope latents` (and the stages after it)"
+        )
+    return texts
