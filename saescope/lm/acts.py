@@ -96,7 +96,7 @@ def write_contexts(rp: RunPaths, ctx: Contexts, docs: pd.Series) -> None:
     c, p = np.nonzero(ctx.keep)  # row order: contexts, then positions
     text_row = ctx.text_row[c, p]
     doc_of = docs.astype(str).to_numpy()
-    doc = np.where(text_row >= 0, doc_of[np.maximum(text_row, 0)], None)
+    doc = [str(doc_of[r]) if r >= 0 else None for r in text_row.tolist()]
     table = pa.table(
         {
             "row": pa.array(np.arange(len(c), dtype=np.int64)),
@@ -104,7 +104,7 @@ def write_contexts(rp: RunPaths, ctx: Contexts, docs: pd.Series) -> None:
             "position": pa.array(p.astype(np.int32)),
             "token": pa.array(ctx.input_ids[c, p].astype(np.int32)),
             "text_row": pa.array(text_row.astype(np.int32)),
-            "doc": pa.array(doc.tolist(), type=pa.string()),
+            "doc": pa.array(doc, type=pa.string()),
         }
     )
     with atomic_path(rp.acts_index) as tmp:

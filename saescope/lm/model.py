@@ -76,7 +76,7 @@ def _gguf_cache_folder(gguf: Path) -> Path:
         raise SaescopeError(f"cannot load the GGUF model {gguf}: {describe(exc)}") from exc
     # save_pretrained refuses a model that still says it is GGUF-quantised; its weights
     # are plain float32 tensors by now
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -130,4 +130,4 @@ def load_lm(
     except Exception as exc:
         raise SaescopeError(f"cannot load the model {name!r}: {describe(exc)}") from exc
     model.eval().requires_grad_(False)
-    return LM(name, model.to(device), tokenizer)
+    return LM(name, model.to(device), tokenizer)  # type: ignore[arg-type]
