@@ -119,9 +119,15 @@ def load_lm(
         raise SaescopeError(f"cannot load the model {name!r}: {describe(exc)}") from exc
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    archs = getattr(config, "architectures", None) or []
+    causal_archs = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or (
+        archs
+        and not any(a in causal_archs or a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    ):
         raise SaescopeError(
-            f"{name!r} is a {config.model_type!r} model, not a causal language model "
+            f"{name!r} is a {config.model_type!r} model ({', '.join(archs) or 'no architecture'}), "
+            "not a causal language model "
             "(saescope acts needs one that AutoModelForCausalLM loads)"
         )
     try:
