@@ -7,6 +7,8 @@ texts of given rows, and which sentence model a run's phrases are embedded with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from saescope.store import ActivationStore
@@ -18,14 +20,19 @@ def store_is_text_embedding(store: ActivationStore, model: str) -> bool:
 
 
 def run_model_name(store: ActivationStore, override: str | None = None) -> str:
-    """The sentence model to embed phrases and queries with."""
+    """The sentence model to embed phrases and queries with: the store's own for
+    sentence-embedding runs, else (LM runs, imported vectors) the packaged MiniLM."""
     from saescope.defaults import DEFAULT_EMBED_MODEL
 
-    return override or store.meta.get("model") or DEFAULT_EMBED_MODEL
+    if override:
+        return override
+    if store.meta.get("source") == "sentence-transformers" and store.meta.get("model"):
+        return str(store.meta["model"])
+    return DEFAULT_EMBED_MODEL  # token stores and imported vectors: the packaged MiniLM
 
 
 def text_vectors(
-    store: ActivationStore, texts: list[str], rows: np.ndarray, model_name: str, embedder
+    store: ActivationStore, texts: Sequence[str], rows: np.ndarray, model_name: str, embedder
 ) -> np.ndarray:
     """(len(rows), d) unit vectors of the texts of `rows` under `model_name`.
 

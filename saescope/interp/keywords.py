@@ -18,6 +18,7 @@ rows those are (by document by default: `--split doc`) is decided by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +27,6 @@ import pyarrow.parquet as pq
 
 from saescope import provenance
 from saescope.config import config_to_dict
-from saescope.corpus import read_corpus
 from saescope.errors import SaescopeError
 from saescope.examples import (
     ExampleOptions,
@@ -36,6 +36,7 @@ from saescope.examples import (
     text_vectors,
 )
 from saescope.examples.activations import activation_source
+from saescope.examples.tokens import row_texts
 from saescope.interp.candidates import FeatureKeywords, PhraseEmbedder, failed
 from saescope.interp.contrastive import ContrastiveOptions, contrastive_keywords
 from saescope.interp.thesis import ThesisOptions, thesis_keywords
@@ -80,7 +81,7 @@ def table(results: dict[int, FeatureKeywords], method: str) -> pa.Table:
 def name_features(
     cfg: KeywordsConfig,
     ex: Examples,
-    texts: list[str],
+    texts: Sequence[str],
     store: ActivationStore,
     embedder: PhraseEmbedder,
     sae=None,
@@ -142,22 +143,17 @@ def run(cfg: KeywordsConfig) -> Path:
     record = provenance.Record.make(rp.keywords_record, "keywords", cfg, upstream, _IGNORED)
     if record.decide(cfg.overwrite, rp.keywords) is provenance.Decision.SKIP:
         return rp.keywords
-    corpus = read_corpus(cfg.run)
-    if len(corpus) != store.count:
-        raise SaescopeError(
-            f"{rp.corpus} has {len(corpus)} rows but {rp.acts} has {store.count}; "
-            "keywords need one store row per corpus text (a sentence-embedding run)"
-        )
     ex = open_examples(cfg.run, cfg.activations, cfg.split_seed, cfg.split)
     if ex.n_rows != store.count:
         raise SaescopeError(
             f"the activations ({ex.n_rows} rows) do not match the store ({store.count} rows); "
             "re-run `saescope latents`"
         )
+    texts = row_texts(cfg.run, ex.n_rows)  # corpus texts, or token windows for LM runs
     sae = SAE.load(sae_dir)
     model = load_sentence_model(run_model_name(store, cfg.model))
     embedder = PhraseEmbedder(model, cfg.batch_size, cfg.progress)
-    results = name_features(cfg, ex, corpus["text"].tolist(), store, embedder, sae)
+    results = name_features(cfg, ex, texts, store, embedder, sae)
     record.start()
     with atomic_path(rp.keywords) as tmp:
         pq.write_table(table(results, cfg.method), tmp)

@@ -19,6 +19,7 @@ name that says nothing about this feature reaches.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,10 @@ from tqdm.auto import tqdm
 
 from saescope import provenance
 from saescope.config import config_to_dict
-from saescope.corpus import read_corpus
 from saescope.errors import SaescopeError
 from saescope.examples import Examples, open_examples, run_model_name, store_is_text_embedding
 from saescope.examples.activations import activation_source
+from saescope.examples.tokens import row_texts
 from saescope.interp.candidates import PhraseEmbedder, unit_rows
 from saescope.interp.keywords import read_keywords
 from saescope.io import atomic_path, write_json
@@ -64,7 +65,9 @@ class _TextVectors:
     before; calls then look them up (sorted ids, no n_rows-long index).
     """
 
-    def __init__(self, store: ActivationStore, texts: list[str], model_name: str, embedder) -> None:
+    def __init__(
+        self, store: ActivationStore, texts: Sequence[str], model_name: str, embedder
+    ) -> None:
         self.from_store = store_is_text_embedding(store, model_name)
         self.store, self.texts, self.embedder = store, texts, embedder
         self.rows = np.zeros(0, dtype=np.int64)
@@ -172,9 +175,9 @@ def run(cfg: ScoreConfig) -> Path:
     # the options the names were made with, from their record (checked above to exist)
     kcfg = (provenance.read_record(rp.keywords_record) or {})["config"]
     store = ActivationStore(rp.acts, verify=False)
-    texts = read_corpus(cfg.run)["text"].tolist()
     split = (int(kcfg["split_seed"]), str(kcfg["split"]))  # the names' naming/scoring split
     ex = open_examples(cfg.run, cfg.activations, *split)
+    texts = row_texts(cfg.run, ex.n_rows)  # corpus texts, or token windows for LM runs
     ex.acts.check_features([int(f) for f in kw["feature"]])
     model_name = run_model_name(store, cfg.model)
     embedder = PhraseEmbedder(load_sentence_model(model_name), cfg.batch_size, cfg.progress)
