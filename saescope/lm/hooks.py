@@ -8,6 +8,7 @@ A hookpoint is given as
     layers.L       sparsify's name for resid_post.L
     blocks.L.hook_resid_post / hook_resid_pre / hook_mlp_out / hook_attn_out
                    SAELens (TransformerLens) names with an unambiguous HF module
+    middle         resid_post of the middle block (n_layers // 2; 15 of SmolLM2's 30)
 or as the name of any module of the model (`model.layers.6.mlp.down_proj`: its output).
 Blocks are the model's decoder layer list: the `nn.ModuleList` with one entry per
 hidden layer (`model.layers` for Llama-like models, `transformer.h` for GPT-2).
@@ -31,6 +32,7 @@ from torch import nn
 from saescope.errors import SaescopeError
 
 SITES = ("resid_pre", "resid_post", "mlp_out", "attn_out")
+MIDDLE = "middle"  # resid_post of block n_layers // 2
 _MLP_NAMES = ("mlp", "feed_forward", "ffn")
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 _SAELENS = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)$")
@@ -88,7 +90,12 @@ def normalise(spec: str) -> tuple[str, int] | None:
 
 
 def resolve(model: nn.Module, spec: str) -> Hookpoint:
-    """The `Hookpoint` of `spec` in `model`, or a one-line error naming what exists."""
+    """The `Hookpoint` of `spec` in `model`, or a one-line error naming what exists.
+
+    `middle` is resid_post of the middle block (block n_layers // 2).
+    """
+    if spec.strip() == MIDDLE:
+        spec = f"resid_post.{len(block_list(model)[1]) // 2}"
     modules = dict(model.named_modules())
     site_layer = normalise(spec)
     if site_layer is None:

@@ -23,9 +23,10 @@ class ActsConfig:
         "(default: the packaged SmolLM2-135M-Instruct)",
     )
     hookpoint: str = option(
-        "resid_post.15",
+        "middle",
         "where to read: resid_post.L, resid_pre.L, mlp_out.L, attn_out.L, layers.L (sparsify), "
-        "blocks.L.hook_resid_post (SAELens) or a module name",
+        "blocks.L.hook_resid_post (SAELens), a module name, or middle (resid_post of block "
+        "n_layers // 2)",
     )
     list_hookpoints: bool = option(False, "print the model's hookpoints and stop")
     ctx_len: int = option(256, "tokens per context (BOS included)")
