@@ -289,3 +289,24 @@ def test_cli_builds_a_token_store_with_document_packing(tiny_lm_dir, tmp_path):
     assert store.dtype == "bfloat16" and store.meta["packing"] == "document"
     index = pd.read_parquet(RunPaths(run).acts_index)
     assert index["context"].nunique() == 20 and (index["position"] >= 1).all()
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_middle_layer_equals_its_full_forward(tmp_path):
+    """The embedded default: SmolLM2-135M-Instruct from its GGUF, at resid_post.15."""
+    lm = load_lm()
+    assert (lm.n_layers, lm.d_model) == (30, 576)
+    run = tmp_path / "run"
+    make_corpus(CorpusConfig(run=str(run), source="news", limit=12))
+    acts(ActsConfig(run=str(run), ctx_len=64), lm=lm)
+    rp = RunPaths(run)
+    store = ActivationStore(rp.acts)
+    assert store.meta["hookpoint"] == "resid_post.15" and store.d_in == 576
+    t = load_numpy(str(rp.acts_tokens))
+    index = pd.read_parquet(rp.acts_index)
+    sel = index[index["context"] == 0]
+    ids = torch.from_numpy(t["input_ids"][:1].astype(np.int64))
+    with torch.inference_mode():
+        hidden = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[16]
+    want = hidden[0, sel["position"].to_numpy()]
+    assert torch.allclose(store.rows(sel["row"].to_numpy()), want, atol=1e-4)
