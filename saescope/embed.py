@@ -112,6 +112,7 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
     d_in = model_dim(model)
     meta = {
         "source": "sentence-transformers",
+        "rows": "texts",  # one row per corpus text (LM stores say "tokens")
         "model": cfg.model,
         "normalize": cfg.normalize,
         "max_seq_length": model.max_seq_length,
@@ -258,7 +259,7 @@ def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
     ids = _read_ids(cfg.ids, len(arr)) if cfg.ids else None
     _check_vectors(arr, path, cfg.shard_rows, cfg.dtype, cfg.normalize)
     sha = sha256_file(path)
-    meta = {"source": "vectors", "model": None, "normalize": cfg.normalize}
+    meta = {"source": "vectors", "rows": "texts", "model": None, "normalize": cfg.normalize}
     writer = StoreWriter(
         rp.acts,
         arr.shape[1],

@@ -137,9 +137,9 @@ class StoreWriter:
             raise SaescopeError(
                 f"{where} stores {m.get('dtype')}, not {self.dtype}; use the same --dtype or --overwrite"
             )
-        differs = sorted(
-            k for k in set(m["meta"]) | set(self.meta) if m["meta"].get(k) != self.meta.get(k)
-        )
+        # a store's meta without `rows` (made before it existed, or by hand) holds texts
+        saved, new = ({"rows": "texts"} | meta for meta in (m["meta"], self.meta))
+        differs = sorted(k for k in set(saved) | set(new) if saved.get(k) != new.get(k))
         if differs and not append:
             raise SaescopeError(
                 f"{self.dir} holds a different run ({', '.join(differs)} differ); "
