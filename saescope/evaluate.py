@@ -1,9 +1,11 @@
 """`saescope eval`: held-out quality of a trained SAE.
 
 In: `<run>/acts` and an SAE folder (`<run>/sae` by default; any saescope SAE
-folder works). The held-out split is the training config's `eval_fraction` of row
-ids (`store.split_mask`); when nothing was held out, every row is used and the
-result says so.
+folder, or a SAELens, sparsify or BatchTopK-repo folder, which `load_sae` reads).
+The held-out split is the training config's `eval_fraction` of row ids
+(`store.split_mask`; token stores hash the row's context); when nothing was held
+out, every row is used and the result says so. A foreign SAE never saw the store:
+with no `--eval-fraction`, all of it is used.
 Out: `<sae folder>/metrics.json` with
     nmse                 sum |x - x_hat|^2 / sum |x - mean(x)|^2
     fve                  1 - nmse (fraction of variance explained)
@@ -15,7 +17,17 @@ Out: `<sae folder>/metrics.json` with
     recall_at_k          (sentence embeddings) share of each row's k nearest neighbours
                          (cosine, within the first `retrieval_rows` held-out rows) that are
                          still its neighbours when every row is replaced by its reconstruction
-and its provenance record `metrics.provenance.json`. A re-run with the same options,
+    lm                   (LM runs, `--lm-contexts` > 0) the model's next-token loss with the
+                         SAE spliced in at its hookpoint, over up to `lm_contexts` contexts of
+                         `lm_split` (held-out by default): ce_loss_score, kl_div_score,
+                         delta_loss, CE/KL clean, spliced, zero-ablated and with the error
+                         added back (definitions: saescope/lm/metrics.py), plus split,
+                         hookpoint, model and sae_hookpoint
+and its provenance record `metrics.provenance.json`. On an LM run the SAE's
+hookpoint (its store's, or a foreign file's `hook_name`: sparsify `layers.L`,
+SAELens `blocks.L.hook_resid_post`...) must be the store's; any other, or one with
+no Hugging Face module, is refused. A one-line summary goes to stderr.
+A re-run with the same options,
 the same SAE weights and the same store skips the work; a change of any of them
 redoes it (metrics are derived data: no --overwrite needed).
 """
@@ -23,24 +35,33 @@ redoes it (metrics are derived data: no --overwrite needed).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saescope import provenance
+from saescope import paths, provenance
 from saescope.config import config_to_dict
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.io import read_json, write_json
 from saescope.options.evaluate import EvalConfig
 from saescope.paths import RunPaths, SAEPaths
-from saescope.sae import SAE
-from saescope.store import ActivationStore
+from saescope.sae import SAE, detect_format, load_sae
+from saescope.store import ActivationStore, split_mask
 
 EMBEDDING_SOURCES = ("sentence-transformers", "vectors")
+# the file of each SAE folder format whose sha256 identifies the SAE
+_WEIGHTS = {
+    "saescope": paths.NATIVE_SAE_WEIGHTS,
+    "saelens": paths.SAELENS_WEIGHTS,
+    "sparsify": paths.SPARSIFY_WEIGHTS,
+    "batchtopk_repo": paths.BATCHTOPK_WEIGHTS,
+}
 
 
 def sae_dir(cfg: EvalConfig) -> Path:
@@ -155,46 +176,184 @@ def evaluate_sae(
 
 
 # options that change no output
-_IGNORED = ("run", "batch_size", "device")
+_IGNORED = ("run", "batch_size", "device", "lm_batch_size")
+
+
+def load_for_eval(folder: Path, device: torch.device) -> tuple[SAE, Path, str]:
+    """(SAE, its weights file, format) of an SAE folder of any folder format."""
+    where = detect_format(folder)
+    if where.format not in _WEIGHTS:
+        raise SaescopeError(
+            f"{where.path} is a single {where.format} file; eval writes metrics.json beside the "
+            f"SAE: convert it into a folder first (saescope convert --src {where.path} --out DIR)"
+        )
+    sae = load_sae(where.path, device=str(device))
+    return sae, where.path / _WEIGHTS[where.format], where.format
+
+
+def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
+    """The held-out fraction: the option, else the one the SAE was trained with (foreign: 0)."""
+    if cfg.eval_fraction >= 0:
+        return cfg.eval_fraction
+    if fmt != "saescope":
+        return 0.0
+    return float(read_json(folder.config).get("training", {}).get("eval_fraction", 0.0))
+
+
+def _check_width(sae: SAE, store: ActivationStore, where: Path) -> None:
+    if sae.cfg.d_in == store.d_in:
+        return
+    if store.rows_kind == "tokens":
+        raise SaescopeError(
+            f"the SAE in {where} takes d_in={sae.cfg.d_in}, but hookpoint "
+            f"{store.meta.get('hookpoint')} of {store.meta.get('model')} gives {store.d_in}-d "
+            f"activations (store {store.dir}); use an SAE trained at this hookpoint of this model"
+        )
+    raise SaescopeError(
+        f"the SAE in {where} takes d_in={sae.cfg.d_in}, the store {store.dir} has {store.d_in}"
+    )
+
+
+def lm_contexts(n_contexts: int, want: int, split: str, fraction: float) -> tuple[np.ndarray, str]:
+    """(context ids, split used): the first `want` contexts of `split`, in context order.
+
+    Held-out contexts are those the store holds out (`split_mask` of the context id);
+    when nothing was held out (fraction 0), every context is used and the split is "all".
+    """
+    ids = np.arange(n_contexts, dtype=np.int64)
+    if split == "all" or fraction <= 0:
+        return ids[:want], "all"
+    held = split_mask(ids, fraction)
+    return (ids[held] if split == "eval" else ids[~held])[:want], split
+
+
+class LMJob(NamedTuple):
+    """What the LM metrics run on: the loaded model, its hookpoint and the chosen contexts."""
+
+    lm: Any  # saescope.lm.model.LM
+    hp: Any  # saescope.lm.hooks.Hookpoint
+    tokens: dict[str, np.ndarray]  # input_ids, attention_mask, keep: (n_contexts, ctx_len)
+    split: str  # the split the contexts come from: eval, train or all
+
+
+def prepare_lm(
+    cfg: EvalConfig, store: ActivationStore, sae: SAE, where: Path, fraction: float
+) -> LMJob:
+    """Load the store's model and contexts; refuse an SAE that reads another hookpoint."""
+    from safetensors.numpy import load_file
+
+    from saescope.lm import hooks
+    from saescope.lm.metrics import check_hookpoint, sae_hookpoint
+    from saescope.lm.model import load_lm
+
+    tokens_path = RunPaths(cfg.run).acts_tokens
+    if not tokens_path.exists():
+        raise SaescopeError(f"{tokens_path} is missing; re-run `saescope acts` on {cfg.run}")
+    tokens = load_file(str(tokens_path))
+    ids, split = lm_contexts(len(tokens["input_ids"]), cfg.lm_contexts, cfg.lm_split, fraction)
+    if len(ids) == 0:
+        raise SaescopeError(
+            f"the store {store.dir} has no {cfg.lm_split} contexts for the LM metrics; "
+            "use --lm-split all or --lm-contexts 0"
+        )
+    meta = store.meta
+    lm = load_lm(
+        str(meta["model"]), pick_device(cfg.device), str(meta.get("model_dtype", "float32"))
+    )
+    hp = hooks.resolve(lm.model, str(meta["hookpoint"]))
+    check_hookpoint(sae_hookpoint(sae), meta, str(where), lm.model)
+    chosen = {k: tokens[k][ids] for k in ("input_ids", "attention_mask", "keep")}
+    return LMJob(lm, hp, chosen, split)
+
+
+def evaluate_lm(job: LMJob, sae: SAE, batch_size: int) -> dict[str, Any]:
+    """The `lm` section of metrics.json: CE/KL with the SAE spliced into the store's model."""
+    from saescope.lm.metrics import lm_metrics, sae_hookpoint
+
+    t = job.tokens
+    result = lm_metrics(
+        job.lm,
+        job.hp,
+        sae.to(job.lm.device),
+        t["input_ids"],
+        t["attention_mask"],
+        t["keep"],
+        batch_size,
+    )
+    return {
+        "split": job.split,
+        "model": job.lm.name,
+        "hookpoint": job.hp.name,
+        "sae_hookpoint": sae_hookpoint(sae),
+        **result.to_dict(),
+    }
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def summary_line(folder: Path, metrics: dict[str, Any]) -> str:
+    """One line: the SAE, its NMSE and L0, and (LM runs) ce_loss_score and kl_div_score."""
+    line = (
+        f"eval {folder}: nmse {_fmt(metrics['nmse'])}, l0 {_fmt(metrics['l0'])}, "
+        f"dead {_fmt(metrics['dead_fraction'])} on {metrics['n_rows']:,} {metrics['split']} rows"
+    )
+    lm = metrics.get("lm")
+    if lm:
+        line += (
+            f"; LM: ce_loss_score {_fmt(lm['ce_loss_score'])}, kl_div_score "
+            f"{_fmt(lm['kl_div_score'])}, delta_loss {_fmt(lm['delta_loss'])} "
+            f"({lm['n_tokens']:,} tokens of {lm['n_contexts']} {lm['split']} contexts)"
+        )
+    return line
 
 
 @provenance.locked("eval")
 def run(cfg: EvalConfig) -> Path:
     """Write `<sae folder>/metrics.json`; returns its path."""
+    if cfg.lm_contexts < 0 or cfg.lm_batch_size < 1:
+        raise SaescopeError("--lm-contexts must be >= 0 and --lm-batch-size >= 1")
     folder = SAEPaths(sae_dir(cfg))
     store = ActivationStore(RunPaths(cfg.run).acts)
-    sae = SAE.load(folder.dir).to(pick_device(cfg.device))
+    sae, weights, fmt = load_for_eval(folder.dir, pick_device(cfg.device))
+    folder = SAEPaths(weights.parent)  # a file given as --sae stands for its folder
     bad = [n for n, t in sae.state_tensors().items() if not bool(torch.isfinite(t).all())]
     if bad:
         raise SaescopeError(
             f"the SAE in {folder.dir} has NaN or inf in {', '.join(bad)}; retrain or reconvert it"
         )
-    if sae.cfg.d_in != store.d_in:
-        raise SaescopeError(
-            f"the SAE in {folder.dir} takes d_in={sae.cfg.d_in}, the store {store.dir} has {store.d_in}"
-        )
-    fraction = cfg.eval_fraction
-    if fraction < 0:
-        fraction = float(read_json(folder.config).get("training", {}).get("eval_fraction", 0.0))
+    _check_width(sae, store, folder.dir)
+    with_lm = store.rows_kind == "tokens" and cfg.lm_contexts > 0
+    if store.rows_kind == "tokens":
+        from saescope.lm.metrics import check_hookpoint, sae_hookpoint
+
+        check_hookpoint(sae_hookpoint(sae), store.meta, str(folder.dir))
+    fraction = _fraction(cfg, folder, fmt)
     split = "eval" if fraction > 0 else "all"
     rp = RunPaths(cfg.run)
-    upstream = provenance.upstream_ids({"acts": rp.acts_manifest, "sae": folder.weights})
+    upstream = provenance.upstream_ids(
+        {"acts": rp.acts_manifest, "sae": weights, "tokens": rp.acts_tokens if with_lm else None}
+    )
     config = config_to_dict(cfg) | {"eval_fraction": fraction}  # the fraction actually used
     record = provenance.Record.make(folder.eval_record, "eval", config, upstream, _IGNORED)
     # metrics of an SAE are redone whenever the SAE or the store changed: overwrite
     if record.decide(True, folder.metrics) is provenance.Decision.SKIP:
+        print(summary_line(folder.dir, read_json(folder.metrics)), file=sys.stderr)
         return folder.metrics
+    job = prepare_lm(cfg, store, sae, folder.dir, fraction) if with_lm else None
     record.start()
     metrics = evaluate_sae(sae, store, split, fraction, cfg)
-    write_json(
-        folder.metrics,
-        {
-            "split": split,
-            "eval_fraction": fraction,
-            **metrics,
-            "sae_sha256": upstream["sae"],
-            "config": config_to_dict(cfg),
-        },
-    )
+    if job is not None:
+        metrics["lm"] = evaluate_lm(job, sae, cfg.lm_batch_size)
+    result = {
+        "split": split,
+        "eval_fraction": fraction,
+        **metrics,
+        "sae_sha256": upstream["sae"],
+        "config": config_to_dict(cfg),
+    }
+    write_json(folder.metrics, result)
     record.finish()
+    print(summary_line(folder.dir, result), file=sys.stderr)
     return folder.metrics

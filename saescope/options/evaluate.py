@@ -26,4 +26,14 @@ class EvalConfig:
     )
     retrieval_rows: int = option(5000, "rows used for the nearest-neighbour recall")
     retrieval_k: int = option(10, "neighbours compared per row")
+    lm_contexts: int = option(
+        32,
+        "LM runs: contexts the model runs with the SAE spliced in for CE/KL (0: no LM metrics)",
+    )
+    lm_split: str = option(
+        "eval",
+        "LM runs: which contexts the LM metrics take (eval: held out from training)",
+        choices=("eval", "train", "all"),
+    )
+    lm_batch_size: int = option(8, "LM runs: contexts per forward pass of the LM metrics")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
