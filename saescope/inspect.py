@@ -8,6 +8,14 @@
 In: `latents/features.parquet` and `corpus.parquet` (plus keywords, explanations and
 scores when those stages have run); `--text` also needs `acts/manifest.json` (which
 model embedded the corpus) and the SAE. Out: text on stdout; nothing is written.
+
+Token runs (an LM's residual stream, `saescope acts`): the examples are token
+windows with the activating token marked <<like this>> (the JSON adds the
+feature's activation on every token of the window), and the logit lens of the
+feature is shown. `--text` tokenizes the text as the store did (BOS first when
+the store's contexts have one), runs the LM to the hookpoint, encodes every
+token with the SAE and prints a table: one line per token, one column per
+feature, the features strongest on any token first.
 """
 
 from __future__ import annotations
@@ -24,17 +32,29 @@ import torch
 
 from saescope.errors import SaescopeError
 from saescope.examples import from_features_row
+from saescope.examples.tokens import feature_column, feature_window, store_rows_kind
 from saescope.io import read_json
 from saescope.paths import RunPaths
-from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
+from saescope.report.data import (
+    Annotations,
+    LensTokens,
+    RowTexts,
+    load_annotations,
+    logit_lens,
+    read_features,
+)
 
 
 @dataclass(frozen=True)
 class Example:
     row: int
     act: float
-    text: str
+    text: str  # token runs: the window, the row's token marked <<like this>>
     bin: int | None = None
+    # token runs only: the window's tokens and the feature's activation on each
+    tokens: list[str] | None = None
+    acts: list[float] | None = None
+    center: int | None = None  # index of the row's own token in `tokens`
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,19 @@ class FeatureView:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     top: list[Example] = field(default_factory=list)
     quantiles: list[Example] = field(default_factory=list)
+    logit_lens: LensTokens | None = None  # token runs: tokens the decoder direction promotes
+
+
+_TOKEN_FIELDS = ("tokens", "acts", "center", "logit_lens")
+
+
+def _as_json(x: Any) -> Any:
+    """asdict() of a view without the token-run fields where they are None (other runs)."""
+    if isinstance(x, dict):
+        return {k: _as_json(v) for k, v in x.items() if v is not None or k not in _TOKEN_FIELDS}
+    if isinstance(x, list | tuple):
+        return [_as_json(v) for v in x]
+    return x
 
 
 def _num(x: Any) -> float | None:
@@ -71,12 +104,10 @@ def feature_view(
     ann = ann if ann is not None else load_annotations(run)
     texts = RowTexts(run, int(read_json(RunPaths(run).latents_manifest)["n_rows"]))
     fe = from_features_row(r).limit(n_top)
-    top = [
-        Example(int(row), float(act), texts(int(row)))
-        for row, act in zip(fe.top_rows, fe.top_acts, strict=True)
-    ]
+    example = _example_maker(run, texts, feature)
+    top = [example(row, act) for row, act in zip(fe.top_rows, fe.top_acts, strict=True)]
     quant = [
-        Example(int(row), float(act), texts(int(row)), int(b))
+        example(row, act, b)
         for row, act, b in zip(fe.quantile_rows, fe.quantile_acts, fe.quantile_bins, strict=True)
     ]
     kw = ann.keywords.get(feature)
@@ -95,7 +126,35 @@ def feature_view(
         scores={s: v[feature] for s, v in ann.scores.items() if feature in v},
         top=top,
         quantiles=quant,
+        logit_lens=logit_lens(r),
     )
+
+
+def _example_maker(run: str | Path, texts: RowTexts, feature: int):
+    """row, act[, bin] -> Example: the row's text, or for token runs its window with the
+    feature's activation on every token (the feature's column read once)."""
+    if texts.tokens is None:
+        return lambda row, act, b=None: Example(
+            int(row), float(act), texts(int(row)), None if b is None else int(b)
+        )
+    from saescope.latents import LatentCache
+
+    tokens = texts.tokens
+    column = feature_column(LatentCache(run), feature)  # streamed: no matrix for one feature
+
+    def make(row: int, act: float, b: int | None = None) -> Example:
+        w = feature_window(tokens, None, feature, int(row), column=column)
+        return Example(
+            int(row),
+            float(act),
+            w.marked(),
+            None if b is None else int(b),
+            w.tokens,
+            [round(a, 6) for a in w.acts],
+            w.center,
+        )
+
+    return make
 
 
 @dataclass(frozen=True)
@@ -143,9 +202,141 @@ def text_features(run: str | Path, text: str, n: int = 10) -> list[TextHit]:
     return hits
 
 
+@dataclass(frozen=True)
+class TokenFeature:
+    """One feature's activation on every token of a new text."""
+
+    feature: int
+    max_act: float  # its largest activation over the text's tokens
+    density: float  # its density over the run's rows
+    keywords: list[str]
+    promotes: list[str]  # the first tokens of its logit lens
+    acts: list[float]  # (n_tokens,) one per token of `TokenHits.tokens`
+
+
+@dataclass(frozen=True)
+class TokenHits:
+    """The features of a new text on a token run, strongest first."""
+
+    text: str
+    tokens: list[str]  # the tokens the store would hold (no BOS unless it keeps specials)
+    features: list[TokenFeature]
+    truncated: bool = False  # the text was longer than the store's contexts
+
+
+def token_text_features(run: str | Path, text: str, n: int = 10) -> TokenHits:
+    """Per-token activations of the `n` features strongest on any token of `text`.
+
+    The text is tokenized as the store's contexts were (BOS first when they have it,
+    cut to their length) and run through the store's LM up to its hookpoint.
+    """
+    from saescope.device import pick_device
+    from saescope.latents import LatentCache
+    from saescope.lm import hooks
+    from saescope.lm.model import load_lm
+    from saescope.sae import SAE
+
+    rp = RunPaths(run)
+    meta = read_json(rp.acts_manifest).get("meta", {})
+    if not meta.get("model") or not meta.get("hookpoint"):
+        raise SaescopeError(
+            f"the token store {rp.acts} names no model or hookpoint; re-run `saescope acts`"
+        )
+    df = read_features(run)
+    device = pick_device("auto")
+    sae = SAE.load(LatentCache(run).sae_dir(), device=str(device)).eval()
+    lm = load_lm(str(meta["model"]), device, str(meta.get("model_dtype", "float32")))
+    hp = hooks.resolve(lm.model, str(meta["hookpoint"]))
+    tok = lm.tokenizer
+    ids: list[int] = list(tok(text, add_special_tokens=False)["input_ids"])
+    if meta.get("bos", False) and tok.bos_token_id is not None:
+        ids = [int(tok.bos_token_id), *ids]
+    ctx_len = int(meta.get("ctx_len") or len(ids))
+    truncated = len(ids) > ctx_len
+    ids = ids[:ctx_len]
+    if not ids:
+        raise SaescopeError("the text has no tokens; give a non-empty --text")
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    keep = [meta.get("keep_special", False) or i not in special for i in ids]
+    x = hooks.capture(lm.model, hp, torch.tensor([ids], device=lm.device))  # (1, seq, d_model)
+    with torch.inference_mode():
+        codes = sae.encode(x[0].to(device=sae.W_dec.device, dtype=sae.W_dec.dtype))  # (seq, d_sae)
+    codes = codes[torch.tensor(keep, device=codes.device)].float().cpu()  # (n_tokens, d_sae)
+    top = codes.max(dim=0).values if len(codes) else torch.zeros(codes.shape[1])
+    alive = torch.nonzero(top > 0).squeeze(1)
+    order = alive[torch.argsort(top[alive], descending=True, stable=True)][:n].tolist()
+    ann = load_annotations(run)
+    strings = tok.batch_decode([[i] for i, k in zip(ids, keep, strict=True) if k])
+    feats = []
+    for f in order:
+        kw = ann.keywords.get(f)
+        acts = [round(float(a), 6) for a in codes[:, f]]
+        lens = logit_lens(df.iloc[f])
+        promotes = [t for t, _ in lens.promoted[:5]] if lens is not None else []
+        words = kw.words if kw else []
+        density = float(df.at[f, "density"])
+        feats.append(TokenFeature(f, float(top[f]), density, words, promotes, acts))
+    return TokenHits(text, list(strings), feats, truncated)
+
+
+def _tok(t: str) -> str:
+    """A token as it is printed in tables: quoted, with whitespace made visible."""
+    return json.dumps(t, ensure_ascii=False)
+
+
+def format_token_hits(h: TokenHits, width: int) -> str:
+    lines = [f"features of: {_clip(h.text, width - 14)}"]
+    if h.truncated:
+        lines.append(f"  (cut to the store's {len(h.tokens)} tokens)")
+    if not h.features:
+        return "\n".join([*lines, "  (no feature is active on any token of this text)"])
+    tok_w = min(18, max(5, *(len(_tok(t)) for t in h.tokens)))
+    col_w = max(8, *(len(f"#{f.feature}") + 1 for f in h.features))
+    shown = h.features[: max(1, (width - tok_w - 4) // (col_w + 1))]
+    head = f"  {'token':<{tok_w}}  " + " ".join(f"{'#' + str(f.feature):>{col_w}}" for f in shown)
+    lines.append(head)
+    for i, t in enumerate(h.tokens):
+        cells = [f"{f.acts[i]:>{col_w}.3g}" if f.acts[i] > 0 else f"{'.':>{col_w}}" for f in shown]
+        lines.append(f"  {_clip(_tok(t), tok_w):<{tok_w}}  " + " ".join(cells))
+    if len(shown) < len(h.features):
+        lines.append(f"  ({len(h.features) - len(shown)} more features: --json or a wider --width)")
+    lines.append("")
+    for f in shown:
+        left = f"  #{f.feature:<{col_w}} max {f.max_act:<8.4g} density {f.density:>7.2%}  "
+        if f.keywords:
+            lines.append(left + _clip(", ".join(f.keywords), width - len(left)))
+        elif f.promotes:
+            about = "promotes " + " ".join(_tok(t) for t in f.promotes)
+            lines.append(left + _clip(about, width - len(left)))
+        else:
+            lines.append(left.rstrip())
+    return "\n".join(lines)
+
+
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: max(width - 1, 1)] + "…"
+
+
+def _clip_marked(text: str, width: int) -> str:
+    """`text` in `width` characters, keeping its <<marked>> token in view (context before
+    it first: what the token follows is what made it fire)."""
+    text = " ".join(text.split())
+    lo, hi = text.find("<<"), text.rfind(">>")
+    if len(text) <= width or lo < 0 or hi < lo:
+        return _clip(text, width)
+    before, mark, after = text[:lo], text[lo : hi + 2], text[hi + 2 :]
+    room = max(width - len(mark), 0)
+    keep_after = min(len(after), room // 4)
+    keep_before = min(len(before), room - keep_after)
+    keep_after = min(len(after), room - keep_before)
+    head = before[len(before) - keep_before :]
+    if keep_before < len(before) and head:
+        head = "…" + head[1:]
+    tail = after[:keep_after]
+    if keep_after < len(after) and tail:
+        tail = tail[:-1] + "…"
+    return head + mark + tail
 
 
 def format_feature(v: FeatureView, run: str, width: int) -> str:
@@ -168,12 +359,22 @@ def format_feature(v: FeatureView, run: str, width: int) -> str:
     for name, s in v.scores.items():
         shuffled = f"   (shuffled {s['shuffled_score']:.3f})" if "shuffled_score" in s else ""
         lines.append(f"  score {name}: {s['score']:.3f}{shuffled}")
+    if v.logit_lens is not None:
+        for side, pairs in (
+            ("promotes", v.logit_lens.promoted),
+            ("suppresses", v.logit_lens.suppressed),
+        ):
+            toks = ", ".join(f"{_tok(t)} {x:+.3g}" for t, x in pairs)
+            lines.append(f"  {side}: " + _clip(toks, width - len(side) - 4))
     if v.top:
         row_w = max(3, len(str(max(e.row for e in v.top))))
-        lines += ["", "top examples", f"  {'#':>3}  {'act':>8}  {'row':>{row_w}}  text"]
+        tokens = v.top[0].tokens is not None
+        what = "window (the row's token <<marked>>)" if tokens else "text"
+        lines += ["", "top examples", f"  {'#':>3}  {'act':>8}  {'row':>{row_w}}  {what}"]
+        clip = _clip_marked if tokens else _clip
         for i, e in enumerate(v.top, 1):
             left = f"  {i:>3}  {e.act:>8.4g}  {e.row:>{row_w}}  "
-            lines.append(left + _clip(e.text, width - len(left)))
+            lines.append(left + clip(e.text, width - len(left)))
     return "\n".join(lines)
 
 
@@ -191,7 +392,10 @@ def format_hits(hits: list[TextHit], text: str, width: int) -> str:
 
 def main(ns: argparse.Namespace) -> int:
     width = ns.width or max(60, shutil.get_terminal_size((100, 24)).columns)
-    if ns.text is not None:
+    if ns.text is not None and store_rows_kind(ns.run) == "tokens":
+        th = token_text_features(ns.run, ns.text, ns.n)
+        out = json.dumps(asdict(th), indent=2) if ns.json else format_token_hits(th, width)
+    elif ns.text is not None:
         hits = text_features(ns.run, ns.text, ns.n)
         out = (
             json.dumps([asdict(h) for h in hits], indent=2)
@@ -202,6 +406,10 @@ def main(ns: argparse.Namespace) -> int:
         raise SaescopeError("give a FEATURE id or --text TEXT (see `saescope inspect --help`)")
     else:
         v = feature_view(ns.run, ns.feature, ns.n)
-        out = json.dumps(asdict(v), indent=2) if ns.json else format_feature(v, ns.run, width)
+        out = (
+            json.dumps(_as_json(asdict(v)), indent=2)
+            if ns.json
+            else format_feature(v, ns.run, width)
+        )
     print(out)
     return 0

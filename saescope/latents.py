@@ -4,8 +4,10 @@ In: `acts/` (the activation store) and `sae/` (or `--sae DIR`). Out, under `late
   shard-NNNNN.safetensors  sparse triples of the non-zero codes: `rows` int64 (store row
                            ids), `features` int32, `values` float32, in row order
   manifest.json            d_sae, n_rows, nnz, shards with row ranges and sha256, complete
-  index.parquet            row -> doc, position (sentence embeddings: position 0)
-  features.parquet         per-feature statistics and example rows (schema in docs/latents.md)
+  index.parquet            row -> doc, position (sentence embeddings: position 0); token
+                           runs: row -> doc, context, position (from acts/index.parquet)
+  features.parquet         per-feature statistics and example rows (schema in docs/latents.md);
+                           token runs add the logit lens of every feature (`saescope.lm.logit_lens`)
   cooccurrence.safetensors pairs of features active in the same row (upper triangle)
   plots/*.png              density, L0 and activation histograms
   config.json              the options, written last (its presence means "done")
@@ -16,7 +18,8 @@ examples (chosen by `saescope.examples`, in blocks of features spilled to disk:
 one more read of the shards) and co-occurrence come from passes over the sparse
 shards whose number does not grow with rows. Shards are atomic; a
 re-run after a crash replays the finished shards into the statistics and encodes
-only the rest. `LatentCache` reads a finished cache.
+only the rest. `LatentCache` reads a finished cache. Only token runs load a
+language model (the store's, for the logit lens), before anything is written.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from saescope.errors import SaescopeError
 from saescope.examples.activations import Activations, csc_from_triples
 from saescope.examples.select import ExampleOptions, Picked
 from saescope.examples.table import sample_table_examples
+from saescope.examples.tokens import store_rows_kind
 from saescope.features import FeatureAccumulator, cooccurrence
 from saescope.io import (
     atomic_path,
@@ -66,7 +70,8 @@ FORMAT = "saescope.latents/1"
 N_HIST_FEATURES = 12
 MAX_SHARD_NNZ = 8_000_000  # ~128 MB of pending triples at most
 
-# The exact schema of features.parquet (the keywords and scoring stages rely on it).
+# The exact schema of features.parquet (the keywords and scoring stages rely on it);
+# token runs append `saescope.lm.logit_lens.LENS_SCHEMA`.
 FEATURES_SCHEMA = pa.schema(
     [
         ("feature", pa.int32()),
@@ -347,6 +352,13 @@ def run(cfg: LatentsConfig) -> Path:
     if decision is provenance.Decision.SKIP and _outputs_present(rp, cfg):
         return rp.latents
     source = _source(rp, store, sae, sae_dir, record.upstream["sae"], cfg.shard_rows)
+    tokens = store_rows_kind(rp.root) == "tokens"
+    lens: dict[str, list[list[Any]]] = {}
+    lens_about: dict[str, Any] | None = None
+    if tokens:  # before anything is touched: a model that cannot load leaves the cache as it was
+        from saescope.lm.logit_lens import store_logit_lens
+
+        lens, lens_about = store_logit_lens(store.meta, sae.W_dec, device=device)
     # nothing was changed before this point: a refused run leaves a finished cache intact.
     # Shards encoded by the same SAE from the same store are kept when only the
     # statistics options changed; the tables are rewritten from them.
@@ -370,8 +382,8 @@ def run(cfg: LatentsConfig) -> Path:
     encode_store(store, sae, writer, acc, cfg, device)
     clock.mark("features")
     cache = LatentCache(cfg.run)
-    write_index(rp, store)
-    write_features(rp, cache, acc, cfg)
+    write_index(rp, store, tokens)
+    write_features(rp, cache, acc, cfg, lens)
     clock.mark("cooccurrence")
     if cfg.cooccurrence:
         co = cooccurrence(cache.triples, cache.d_sae)
@@ -383,6 +395,8 @@ def run(cfg: LatentsConfig) -> Path:
     wall, cpu = clock.done()
     # the SAE folder is in `source` (relative to the run): a cwd-relative copy would mislead
     extra = {"source": source, "seconds": wall, "cpu_seconds": cpu}
+    if lens_about is not None:
+        extra["logit_lens"] = lens_about
     write_json(rp.latents_config, config_to_dict(cfg) | extra)
     record.finish({"seconds": wall})
     return rp.latents
@@ -418,29 +432,55 @@ def _finished_shards(rp: RunPaths) -> Iterator[LatentShard]:
         yield read_shard(rp.latents / s["file"], s, verify=True)
 
 
-def write_index(rp: RunPaths, store: ActivationStore) -> None:
-    """index.parquet: row -> doc, position. Sentence-embedding rows are whole texts (position 0)."""
+def write_index(rp: RunPaths, store: ActivationStore, tokens: bool = False) -> None:
+    """index.parquet: row -> doc, position. Sentence-embedding rows are whole texts (position 0);
+    token rows (`tokens`) add their context, with doc and position from acts/index.parquet."""
     n = store.count
-    doc = pd.Series([None] * n, dtype="object")
-    if rp.corpus.exists():
-        corpus = pd.read_parquet(rp.corpus, columns=["doc"])
-        if len(corpus) == n:
-            doc = corpus["doc"].astype(str)
-    table = pa.table(
-        {
-            "row": pa.array(np.arange(n, dtype=np.int64)),
-            "doc": pa.array(doc.tolist(), type=pa.string()),
-            "position": pa.array(np.zeros(n, dtype=np.int32)),
-        }
-    )
+    if tokens:
+        if not rp.acts_index.exists():
+            raise SaescopeError(
+                f"the token store {rp.acts} has no {rp.acts_index.name}; re-run `saescope acts`"
+            )
+        acts_index = pq.read_table(rp.acts_index, columns=["doc", "context", "position"])
+        if acts_index.num_rows != n:
+            raise SaescopeError(
+                f"{rp.acts_index} lists {acts_index.num_rows} tokens but the store holds {n} "
+                "rows; re-run `saescope acts` (with --overwrite)"
+            )
+        table = pa.table(
+            {
+                "row": pa.array(np.arange(n, dtype=np.int64)),
+                "doc": acts_index["doc"].cast(pa.string()),
+                "context": acts_index["context"].cast(pa.int32()),
+                "position": acts_index["position"].cast(pa.int32()),
+            }
+        )
+    else:
+        doc = pd.Series([None] * n, dtype="object")
+        if rp.corpus.exists():
+            corpus = pd.read_parquet(rp.corpus, columns=["doc"])
+            if len(corpus) == n:
+                doc = corpus["doc"].astype(str)
+        table = pa.table(
+            {
+                "row": pa.array(np.arange(n, dtype=np.int64)),
+                "doc": pa.array(doc.tolist(), type=pa.string()),
+                "position": pa.array(np.zeros(n, dtype=np.int32)),
+            }
+        )
     with atomic_path(rp.latent_index) as tmp:
         pq.write_table(table, tmp)
 
 
 def write_features(
-    rp: RunPaths, cache: LatentCache, acc: FeatureAccumulator, cfg: LatentsConfig
+    rp: RunPaths,
+    cache: LatentCache,
+    acc: FeatureAccumulator,
+    cfg: LatentsConfig,
+    lens: dict[str, list[list[Any]]] | None = None,
 ) -> None:
-    """features.parquet (exact schema `FEATURES_SCHEMA`) and the plots."""
+    """features.parquet (exact schema `FEATURES_SCHEMA`, then the logit-lens columns `lens`
+    of a token run, `LENS_SCHEMA`) and the plots."""
     n_rows, d_sae = cache.n_rows, cache.d_sae
     count = acc.count.numpy()
     dead = count == 0
@@ -479,10 +519,13 @@ def write_features(
         # top_rows ... random_rows: what `saescope.examples` picks (dead features: empty)
         **{name: [getattr(p, name) for p in ex.picked] for name in Picked._fields},
     }
-    table = pa.table(
-        {f.name: pa.array(cols[f.name], type=f.type) for f in FEATURES_SCHEMA},
-        schema=FEATURES_SCHEMA,
-    )
+    schema = FEATURES_SCHEMA
+    if lens:
+        from saescope.lm.logit_lens import LENS_SCHEMA
+
+        schema = pa.schema(list(FEATURES_SCHEMA) + list(LENS_SCHEMA))
+        cols |= lens
+    table = pa.table({f.name: pa.array(cols[f.name], type=f.type) for f in schema}, schema=schema)
     with atomic_path(rp.features) as tmp:
         pq.write_table(table, tmp)
     if cfg.plots:

@@ -1,12 +1,14 @@
 """The naming/scoring split: which half of the corpus each row belongs to.
 
-In: the run's row -> document map (`latents/index.parquet`, else the `doc` column of
-`corpus.parquet`), a seed and a kind. Out: `Split`, one boolean per row (True = the
+In: the run's row -> document map (`latents/index.parquet`, else the token index
+`acts/index.parquet` of an LM run, else the `doc` column of `corpus.parquet`), a
+seed and a kind. Out: `Split`, one boolean per row (True = the
 SCORING half, False = the NAMING half).
 
 Kind "doc" (the default) hashes the document id, so every row of one document falls
 in the same half: the news corpus cuts one article into about a dozen chunks, and a
-name read from some chunks of an article must not be scored on their siblings. Rows
+name read from some chunks of an article must not be scored on their siblings (nor
+a name read from some tokens of a document on its other tokens). Rows
 without a document id fall back to their row id. Kind "row" hashes row ids only (the
 split of keywords made before the document split existed). Both hashes are fixed
 functions of (seed, id), the same in every process and on every machine.
@@ -100,9 +102,10 @@ def make_split(docs: Any, n_rows: int, seed: int, kind: str = "doc") -> Split:
 
 
 def run_docs(run: str | Path, n_rows: int) -> pd.Series | None:
-    """Each row's document id: from the latent index, else the corpus; None when neither fits."""
+    """Each row's document id: from the latent index, else the token index of an LM run, else
+    the corpus; None when none fits."""
     rp = RunPaths(run)
-    for path in (rp.latent_index, rp.corpus):
+    for path in (rp.latent_index, rp.acts_index, rp.corpus):
         if path.exists() and "doc" in pq.read_schema(path).names:
             col = pd.read_parquet(path, columns=["doc"])["doc"]
             if len(col) == n_rows:

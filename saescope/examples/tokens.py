@@ -5,6 +5,9 @@ In: a run directory. The store's manifest says what its rows are (`rows`:
   row_texts(run)   a sequence: row -> text (a corpus text, or a token's short window)
   TokenRows(run)   for token runs: each row's context window as tokens, and
                    which store row every token of the window is
+  feature_window(tokens, source, feature, row)
+                   a row's window with one feature's activation on every token
+                   (source: the run's `Activations` or its `LatentCache`)
 
 Token windows never cross their context and leave out BOS and padding. The
 default window is delphi's 32 tokens (24 before the token, the token, 7 after);
@@ -19,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import pandas as pd
@@ -27,8 +30,12 @@ import pyarrow.parquet as pq
 from safetensors.numpy import load_file as load_numpy
 
 from saescope.errors import SaescopeError
+from saescope.examples.activations import Activations
 from saescope.io import read_json
 from saescope.paths import RunPaths
+
+if TYPE_CHECKING:
+    from saescope.latents import LatentCache  # the latents stage imports this package
 
 WINDOW_BEFORE, WINDOW_AFTER = 24, 7  # 32 tokens with the token itself
 NAME_BEFORE, NAME_AFTER = 6, 2  # the window a token row stands for when naming/scoring
@@ -182,3 +189,82 @@ def row_texts(run: str | Path, n_rows: int | None = None) -> Sequence[str]:
             "re-run `saescope latents` (and the stages after it)"
         )
     return texts
+
+
+def feature_column(
+    source: Activations | LatentCache, feature: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows int64 ascending, values float32) where `feature` is active.
+
+    source: `Activations` (one column of the matrix in memory), or a `LatentCache`,
+    whose shards are then streamed once for this one feature (no matrix is built).
+    """
+    if isinstance(source, Activations):
+        source.check_features([feature])
+        return source.column(feature)
+    if not 0 <= feature < source.d_sae:
+        raise SaescopeError(
+            f"feature {feature} is out of range: the SAE has features 0..{source.d_sae - 1}"
+        )
+    rows, vals = [], []
+    for r, f, v in source.triples():
+        hit = f == feature
+        rows.append(r[hit].astype(np.int64))
+        vals.append(v[hit].astype(np.float32))
+    if not rows:
+        return np.empty(0, np.int64), np.empty(0, np.float32)
+    return np.concatenate(rows), np.concatenate(vals)  # shards are in row order
+
+
+def values_at(column: tuple[np.ndarray, np.ndarray], rows: Sequence[int]) -> np.ndarray:
+    """(len(rows),) float32: a feature's values at `rows` (0 where inactive, or a row is -1)."""
+    col_rows, col_vals = column
+    rows_arr = np.asarray(rows, dtype=np.int64)
+    out = np.zeros(len(rows_arr), dtype=np.float32)
+    if not len(col_rows):
+        return out
+    pos = np.minimum(np.searchsorted(col_rows, rows_arr), len(col_rows) - 1)
+    hit = (col_rows[pos] == rows_arr) & (rows_arr >= 0)
+    out[hit] = col_vals[pos[hit]]
+    return out
+
+
+@dataclass(frozen=True)
+class ActiveWindow:
+    """A token's window with one feature's activation on each of its tokens."""
+
+    feature: int
+    row: int
+    tokens: list[str]
+    rows: list[int]  # store row of each token, -1 where it is not a row
+    acts: list[float]  # the feature's activation on each token (0: inactive or not a row)
+    center: int  # index of the row's own token
+
+    def marked(self) -> str:
+        """The window as one string, the row's token as <<token>>."""
+        parts = list(self.tokens)
+        parts[self.center] = f"<<{parts[self.center]}>>"
+        return "".join(parts)
+
+
+def feature_window(
+    tokens: TokenRows,
+    source: Activations | LatentCache | None,
+    feature: int,
+    row: int,
+    before: int = WINDOW_BEFORE,
+    after: int = WINDOW_AFTER,
+    column: tuple[np.ndarray, np.ndarray] | None = None,
+) -> ActiveWindow:
+    """The window of `row` with `feature`'s activation on every token of it.
+
+    source: the run's `Activations` or `LatentCache` (see `feature_column`); pass
+    `column` (its result) to reuse it for many rows of one feature.
+    """
+    if column is None:
+        if source is None:
+            raise ValueError("feature_window needs a source or a column")
+        column = feature_column(source, feature)
+    w = tokens.window(row, before, after)
+    acts = values_at(column, w.rows)
+    return ActiveWindow(int(feature), int(row), w.tokens, w.rows, acts.tolist(), w.center)

@@ -12,7 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run", default=DEFAULT_RUN, help=f"run directory (default: {DEFAULT_RUN})"
     )
-    parser.add_argument("--text", help="embed this text and list the features it activates")
+    parser.add_argument(
+        "--text",
+        help="embed this text and list the features it activates (token runs: run the LM on "
+        "it and print each token's activations of the strongest features)",
+    )
     parser.add_argument(
         "-n", "--n", type=int, default=10, help="examples or features to list (default: 10)"
     )

@@ -5,6 +5,12 @@ local PNG files beside index.html, and the data is a JSON blob in a
 `<script type="application/json">` element. The script renders the feature list
 from that blob; cards show whatever annotations the blob carries (keywords,
 explanation, scores), so later stages only need to add fields to it.
+
+Token runs add `DATA.tokens[row] = {tokens, pos}` (a row's context window and the
+index of its own token), and per feature `tok_acts[row] = [[i, act], ...]` (the
+feature's non-zero activations on the window's tokens) and the logit lens
+(`promoted`, `suppressed`: [token, logit] pairs). Every text reaches the page
+through `textContent`, never as markup.
 """
 
 CSS = r"""
@@ -52,7 +58,13 @@ table.examples td { padding:3px 6px; vertical-align:top; border-bottom:1px solid
 table.examples td.act { width:64px; text-align:right; font-variant-numeric:tabular-nums; color:var(--muted); }
 table.examples td.bin { width:44px; color:var(--muted); font-size:12px; }
 .span { border-radius:3px; padding:1px 2px; }
-.tok { border-radius:2px; }
+.tok { border-radius:2px; white-space:pre-wrap; }
+.tok.at { box-shadow:inset 0 -2px 0 #b3500c; }
+.lens { margin:6px 0; font-size:12px; }
+.lens .side { color:var(--muted); margin-right:6px; }
+.lens span.t { display:inline-block; margin:2px 4px 2px 0; padding:0 5px; border-radius:4px; font-family:ui-monospace, monospace; white-space:pre; }
+.lens .up span.t { background:#e3f1e3; color:#1f5a1f; }
+.lens .down span.t { background:#f8e3e3; color:#7a1f1f; }
 h4 { margin:12px 0 2px; font-size:13px; color:var(--muted); }
 button.more { margin:8px 0; padding:6px 14px; border:1px solid #c3cad6; background:#fff; border-radius:6px; cursor:pointer; }
 .empty { color:var(--muted); padding:12px; }
@@ -77,28 +89,53 @@ function fmt(x, digits) {
 }
 function pct(x) { return (100 * x).toPrecision(3) + "%"; }
 
-for (const f of DATA.features) {
-  const tops = (f.top || []).slice(0, 3).map(e => textOf(e[0]));
-  f._search = ["#" + f.id, String(f.id), (f.keywords || []).join(" "), f.explanation || "", tops.join(" ")]
-    .join(" \u0001 ").toLowerCase();
-}
+function tokensOf(row) { return DATA.tokens ? DATA.tokens[String(row)] : undefined; }
 
 function textOf(row) {
+  const tok = tokensOf(row);
+  if (tok) return tok.tokens.join("");
   const t = DATA.texts[String(row)];
   return t === undefined ? "(row " + row + ")" : t;
 }
 
+for (const f of DATA.features) {
+  const tops = (f.top || []).slice(0, 3).map(e => textOf(e[0]));
+  const lens = (f.promoted || []).map(p => p[0]);
+  f._search = ["#" + f.id, String(f.id), (f.keywords || []).join(" "), f.explanation || "", tops.join(" "), lens.join(" ")]
+    .join(" \u0001 ").toLowerCase();
+}
+
+function visible(t) { return t.replace(/\n/g, "\u21b5"); }
+
+// A card's one-line title: a text, or the tokens just before a token row's token and it.
+function titleOf(row) {
+  const tok = tokensOf(row);
+  if (!tok) return el("span", "ex", textOf(row));
+  const wrap = el("span", "ex");
+  wrap.appendChild(document.createTextNode(visible(tok.tokens.slice(Math.max(0, tok.pos - 10), tok.pos).join(""))));
+  wrap.appendChild(el("b", null, visible(tok.tokens[tok.pos])));
+  wrap.appendChild(document.createTextNode(visible(tok.tokens.slice(tok.pos + 1, tok.pos + 3).join(""))));
+  return wrap;
+}
+
+function alpha(act, maxAct) { return maxAct > 0 ? Math.max(0, Math.min(1, act / maxAct)) : 0; }
+
 // Highlight the active span. Sentence embeddings: the whole text is the span, shaded by
-// activation / the feature's max. Token runs may add DATA.tokens[row] = {tokens, pos}.
-function exampleText(row, act, maxAct) {
-  const a = maxAct > 0 ? Math.max(0, Math.min(1, act / maxAct)) : 0;
-  const shade = "rgba(255, 150, 30, " + (0.08 + 0.55 * a).toFixed(3) + ")";
-  const tok = DATA.tokens && DATA.tokens[String(row)];
+// activation / the feature's max. Token runs: every token of the window is coloured by
+// the feature's activation on it (alpha = act / max_act), the row's own token underlined.
+function exampleText(row, act, maxAct, tokActs) {
+  const shade = "rgba(255, 150, 30, " + (0.08 + 0.55 * alpha(act, maxAct)).toFixed(3) + ")";
+  const tok = tokensOf(row);
   const wrap = el("span");
   if (tok) {
+    const acts = new Map((tokActs || []).map(p => [p[0], p[1]]));
     tok.tokens.forEach((t, i) => {
-      const s = el("span", "tok", t);
-      if (i === tok.pos) s.style.background = shade;
+      const s = el("span", i === tok.pos ? "tok at" : "tok", visible(t));
+      const a = acts.get(i) || 0;
+      if (a > 0) {
+        s.style.background = "rgba(255, 150, 30, " + alpha(a, maxAct).toFixed(3) + ")";
+        s.title = "activation " + fmt(a, 4);
+      }
       wrap.appendChild(s);
     });
     return wrap;
@@ -110,14 +147,14 @@ function exampleText(row, act, maxAct) {
   return wrap;
 }
 
-function exampleTable(examples, maxAct, withBin) {
+function exampleTable(examples, maxAct, withBin, tokActs) {
   const table = el("table", "examples");
   for (const e of examples) {
     const tr = el("tr");
     tr.appendChild(el("td", "act", fmt(e[1], 3)));
     if (withBin) tr.appendChild(el("td", "bin", "q" + e[2]));
     const td = el("td", "text");
-    td.appendChild(exampleText(e[0], e[1], maxAct));
+    td.appendChild(exampleText(e[0], e[1], maxAct, (tokActs || {})[String(e[0])]));
     tr.appendChild(td);
     table.appendChild(tr);
   }
@@ -144,12 +181,26 @@ function renderBody(f, body) {
   }
   for (const [k, v] of rows) { kv.appendChild(el("div", "k", k)); kv.appendChild(el("div", "v", v)); }
   body.appendChild(kv);
+  if (f.promoted) {
+    const lens = el("div", "lens");
+    for (const [side, label, pairs] of [["up", "promotes", f.promoted], ["down", "suppresses", f.suppressed || []]]) {
+      const line = el("div", side);
+      line.appendChild(el("span", "side", label));
+      for (const [t, x] of pairs) {
+        const s = el("span", "t", visible(t));
+        s.title = "logit " + fmt(x, 3);
+        line.appendChild(s);
+      }
+      lens.appendChild(line);
+    }
+    body.appendChild(lens);
+  }
   body.appendChild(el("h4", null, "Top activations"));
-  body.appendChild(exampleTable(f.top || [], f.max_act, false));
+  body.appendChild(exampleTable(f.top || [], f.max_act, false, f.tok_acts));
   if (f.quant && f.quant.length) {
     body.appendChild(el("h4", null, "Examples across the activation range (q0 = weakest)"));
     const q = f.quant.slice().sort((a, b) => b[2] - a[2] || b[1] - a[1]);
-    body.appendChild(exampleTable(q, f.max_act, true));
+    body.appendChild(exampleTable(q, f.max_act, true, f.tok_acts));
   }
 }
 
@@ -161,7 +212,7 @@ function card(f) {
   const title = el("span", "title");
   if (f.keywords && f.keywords.length) title.appendChild(el("span", "kw", f.keywords.slice(0, 6).join(", ") + "  "));
   if (f.explanation) title.appendChild(el("span", null, f.explanation + "  "));
-  if (f.top && f.top.length) title.appendChild(el("span", "ex", textOf(f.top[0][0])));
+  if (f.top && f.top.length) title.appendChild(titleOf(f.top[0][0]));
   head.appendChild(title);
   const stats = el("span", "stats", "density " + pct(f.density) + " · max " + fmt(f.max_act, 3));
   for (const [name, s] of Object.entries(f.scores || {})) stats.appendChild(el("span", "badge", name + " " + fmt(s.score, 2)));

@@ -1,9 +1,11 @@
 """What the report and `saescope inspect` show about features, read from the run directory.
 
-In: `latents/features.parquet`, `corpus.parquet`, and when present the later stages'
-`interp/keywords.parquet`, `interp/explanations.jsonl` and `scores/<scorer>.parquet`.
-Out: `Annotations` (keywords, explanations and scores by feature) and row texts.
-Missing optional files simply give empty annotations.
+In: `latents/features.parquet`, `corpus.parquet` (or, for token runs, the token
+contexts under `acts/`), and when present the later stages' `interp/keywords.parquet`,
+`interp/explanations.jsonl` and `scores/<scorer>.parquet`. Out: `Annotations`
+(keywords, explanations and scores by feature), row texts (`RowTexts`) and the
+logit lens of token runs (`logit_lens`). Missing optional files simply give empty
+annotations.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pandas as pd
 
 from saescope import provenance
 from saescope.errors import SaescopeError
+from saescope.examples.tokens import TokenRows, store_rows_kind
 from saescope.paths import RunPaths
 
 
@@ -131,20 +134,54 @@ def read_features(run: str | Path) -> pd.DataFrame:
 
 
 class RowTexts:
-    """Texts of store rows (sentence-embedding runs: row i is corpus text i)."""
+    """The text of each store row: corpus text i for sentence-embedding runs (row i is
+    text i), the token's context window for token runs (`saescope.examples.tokens`)."""
 
     def __init__(self, run: str | Path, n_rows: int) -> None:
         rp = RunPaths(run)
         self.texts: np.ndarray | None = None
-        if rp.corpus.exists():
+        self.tokens: TokenRows | None = None  # set for token runs
+        self.missing = "no text for this row in corpus.parquet"
+        if store_rows_kind(run) == "tokens":
+            if rp.acts_tokens.exists() and rp.acts_index.exists():
+                tokens = TokenRows(run)
+                if len(tokens) == n_rows:
+                    self.tokens = tokens
+            self.missing = "no token context for this row under acts/"
+        elif rp.corpus.exists():
             texts = pd.read_parquet(rp.corpus, columns=["text"])["text"].to_numpy()
             if len(texts) == n_rows:
                 self.texts = texts
 
     def __call__(self, row: int, max_chars: int | None = None) -> str:
-        if self.texts is None:
-            return f"(row {row}: no text for this row in corpus.parquet)"
-        text = str(self.texts[row])
+        """The row's text; for a token row its window with the token marked <<like this>>."""
+        if self.tokens is not None:
+            text = self.tokens.text(row, mark=True)
+        elif self.texts is not None:
+            text = str(self.texts[row])
+        else:
+            return f"(row {row}: {self.missing})"
         if max_chars is not None and len(text) > max_chars:
             text = text[: max_chars - 1].rstrip() + "…"
         return text
+
+
+@dataclass(frozen=True)
+class LensTokens:
+    """A feature's logit lens: the tokens its decoder direction promotes and suppresses."""
+
+    promoted: list[tuple[str, float]]  # (token, logit), highest first
+    suppressed: list[tuple[str, float]]  # (token, logit), lowest first
+
+
+def logit_lens(row: Any) -> LensTokens | None:
+    """The logit lens in one features.parquet row (a dict or a Series); None when the run
+    has none (the lens columns are those of token runs)."""
+    if row.get("promoted_tokens") is None:
+        return None
+
+    def pairs(side: str) -> list[tuple[str, float]]:
+        toks, logits = row.get(f"{side}_tokens"), row.get(f"{side}_logits")
+        return [(str(t), float(v)) for t, v in zip(toks, logits, strict=True)]
+
+    return LensTokens(pairs("promoted"), pairs("suppressed"))

@@ -5,6 +5,11 @@ config and metrics, latent cache), the plots, and a searchable, sortable list of
 features whose cards open to show top and quantile examples with the active span
 highlighted by activation. Keywords, explanations and scores are shown when their
 stages have run. Re-running with the same options and unchanged inputs skips.
+
+Token runs: an example is its token's context window, every token coloured by the
+feature's activation on it (from the latent cache), and a card shows the tokens
+the feature's decoder direction promotes and suppresses (the logit lens columns
+of features.parquet).
 """
 
 from __future__ import annotations
@@ -22,12 +27,19 @@ import pandas as pd
 from saescope import provenance
 from saescope.config import config_to_dict
 from saescope.errors import SaescopeError
-from saescope.examples import from_features_row
+from saescope.examples import Activations, from_features_row, load_activations
+from saescope.examples.tokens import Window, values_at
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
 from saescope.options.report import ReportConfig
 from saescope.paths import RunPaths, SAEPaths
 from saescope.report.assets import CSS, HTML, JS
-from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
+from saescope.report.data import (
+    Annotations,
+    RowTexts,
+    load_annotations,
+    logit_lens,
+    read_features,
+)
 
 PLOT_TITLES = {
     "density.png": "Feature density",
@@ -83,7 +95,9 @@ def run(cfg: ReportConfig) -> Path:
     record.start()
     manifest = read_json(rp.latents_manifest)
     ann = load_annotations(cfg.run)
-    data = page_data(cfg, df, ann, RowTexts(cfg.run, int(manifest["n_rows"])))
+    texts = RowTexts(cfg.run, int(manifest["n_rows"]))
+    acts = load_activations(cfg.run, "latents") if texts.tokens is not None else None
+    data = page_data(cfg, df, ann, texts, acts)
     plots = _copy_plots(rp)
     title = cfg.title or f"saescope report: {rp.root.resolve().name}"
     summary = _summary(rp, sae_dir, df, manifest, lat_cfg, ann, len(data["features"]))
@@ -117,9 +131,18 @@ def _f(x: Any) -> float | None:
 
 
 def page_data(
-    cfg: ReportConfig, df: pd.DataFrame, ann: Annotations, texts: RowTexts
+    cfg: ReportConfig,
+    df: pd.DataFrame,
+    ann: Annotations,
+    texts: RowTexts,
+    acts: Activations | None = None,
 ) -> dict[str, Any]:
-    """The JSON blob the page renders: features with examples, and the texts they cite."""
+    """The JSON blob the page renders: features with examples, and the texts they cite.
+
+    Token runs (`texts.tokens`, with the run's `acts`): the windows of the rows cited
+    (`tokens`) and, per feature, its non-zero activations on each window's tokens.
+    """
+    windows: dict[int, Window] = {}  # token runs only
     alive = df[~df["dead"]].sort_values(["count", "feature"], ascending=[False, True])
     alive = alive.head(cfg.max_features)
     rows_used: set[int] = set()
@@ -135,6 +158,7 @@ def page_data(
             )
         ]
         rows_used.update(e[0] for e in top + quant)
+        lens = logit_lens(r._asdict())
         item: dict[str, Any] = {
             "id": f,
             "count": int(r.count),
@@ -157,12 +181,27 @@ def page_data(
         scores = {name: s[f] for name, s in ann.scores.items() if f in s}
         if scores:
             item["scores"] = {n: {k: _f(v) for k, v in s.items()} for n, s in scores.items()}
+        if lens is not None:
+            item["promoted"] = [[t, _f(x)] for t, x in lens.promoted]
+            item["suppressed"] = [[t, _f(x)] for t, x in lens.suppressed]
+        if texts.tokens is not None and acts is not None:
+            column = acts.column(f)
+            item["tok_acts"] = {}
+            for row in dict.fromkeys(e[0] for e in top + quant):
+                if row not in windows:
+                    windows[row] = texts.tokens.window(row)
+                vals = values_at(column, windows[row].rows)
+                item["tok_acts"][str(row)] = [[int(i), _f(vals[i])] for i in np.flatnonzero(vals)]
         features.append(item)
-    return {
-        "features": features,
-        "texts": {str(row): texts(row, cfg.max_text_chars) for row in sorted(rows_used)},
-        "scorers": sorted(ann.scores),
-    }
+    data: dict[str, Any] = {"features": features, "scorers": sorted(ann.scores)}
+    if windows:
+        data["tokens"] = {
+            str(row): {"tokens": w.tokens, "pos": w.center} for row, w in sorted(windows.items())
+        }
+        data["texts"] = {}
+    else:
+        data["texts"] = {str(row): texts(row, cfg.max_text_chars) for row in sorted(rows_used)}
+    return data
 
 
 def _copy_plots(rp: RunPaths) -> str:
@@ -228,6 +267,9 @@ def _summary(
                 "texts": corpus_cfg.get("n_rows"),
                 "embedding source": meta.get("source"),
                 "model": Path(str(meta["model"])).name if meta.get("model") else None,
+                "hookpoint": meta.get("hookpoint"),  # token runs only, as the two below
+                "context length": meta.get("ctx_len"),
+                "rows are": meta.get("rows") if meta.get("rows") == "tokens" else None,
                 "rows in store": acts.get("count"),
                 "d_in": acts.get("d_in"),
             },
