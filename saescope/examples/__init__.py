@@ -14,6 +14,8 @@ A sub-package because it holds several small concepts, one file each:
   select.py       the example rules and `FeatureExamples` / `Examples` / `open_examples`
   table.py        the same rules streamed over the cache for `latents/features.parquet`
   texts.py        the texts and text vectors of example rows
+  tokens.py       what a row is (text or token): row -> text for any run, token windows
+                  with a feature's activation on every token (LM runs)
 """
 
 from saescope.examples.activations import (

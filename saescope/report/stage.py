@@ -298,6 +298,16 @@ def _summary(
             if isinstance(v, int | float | str) and len(str(v)) < 60
         }
         boxes.append(_box("SAE metrics (held out)", dict(list(flat.items())[:14])))
+        lm = metrics.get("lm")
+        if isinstance(lm, dict):  # token runs: the model's loss with the SAE spliced in
+            keys = (
+                "ce_loss_score", "kl_div_score", "delta_loss", "ce_loss_without_sae",
+                "ce_loss_with_sae", "ce_loss_with_ablation", "ce_loss_with_error",
+                "kl_div_with_sae", "n_contexts", "n_tokens", "split",
+            )  # fmt: skip
+            boxes.append(
+                _box("Language model with the SAE spliced in", {k: lm.get(k) for k in keys})
+            )
     n_rows = int(manifest["n_rows"])
     dead = int(df["dead"].sum())
     boxes.append(
