@@ -16,6 +16,9 @@ No other module spells a file name of the run directory; they ask `RunPaths`.
       interp/explanations.jsonl
       scores/<scorer>.parquet, scores/<scorer>.config.json, scores/<scorer>.provenance.json,
       scores/<scorer>.summary.json, scores/<scorer>.png
+      families/families.parquet, families/members.parquet, families/tree.json,
+      families/splits.parquet, families/summary.json, families/config.json,
+      families/provenance.json
       report/index.html, report/config.json, report/provenance.json
 """
 
@@ -178,6 +181,11 @@ class RunPaths:
         """Folder of a further SAE trained in the same pass: sae-<d_sae>-k<k> (or sae-<d_sae>)."""
         return self.root / (f"sae-{d_sae}-k{k}" if k is not None else f"sae-{d_sae}")
 
+    def sae_folders(self) -> list[Path]:
+        """Every SAE folder of the run that holds an SAE: sae/, then the sae-*/ of a sweep."""
+        found = [self.sae, *sorted(self.root.glob("sae-*"))]
+        return [p for p in found if (p / STAGE_CONFIG).is_file() and (p / SAE_WEIGHTS).is_file()]
+
     # latents
     @property
     def latents(self) -> Path:
@@ -253,6 +261,42 @@ class RunPaths:
     def score_plot(self, scorer: str) -> Path:
         """Histogram of real versus shuffled-control scores."""
         return self.scores / f"{scorer}.png"
+
+    # feature families (saescope.families)
+    @property
+    def families(self) -> Path:
+        return self.root / "families"
+
+    @property
+    def families_table(self) -> Path:
+        """One row per family: parent, members, statistics, name."""
+        return self.families / "families.parquet"
+
+    @property
+    def family_members(self) -> Path:
+        """One row per (family, feature): its parent in the family tree and its depth."""
+        return self.families / "members.parquet"
+
+    @property
+    def family_tree(self) -> Path:
+        return self.families / "tree.json"
+
+    @property
+    def family_splits(self) -> Path:
+        """Feature splitting across SAE widths."""
+        return self.families / "splits.parquet"
+
+    @property
+    def families_summary(self) -> Path:
+        return self.families / "summary.json"
+
+    @property
+    def families_config(self) -> Path:
+        return self.families / STAGE_CONFIG
+
+    @property
+    def families_record(self) -> Path:
+        return self.families / PROVENANCE
 
     @property
     def report(self) -> Path:
