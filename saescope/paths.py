@@ -19,6 +19,11 @@ No other module spells a file name of the run directory; they ask `RunPaths`.
       families/families.parquet, families/members.parquet, families/tree.json,
       families/splits.parquet, families/summary.json, families/config.json,
       families/provenance.json
+      index/exact/manifest.json, index/exact/block-00000.safetensors ...,
+      index/ivf/manifest.json, index/ivf/index.faiss (trained.faiss, part-NNNNN.faiss while built),
+      index/<kind>/config.json, index/<kind>/provenance.json
+      search/eval.parquet, search/eval.summary.json, search/eval.png, search/eval.config.json,
+      search/eval.provenance.json
       report/index.html, report/config.json, report/provenance.json
 """
 
@@ -297,6 +302,63 @@ class RunPaths:
     @property
     def families_record(self) -> Path:
         return self.families / PROVENANCE
+
+    # search index over acts/ (one folder per kind: exact, ivf) and its evaluation
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    def index_dir(self, kind: str) -> Path:
+        return self.index / kind
+
+    def index_manifest(self, kind: str) -> Path:
+        return self.index_dir(kind) / MANIFEST
+
+    def index_config(self, kind: str) -> Path:
+        return self.index_dir(kind) / STAGE_CONFIG
+
+    def index_record(self, kind: str) -> Path:
+        return self.index_dir(kind) / PROVENANCE
+
+    def index_block(self, kind: str, i: int) -> Path:
+        """Exact index: the normalised rows of store shard i."""
+        return self.index_dir(kind) / f"block-{i:05d}.safetensors"
+
+    def ivf_trained(self) -> Path:
+        """Approximate index: the trained, empty faiss index."""
+        return self.index_dir("ivf") / "trained.faiss"
+
+    def ivf_part(self, i: int) -> Path:
+        """Approximate index while it is built: the rows of store shard i."""
+        return self.index_dir("ivf") / f"part-{i:05d}.faiss"
+
+    def ivf_index(self) -> Path:
+        return self.index_dir("ivf") / "index.faiss"
+
+    @property
+    def search(self) -> Path:
+        return self.root / "search"
+
+    @property
+    def search_eval(self) -> Path:
+        """search-eval: one row per query, edit and strength."""
+        return self.search / "eval.parquet"
+
+    @property
+    def search_eval_summary(self) -> Path:
+        return self.search / "eval.summary.json"
+
+    @property
+    def search_eval_plot(self) -> Path:
+        return self.search / "eval.png"
+
+    @property
+    def search_eval_config(self) -> Path:
+        return self.search / "eval.config.json"
+
+    @property
+    def search_eval_record(self) -> Path:
+        return self.search / "eval.provenance.json"
 
     @property
     def report(self) -> Path:
