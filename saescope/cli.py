@@ -87,6 +87,12 @@ STAGES: dict[str, Stage] = {
         "ScoreConfig",
         "score keyword names on held-out texts, with a shuffled control",
     ),
+    "steer": Stage(
+        "saescope.steer.stage",
+        "saescope.options.steer",
+        "SteerConfig",
+        "steer an LM's generations with SAE features; measure concept, fluency, output score",
+    ),
     "report": Stage(
         "saescope.report",
         "saescope.options.report",

@@ -16,6 +16,8 @@ No other module spells a file name of the run directory; they ask `RunPaths`.
       interp/explanations.jsonl
       scores/<scorer>.parquet, scores/<scorer>.config.json, scores/<scorer>.provenance.json,
       scores/<scorer>.summary.json, scores/<scorer>.png
+      steer/generations.parquet, steer/ranking.parquet, steer/sweep.parquet, steer/summary.json,
+      steer/sweep.png, steer/config.json, steer/provenance.json   (LM runs)
       families/families.parquet, families/members.parquet, families/tree.json,
       families/splits.parquet, families/summary.json, families/config.json,
       families/provenance.json
@@ -266,6 +268,37 @@ class RunPaths:
     def score_plot(self, scorer: str) -> Path:
         """Histogram of real versus shuffled-control scores."""
         return self.scores / f"{scorer}.png"
+
+    # generation steering (LM runs)
+    @property
+    def steer(self) -> Path:
+        return self.root / "steer"
+
+    @property
+    def steer_generations(self) -> Path:
+        """Unsteered and steered continuations side by side, with their measures."""
+        return self.steer / "generations.parquet"
+
+    @property
+    def steer_ranking(self) -> Path:
+        """Features ranked by output score."""
+        return self.steer / "ranking.parquet"
+
+    @property
+    def steer_sweep(self) -> Path:
+        return self.steer / "sweep.parquet"
+
+    @property
+    def steer_summary(self) -> Path:
+        return self.steer / "summary.json"
+
+    @property
+    def steer_plot(self) -> Path:
+        return self.steer / "sweep.png"
+
+    @property
+    def steer_record(self) -> Path:
+        return self.steer / PROVENANCE
 
     # feature families (saescope.families)
     @property

@@ -51,9 +51,21 @@ def demo_lm_steps(
         ("eval", lambda: _eval(run)),
         ("latents", lambda: _latents(run, overwrite)),
         ("keywords", lambda: _keywords(run, overwrite)),
-        ("score", lambda: _score(run, overwrite)),
+        ("score", lambda: _score(run, overwrite, max_pos=50, n_neg=50)),
+        ("steer", lambda: _steer(run, overwrite)),
         ("report", lambda: _report(run)),
     ]
+
+
+def _steer(run: str, overwrite: bool) -> Path:
+    from saescope.steer.stage import SteerConfig
+    from saescope.steer.stage import run as steer
+
+    # rank 24 of the densest features by output score, sweep the best one's strength
+    cfg = SteerConfig(
+        run=run, rank=24, pick=1, sweep=True, strengths=[1.0, 2.0, 4.0, 8.0], overwrite=overwrite
+    )
+    return steer(cfg)
 
 
 def _acts(run: str, overwrite: bool) -> Path:
@@ -119,11 +131,14 @@ def _keywords(run: str, overwrite: bool) -> Path:
     return keywords(KeywordsConfig(run=run, overwrite=overwrite))
 
 
-def _score(run: str, overwrite: bool) -> Path:
+def _score(run: str, overwrite: bool, max_pos: int = 100, n_neg: int = 100) -> Path:
     from saescope.scoring.stage import ScoreConfig
     from saescope.scoring.stage import run as score
 
-    return score(ScoreConfig(run=run, scorer="embedding", overwrite=overwrite))
+    cfg = ScoreConfig(
+        run=run, scorer="embedding", max_pos=max_pos, n_neg=n_neg, overwrite=overwrite
+    )
+    return score(cfg)
 
 
 def _report(run: str) -> Path:

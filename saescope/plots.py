@@ -77,3 +77,27 @@ def activation_grid(
     fig.suptitle("Non-zero activation distribution of the densest features", fontsize=10)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=1 - 0.5 / (2.0 * rows), hspace=0.55)
     return _save(fig, path, tight=False)
+
+
+def steering_sweep(
+    curves: dict[str, list[tuple[float, float, float]]], max_ppl_ratio: float, path: Path
+) -> Path:
+    """Concept gain against perplexity ratio over strengths, one line per feature.
+
+    curves: label -> [(strength, ppl_ratio, concept_gain), ...] in strength order.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in curves.items():
+        if not pts:
+            continue
+        s, ppl, gain = zip(*pts, strict=True)
+        ax.plot(ppl, gain, marker="o", label=label)
+        for x, y, t in zip(ppl, gain, s, strict=True):
+            ax.annotate(f"{t:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.axvline(max_ppl_ratio, color="grey", linestyle="--", linewidth=1, label="perplexity bound")
+    ax.set_xscale("log")
+    ax.set_xlabel("perplexity of steered text / unsteered (log)")
+    ax.set_ylabel("concept gain (feature activation)")
+    ax.set_title("steering strength sweep (labels: strength)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
