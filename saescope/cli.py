@@ -93,6 +93,12 @@ STAGES: dict[str, Stage] = {
         "SteerConfig",
         "steer an LM's generations with SAE features; measure concept, fluency, output score",
     ),
+    "families": Stage(
+        "saescope.families.stage",
+        "saescope.options.families",
+        "FamiliesConfig",
+        "group features into families by co-occurrence; match features across SAE widths",
+    ),
     "report": Stage(
         "saescope.report",
         "saescope.options.report",

@@ -5,8 +5,9 @@
     saescope inspect --text "..." --run runs/demo  embed a new text with the run's model and
                                                    list the features it activates, strongest first
 
-In: `latents/features.parquet` and `corpus.parquet` (plus keywords, explanations and
-scores when those stages have run); `--text` also needs `acts/manifest.json` (which
+In: `latents/features.parquet` and `corpus.parquet` (plus keywords, explanations,
+scores and families when those stages have run: the feature's families and the
+features of other SAE widths it splits into or was split from); `--text` also needs `acts/manifest.json` (which
 model embedded the corpus) and the SAE. Out: text on stdout; nothing is written.
 
 Token runs (an LM's residual stream, `saescope acts`): the examples are token
@@ -33,6 +34,7 @@ import torch
 from saescope.errors import SaescopeError
 from saescope.examples import from_features_row
 from saescope.examples.tokens import feature_column, feature_window, store_rows_kind
+from saescope.families.tables import FamilyRef, SplitRef, read_families
 from saescope.io import read_json
 from saescope.paths import RunPaths
 from saescope.report.data import (
@@ -73,6 +75,8 @@ class FeatureView:
     top: list[Example] = field(default_factory=list)
     quantiles: list[Example] = field(default_factory=list)
     logit_lens: LensTokens | None = None  # token runs: tokens the decoder direction promotes
+    families: list[FamilyRef] = field(default_factory=list)  # `saescope families`
+    splits: list[SplitRef] = field(default_factory=list)  # features of other SAE widths
 
 
 _TOKEN_FIELDS = ("tokens", "acts", "center", "logit_lens")
@@ -112,6 +116,7 @@ def feature_view(
     ]
     kw = ann.keywords.get(feature)
     ex = ann.explanations.get(feature)
+    fams = read_families(run)  # None until `saescope families` ran on this latent cache
     return FeatureView(
         feature=feature,
         count=int(r["count"]),
@@ -127,6 +132,8 @@ def feature_view(
         top=top,
         quantiles=quant,
         logit_lens=logit_lens(r),
+        families=fams.families_of(feature) if fams else [],
+        splits=fams.splits_of(feature) if fams else [],
     )
 
 
@@ -359,6 +366,7 @@ def format_feature(v: FeatureView, run: str, width: int) -> str:
     for name, s in v.scores.items():
         shuffled = f"   (shuffled {s['shuffled_score']:.3f})" if "shuffled_score" in s else ""
         lines.append(f"  score {name}: {s['score']:.3f}{shuffled}")
+    lines += _family_lines(v, width)
     if v.logit_lens is not None:
         for side, pairs in (
             ("promotes", v.logit_lens.promoted),
@@ -376,6 +384,42 @@ def format_feature(v: FeatureView, run: str, width: int) -> str:
             left = f"  {i:>3}  {e.act:>8.4g}  {e.row:>{row_w}}  "
             lines.append(left + clip(e.text, width - len(left)))
     return "\n".join(lines)
+
+
+MAX_FAMILY_LINES = 5
+MAX_SPLITS = 5
+
+
+def _family_lines(v: FeatureView, width: int) -> list[str]:
+    """The feature's families (nearest parent first) and its splits across SAE widths."""
+    lines = []
+    for r in sorted(v.families, key=lambda r: r.depth)[:MAX_FAMILY_LINES]:
+        where = "its parent" if r.depth == 0 else f"depth {r.depth}, under #{r.tree_parent}"
+        left = f"  family of feature {r.parent} ({r.size} features, {where}): "
+        lines.append(left + _clip(r.name or "(unnamed)", width - len(left)))
+        if r.children:
+            kids = ", ".join(f"#{c}" for c in r.children)
+            lines.append("    children: " + _clip(kids, width - 14))
+    if len(v.families) > MAX_FAMILY_LINES:
+        lines.append(f"  ({len(v.families) - MAX_FAMILY_LINES} more families: --json)")
+    groups: dict[tuple[str, str, int], list[SplitRef]] = {}
+    for s in v.splits:
+        groups.setdefault((s.relation, s.sae, s.d_sae), []).append(s)
+    for (relation, sae, d_sae), refs in groups.items():
+        refs = sorted(refs, key=lambda s: -s.cosine)
+        if relation == "split from":
+            s = refs[0]
+            lines.append(
+                f"  split from feature {s.feature} of {sae} (d_sae {d_sae}): cosine "
+                f"{s.cosine:.2f}; it fires on {s.inside:.0%} of this feature's rows, this one "
+                f"on {s.share:.0%} of its rows"
+            )
+            continue
+        head = f"  splits into {len(refs)} features of {sae} (d_sae {d_sae}): "
+        parts = [f"#{s.feature} cos {s.cosine:.2f} share {s.share:.0%}" for s in refs[:MAX_SPLITS]]
+        more = f", +{len(refs) - MAX_SPLITS} more" if len(refs) > MAX_SPLITS else ""
+        lines.append(head + _clip("; ".join(parts) + more, width - len(head)))
+    return lines
 
 
 def format_hits(hits: list[TextHit], text: str, width: int) -> str:

@@ -9,8 +9,10 @@ explanation, scores), so later stages only need to add fields to it.
 Token runs add `DATA.tokens[row] = {tokens, pos}` (a row's context window and the
 index of its own token), and per feature `tok_acts[row] = [[i, act], ...]` (the
 feature's non-zero activations on the window's tokens) and the logit lens
-(`promoted`, `suppressed`: [token, logit] pairs). Every text reaches the page
-through `textContent`, never as markup.
+(`promoted`, `suppressed`: [token, logit] pairs). Families add `DATA.families`
+(the largest trees, each node [feature, [children...]]) and per feature `families`
+([family, depth] pairs) and `splits`; a tree is drawn only when it is opened.
+Every text reaches the page through `textContent`, never as markup.
 """
 
 CSS = r"""
@@ -68,6 +70,16 @@ table.examples td.bin { width:44px; color:var(--muted); font-size:12px; }
 h4 { margin:12px 0 2px; font-size:13px; color:var(--muted); }
 button.more { margin:8px 0; padding:6px 14px; border:1px solid #c3cad6; background:#fff; border-radius:6px; cursor:pointer; }
 .empty { color:var(--muted); padding:12px; }
+details.family { background:var(--card); border:1px solid var(--line); border-radius:8px; margin-bottom:4px; }
+details.family > summary { display:flex; gap:12px; align-items:baseline; padding:6px 12px; cursor:pointer; }
+details.family > summary .title { flex:1; }
+ul.tree { list-style:none; margin:0; padding:0 0 0 18px; border-left:1px dotted #c3cad6; }
+details.family > ul.tree { margin:2px 12px 8px; }
+ul.tree li { margin:1px 0; }
+ul.tree .kw { color:#7a4b12; font-size:13px; }
+a.flink { color:var(--accent); text-decoration:none; font-variant-numeric:tabular-nums; }
+a.flink:hover { text-decoration:underline; }
+.famrefs div { margin:2px 0; font-size:13px; }
 """
 
 JS = r"""
@@ -98,10 +110,17 @@ function textOf(row) {
   return t === undefined ? "(row " + row + ")" : t;
 }
 
+const FAMILIES = DATA.families || [];
+const FAMBYID = new Map(FAMILIES.map(x => [x.id, x]));
+const BYID = new Map(DATA.features.map(f => [f.id, f]));
+const FAM_PAGE = 40;
+let famShown = FAM_PAGE;
+
 for (const f of DATA.features) {
   const tops = (f.top || []).slice(0, 3).map(e => textOf(e[0]));
+  const famNames = (f.families || []).map(p => (FAMBYID.get(p[0]) || {}).name || "");
   const lens = (f.promoted || []).map(p => p[0]);
-  f._search = ["#" + f.id, String(f.id), (f.keywords || []).join(" "), f.explanation || "", tops.join(" "), lens.join(" ")]
+  f._search = ["#" + f.id, String(f.id), (f.keywords || []).join(" "), f.explanation || "", tops.join(" "), lens.join(" "), famNames.join(" ")]
     .join(" \u0001 ").toLowerCase();
 }
 
@@ -161,6 +180,112 @@ function exampleTable(examples, maxAct, withBin, tokActs) {
   return table;
 }
 
+// A feature's short label: its first keywords, or its explanation.
+function labelOf(id) {
+  const f = BYID.get(id);
+  if (!f) return "";
+  return f.keywords && f.keywords.length ? f.keywords.slice(0, 3).join(", ") : (f.explanation || "");
+}
+
+// Show one feature's card alone, opened (a search for "#id" matches that id exactly).
+function showFeature(id) {
+  document.getElementById("search").value = "#" + id;
+  update();
+  const c = document.querySelector('.card[data-feature="' + id + '"]');
+  if (!c) return;
+  if (!c.classList.contains("open")) c.querySelector(".card-head").click();
+  c.scrollIntoView({block: "start"});
+}
+
+function featureLink(id) {
+  const a = el("a", "flink", "#" + id);
+  a.href = "#";
+  a.title = BYID.has(id) ? "show this feature" : "not among the features listed";
+  a.addEventListener("click", e => { e.preventDefault(); showFeature(id); });
+  return a;
+}
+
+function treeItem(node) {
+  const li = el("li");
+  li.appendChild(featureLink(node[0]));
+  const label = labelOf(node[0]);
+  if (label) li.appendChild(el("span", "kw", "  " + label));
+  if (node[1].length) {
+    const ul = el("ul", "tree");
+    for (const child of node[1]) ul.appendChild(treeItem(child));
+    li.appendChild(ul);
+  }
+  return li;
+}
+
+function familyTitle(fam) { return fam.name || labelOf(fam.tree[0]) || "(unnamed)"; }
+
+// Open a family's tree in the Families section and bring it into view.
+function showFamily(id) {
+  const index = FAMILIES.findIndex(x => x.id === id);
+  if (index >= famShown) { famShown = index + 1; renderFamilies(); }
+  const d = document.querySelector('details.family[data-family="' + id + '"]');
+  if (!d) return;
+  d.open = true;
+  d.scrollIntoView({block: "start"});
+}
+
+function renderFamilies() {
+  const box = document.getElementById("families");
+  box.replaceChildren();
+  for (const fam of FAMILIES.slice(0, famShown)) {
+    const d = el("details", "family");
+    d.dataset.family = fam.id;
+    const s = el("summary");
+    s.appendChild(el("span", "fid", "#" + fam.tree[0]));
+    s.appendChild(el("span", "title", familyTitle(fam)));
+    s.appendChild(el("span", "stats", fam.size + " features · depth " + fam.depth));
+    d.appendChild(s);
+    d.addEventListener("toggle", () => {
+      if (d.open && d.children.length === 1) {
+        const ul = el("ul", "tree");
+        ul.appendChild(treeItem(fam.tree));
+        d.appendChild(ul);
+      }
+    });
+    box.appendChild(d);
+  }
+  document.getElementById("more-families").style.display = FAMILIES.length > famShown ? "" : "none";
+}
+
+function familyRefs(f, body) {
+  if (f.families && f.families.length) {
+    body.appendChild(el("h4", null, "Families"));
+    const box = el("div", "famrefs");
+    for (const [id, depth] of f.families.slice().sort((a, b) => b[1] - a[1])) {
+      const fam = FAMBYID.get(id);
+      const line = el("div");
+      if (!fam) {
+        line.textContent = "in family " + id + " (not among the " + FAMILIES.length + " largest drawn)";
+      } else {
+        line.appendChild(document.createTextNode(depth === 0 ? "parent of " : "depth " + depth + " in "));
+        const a = el("a", "flink", "the family of #" + fam.tree[0]);
+        a.href = "#";
+        a.addEventListener("click", e => { e.preventDefault(); showFamily(id); });
+        line.appendChild(a);
+        line.appendChild(document.createTextNode(" (" + fam.size + " features): " + familyTitle(fam)));
+      }
+      box.appendChild(line);
+    }
+    body.appendChild(box);
+  }
+  if (f.splits && f.splits.length) {
+    body.appendChild(el("h4", null, "Across SAE widths"));
+    const box = el("div", "famrefs");
+    for (const [sae, relation, other, cos, share, inside, d] of f.splits) {
+      const rows = relation === "splits into" ? "fires on " + pct(share) + " of this feature's rows"
+        : "this feature fires on " + pct(share) + " of its rows";
+      box.appendChild(el("div", null, relation + " #" + other + " of " + sae + " (d_sae " + d + "): cosine " + fmt(cos, 3) + ", " + rows));
+    }
+    body.appendChild(box);
+  }
+}
+
 function renderBody(f, body) {
   if (f.explanation) body.appendChild(el("div", "explanation", f.explanation));
   if (f.keywords && f.keywords.length) {
@@ -181,6 +306,7 @@ function renderBody(f, body) {
   }
   for (const [k, v] of rows) { kv.appendChild(el("div", "k", k)); kv.appendChild(el("div", "v", v)); }
   body.appendChild(kv);
+  familyRefs(f, body);
   if (f.promoted) {
     const lens = el("div", "lens");
     for (const [side, label, pairs] of [["up", "promotes", f.promoted], ["down", "suppresses", f.suppressed || []]]) {
@@ -240,7 +366,9 @@ function update() {
   const q = document.getElementById("search").value.trim().toLowerCase();
   const [key, dir] = document.getElementById("sort").value.split("|");
   const terms = q ? q.split(/\s+/) : [];
-  view = DATA.features.filter(f => terms.every(t => f._search.includes(t)));
+  // "#12" is feature 12 exactly; any other term is a substring of what a card shows
+  const matches = (f, t) => /^#\d+$/.test(t) ? String(f.id) === t.slice(1) : f._search.includes(t);
+  view = DATA.features.filter(f => terms.every(t => matches(f, t)));
   const sign = dir === "asc" ? 1 : -1;
   view.sort((a, b) => sign * (sortKey(a, key) - sortKey(b, key)) || a.id - b.id);
   shown = PAGE;
@@ -267,6 +395,11 @@ function setup() {
   document.getElementById("search").addEventListener("input", update);
   sort.addEventListener("change", update);
   document.getElementById("more").addEventListener("click", () => { shown += PAGE; render(); });
+  if (FAMILIES.length) {
+    document.getElementById("families-section").hidden = false;
+    document.getElementById("more-families").addEventListener("click", () => { famShown += FAM_PAGE; renderFamilies(); });
+    renderFamilies();
+  }
   update();
 }
 setup();
@@ -286,6 +419,11 @@ HTML = """<!doctype html>
 <main>
 <section><h2>Run</h2><div class="summary">__SUMMARY__</div></section>
 <section><h2>Plots</h2><div class="plots">__PLOTS__</div></section>
+<section id="families-section" hidden>
+<h2>Families</h2>
+<div id="families"></div>
+<button id="more-families" class="more" type="button">show more families</button>
+</section>
 <section>
 <h2>Features</h2>
 <div class="controls">

@@ -6,6 +6,10 @@ features whose cards open to show top and quantile examples with the active span
 highlighted by activation. Keywords, explanations and scores are shown when their
 stages have run. Re-running with the same options and unchanged inputs skips.
 
+Families (`saescope families`): the largest family trees, each node a feature that
+opens its card, and on every card the families the feature belongs to and the
+features of other SAE widths it splits into or was split from.
+
 Token runs: an example is its token's context window, every token coloured by the
 feature's activation on it (from the latent cache), and a card shows the tokens
 the feature's decoder direction promotes and suppresses (the logit lens columns
@@ -29,6 +33,7 @@ from saescope.config import config_to_dict
 from saescope.errors import SaescopeError
 from saescope.examples import Activations, from_features_row, load_activations
 from saescope.examples.tokens import Window, values_at
+from saescope.families.tables import FamilyTables, read_families
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
 from saescope.options.report import ReportConfig
 from saescope.paths import RunPaths, SAEPaths
@@ -40,6 +45,9 @@ from saescope.report.data import (
     logit_lens,
     read_features,
 )
+
+MAX_FAMILIES = 300  # family trees on the page (the largest); cards name every family
+MAX_SPLITS = 8  # split partners listed on a card
 
 PLOT_TITLES = {
     "density.png": "Feature density",
@@ -59,6 +67,8 @@ def _inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:
         SAEPaths(sae_dir).metrics,
     ]
     files += [rp.plots / name for name in PLOT_TITLES]
+    files += [rp.families_table, rp.family_members, rp.family_splits, rp.families_summary]
+    files += [rp.families_record]  # which latent cache the families describe
     if rp.scores.exists():
         files += sorted(rp.scores.glob("*.parquet")) + sorted(rp.scores.glob("*.png"))
         files += sorted(rp.scores.glob("*.provenance.json"))  # which names they scored
@@ -97,10 +107,11 @@ def run(cfg: ReportConfig) -> Path:
     ann = load_annotations(cfg.run)
     texts = RowTexts(cfg.run, int(manifest["n_rows"]))
     acts = load_activations(cfg.run, "latents") if texts.tokens is not None else None
-    data = page_data(cfg, df, ann, texts, acts)
+    fams = read_families(cfg.run)  # None until `saescope families` ran on this cache
+    data = page_data(cfg, df, ann, texts, acts, fams)
     plots = _copy_plots(rp)
     title = cfg.title or f"saescope report: {rp.root.resolve().name}"
-    summary = _summary(rp, sae_dir, df, manifest, lat_cfg, ann, len(data["features"]))
+    summary = _summary(rp, sae_dir, df, manifest, lat_cfg, ann, len(data["features"]), fams)
     page = (
         HTML.replace("__CSS__", CSS)
         .replace("__JS__", JS)
@@ -136,12 +147,17 @@ def page_data(
     ann: Annotations,
     texts: RowTexts,
     acts: Activations | None = None,
+    fams: FamilyTables | None = None,
 ) -> dict[str, Any]:
     """The JSON blob the page renders: features with examples, and the texts they cite.
 
     Token runs (`texts.tokens`, with the run's `acts`): the windows of the rows cited
     (`tokens`) and, per feature, its non-zero activations on each window's tokens.
+    With families: `families` (the largest trees, nested [feature, [children...]])
+    and per feature `families` ([family, depth] pairs) and `splits`
+    ([sae, relation, feature, cosine, share, inside, d_sae]).
     """
+    in_families, split_refs = _family_refs(fams)
     windows: dict[int, Window] = {}  # token runs only
     alive = df[~df["dead"]].sort_values(["count", "feature"], ascending=[False, True])
     alive = alive.head(cfg.max_features)
@@ -181,6 +197,10 @@ def page_data(
         scores = {name: s[f] for name, s in ann.scores.items() if f in s}
         if scores:
             item["scores"] = {n: {k: _f(v) for k, v in s.items()} for n, s in scores.items()}
+        if f in in_families:
+            item["families"] = in_families[f]
+        if f in split_refs:
+            item["splits"] = split_refs[f]
         if lens is not None:
             item["promoted"] = [[t, _f(x)] for t, x in lens.promoted]
             item["suppressed"] = [[t, _f(x)] for t, x in lens.suppressed]
@@ -194,6 +214,7 @@ def page_data(
                 item["tok_acts"][str(row)] = [[int(i), _f(vals[i])] for i in np.flatnonzero(vals)]
         features.append(item)
     data: dict[str, Any] = {"features": features, "scorers": sorted(ann.scores)}
+    data["families"] = _family_trees(fams) if fams is not None else []
     if windows:
         data["tokens"] = {
             str(row): {"tokens": w.tokens, "pos": w.center} for row, w in sorted(windows.items())
@@ -202,6 +223,62 @@ def page_data(
     else:
         data["texts"] = {str(row): texts(row, cfg.max_text_chars) for row in sorted(rows_used)}
     return data
+
+
+def _family_refs(
+    fams: FamilyTables | None,
+) -> tuple[dict[int, list[list[int]]], dict[int, list[list[Any]]]]:
+    """feature -> its [family, depth] pairs; feature -> its splits (cache's SAE side)."""
+    if fams is None:
+        return {}, {}
+    refs: dict[int, list[list[int]]] = {}
+    m = fams.members
+    for fam, feat, depth in zip(m["family"], m["feature"], m["depth"], strict=True):
+        refs.setdefault(int(feat), []).append([int(fam), int(depth)])
+    splits: dict[int, list[list[Any]]] = {}
+    s = fams.splits
+    for relation, own, other, sae, d_sae in (
+        ("splits into", "parent", "child", "large_sae", "large_d_sae"),
+        ("split from", "child", "parent", "small_sae", "small_d_sae"),
+    ):
+        side = "small_sae" if relation == "splits into" else "large_sae"
+        rows = s[s[side] == fams.cache_sae].sort_values("cosine", ascending=False)
+        for r in rows.itertuples(index=False):
+            out = splits.setdefault(int(getattr(r, own)), [])
+            if len(out) < MAX_SPLITS:
+                out.append(
+                    [
+                        str(getattr(r, sae)), relation, int(getattr(r, other)), _f(r.cosine),
+                        _f(r.share), _f(r.inside), int(getattr(r, d_sae)),
+                    ]
+                )  # fmt: skip
+    return refs, splits
+
+
+def _family_trees(fams: FamilyTables) -> list[dict[str, Any]]:
+    """The largest MAX_FAMILIES families, each tree as nested [feature, [children...]]."""
+    out = []
+    members = fams.members[fams.members["family"] < MAX_FAMILIES]
+    by_family = {int(k): g for k, g in members.groupby("family", sort=True)}
+    for r in fams.families.head(MAX_FAMILIES).itertuples(index=False):
+        rows = by_family.get(int(r.family))
+        if rows is None:
+            continue
+        nodes: dict[int, list[Any]] = {}
+        root: list[Any] = []
+        for feat, up in zip(rows["feature"], rows["tree_parent"], strict=True):
+            node: list[Any] = [int(feat), []]
+            if up < 0:
+                root = node
+            else:
+                nodes[int(up)][1].append(node)
+            nodes[int(feat)] = node
+        name = None if r.name is None or pd.isna(r.name) else str(r.name)
+        out.append(
+            {"id": int(r.family), "name": name, "size": int(r.size), "depth": int(r.depth),
+             "tree": root}
+        )  # fmt: skip
+    return out
 
 
 def _copy_plots(rp: RunPaths) -> str:
@@ -254,6 +331,7 @@ def _summary(
     lat_cfg: dict[str, Any],
     ann: Annotations,
     n_shown: int,
+    fams: FamilyTables | None = None,
 ) -> str:
     boxes = []
     corpus_cfg = read_json(rp.corpus_config) if rp.corpus_config.exists() else {}
@@ -341,4 +419,29 @@ def _summary(
         interp["left out"] = "; ".join(ann.stale) + ": re-run keywords and score"
     if interp:
         boxes.append(_box("Names and scores", interp))
+    if fams is not None:
+        boxes.append(_families_box(fams))
     return "\n".join(boxes)
+
+
+def _families_box(fams: FamilyTables) -> str:
+    s = fams.summary
+    items: dict[str, Any] = {
+        "method": s.get("rules", {}).get("method"),
+        "families": s.get("n_families"),
+        "coverage": f"{s['coverage']:.1%} of alive features" if "coverage" in s else None,
+        "mean size": s.get("mean_size"),
+        "largest": s.get("max_size"),
+        "mean depth": s.get("mean_depth"),
+    }
+    if s.get("block_ratio_lift"):
+        items["block-diagonal co-occurrence"] = (
+            f"{s['block_ratio']:.3g} ({s['block_ratio_lift']:.1f}x random)"
+        )
+    for p in s.get("split_pairs", []):
+        if "parents" in p:
+            items[f"splits {p['small_d_sae']} -> {p['large_d_sae']}"] = (
+                f"{p['parents_split_in_2_or_more']} of {p['parents']} split in 2+, "
+                f"mean cosine {p['mean_cosine']:.2f}"
+            )
+    return _box("Families", items)
