@@ -23,6 +23,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "CorpusConfig": ("saescope.options.corpus", "CorpusConfig"),
     "EmbedConfig": ("saescope.options.embed", "EmbedConfig"),
     "EvalConfig": ("saescope.options.evaluate", "EvalConfig"),
+    "FamiliesConfig": ("saescope.options.families", "FamiliesConfig"),
     "KeywordsConfig": ("saescope.options.keywords", "KeywordsConfig"),
     "LatentCache": ("saescope.latents", "LatentCache"),
     "LatentsConfig": ("saescope.options.latents", "LatentsConfig"),
@@ -39,11 +40,13 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "cache_latents": ("saescope.latents", "run"),
     "embed_corpus": ("saescope.embed", "run"),
     "export_saelens": ("saescope.sae", "export_saelens"),
+    "find_families": ("saescope.families.stage", "run"),
     "load_sae": ("saescope.sae", "load_sae"),
     "make_corpus": ("saescope.corpus", "run"),
     "make_report": ("saescope.report", "run"),
     "name_features_with_keywords": ("saescope.interp.keywords", "run"),
     "read_corpus": ("saescope.corpus", "read_corpus"),
+    "read_families": ("saescope.families.tables", "read_families"),
     "score_names": ("saescope.scoring.stage", "run"),
     "train_on_batches": ("saescope.train", "train_on_batches"),
 }
@@ -58,10 +61,13 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from saescope.embed import run as embed_corpus
     from saescope.errors import SaescopeError
     from saescope.evaluate import EvalConfig
+    from saescope.families.stage import run as find_families
+    from saescope.families.tables import read_families
     from saescope.interp.keywords import KeywordsConfig
     from saescope.interp.keywords import run as name_features_with_keywords
     from saescope.latents import LatentCache, LatentsConfig
     from saescope.latents import run as cache_latents
+    from saescope.options.families import FamiliesConfig
     from saescope.paths import RunPaths
     from saescope.report import ReportConfig
     from saescope.report import run as make_report
@@ -77,6 +83,7 @@ __all__ = [
     "CorpusConfig",
     "EmbedConfig",
     "EvalConfig",
+    "FamiliesConfig",
     "KeywordsConfig",
     "LatentCache",
     "LatentsConfig",
@@ -93,11 +100,13 @@ __all__ = [
     "cache_latents",
     "export_saelens",
     "embed_corpus",
+    "find_families",
     "load_sae",
     "make_corpus",
     "make_report",
     "name_features_with_keywords",
     "read_corpus",
+    "read_families",
     "score_names",
     "train_on_batches",
 ]
