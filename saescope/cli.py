@@ -111,6 +111,18 @@ STAGES: dict[str, Stage] = {
         "ConvertConfig",
         "convert an SAE file between formats",
     ),
+    "index": Stage(
+        "saescope.search.stage",
+        "saescope.options.search",
+        "IndexConfig",
+        "build the search index over the store (exact, or approximate with faiss)",
+    ),
+    "search-eval": Stage(
+        "saescope.search.evaluate",
+        "saescope.options.search",
+        "SearchEvalConfig",
+        "measure search edits (success against query drift) and recommend a strength",
+    ),
 }
 
 CUSTOM: dict[str, Custom] = {
@@ -121,6 +133,11 @@ CUSTOM: dict[str, Custom] = {
         "saescope.inspect",
         "saescope.options.inspect",
         "show a feature's statistics and top texts, or a text's features",
+    ),
+    "search": Custom(
+        "saescope.search.cli",
+        "saescope.options.search",
+        "semantic search steered by SAE features: results before and after the edits",
     ),
 }
 
