@@ -32,6 +32,7 @@ def demo_steps(
         ("latents", lambda: _latents(run, overwrite)),
         ("keywords", lambda: _keywords(run, overwrite)),
         ("score", lambda: _score(run, overwrite)),
+        ("families", lambda: _families(run, overwrite)),
         ("report", lambda: _report(run)),
     ]
 
@@ -139,6 +140,18 @@ def _score(run: str, overwrite: bool, max_pos: int = 100, n_neg: int = 100) -> P
         run=run, scorer="embedding", max_pos=max_pos, n_neg=n_neg, overwrite=overwrite
     )
     return score(cfg)
+
+
+def _families(run: str, overwrite: bool) -> Path:
+    from saescope.families.stage import run as families
+    from saescope.families.tables import read_families
+    from saescope.options.families import FamiliesConfig
+
+    out = families(FamiliesConfig(run=run, overwrite=overwrite))
+    found = read_families(run)
+    n = len(found.families) if found is not None else 0
+    print(f"families: {n} feature families (families/tree.json)", flush=True)
+    return out
 
 
 def _report(run: str) -> Path:
