@@ -56,8 +56,7 @@ def family_name(fam: Family, ann: Annotations) -> FamilyName:
     shared = [w for w in dict.fromkeys(shared) if new_word(w)][:SHARED]
     if source == "none" and shared:
         source = "keywords"
-    if parent and shared:
-        name = f"{parent}: {', '.join(shared)}"
-    else:
-        name = parent or (", ".join(shared) if shared else None)
+    name: str | None = ", ".join(shared) if shared else None
+    if parent:
+        name = f"{parent}: {name}" if name else parent
     return FamilyName(name, parent, shared, source)

@@ -170,7 +170,8 @@ def _splits(
     store = ActivationStore(rp.acts, verify=False)
     own = SAE.load(cache_sae)
     codes = splitting.cache_codes(cache.triples(), cache.d_sae)
-    frames, pairs = [], []
+    frames: list[pd.DataFrame] = []
+    pairs: list[dict[str, object]] = []
     name = splitting.sae_name(rp, cache_sae)
     for other in others:
         df = splitting.pair_table(
