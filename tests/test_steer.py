@@ -205,3 +205,51 @@ def test_embedding_runs_are_refused(news_run):
         from saescope.steer.stage import run as steer
 
         steer(SteerConfig(run=str(news_run), features=[1]))
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_steering_raises_the_concept_and_ablation_lowers_it(tmp_path):
+    """On SmolLM2: a feature ranked steerable by its output score raises the probability of
+    its logit-lens tokens and its own activation in the generated text when added, and
+    ablating a feature that fires on the prompts lowers its activation."""
+    from saescope import CorpusConfig, make_corpus
+    from saescope.latents import LatentsConfig
+    from saescope.latents import run as latents
+    from saescope.lm.acts import run as acts
+    from saescope.options.acts import ActsConfig
+    from saescope.steer.measure import measure_texts, output_score
+    from saescope.steer.stage import SteerConfig
+    from saescope.steer.stage import run as steer
+    from saescope.train import TrainConfig
+    from saescope.train import run as train
+
+    lm = load_lm()
+    run = tmp_path / "run"
+    make_corpus(CorpusConfig(run=str(run), source="news", shuffle=True, limit=500))
+    acts(ActsConfig(run=str(run), ctx_len=128), lm=lm)
+    train(TrainConfig(run=str(run), d_sae=[2304], k=[32], batch_size=1024, epochs=4.0, lr=1e-3,
+                      progress=False, checkpoint_every=0, eval_at_end=False))  # fmt: skip
+    latents(LatentsConfig(run=str(run), plots=False))
+    steer(SteerConfig(run=str(run), rank=40, pick=1, strength=4.0), lm=lm)
+    rp = RunPaths(run)
+    ranking = pd.read_parquet(rp.steer_ranking)
+    best = ranking.iloc[0]
+    assert best["output_score"] > 0.05 and best["lens_rank"] < 50
+    summary = json.loads(rp.steer_summary.read_text())
+    assert summary["groups"][0]["concept_gain"] > 0
+    # ablation: the feature most active on the prompts' generations loses activation
+    hp = hooks.resolve(lm.model, "resid_post.15")
+    sae = SAE.load(rp.sae).eval().requires_grad_(False)
+    ids = prompt_ids(lm, PROMPTS, 16)
+    plain = generate(lm, ids, 16)
+    x = hooks.capture(lm.model, hp, torch.tensor([plain.ids[0].tolist()]))[0]
+    f = int(sae.encode(x).sum(0).argmax())
+    ablated = generate(lm, ids, 16, Steerer(lm.model, hp, sae, [Edit(f, "zero")]))
+    a, b = measure_texts(lm, hp, sae, plain, [f]), measure_texts(lm, hp, sae, ablated, [f])
+    assert b.concept.mean() < a.concept.mean()
+    # and the output score of an ablation is not positive
+    lens = [
+        int(i)
+        for i in pd.read_parquet(rp.features).set_index("feature").loc[f, "promoted_ids"][:10]
+    ]
+    assert output_score(lm, hp, sae, ids, Edit(f, "zero"), lens).score <= 1e-6
