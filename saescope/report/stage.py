@@ -343,7 +343,7 @@ def _summary(
             {
                 "corpus": corpus_cfg.get("source"),
                 "texts": corpus_cfg.get("n_rows"),
-                "embedding source": meta.get("source"),
+                "activation source": meta.get("source"),
                 "model": Path(str(meta["model"])).name if meta.get("model") else None,
                 "hookpoint": meta.get("hookpoint"),  # token runs only, as the two below
                 "context length": meta.get("ctx_len"),
