@@ -49,6 +49,14 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "read_families": ("saescope.families.tables", "read_families"),
     "score_names": ("saescope.scoring.stage", "run"),
     "train_on_batches": ("saescope.train", "train_on_batches"),
+    # steerable semantic search (saescope/search/)
+    "EditRequest": ("saescope.search.select", "EditRequest"),
+    "IndexConfig": ("saescope.options.search", "IndexConfig"),
+    "SearchEvalConfig": ("saescope.options.search", "SearchEvalConfig"),
+    "SearchSession": ("saescope.search.query", "SearchSession"),
+    "build_search_index": ("saescope.search.stage", "run"),
+    "evaluate_search": ("saescope.search.evaluate", "run"),
+    "open_index": ("saescope.search.index", "open_index"),
 }
 
 
@@ -68,12 +76,18 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from saescope.latents import LatentCache, LatentsConfig
     from saescope.latents import run as cache_latents
     from saescope.options.families import FamiliesConfig
+    from saescope.options.search import IndexConfig, SearchEvalConfig
     from saescope.paths import RunPaths
     from saescope.report import ReportConfig
     from saescope.report import run as make_report
     from saescope.sae import SAE, SAEConfig, export_saelens, load_sae
     from saescope.scoring.stage import ScoreConfig
     from saescope.scoring.stage import run as score_names
+    from saescope.search.evaluate import run as evaluate_search
+    from saescope.search.index import open_index
+    from saescope.search.query import SearchSession
+    from saescope.search.select import EditRequest
+    from saescope.search.stage import run as build_search_index
     from saescope.store import ActivationStore, StoreWriter
     from saescope.train import TrainConfig, TrainResult, train_on_batches
 
@@ -109,4 +123,11 @@ __all__ = [
     "read_families",
     "score_names",
     "train_on_batches",
+    "EditRequest",
+    "IndexConfig",
+    "SearchEvalConfig",
+    "SearchSession",
+    "build_search_index",
+    "evaluate_search",
+    "open_index",
 ]

@@ -63,6 +63,12 @@ class SearchEvalConfig:
         [0.5, 1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0],
         "edit strengths tried, in units of each feature's largest activation on the run",
     )
+    boost_from: str = option(
+        "all",
+        "features boosted: any feature inactive on the query (all), or one inactive on it "
+        "that fires on some of its 50 nearest rows (near: a nearby topic)",
+        choices=("all", "near"),
+    )
     k: int = option(10, "results per query")
     min_count: int = option(
         20, "features edited must fire on at least this many rows (so k results can hold them)"

@@ -44,6 +44,7 @@ from saescope.search.index import ExactIndex, choose_kind, normalise
 from saescope.search.query import SearchSession
 
 OPS = ("boost", "suppress")
+N_NEAR = 50  # --boost-from near: the nearest rows whose features may be boosted
 
 
 @dataclass(frozen=True)
@@ -106,17 +107,35 @@ def draw_queries(s: SearchSession, cfg: SearchEvalConfig, rng: np.random.Generat
 
 
 def draw_features(
-    active: np.ndarray, eligible: np.ndarray, rng: np.random.Generator
+    active: np.ndarray,
+    eligible: np.ndarray,
+    rng: np.random.Generator,
+    near: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per query a random eligible feature inactive on it (boost) and one active (suppress).
 
-    active: (n_q, d_sae) bool; eligible: (d_sae,) bool. -1 where there is none."""
+    active: (n_q, d_sae) bool; eligible: (d_sae,) bool; near: (n_q, d_sae) bool, when given
+    the boosted feature must be one of these (features of the query's neighbours).
+    -1 where there is none."""
     out = {op: np.full(active.shape[0], -1, np.int64) for op in OPS}
     for i, act in enumerate(active):
-        for op, pool in (("boost", eligible & ~act), ("suppress", eligible & act)):
+        boost_pool = eligible & ~act & (near[i] if near is not None else True)
+        for op, pool in (("boost", boost_pool), ("suppress", eligible & act)):
             ids = np.flatnonzero(pool)
             if len(ids):
                 out[op][i] = int(rng.choice(ids))
+    return out
+
+
+@torch.inference_mode()
+def neighbour_features(s: SearchSession, q: Queries, n_near: int) -> np.ndarray:
+    """(n_q, d_sae) bool: features firing on any of each query's `n_near` nearest rows."""
+    hits = s.index.search(q.x, n_near, q.exclude)
+    out = np.zeros((len(q.rows), s.sae.cfg.d_sae), dtype=bool)
+    for i in range(len(q.rows)):
+        rows = hits.rows[i][hits.rows[i] >= 0]
+        if len(rows):
+            out[i] = (s.sae.encode(s.store.rows(rows)) > 0).any(dim=0).numpy()
     return out
 
 
@@ -354,7 +373,8 @@ def run(cfg: SearchEvalConfig) -> Path:
     eligible = table_counts >= cfg.min_count
     with torch.inference_mode():
         active = (s.sae.encode(q.x) > 0).numpy()  # (n_q, d_sae)
-    pairs = draw_features(active, eligible, rng)
+    near = neighbour_features(s, q, N_NEAR) if cfg.boost_from == "near" else None
+    pairs = draw_features(active, eligible, rng, near)
     if (pairs["boost"] < 0).all() and (pairs["suppress"] < 0).all():
         raise SaescopeError(f"no feature fires on {cfg.min_count} rows or more; lower --min-count")
     table = sweep(s, q, pairs, cfg, _Fires(cache))

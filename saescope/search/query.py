@@ -194,7 +194,7 @@ class SearchSession:
         """A store row by number, or by corpus id."""
         if isinstance(row, str) and not row.strip().lstrip("-").isdigit():
             ids = self._corpus_ids()
-            hit = np.flatnonzero(ids == row) if ids is not None else []
+            hit = np.flatnonzero(ids == row) if ids is not None else np.empty(0, np.int64)
             if not len(hit):
                 raise SaescopeError(f"no row of {self.run} has the corpus id {row!r}")
             return int(hit[0])
