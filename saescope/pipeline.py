@@ -34,7 +34,49 @@ def demo_steps(
         ("score", lambda: _score(run, overwrite)),
         ("families", lambda: _families(run, overwrite)),
         ("report", lambda: _report(run)),
+        ("index", lambda: _index(run, overwrite)),
+        ("search-eval", lambda: _search_eval(run, overwrite)),
+        ("search", lambda: _search_example(run)),
     ]
+
+
+# The demo ends with a steered search: this query, one feature boosted at the strength
+# search-eval recommends; the feature is the first these words name (keywords), else the
+# one the first word's own embedding drives hardest.
+SEARCH_QUERY = "The central bank raised interest rates to fight inflation."
+SEARCH_BOOSTS = ("japan", "housing", "oil")
+
+
+def _index(run: str, overwrite: bool) -> Path:
+    from saescope.options.search import IndexConfig
+    from saescope.search.stage import run as index
+
+    return index(IndexConfig(run=run, progress=False, overwrite=overwrite))
+
+
+def _search_eval(run: str, overwrite: bool) -> Path:
+    from saescope.options.search import SearchEvalConfig
+    from saescope.search.evaluate import run as search_eval
+
+    return search_eval(SearchEvalConfig(run=run, progress=False, overwrite=overwrite))
+
+
+def _search_example(run: str) -> Path:
+    import shutil
+
+    from saescope.search.cli import format_result
+    from saescope.search.query import SearchSession
+    from saescope.search.select import boost
+
+    s = SearchSession(run)
+    target: int | str | None = next((w for w in SEARCH_BOOSTS if s.names.find(w)), None)
+    if target is None:
+        target = int(s.sae.encode(s.embed(SEARCH_BOOSTS[0]).unsqueeze(0))[0].argmax())
+    result = s.search(SEARCH_QUERY, edits=[boost(target)])
+    width = min(140, max(100, shutil.get_terminal_size((120, 24)).columns))
+    print(format_result(result, run, width), flush=True)
+    print(f'(saescope search "{SEARCH_QUERY}" --run {run} --boost {target})', flush=True)
+    return s.paths.index
 
 
 # The LM demo: SmolLM2's middle residual stream over news texts (~56 tokens a text).
