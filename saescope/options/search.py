@@ -33,7 +33,7 @@ class IndexConfig:
     )
     approximate_from: int = option(1_000_000, "auto: stores with this many rows get an ivf index")
     nlist: int | None = option(
-        None, "ivf: inverted lists (default: 4 x sqrt(rows), at most rows / 39)"
+        None, "ivf: inverted lists (default: 4 x sqrt(rows), at most training rows / 39)"
     )
     train_rows: int = option(100_000, "ivf: rows sampled to train the coarse quantizer")
     seed: int = option(0, "ivf: seed of the training sample and of k-means")

@@ -186,9 +186,9 @@ def faiss_available() -> bool:
     return True
 
 
-def default_nlist(count: int) -> int:
-    """4 x sqrt(rows), at most rows / 39 (faiss wants 39 training points a list)."""
-    return max(1, min(round(4 * math.sqrt(count)), count // 39))
+def default_nlist(count: int, train_rows: int) -> int:
+    """4 x sqrt(rows), at most training rows / 39 (faiss wants 39 training points a list)."""
+    return max(1, min(round(4 * math.sqrt(count)), min(count, train_rows) // 39))
 
 
 def default_nprobe(nlist: int) -> int:

@@ -171,7 +171,7 @@ def _build_ivf(m: _Manifest, store: ActivationStore, cfg: IndexConfig) -> None:
     rp = m.rp
     trained = rp.ivf_trained()
     if not trained.exists():
-        nlist = min(cfg.nlist or default_nlist(store.count), store.count)
+        nlist = min(cfg.nlist or default_nlist(store.count, cfg.train_rows), store.count)
         rng = np.random.default_rng(cfg.seed)
         n_train = min(cfg.train_rows, store.count)
         sample = np.sort(rng.choice(store.count, size=n_train, replace=False))
