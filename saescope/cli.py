@@ -139,6 +139,11 @@ CUSTOM: dict[str, Custom] = {
         "saescope.options.search",
         "semantic search steered by SAE features: results before and after the edits",
     ),
+    "serve": Custom(
+        "saescope.serve.cli",
+        "saescope.options.serve",
+        "a dashboard in the browser: browse features, inspect texts, steer search and generation",
+    ),
 }
 
 
