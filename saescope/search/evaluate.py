@@ -160,68 +160,74 @@ def _vectors(s: SearchSession, rows: np.ndarray) -> torch.Tensor:
     return normalise(s.store.rows(rows))
 
 
+def edit_queries(
+    s: SearchSession, x: torch.Tensor, features: np.ndarray, strength: float
+) -> torch.Tensor:
+    """(n, d_in): query i with its own feature added at `strength` (units of the feature's
+    largest activation; negative: subtracted), the SAE's error term kept."""
+    out = []
+    for xi, f in zip(x, features, strict=True):
+        edits = resolve([Edit(int(f), "add", strength)], s.typical, s.sae.cfg.d_sae)
+        out.append(apply_edits(s.sae, xi.unsqueeze(0), edits)[0])
+    return torch.stack(out)
+
+
+def measure(
+    s: SearchSession,
+    q: Queries,
+    base_rows: np.ndarray,
+    op: str,
+    features: np.ndarray,
+    strength: float,
+    x_edit: torch.Tensor,
+    live: np.ndarray,
+    fires: _Fires,
+    k: int,
+) -> list[dict[str, Any]]:
+    """The table rows of queries `live` edited into `x_edit` (n_live, d_in) and searched."""
+    hits = s.index.search(x_edit, k, q.exclude).rows  # (n_live, k)
+    unique = np.unique(hits[hits >= 0])
+    vecs = _vectors(s, unique)  # (n_unique, d_in)
+    at = {int(r): j for j, r in enumerate(unique)}
+    q_unit = normalise(q.x[live])  # (n_live, d_in)
+    cos = torch.nn.functional.cosine_similarity(q.x[live], x_edit, dim=1)
+    out = []
+    for j, i in enumerate(live):
+        rows = hits[j][hits[j] >= 0]
+        before = base_rows[i][base_rows[i] >= 0]
+        out.append(
+            {
+                "query": int(i),
+                "query_row": int(q.rows[i]),
+                "op": op,
+                "feature": int(features[i]),
+                "strength": float(strength),
+                "fires": fires.fraction(int(features[i]), rows),
+                "cosine": float(cos[j]),
+                "overlap": len(np.intersect1d(rows, before)) / k,
+                "relevance": float((vecs[[at[int(r)] for r in rows]] @ q_unit[j]).mean()),
+            }
+        )
+    return out
+
+
 def sweep(
     s: SearchSession, q: Queries, pairs: dict[str, np.ndarray], cfg: SearchEvalConfig, fires: _Fires
 ) -> pd.DataFrame:
-    """One row per query, edit and strength (0: the unedited query)."""
-    q_unit = normalise(q.x)  # (n_q, d_in)
-    base = s.index.search(q.x, cfg.k, q.exclude)
-    if (base.rows < 0).all(axis=1).any():
+    """One row per query, edit and strength (strength 0: the unedited query)."""
+    base = s.index.search(q.x, cfg.k, q.exclude).rows  # (n_q, k)
+    if (base < 0).all(axis=1).any():
         raise SaescopeError("the search returned no results for some queries; try more --nprobe")
     records: list[dict[str, Any]] = []
-
-    def measure(
-        op: str, strength: float, hits_rows: np.ndarray, x_edit: torch.Tensor, live: np.ndarray
-    ) -> None:
-        flat = hits_rows[hits_rows >= 0]
-        unique = np.unique(flat)
-        vecs = _vectors(s, unique)  # (n_unique, d_in)
-        pos = {int(r): j for j, r in enumerate(unique)}
-        cos = torch.nn.functional.cosine_similarity(q.x[live], x_edit, dim=1)
-        for j, i in enumerate(live):
-            rows = hits_rows[j]
-            valid = rows[rows >= 0]
-            rel = float((vecs[[pos[int(r)] for r in valid]] @ q_unit[i]).mean())
-            overlap = len(set(valid.tolist()) & set(base.rows[i][base.rows[i] >= 0].tolist()))
-            records.append(
-                {
-                    "query": int(i),
-                    "query_row": int(q.rows[i]),
-                    "op": op,
-                    "feature": int(pairs[op][i]),
-                    "strength": strength,
-                    "fires": fires.fraction(int(pairs[op][i]), rows),
-                    "cosine": float(cos[j]),
-                    "overlap": overlap / cfg.k,
-                    "relevance": rel,
-                }
-            )
-
-    bar = tqdm(
-        total=len(OPS) * (len(cfg.strengths) + 1), desc="search-eval", disable=not cfg.progress
-    )
+    steps = len(OPS) * (len(cfg.strengths) + 1)
+    bar = tqdm(total=steps, desc="search-eval", disable=not cfg.progress)
     for op in OPS:
         live = np.flatnonzero(pairs[op] >= 0)
-        measure(op, 0.0, base.rows[live], q.x[live], live)
-        bar.update()
-        for strength in cfg.strengths:
-            sign = 1.0 if op == "boost" else -1.0
-            x_edit = torch.stack(
-                [
-                    apply_edits(
-                        s.sae,
-                        q.x[i : i + 1],
-                        resolve(
-                            [Edit(int(pairs[op][i]), "add", sign * strength)],
-                            s.typical,
-                            s.sae.cfg.d_sae,
-                        ),
-                    )[0]
-                    for i in live
-                ]
-            )  # (n_live, d_in)
-            hits = s.index.search(x_edit, cfg.k, q.exclude)
-            measure(op, float(strength), hits.rows, x_edit, live)
+        sign = 1.0 if op == "boost" else -1.0
+        for strength in [0.0, *cfg.strengths]:
+            x_edit = edit_queries(s, q.x[live], pairs[op][live], sign * strength)
+            args = (base, op, pairs[op], strength, x_edit, live, fires, cfg.k)
+            records += measure(s, q, *args)
             bar.update()
     bar.close()
     return pd.DataFrame.from_records(records)
