@@ -314,6 +314,35 @@ def test_ivf_index_finds_what_exact_search_finds(topics_run, tmp_path):
     np.testing.assert_array_equal(left_out.rows, exact.search(q, 10, exclude=[0, 5, 9]).rows)
 
 
+def test_an_interrupted_ivf_build_resumes_from_its_parts(topics_run, tmp_path, monkeypatch):
+    faiss = pytest.importorskip("faiss")
+    run = _copy(topics_run, tmp_path / "run")
+    rp = RunPaths(run)
+    cfg = IndexConfig(run=str(run), kind="ivf", nlist=4, progress=False)
+    real_write = faiss.write_index
+    written: list[str] = []
+
+    def dies_on_the_second_part(index, path):
+        written.append(path)
+        if written[-1].startswith(str(rp.index_dir("ivf") / ".part-00001")) and len(written) == 3:
+            raise KeyboardInterrupt  # trained.faiss, part 0, then killed writing part 1
+        real_write(index, path)
+
+    monkeypatch.setattr(faiss, "write_index", dies_on_the_second_part)
+    with pytest.raises(KeyboardInterrupt):
+        index_stage.run(cfg)
+    m = read_json(rp.index_manifest("ivf"))
+    assert not m["complete"] and [f["file"] for f in m["files"]] == ["part-00000.faiss"]
+    trained = rp.ivf_trained().read_bytes()
+    written.clear()
+    index_stage.run(cfg)  # resumes: the trained quantizer and part 0 are kept
+    assert [Path(p).name.split(".")[1] for p in written] == ["part-00001", "part-00002", "index"]
+    assert not rp.ivf_trained().exists() and trained  # merged, then the pieces removed
+    q = ActivationStore(rp.acts).rows([1, 2])
+    got = open_index(run, "ivf", nprobe=4).search(q, 10)
+    np.testing.assert_array_equal(got.rows, open_index(run, "exact").search(q, 10).rows)
+
+
 def test_search_eval_measures_success_and_drift_and_recommends_a_strength(topics_run, tmp_path):
     run = _copy(topics_run, tmp_path / "run")
     cfg = SearchEvalConfig(
