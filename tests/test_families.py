@@ -347,6 +347,51 @@ def test_report_draws_the_family_trees(found: Planted) -> None:
     assert cards[leaf]["splits"][0][1] == "split from"
 
 
+def test_family_tree_opens_and_its_nodes_open_cards_in_chromium(found: Planted, tmp_path) -> None:
+    from playwright.sync_api import sync_playwright
+    from test_report import CHROMIUM, CHROMIUM_ARGS
+
+    from saescope.report import ReportConfig
+    from saescope.report import run as report
+
+    if not CHROMIUM.exists():
+        pytest.fail("the report test needs Debian's Chromium at /usr/bin/chromium")
+    site = tmp_path / "site"
+    shutil.copytree(report(ReportConfig(run=str(found.run))).parent, site)
+    problems: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto((site / "index.html").as_uri())
+            page.wait_for_selector("details.family")
+            first = page.locator("details.family").first
+            topic = int(first.locator("summary .fid").inner_text().lstrip("#"))
+            t = found.topic.index(topic)
+            assert first.locator("ul.tree").count() == 0  # drawn only when opened
+            first.locator("summary").click()
+            nodes = first.locator("a.flink")
+            assert sorted(int(x.lstrip("#")) for x in nodes.all_inner_texts()) == sorted(
+                found.subtree(t)
+            )
+            leaf = found.leaf[t][2][1]
+            first.get_by_text(f"#{leaf}", exact=True).click()
+            page.wait_for_function(
+                "document.getElementById('count').textContent.startsWith('1 of')"
+            )
+            body = page.locator(f'.card[data-feature="{leaf}"] .card-body')
+            assert body.is_visible()
+            text = body.inner_text()
+            assert f"depth 2 in the family of #{topic}" in text
+            assert f"depth 1 in the family of #{found.sub[t][2]}" in text
+            assert f"split from #{found.narrow_sub[t][2]} of sae-40" in text
+        finally:
+            browser.close()
+    assert problems == []
+
+
 def _flat(node: list) -> list[int]:
     return [node[0], *(f for c in node[1] for f in _flat(c))]
 
@@ -410,3 +455,58 @@ def test_bad_input_is_a_one_line_error(planted: Planted, tmp_path: Path) -> None
         "families", "--run", str(q.run), "--method", "thesis", "--splits", "false"
     )
     assert "feature 100000 is out of range" in _error("inspect", "100000", "--run", str(q.run))
+
+
+# --- the pieces, and a real embedding run --------------------------------------------
+
+
+def test_pair_lookups_and_chunks_agree_with_the_dense_table(found: Planted) -> None:
+    from saescope.families.pairs import Pairs
+    from saescope.features import Cooccurrence, read_cooccurrence
+
+    co = read_cooccurrence(RunPaths(found.run).cooccurrence)
+    dense = co.dense()
+    g = np.random.default_rng(0)
+    a, b = g.integers(0, len(dense), 5000), g.integers(0, len(dense), 5000)
+    a, b = a[a != b], b[a != b]
+    # the table as written (sorted), and the same pairs in another order
+    perm = g.permutation(len(co.counts))
+    shuffled = Cooccurrence(co.indices[:, perm], co.counts[perm], co.diagonal)
+    for table in (co, shuffled):
+        pairs = Pairs(table)
+        np.testing.assert_array_equal(pairs.count(a, b), dense[a, b])
+        n = co.diagonal
+        np.testing.assert_allclose(pairs.m(a, b), dense[a, b] / np.minimum(n[a], n[b]))
+        seen = sum(int(c.count.sum()) for c in pairs.chunks(size=1000))
+        assert seen == int(np.triu(dense, 1).sum())
+
+
+def test_families_of_real_embeddings_through_the_cli(news_run: Path, tmp_path: Path) -> None:
+    from test_latents import CFG, new_run
+
+    run = new_run(news_run, tmp_path / "run", "topk")
+    latents(LatentsConfig(run=str(run), **CFG))
+    out = run_cli("families", "--run", str(run)).stdout
+    rp = RunPaths(run)
+    fams = pd.read_parquet(rp.families_table)
+    assert f"found {len(fams)} families" in out and len(fams) > 0
+    members = pd.read_parquet(rp.family_members)
+    feats = pd.read_parquet(rp.features).set_index("feature")
+    for r in fams.itertuples():
+        m = members[members["family"] == r.family].set_index("feature")
+        assert list(m.index) == list(r.members) and m.index.is_unique
+        assert (m["tree_parent"] == r.parent).sum() == r.n_children >= 3
+        assert r.size - 1 >= 4 and m["depth"].max() == r.depth
+        below = m[m["tree_parent"] >= 0]
+        assert below["tree_parent"].isin(m.index).all()
+        # every edge goes from the denser feature to the sparser one, above the threshold
+        assert (
+            feats.loc[below["tree_parent"], "count"].to_numpy()
+            >= feats.loc[below.index, "count"].to_numpy()
+        ).all()
+        assert (below["weight"] >= 0.1).all()
+        assert (feats.loc[list(r.members), "density"] <= 0.2).all()
+    shown = json.loads(
+        run_cli("inspect", str(int(fams["parent"][0])), "--run", str(run), "--json").stdout
+    )
+    assert shown["families"][0]["depth"] == 0 and shown["families"][0]["family"] == 0

@@ -1,7 +1,7 @@
 """Co-occurrence edges and their maximum spanning forest, oriented from parent to child.
 
-In: the latent cache's co-occurrence table (`saescope.features.Cooccurrence`: pair
-counts C_ij of the upper triangle and each feature's count n_i), the features that
+In: the latent cache's co-occurrence table (`Pairs`: pair counts C_ij of the upper
+triangle and each feature's count n_i), the features that
 may join (`nodes`), and the method's `Rules`. Out: `Edges` (the pairs that pass the
 threshold, with their weight) and `Forest` (the tree edges, each directed from the
 parent to the child).
@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import minimum_spanning_tree
 
 from saescope.families.methods import Rules
-from saescope.features import Cooccurrence
+from saescope.families.pairs import Pairs
 
 TIE_BREAK = 1e-6  # scale of the share-of-the-parent term that only decides exact ties
 
@@ -73,21 +73,27 @@ class Forest:
         return np.bincount(self.child, minlength=d_sae)
 
 
-def cooccurrence_edges(co: Cooccurrence, nodes: np.ndarray, rules: Rules) -> Edges:
-    """Edges between features of the boolean mask `nodes` (d_sae,) that pass the threshold."""
-    i = co.indices[0].astype(np.int64)
-    j = co.indices[1].astype(np.int64)
-    keep = nodes[i] & nodes[j]
-    i, j, c = i[keep], j[keep], co.counts[keep].astype(np.float64)
-    n = co.diagonal.astype(np.int64)
-    # the parent is the denser feature; on equal counts the lower id (i < j in the table)
-    i_parent = n[i] >= n[j]
-    parent = np.where(i_parent, i, j)
-    child = np.where(i_parent, j, i)
-    weight = c / (n[child] + rules.smoothing)
-    passed = weight > rules.threshold if rules.strict else weight >= rules.threshold
-    tie = c[passed] / (n[parent[passed]] + rules.smoothing)
-    return Edges(parent[passed], child[passed], weight[passed], tie)
+def cooccurrence_edges(pairs: Pairs, nodes: np.ndarray, rules: Rules) -> Edges:
+    """Edges between features of the boolean mask `nodes` (d_sae,) that pass the threshold
+    (the table is read a chunk at a time: only the edges that pass are kept)."""
+    n = pairs.n
+    parts = []
+    for c in pairs.chunks():
+        keep = nodes[c.i] & nodes[c.j]
+        i, j, cnt = c.i[keep], c.j[keep], c.count[keep].astype(np.float64)
+        # the parent is the denser feature; on equal counts the lower id (i < j in the table)
+        i_parent = n[i] >= n[j]
+        parent = np.where(i_parent, i, j)
+        child = np.where(i_parent, j, i)
+        weight = cnt / (n[child] + rules.smoothing)
+        ok = weight > rules.threshold if rules.strict else weight >= rules.threshold
+        tie = cnt[ok] / (n[parent[ok]] + rules.smoothing)
+        parts.append((parent[ok], child[ok], weight[ok], tie))
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return Edges(empty, empty, np.zeros(0), np.zeros(0))
+    parent, child, weight, tie = (np.concatenate(x) for x in zip(*parts, strict=True))
+    return Edges(parent.astype(np.int64), child.astype(np.int64), weight, tie)
 
 
 def spanning_forest(edges: Edges, d_sae: int) -> Forest:

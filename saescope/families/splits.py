@@ -70,12 +70,13 @@ class Codes:
         return np.bincount(self.feats, minlength=self.d_sae).astype(np.int64)
 
     def top_rows(self) -> np.ndarray:
-        """(d_sae,) the row of each feature's largest activation (-1: never fires)."""
-        order = np.lexsort((-self.vals, self.feats))  # by feature, strongest first
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = self.feats[order][1:] != self.feats[order][:-1]
+        """(d_sae,) the row of each feature's largest activation (-1: never fires; on equal
+        values the first such row)."""
+        best = np.full(self.d_sae, -np.inf, dtype=np.float32)
+        np.maximum.at(best, self.feats, self.vals)
+        hit = np.flatnonzero(self.vals == best[self.feats])[::-1]  # the first row written last
         out = np.full(self.d_sae, -1, dtype=np.int64)
-        out[self.feats[order][first]] = self.rows[order][first]
+        out[self.feats[hit]] = self.rows[hit]
         return out
 
 

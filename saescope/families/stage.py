@@ -22,6 +22,7 @@ each family a name from its parent's and children's keywords (or explanations).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,8 @@ from saescope.errors import SaescopeError
 from saescope.families import splits as splitting
 from saescope.families.methods import Rules, rules
 from saescope.families.naming import family_name
-from saescope.families.stats import family_stats, normalised, summary
+from saescope.families.pairs import Pairs
+from saescope.families.stats import family_stats, summary
 from saescope.families.tables import FORMAT, families_frame, members_frame, tree_json
 from saescope.families.trees import Family, find_families
 from saescope.features import read_cooccurrence
@@ -40,6 +42,10 @@ from saescope.io import atomic_path, sha256_file, write_json
 from saescope.options.families import FamiliesConfig
 from saescope.paths import RunPaths
 from saescope.report.data import Annotations, load_annotations
+
+if TYPE_CHECKING:
+    from saescope.families.naming import FamilyName
+    from saescope.latents import LatentCache
 
 # options that change no output
 _IGNORED = ("run", "overwrite", "progress", "batch_size")
@@ -105,8 +111,6 @@ def run(cfg: FamiliesConfig) -> Path:
 
     rp = RunPaths(cfg.run)
     r = rules(cfg)
-    if cfg.n_permutations < 0:
-        raise SaescopeError("--n-permutations must be >= 0")
     _check_inputs(rp, cfg.run)
     cache = LatentCache(cfg.run)
     cache_sae = cache.sae_dir()
@@ -119,23 +123,23 @@ def run(cfg: FamiliesConfig) -> Path:
     if record.decide(cfg.overwrite, rp.families_table) is provenance.Decision.SKIP:
         return rp.families
     features = cache.features()
-    co = read_cooccurrence(rp.cooccurrence)
+    pairs = Pairs(read_cooccurrence(rp.cooccurrence))
     ann = load_annotations(cfg.run)
     nodes = joinable(features, r, ann)
-    found, _ = find_families(co, nodes, r)
+    found, _ = find_families(pairs, nodes, r)
     families = _order(found)
-    norm = normalised(co, nodes)
-    stats = [family_stats(f, norm) for f in families]
+    stats = [family_stats(f, pairs) for f in families]
     names = [family_name(f, ann) for f in families]
     alive = features["count"].to_numpy() > 0
-    summ = summary(families, stats, norm, nodes, alive, cfg.n_permutations, cfg.seed)
-    split_df, pairs = _splits(cfg, rp, cache, cache_sae, others)
+    summ = summary(families, stats, pairs, nodes, alive)
+    del pairs  # the co-occurrence table is done with before the splits encode the store
+    split_df, split_pairs = _splits(cfg, rp, cache, cache_sae, others)
     summ = {
         "format": FORMAT,
         **summ,
         "rules": r.to_json(),
         "cache_sae": splitting.sae_name(rp, cache_sae),
-        "split_pairs": pairs,
+        "split_pairs": split_pairs,
     }
     record.start()
     rp.families.mkdir(parents=True, exist_ok=True)
@@ -157,7 +161,7 @@ def run(cfg: FamiliesConfig) -> Path:
 def _splits(
     cfg: FamiliesConfig,
     rp: RunPaths,
-    cache,
+    cache: LatentCache,
     cache_sae: Path,
     others: list[splitting.OtherSAE],
 ) -> tuple[pd.DataFrame, list[dict[str, object]]]:
@@ -186,7 +190,7 @@ def _splits(
     return splitting.typed(table), pairs
 
 
-def _print_summary(summ: dict, families: list[Family], names: list) -> None:
+def _print_summary(summ: dict[str, Any], families: list[Family], names: list[FamilyName]) -> None:
     cov = summ["coverage"]
     lift = summ["block_ratio_lift"]
     lift_text = f", block-diagonal co-occurrence {lift:.1f}x random" if lift else ""

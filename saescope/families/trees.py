@@ -22,7 +22,7 @@ import numpy as np
 
 from saescope.families.graph import Edges, Forest, cooccurrence_edges, spanning_forest
 from saescope.families.methods import Rules
-from saescope.features import Cooccurrence
+from saescope.families.pairs import Pairs
 
 
 @dataclass(frozen=True)
@@ -128,12 +128,12 @@ def _thesis_round(forest: Forest, gone: np.ndarray, d_sae: int, rnd: int) -> lis
 
 
 def find_families(
-    co: Cooccurrence, nodes: np.ndarray, rules: Rules
+    pairs: Pairs, nodes: np.ndarray, rules: Rules
 ) -> tuple[list[Family], list[Forest]]:
     """The families among the features of the boolean mask `nodes` (d_sae,), duplicates
     merged, and the forest of every round."""
-    d_sae = len(co.diagonal)
-    edges: Edges = cooccurrence_edges(co, nodes, rules)
+    d_sae = pairs.d_sae
+    edges: Edges = cooccurrence_edges(pairs, nodes, rules)
     gone = np.zeros(d_sae, dtype=bool)  # parents taken out by earlier rounds
     found: list[Family] = []
     forests: list[Forest] = []

@@ -72,10 +72,6 @@ class FamiliesConfig:
         "a larger SAE's feature splits its nearest smaller-SAE feature only when their "
         "decoder cosine is at least this (default: none, as saerch)",
     )
-    n_permutations: int = option(
-        20, "random permutations of the features the block-diagonal ratio is compared with"
-    )
-    seed: int = option(0, "seed of those permutations")
     batch_size: int = option(4096, "store rows encoded per batch by the other SAEs")
     progress: bool = option(True, "show progress bars")
     overwrite: bool = option(False, "replace families made from other inputs or options")
