@@ -28,7 +28,7 @@ def test_no_edit_and_clamp_to_own_value_change_nothing(sae):
     assert torch.equal(apply_edits(sae, x, []), x)
     z = sae.encode(x.reshape(-1, 16))
     f = int(z.sum(0).argmax())  # an active feature
-    own = float(z[0, f])
+    own = float(z[0, f].detach())
     first = x.reshape(-1, 16)[:1]
     out = apply_edits(sae, first, [Edit(f, "clamp", own, "absolute")])
     assert torch.allclose(out, first, atol=1e-6)

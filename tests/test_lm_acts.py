@@ -200,7 +200,7 @@ def test_store_rows_are_the_tokens_of_the_index(tiny_lm_run, tiny, one_torch_thr
         sel = index[index["context"] == c]
         ids = torch.from_numpy(t["input_ids"][c : c + 1].astype(np.int64))
         mask = torch.from_numpy(t["attention_mask"][c : c + 1].astype(np.int64))
-        want = hooks.capture(tiny.model, hp, ids, mask)[0, sel["position"].to_numpy()]
+        want = hooks.capture(tiny.model, hp, ids, mask)[0, sel["position"].to_numpy().copy()]
         got = store.rows(sel["row"].to_numpy())
         assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
     # whole contexts are held out
