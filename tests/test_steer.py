@@ -197,6 +197,12 @@ def test_an_sae_from_another_hookpoint_is_refused(steer_run, tmp_path):
     proc = run_cli("steer", "--run", str(steer_run), "--sae", str(tmp_path / "other"),
                    "--features", "1", "--overwrite", check=False)  # fmt: skip
     assert proc.returncode == 2 and "hookpoint" in proc.stderr
+    meta["store_meta"] = dict(sae.cfg.metadata["store_meta"], model="another/model")
+    other = SAE.from_tensors(dataclasses.replace(sae.cfg, metadata=meta), sae.state_tensors())
+    other.save(tmp_path / "other-model")
+    proc = run_cli("steer", "--run", str(steer_run), "--sae", str(tmp_path / "other-model"),
+                   "--features", "1", "--overwrite", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "trained on another/model" in proc.stderr
 
 
 def test_embedding_runs_are_refused(news_run):

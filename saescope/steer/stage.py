@@ -195,6 +195,12 @@ def run(cfg: SteerConfig, *, lm: LM | None = None) -> Path:
     lm = lm if lm is not None else load_lm(str(meta["model"]), device, cfg.model_dtype)
     hp = hooks.resolve(lm.model, str(meta["hookpoint"]))
     check_hookpoint(sae_hookpoint(sae), meta, str(folder), lm.model)
+    trained_on = (sae.cfg.metadata.get("store_meta") or {}).get("model")
+    if trained_on is not None and str(trained_on) != str(meta["model"]):
+        raise SaescopeError(
+            f"the SAE in {folder} was trained on {trained_on}'s activations, but this run's "
+            f"model is {meta['model']}; steer it on a run made with that model"
+        )
     probe = torch.tensor([[int(lm.tokenizer.eos_token_id or 0)]], device=lm.device)
     width = int(hooks.capture(lm.model, hp, probe).shape[-1])
     if sae.cfg.d_in != width:
