@@ -252,4 +252,5 @@ def main(ns: argparse.Namespace) -> int:
     index = RunPaths(ns.run).report_index
     if index.exists():
         print(f"report: {index.resolve()}  (open it in a browser; it needs no network)")
+    print(f"dashboard: saescope serve --run {ns.run}  (then open http://127.0.0.1:8000/)")
     return 0
