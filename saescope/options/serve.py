@@ -44,6 +44,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="cpu", help="device of the models loaded on demand (default: cpu)"
     )
-    parser.add_argument(
-        "--quiet", action="store_true", help="do not log every request on stderr"
-    )
+    parser.add_argument("--quiet", action="store_true", help="do not log every request on stderr")
