@@ -57,6 +57,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "build_search_index": ("saescope.search.stage", "run"),
     "evaluate_search": ("saescope.search.evaluate", "run"),
     "open_index": ("saescope.search.index", "open_index"),
+    # the served dashboard (saescope/serve/)
+    "create_dashboard": ("saescope.serve.app", "create_app"),
 }
 
 
@@ -88,6 +90,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from saescope.search.query import SearchSession
     from saescope.search.select import EditRequest
     from saescope.search.stage import run as build_search_index
+    from saescope.serve.app import create_app as create_dashboard
     from saescope.store import ActivationStore, StoreWriter
     from saescope.train import TrainConfig, TrainResult, train_on_batches
 
@@ -112,6 +115,7 @@ __all__ = [
     "TrainResult",
     "build_corpus",
     "cache_latents",
+    "create_dashboard",
     "export_saelens",
     "embed_corpus",
     "find_families",
