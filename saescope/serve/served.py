@@ -8,7 +8,7 @@ steering pages load models on first use (`saescope.serve.models`).
 
 Start-up reads features.parquet, the names (`load_annotations`, only those made
 from this latent cache), the families (`read_families`), the row texts
-(`RowTexts`) and the SAE's decoder once; a feature page is then array look-ups, a
+(`RowTexts`, or the token contexts of an LM run) and the SAE's decoder once; a feature page is then array look-ups, a
 matrix-vector product for its nearest features and, for LM runs, a few reads of
 the memory-mapped latent shards for the activations around each example.
 """
@@ -110,10 +110,20 @@ class ServedRun:
             fam = self.families.members
             for k, g in fam.groupby("family", sort=True)["feature"]:
                 self.table.family_members[int(k)] = g.to_numpy(dtype=np.int64)
-        self.texts = RowTexts(path, self.cache.n_rows)
-        if self.texts.tokens is not None:
-            self.texts.tokens = CachedTokenRows(path)
-        self.rows = LatentRows(self.cache) if self.texts.tokens is not None else None
+        # the text of a row: a corpus text, or (LM runs) a token in its context window
+        self.texts: RowTexts | None = None
+        self.tokens: CachedTokenRows | None = None
+        self.rows: LatentRows | None = None  # LM runs: activations around an example
+        if self.kind == "tokens":
+            self.tokens = CachedTokenRows(path)  # names missing token contexts
+            if len(self.tokens) != self.cache.n_rows:
+                raise SaescopeError(
+                    f"{rp.acts_index} lists {len(self.tokens)} tokens but the latent cache has "
+                    f"{self.cache.n_rows} rows; re-run `saescope latents --run {path}`"
+                )
+            self.rows = LatentRows(self.cache)
+        else:
+            self.texts = RowTexts(path, self.cache.n_rows)
         self._token_lock = threading.Lock()  # a tokenizer is not safe to share across threads
         self.table.set_text(self._search_texts())
         self.hist = Histograms(self.cache, self.table.num["max_act"])
@@ -220,18 +230,20 @@ class ServedRun:
 
     def short_text(self, row: int) -> str:
         """A row's text for lists and search: the start of a text, or a token's short window."""
-        if self.texts.tokens is not None:
+        if self.tokens is not None:
             with self._token_lock:
-                return self.texts.tokens.text(row, NAME_BEFORE, NAME_AFTER).strip()
+                return self.tokens.text(row, NAME_BEFORE, NAME_AFTER).strip()
+        assert self.texts is not None
         return self.texts(row, SEARCH_TEXT_CHARS)
 
     def example(self, feature: int, row: int, act: float, b: int | None = None) -> Example:
         """An example row: its text, or (LM runs) its window with the feature's activation
         on every token, read from the mapped latent shards."""
-        if self.texts.tokens is None or self.rows is None:
+        if self.tokens is None or self.rows is None:
+            assert self.texts is not None
             return Example(int(row), float(act), self.texts(int(row), MAX_TEXT_CHARS), b)
         with self._token_lock:
-            w = self.texts.tokens.window(int(row))
+            w = self.tokens.window(int(row))
         acts = self.rows.values(feature, w.rows)
         parts = list(w.tokens)
         parts[w.center] = f"<<{parts[w.center]}>>"
