@@ -200,6 +200,7 @@ class ServedRun:
             "index": self.index_kinds(),
             "missing": self.missing(),
             "histograms": self.hist.status,
+            "histogram_seconds": self.hist.seconds,
             "plots": plots,
             "report": self.file_url(rp.report_index) if rp.report_index.exists() else None,
             "limits": asdict(self.limits),
