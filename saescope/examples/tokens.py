@@ -107,7 +107,8 @@ class TokenRows:
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
         """Each token id as the text it stands for (decoded alone, cached)."""
-        missing = sorted({int(i) for i in ids} - self._strings.keys())
+        known = self._strings  # a membership test per id: no copy of the cache per call
+        missing = sorted({int(i) for i in ids if int(i) not in known})
         if missing:
             for i, s in zip(
                 missing, self.tokenizer.batch_decode([[i] for i in missing]), strict=True

@@ -16,7 +16,6 @@ the memory-mapped latent shards for the activations around each example.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -61,20 +60,6 @@ def plain(x: Any) -> Any:
     return x
 
 
-class CachedTokenRows(TokenRows):
-    """`TokenRows` whose token strings are looked up in constant time: the base class
-    finds the ids it has not decoded yet with `set - dict.keys()`, which copies every
-    cached id on each call (quadratic over a start-up that decodes thousands of windows)."""
-
-    def token_strings(self, ids: Sequence[int]) -> list[str]:
-        known = self._strings
-        missing = sorted({int(i) for i in ids if int(i) not in known})
-        if missing:
-            decoded = self.tokenizer.batch_decode([[i] for i in missing])
-            known.update(zip(missing, decoded, strict=True))
-        return [known[int(i)] for i in ids]
-
-
 class ServedRun:
     """A run opened read-only for the dashboard (see the module docstring)."""
 
@@ -112,10 +97,10 @@ class ServedRun:
                 self.table.family_members[int(k)] = g.to_numpy(dtype=np.int64)
         # the text of a row: a corpus text, or (LM runs) a token in its context window
         self.texts: RowTexts | None = None
-        self.tokens: CachedTokenRows | None = None
+        self.tokens: TokenRows | None = None
         self.rows: LatentRows | None = None  # LM runs: activations around an example
         if self.kind == "tokens":
-            self.tokens = CachedTokenRows(path)  # names missing token contexts
+            self.tokens = TokenRows(path)  # names missing token contexts
             if len(self.tokens) != self.cache.n_rows:
                 raise SaescopeError(
                     f"{rp.acts_index} lists {len(self.tokens)} tokens but the latent cache has "
