@@ -231,6 +231,40 @@ class TokenHits:
     truncated: bool = False  # the text was longer than the store's contexts
 
 
+def encode_text_tokens(
+    lm: Any, hp: Any, sae: Any, meta: dict[str, Any], text: str
+) -> tuple[list[str], torch.Tensor, bool]:
+    """(token strings, codes (n_tokens, d_sae) float32 on CPU, truncated) of a new text,
+    tokenized as the store's contexts were: BOS first when they have it, cut to their
+    length; special tokens the store left out are left out here too."""
+    from saescope.lm import hooks
+
+    tok = lm.tokenizer
+    ids: list[int] = list(tok(text, add_special_tokens=False)["input_ids"])
+    if meta.get("bos", False) and tok.bos_token_id is not None:
+        ids = [int(tok.bos_token_id), *ids]
+    ctx_len = int(meta.get("ctx_len") or len(ids))
+    truncated = len(ids) > ctx_len
+    ids = ids[:ctx_len]
+    if not ids:
+        raise SaescopeError("the text has no tokens; give a non-empty text")
+    special = set(getattr(tok, "all_special_ids", []) or [])
+    keep = [bool(meta.get("keep_special", False)) or i not in special for i in ids]
+    x = hooks.capture(lm.model, hp, torch.tensor([ids], device=lm.device))  # (1, seq, d_model)
+    with torch.inference_mode():
+        codes = sae.encode(x[0].to(device=sae.W_dec.device, dtype=sae.W_dec.dtype))  # (seq, d_sae)
+    codes = codes[torch.tensor(keep, device=codes.device)].float().cpu()  # (n_tokens, d_sae)
+    strings = tok.batch_decode([[i] for i, k in zip(ids, keep, strict=True) if k])
+    return list(strings), codes, truncated
+
+
+def strongest(codes: torch.Tensor, n: int) -> tuple[torch.Tensor, list[int]]:
+    """(each feature's largest activation over the tokens, the `n` strongest active features)."""
+    top = codes.max(dim=0).values if len(codes) else torch.zeros(codes.shape[1])
+    alive = torch.nonzero(top > 0).squeeze(1)
+    return top, alive[torch.argsort(top[alive], descending=True, stable=True)][:n].tolist()
+
+
 def token_text_features(run: str | Path, text: str, n: int = 10) -> TokenHits:
     """Per-token activations of the `n` features strongest on any token of `text`.
 
@@ -254,26 +288,9 @@ def token_text_features(run: str | Path, text: str, n: int = 10) -> TokenHits:
     sae = SAE.load(LatentCache(run).sae_dir(), device=str(device)).eval()
     lm = load_lm(str(meta["model"]), device, str(meta.get("model_dtype", "float32")))
     hp = hooks.resolve(lm.model, str(meta["hookpoint"]))
-    tok = lm.tokenizer
-    ids: list[int] = list(tok(text, add_special_tokens=False)["input_ids"])
-    if meta.get("bos", False) and tok.bos_token_id is not None:
-        ids = [int(tok.bos_token_id), *ids]
-    ctx_len = int(meta.get("ctx_len") or len(ids))
-    truncated = len(ids) > ctx_len
-    ids = ids[:ctx_len]
-    if not ids:
-        raise SaescopeError("the text has no tokens; give a non-empty --text")
-    special = set(getattr(tok, "all_special_ids", []) or [])
-    keep = [meta.get("keep_special", False) or i not in special for i in ids]
-    x = hooks.capture(lm.model, hp, torch.tensor([ids], device=lm.device))  # (1, seq, d_model)
-    with torch.inference_mode():
-        codes = sae.encode(x[0].to(device=sae.W_dec.device, dtype=sae.W_dec.dtype))  # (seq, d_sae)
-    codes = codes[torch.tensor(keep, device=codes.device)].float().cpu()  # (n_tokens, d_sae)
-    top = codes.max(dim=0).values if len(codes) else torch.zeros(codes.shape[1])
-    alive = torch.nonzero(top > 0).squeeze(1)
-    order = alive[torch.argsort(top[alive], descending=True, stable=True)][:n].tolist()
+    strings, codes, truncated = encode_text_tokens(lm, hp, sae, meta, text)
+    top, order = strongest(codes, n)
     ann = load_annotations(run)
-    strings = tok.batch_decode([[i] for i, k in zip(ids, keep, strict=True) if k])
     feats = []
     for f in order:
         kw = ann.keywords.get(f)

@@ -139,34 +139,13 @@ class RunModels:
         return self._lm
 
     def _token_hits(self, text: str, n: int) -> TokenHits:
-        """The same answer as `saescope.inspect.token_text_features`, with the models kept
-        loaded between requests: the text tokenized as the store's contexts were (BOS
-        first when they have it, cut to their length), special tokens the store left out
-        left out here too."""
-        import torch
-
-        from saescope.lm import hooks
+        """The same answer as `saescope.inspect.token_text_features` (the same encoding,
+        `encode_text_tokens`), with the models kept loaded between requests."""
+        from saescope.inspect import encode_text_tokens, strongest
 
         lm, hp, sae = self._lm_parts()
-        meta, tok = self.run.meta, lm.tokenizer
-        ids: list[int] = list(tok(text, add_special_tokens=False)["input_ids"])
-        if meta.get("bos", False) and tok.bos_token_id is not None:
-            ids = [int(tok.bos_token_id), *ids]
-        ctx_len = int(meta.get("ctx_len") or len(ids))
-        truncated = len(ids) > ctx_len
-        ids = ids[:ctx_len]
-        if not ids:
-            raise SaescopeError("the text has no tokens; paste a non-empty text")
-        special = set(getattr(tok, "all_special_ids", []) or [])
-        keep = [bool(meta.get("keep_special", False)) or i not in special for i in ids]
-        x = hooks.capture(lm.model, hp, torch.tensor([ids], device=lm.device))  # (1, seq, d)
-        with torch.inference_mode():
-            codes = sae.encode(x[0].to(device=sae.W_dec.device, dtype=sae.W_dec.dtype))
-        codes = codes[torch.tensor(keep, device=codes.device)].float().cpu()  # (n_tok, d_sae)
-        top = codes.max(dim=0).values if len(codes) else torch.zeros(codes.shape[1])
-        alive = torch.nonzero(top > 0).squeeze(1)
-        order = alive[torch.argsort(top[alive], descending=True, stable=True)][:n].tolist()
-        strings = tok.batch_decode([[i] for i, k in zip(ids, keep, strict=True) if k])
+        strings, codes, truncated = encode_text_tokens(lm, hp, sae, self.run.meta, text)
+        top, order = strongest(codes, n)
         feats = []
         t = self.run.table
         lens = t.lists.get("promoted_tokens")
