@@ -15,8 +15,9 @@ KINDS = ("exact", "ivf")  # the index kinds `saescope index` builds
 INDEX_CHOICES = ("auto", *KINDS)
 UNITS = ("typical", "absolute")
 # The strength of an edit that names none, when the run has no search-eval recommendation:
-# in units of the feature's largest activation (see docs/search.md for how it was chosen).
-DEFAULT_STRENGTH = 0.5
+# in units of the feature's largest activation; search-eval's recommendation on the demo
+# run (docs/search.md).
+DEFAULT_STRENGTH = 12.0
 
 
 @dataclass(frozen=True)
