@@ -1,7 +1,9 @@
 """Training-speed benchmark: saescope against SAELens and sparsify, in one run.
 
 In: an activation store (default `bench/out/sentences/acts`, MiniLM embeddings of the
-88k sentences of the news corpus; see bench/README.md to build it). Out: a printed
+88k sentences of the news corpus; see bench/README.md to build it), or with `--store`
+any other store: an embedding store, or the token store of an LM run made by
+`saescope acts` (the store folder or its run directory). Out: a printed
 table per SAE size (samples/s, held-out NMSE, dead fraction, peak RSS, achieved
 GFLOP/s and its fraction of this machine's float32 GEMM peak, saescope's speed ratio
 to the fastest peer), PASS/FAIL lines for the targets, and
@@ -22,6 +24,7 @@ matmuls would reach.
 
     python bench/train.py                       # the full benchmark
     python bench/train.py --sizes 3072:32 --samples 40960 --optimizers default
+    python bench/train.py --store /tmp/bench-lm --sizes 4608:32   # an LM token store
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ PEERS = ("saelens", "sparsify")
 LIBS = ("saescope", *PEERS)
 TARGET_SPEEDUP = 2.0
 TARGET_DEAD = 0.01
+MANIFEST = "manifest.json"  # saescope.paths.MANIFEST (see find_store)
 
 
 def gemm_peak_gflops(
@@ -69,6 +73,32 @@ def flops_per_step(batch: int, d_in: int, d_sae: int, k: int) -> float:
 def adam_lr(d_sae: int) -> float:
     """The common Adam learning rate: the TopK scaling rule 2e-4 / sqrt(d_sae / 2^14)."""
     return 2e-4 / (d_sae / 2**14) ** 0.5
+
+
+def find_store(path: str) -> Path:
+    """The store folder `path` names: the folder itself, or the `acts/` of a run directory.
+
+    The names are spelled here rather than taken from `saescope.paths`: importing saescope
+    sets OMP_WAIT_POLICY, which the workers would inherit, changing the conditions of runs.
+    """
+    store = Path(path)
+    if not (store / MANIFEST).exists() and (store / "acts" / MANIFEST).exists():
+        store = store / "acts"
+    if not (store / MANIFEST).exists():
+        sys.exit(f"no activation store at {path}; build it as bench/README.md says")
+    return store
+
+
+def describe_store(manifest: dict[str, Any]) -> str:
+    """One line on what the store's rows are."""
+    meta = manifest.get("meta", {})
+    if meta.get("rows") == "tokens":
+        return (
+            f"{manifest['count']} tokens of {meta.get('model')} at {meta.get('hookpoint')} "
+            f"(ctx_len {meta.get('ctx_len')}); held-out rows by row id as for texts, so a "
+            "context's tokens fall on both sides"
+        )
+    return f"{manifest['count']} rows ({meta.get('rows', 'texts')}, {meta.get('model', '?')})"
 
 
 def run_one(spec: dict[str, Any], log: Path) -> dict[str, Any]:
@@ -141,7 +171,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--store",
         default=str(HERE / "out" / "sentences" / "acts"),
-        help="activation store directory",
+        help="activation store directory, or a run directory holding acts/ "
+        "(MiniLM embeddings, or LM tokens from `saescope acts`)",
     )
     p.add_argument("--sizes", default="3072:32,12288:64", help="comma-separated d_sae:k pairs")
     p.add_argument(
@@ -180,10 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("--samples needs one value or one per size")
     libs = args.libs.split(",")
     optimizers = args.optimizers.split(",")
-    store = Path(args.store)
-    if not (store / "manifest.json").exists():
-        sys.exit(f"no activation store at {store}; build it as bench/README.md says")
-    d_in = json.loads((store / "manifest.json").read_text())["d_in"]
+    store = find_store(args.store)
+    manifest = json.loads((store / MANIFEST).read_text())
+    d_in = manifest["d_in"]
     log = Path(args.out).with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text("")
@@ -210,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"  store {store}: d_in {d_in}, held-out fraction {args.eval_fraction}, batch {args.batch_size}"
     )
+    print(f"  rows: {describe_store(manifest)}")
     print("  FLOPs/step = 6*B*d_in*d_sae (encoder fwd+bwd) + 6*B*k*d_in (sparse decoder fwd+bwd)")
     print(
         "  optimizers: default = each library's own; adam = Adam(0.9, 0.999), constant lr 2e-4/sqrt(d_sae/2^14)"
@@ -220,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "saescope_src": str(src),
         "head": head,
         "load_at_start": load,
+        "store": str(store),
+        "store_meta": manifest.get("meta", {}),
         "sizes": [],
     }
     for (d_sae, k), n in zip(sizes, samples, strict=True):
