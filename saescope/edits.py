@@ -109,17 +109,19 @@ def apply_edits(sae, x: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
     shape = x.shape
     flat = x.reshape(-1, shape[-1]).to(sae.W_dec.dtype)
     xs, _mean, std = sae._standardize(flat)
-    delta = torch.zeros(flat.shape[0], sae.cfg.d_sae, dtype=flat.dtype, device=flat.device)
     if needs_codes(edits):
         z = sae.sparsify(sae.pre_activations(xs))
-    for e in edits:
+    # one coefficient per row and edit: decode(z') - decode(z) = coef @ W_dec[features],
+    # as the decoder is linear (no (rows, d_sae) matrix: adding costs O(rows * d_in))
+    coef = torch.empty(flat.shape[0], len(edits), dtype=flat.dtype, device=flat.device)
+    for i, e in enumerate(edits):
         if e.op == "add":
-            delta[:, e.feature] += e.value
+            coef[:, i] = e.value
         elif e.op == "clamp":
-            delta[:, e.feature] = e.value - z[:, e.feature]
+            coef[:, i] = e.value - z[:, e.feature]
         else:
-            delta[:, e.feature] = -z[:, e.feature]
-    change = delta @ sae.W_dec  # decode(z') - decode(z): the decoder is linear
+            coef[:, i] = -z[:, e.feature]
+    change = coef @ sae.W_dec[[e.feature for e in edits]]
     if std is not None:
         change = change * std
     return (flat + change).to(x.dtype).reshape(shape)
