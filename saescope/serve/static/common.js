@@ -140,6 +140,27 @@ function app() {
   return box;
 }
 
+// The start of a tool page (inspect, search, generate): the navigation, a heading, and
+// the run's note when it lacks what the page needs (then null: the page stops there).
+async function toolPage(title, need) {
+  const here = route();
+  const runs = await nav(here.run);
+  const info = runs.find(r => r.id === here.run);
+  const box = app();
+  box.appendChild(el("h2", null, title));
+  if (info && info.missing[need]) { box.appendChild(el("div", "note", info.missing[need])); return null; }
+  return { here, info, box };
+}
+
+// A labelled <select> of `values` (the first selected); returns [label, select].
+function labelledSelect(label, values, id) {
+  const s = el("select");
+  if (id) s.id = id;
+  for (const v of values) { const o = el("option", null, v); o.value = v; s.appendChild(o); }
+  const l = el("label", null, label); l.appendChild(s);
+  return [l, s];
+}
+
 // A feature picker for the steering pages: a text box that suggests features by name.
 let pickerCount = 0;
 function featurePicker(run, value) {

@@ -1,12 +1,9 @@
 // Steered generation (LM runs): a prompt, features and strengths, both continuations.
 "use strict";
 (async function () {
-  const here = route();
-  const runs = await nav(here.run);
-  const info = runs.find(r => r.id === here.run);
-  const box = app();
-  box.appendChild(el("h2", null, "Generation steering"));
-  if (info && info.missing.generate) { box.appendChild(el("div", "note", info.missing.generate)); return; }
+  const page = await toolPage("Generation steering", "generate");
+  if (!page) return;
+  const { here, info, box } = page;
   const limit = info ? info.limits.max_new_tokens : 64;
   box.appendChild(el("div", "lead", "Greedy continuations of the prompt, without and with the edits at the SAE's hookpoint " +
     "(the SAE's error term is kept). At most " + limit + " new tokens and " + (info ? info.limits.generation_seconds : "?") + " s a request."));
@@ -17,12 +14,8 @@
   const controls = el("div", "controls");
   const n = el("input"); n.type = "number"; n.min = "1"; n.max = String(limit); n.value = String(Math.min(24, limit)); n.id = "max-new-tokens";
   const nl = el("label", null, "new tokens "); nl.appendChild(n);
-  const pos = el("select"); pos.id = "positions";
-  for (const x of ["all", "prompt", "generated"]) { const o = el("option", null, x); o.value = x; pos.appendChild(o); }
-  const pl = el("label", null, "steer at "); pl.appendChild(pos);
-  const unit = el("select");
-  for (const u of ["typical", "absolute"]) { const o = el("option", null, u); o.value = u; unit.appendChild(o); }
-  const ul = el("label", null, "unit "); ul.appendChild(unit);
+  const [pl, pos] = labelledSelect("steer at ", ["all", "prompt", "generated"], "positions");
+  const [ul, unit] = labelledSelect("unit ", ["typical", "absolute"]);
   controls.append(nl, pl, ul);
   box.appendChild(controls);
   const edits = editRows(here.run, ["add", "clamp", "ablate"], "add");

@@ -1,12 +1,9 @@
 // Paste a text; see the features it activates (LM runs: on every token).
 "use strict";
 (async function () {
-  const here = route();
-  const runs = await nav(here.run);
-  const info = runs.find(r => r.id === here.run);
-  const box = app();
-  box.appendChild(el("h2", null, "Text inspector"));
-  if (info && info.missing.inspect) { box.appendChild(el("div", "note", info.missing.inspect)); return; }
+  const page = await toolPage("Text inspector", "inspect");
+  if (!page) return;
+  const { here, info, box } = page;
   box.appendChild(el("div", "lead", info && info.kind === "tokens"
     ? "The text is run through the language model to the SAE's hookpoint; each feature's activation on every token is shown."
     : "The text is embedded by the run's sentence model and encoded by the SAE; the features it activates, strongest first."));

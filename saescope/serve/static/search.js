@@ -2,12 +2,9 @@
 "use strict";
 
 (async function () {
-  const here = route();
-  const runs = await nav(here.run);
-  const info = runs.find(r => r.id === here.run);
-  const box = app();
-  box.appendChild(el("h2", null, "Search steering"));
-  if (info && info.missing.search) { box.appendChild(el("div", "note", info.missing.search)); return; }
+  const page = await toolPage("Search steering", "search");
+  if (!page) return;
+  const { here, box } = page;
   box.appendChild(el("div", "lead", "The query is embedded, encoded by the SAE, edited (the SAE's error term is kept) and searched with; " +
     "strengths are in units of each feature's largest activation unless set to absolute."));
   const p = params();
@@ -16,9 +13,7 @@
   query.value = p.get("q") || "";
   const k = el("input"); k.type = "number"; k.min = "1"; k.max = "50"; k.value = "10"; k.id = "k";
   const kl = el("label", null, "results "); kl.appendChild(k);
-  const unit = el("select"); unit.id = "unit";
-  for (const u of ["typical", "absolute"]) { const o = el("option", null, u); o.value = u; unit.appendChild(o); }
-  const ul = el("label", null, "unit "); ul.appendChild(unit);
+  const [ul, unit] = labelledSelect("unit ", ["typical", "absolute"], "unit");
   controls.append(query, kl, ul);
   box.appendChild(controls);
   const edits = editRows(here.run, ["boost", "suppress", "clamp", "zero"], "boost");
