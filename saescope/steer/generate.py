@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -51,7 +52,14 @@ def prompt_ids(
     return out
 
 
-def _pad_left(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_id_of(lm: LM) -> int:
+    """The id that pads prompts: the tokenizer's pad token, else its EOS, else 0."""
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return int(pad) if pad is not None else 0
+
+
+def pad_left(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(x) for x in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros(len(batch), width, dtype=torch.long)
@@ -88,15 +96,15 @@ def generate(
 ) -> Generations:
     """Continue every prompt by `max_new_tokens` tokens (fewer when it ends with EOS)."""
     tok = lm.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_id_of(lm)
     eos = tok.eos_token_id
     device = lm.device
     ids_out: list[torch.Tensor] = []
     for b, lo in enumerate(range(0, len(prompts), batch_size)):
         batch = prompts[lo : lo + batch_size]
-        ids, mask = _pad_left(batch, int(pad_id))
+        ids, mask = pad_left(batch, pad_id)
         ids, mask = ids.to(device), mask.to(device)
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
             do_sample=sample,
             pad_token_id=pad_id,

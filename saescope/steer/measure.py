@@ -28,7 +28,7 @@ import torch
 from saescope.edits import Edit
 from saescope.lm import hooks
 from saescope.lm.model import LM
-from saescope.steer.generate import Generations, _pad_left, forward
+from saescope.steer.generate import Generations, forward, pad_id_of, pad_left
 from saescope.steer.hook import Positions, Steerer
 
 
@@ -56,12 +56,12 @@ def measure_texts(
     batch_size: int = 8,
 ) -> TextMeasures:
     """Concept activation and NLL of every continuation under the unsteered model."""
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(lm)
     feats = torch.tensor(list(features), dtype=torch.long)
     concept, nll, count = [], [], []
     for lo in range(0, len(gens.ids), batch_size):
         seqs = [x.tolist() for x in gens.ids[lo : lo + batch_size]]
-        ids, mask = _pad_left(seqs, int(pad_id))
+        ids, mask = pad_left(seqs, pad_id)
         held: list[torch.Tensor] = []
 
         def grab(h: torch.Tensor, held: list[torch.Tensor] = held) -> torch.Tensor:
@@ -107,11 +107,11 @@ def output_score(
     batch_size: int = 16,
 ) -> OutputScore:
     """The output score of one (absolute) edit over `prompts` (see the module docstring)."""
-    pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(lm)
     lens = torch.tensor(list(lens_ids), dtype=torch.long)
     gained, probs, ranks = [], [], []
     for lo in range(0, len(prompts), batch_size):
-        ids, mask = _pad_left(prompts[lo : lo + batch_size], int(pad_id))
+        ids, mask = pad_left(prompts[lo : lo + batch_size], pad_id)
         with torch.inference_mode():
             clean = forward(lm, ids, mask)[:, -1]
             with Steerer(lm.model, hp, sae, [edit], Positions("all")):
