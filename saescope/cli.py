@@ -81,11 +81,17 @@ STAGES: dict[str, Stage] = {
         "KeywordsConfig",
         "name every feature with keywords (no LLM)",
     ),
+    "explain": Stage(
+        "saescope.explain.stage",
+        "saescope.options.explain",
+        "ExplainConfig",
+        "explain features with an LLM (a local model or any OpenAI-compatible server)",
+    ),
     "score": Stage(
         "saescope.scoring.stage",
         "saescope.options.score",
         "ScoreConfig",
-        "score keyword names on held-out texts, with a shuffled control",
+        "score names (keywords or LLM explanations) on held-out examples, with a shuffled control",
     ),
     "steer": Stage(
         "saescope.steer.stage",

@@ -13,9 +13,12 @@ No other module spells a file name of the run directory; they ask `RunPaths`.
       latents/shard-*.safetensors, latents/features.parquet, latents/cooccurrence.safetensors,
       latents/plots/
       interp/keywords.parquet, interp/keywords.config.json, interp/keywords.provenance.json,
-      interp/explanations.jsonl
+      interp/explanations.jsonl, interp/explanations.config.json,
+      interp/explanations.provenance.json, interp/explanations.usage.json
+      llm-cache/<sha256>.json   (the LLM response cache of explain and score)
       scores/<scorer>.parquet, scores/<scorer>.config.json, scores/<scorer>.provenance.json,
-      scores/<scorer>.summary.json, scores/<scorer>.png
+      scores/<scorer>.summary.json, scores/<scorer>.png,
+      scores/<scorer>.jsonl, scores/<scorer>.usage.json   (LLM scorers: per-feature results)
       steer/generations.parquet, steer/ranking.parquet, steer/sweep.parquet, steer/summary.json,
       steer/sweep.png, steer/config.json, steer/provenance.json   (LM runs)
       families/families.parquet, families/members.parquet, families/tree.json,
@@ -246,7 +249,26 @@ class RunPaths:
 
     @property
     def explanations(self) -> Path:
+        """One JSON line per explained feature, appended as features finish."""
         return self.interp / "explanations.jsonl"
+
+    @property
+    def explanations_config(self) -> Path:
+        return self.interp / "explanations.config.json"
+
+    @property
+    def explanations_record(self) -> Path:
+        return self.interp / "explanations.provenance.json"
+
+    @property
+    def explanations_usage(self) -> Path:
+        """Requests and tokens the explain stage spent."""
+        return self.interp / "explanations.usage.json"
+
+    @property
+    def llm_cache(self) -> Path:
+        """LLM responses keyed by (model, messages, parameters): a re-run costs nothing twice."""
+        return self.root / "llm-cache"
 
     @property
     def scores(self) -> Path:
@@ -268,6 +290,14 @@ class RunPaths:
     def score_plot(self, scorer: str) -> Path:
         """Histogram of real versus shuffled-control scores."""
         return self.scores / f"{scorer}.png"
+
+    def score_results(self, scorer: str) -> Path:
+        """LLM scorers: one JSON line per scored feature, appended as features finish."""
+        return self.scores / f"{scorer}.jsonl"
+
+    def score_usage(self, scorer: str) -> Path:
+        """LLM scorers: requests and tokens spent."""
+        return self.scores / f"{scorer}.usage.json"
 
     # generation steering (LM runs)
     @property

@@ -77,10 +77,16 @@ def test_every_stage_defaults_to_the_same_run_directory():
 def test_light_option_modules_agree_with_the_stages():
     from saescope.examples import SPLIT_KINDS
     from saescope.options import keywords
-    from saescope.options.score import SCORERS
+    from saescope.explain import EXPLAINERS
+    from saescope.options import explain
+    from saescope.options.score import EMBEDDING_SCORERS, LLM_SCORERS, SCORERS
     from saescope.scoring import embedding, keyword_relevance
+    from saescope.scoring.llm import SCORERS as LLM_SCORER_MODULES
 
-    assert SCORERS == (embedding.NAME, keyword_relevance.NAME)
+    assert EMBEDDING_SCORERS == (embedding.NAME, keyword_relevance.NAME)
+    assert LLM_SCORERS == tuple(LLM_SCORER_MODULES)
+    assert SCORERS == EMBEDDING_SCORERS + LLM_SCORERS
+    assert explain.EXPLAINERS == EXPLAINERS
     assert keywords.SPLIT_KINDS == SPLIT_KINDS
     for stage in STAGES.values():  # each stage module uses (re-exports) its config class
         cls = getattr(importlib.import_module(stage.options), stage.config)

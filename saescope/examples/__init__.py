@@ -16,6 +16,8 @@ A sub-package because it holds several small concepts, one file each:
   texts.py        the texts and text vectors of example rows
   tokens.py       what a row is (text or token): row -> text for any run, token windows
                   with a feature's activation on every token (LM runs)
+  shown.py        rows as an LLM is shown them (texts, token windows with << >> marks)
+  nearest.py      inactive rows nearest to a feature's active ones (by sentence embedding)
 """
 
 from saescope.examples.activations import (

@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from saescope.config import option
 from saescope.options.examples import activations_option
+from saescope.options.llm import LLMOptions
 from saescope.paths import DEFAULT_RUN
 
-# the NAME of each scorer module in saescope/scoring/ (a test checks they agree)
-SCORERS = ("embedding", "keyword-relevance")
+# the NAME of each scorer module in saescope/scoring/ and saescope/scoring/llm/
+# (a test checks they agree)
+EMBEDDING_SCORERS = ("embedding", "keyword-relevance")
+LLM_SCORERS = ("detection", "fuzzing", "intruder", "simulation", "surprisal")
+SCORERS = EMBEDDING_SCORERS + LLM_SCORERS
+NAME_KINDS = ("keywords", "explanations")
+NEGATIVES = ("random", "nearest")
+
+
+def default_names(scorer: str) -> str:
+    """What a scorer scores unless told: LLM scorers the explanations, the others keywords."""
+    return "explanations" if scorer in LLM_SCORERS else "keywords"
+
+
+def score_key(scorer: str, names: str | None) -> str:
+    """The file stem of a scorer's output: the scorer, plus the names when not its default
+    (`detection` scores explanations, `detection-keywords` keywords)."""
+    names = names or default_names(scorer)
+    return scorer if names == default_names(scorer) else f"{scorer}-{names}"
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
-    """Options of the score stage."""
+class ScoreConfig(LLMOptions):
+    """Options of the score stage (the LLM client options matter to the LLM scorers only)."""
 
-    run: str = option(DEFAULT_RUN, "run directory (reads interp/keywords.parquet, writes scores/)")
-    scorer: str = option("embedding", "which scorer", choices=SCORERS)
+    run: str = option(DEFAULT_RUN, "run directory (reads interp/, writes scores/)")
+    scorer: str = option(
+        "embedding",
+        "which scorer: embedding and keyword-relevance embed the names; detection, fuzzing "
+        "(token runs), intruder, simulation ask an LLM; surprisal reads a base model's loss",
+        choices=SCORERS,
+    )
+    names: str | None = option(
+        None,
+        "what to score: keywords or explanations (default: explanations for the LLM scorers, "
+        "keywords for the others)",
+        choices=NAME_KINDS,
+    )
     activations: str = activations_option()
     model: str | None = option(
         None,
@@ -26,14 +56,56 @@ class ScoreConfig:
     )
     max_pos: int = option(100, "embedding: most activating held-out texts per feature")
     n_neg: int = option(100, "embedding: held-out non-activating texts per feature")
-    min_pos: int = option(2, "features with fewer held-out activating texts are not scored")
+    min_pos: int = option(2, "features with fewer held-out activating examples are not scored")
     n_texts: int = option(10, "keyword-relevance: top texts per feature")
     examples: str = option(
         "scoring",
         "keyword-relevance: texts from the held-out scoring half, or the naming half (the thesis)",
         choices=("scoring", "naming"),
     )
-    seed: int = option(0, "seed of the negative sample and of the shuffled control")
+    features: list[int] | None = option(None, "LLM scorers: score only these features")
+    n_features: int | None = option(
+        None, "LLM scorers: a seeded random sample of this many named features (default: all)"
+    )
+    llm_pos: int = option(20, "LLM scorers: activating held-out examples per feature")
+    llm_neg: int = option(20, "LLM scorers: non-activating held-out examples per feature")
+    negatives: str = option(
+        "random",
+        "LLM scorers: non-activating examples at random, or nearest to the activating ones "
+        "by sentence embedding",
+        choices=NEGATIVES,
+    )
+    per_prompt: int = option(10, "detection, fuzzing, simulation: examples per request")
+    n_groups: int = option(5, "intruder: groups per feature")
+    group_size: int = option(5, "intruder: examples per group, the intruder included")
+    max_chars: int = option(300, "LLM scorers: a text example is cut to this many characters")
+    answer_tokens: int = option(60, "LLM scorers: longest answer asked for, in tokens")
+    max_failed: float = option(
+        0.5,
+        "LLM scorers: a feature with a larger fraction of failed requests is marked failed, "
+        "not averaged in",
+    )
+    surprisal_model: str | None = option(
+        None, "surprisal: the base model (default: the packaged SmolLM2)"
+    )
+    seed: int = option(0, "seed of the samples and of the shuffled control")
     batch_size: int = option(256, "phrases per embedding batch")
     progress: bool = option(True, "show progress bars")
     overwrite: bool = option(False, "replace scores made with other options")
+
+
+# options only the LLM scorers read: the embedding scorers' records leave them out
+LLM_ONLY_OPTIONS = tuple(f.name for f in dataclasses.fields(LLMOptions)) + (
+    "features",
+    "n_features",
+    "llm_pos",
+    "llm_neg",
+    "negatives",
+    "per_prompt",
+    "n_groups",
+    "group_size",
+    "max_chars",
+    "answer_tokens",
+    "max_failed",
+    "surprisal_model",
+)

@@ -1,14 +1,17 @@
-"""Score stage: how good are the keyword names? With a shuffled control.
+"""Score stage: how good are the names (keywords or LLM explanations)? With a shuffled control.
 
-In: `interp/keywords.parquet` (+ its config, for the naming/scoring split),
-`acts/`, `corpus.parquet`, and the latent cache (or the SAE with
-`--activations sae`). Out, for `--scorer NAME`:
-  scores/NAME.parquet       feature, score, shuffled_score, n_pos, n_neg, method,
+In: the names (`interp/keywords.parquet` or `interp/explanations.jsonl`, with the
+naming/scoring split their record gives), `acts/`, `corpus.parquet`, and the latent
+cache (or the SAE with `--activations sae`). The LLM scorers (detection, fuzzing,
+intruder, simulation, surprisal) live in `saescope.scoring.llm`; `run` hands them
+over. Out, for `--scorer NAME` (KEY = NAME, or NAME-<names> when not the scorer's
+default names; see `score_key`):
+  scores/KEY.parquet       feature, score, shuffled_score, n_pos, n_neg, method,
                             source (the keywords method), status, reason
-  scores/NAME.summary.json  mean/median of score and shuffled_score
-  scores/NAME.png           their distributions
-  scores/NAME.config.json   options, version
-  scores/NAME.provenance.json  provenance record: the sha256 of every input, keywords included
+  scores/KEY.summary.json  mean/median of score and shuffled_score
+  scores/KEY.png           their distributions
+  scores/KEY.config.json   options, version
+  scores/KEY.provenance.json  provenance record: the sha256 of every input, keywords included
 
 Scorers: `embedding` (ROC AUC of the name, embedded as a query, ranking held-out
 activating texts above held-out non-activating ones) and `keyword-relevance`
@@ -35,12 +38,19 @@ from saescope.examples import Examples, open_examples, run_model_name, store_is_
 from saescope.examples.activations import activation_source
 from saescope.examples.tokens import row_texts
 from saescope.interp.candidates import PhraseEmbedder, unit_rows
-from saescope.interp.keywords import read_keywords
 from saescope.io import atomic_path, write_json
-from saescope.options.score import SCORERS, ScoreConfig
+from saescope.options.score import (
+    EMBEDDING_SCORERS,
+    LLM_ONLY_OPTIONS,
+    LLM_SCORERS,
+    ScoreConfig,
+    default_names,
+    score_key,
+)
 from saescope.paths import RunPaths
 from saescope.scoring import embedding, keyword_relevance
 from saescope.scoring.base import FeatureScore, derangement, held_out, summarize
+from saescope.scoring.names import read_names, same_activations
 from saescope.store import ActivationStore
 
 SCHEMA = pa.schema(
@@ -95,8 +105,10 @@ def score_features(
     embedder: PhraseEmbedder,
 ) -> dict[int, FeatureScore]:
     """Score every feature with keywords (and with a deranged feature's keywords)."""
-    if cfg.scorer not in SCORERS:
-        raise SaescopeError(f"unknown scorer {cfg.scorer!r}; choose {', '.join(SCORERS)}")
+    if cfg.scorer not in EMBEDDING_SCORERS:
+        raise SaescopeError(
+            f"unknown embedding scorer {cfg.scorer!r}; choose {', '.join(EMBEDDING_SCORERS)}"
+        )
     feats = sorted(keywords)
     half = "scoring" if cfg.scorer == embedding.NAME else cfg.examples
     max_pos = cfg.max_pos if cfg.scorer == embedding.NAME else cfg.n_texts
@@ -135,62 +147,45 @@ def score_features(
     return out
 
 
-# options that change no output
-_IGNORED = ("overwrite", "run", "progress", "batch_size")
+# options that change no output (nor do the LLM client's and LLM scorers' options)
+_IGNORED = ("overwrite", "run", "progress", "batch_size", *LLM_ONLY_OPTIONS)
 
 
-def _same_activations(rp: RunPaths, upstream: dict[str, str]) -> None:
-    """Refuse to score names on other activations than those they were made from."""
-    named_from = provenance.saved_upstream(rp.keywords_record)
-    if not named_from:
-        raise SaescopeError(
-            f"{rp.keywords_record} is missing: the keywords have no record of what they were "
-            "made from; re-run `saescope keywords --overwrite`"
-        )
-    differ = [k for k in ("corpus", "acts", "sae") if named_from.get(k) != upstream.get(k)]
-    if differ:
-        raise SaescopeError(
-            f"the keywords in {rp.keywords} were made from other activations than these "
-            f"({', '.join(differ)} differ): scores would not measure those names. Re-run "
-            "`saescope keywords` on these activations (or score with the ones they used)"
-        )
+def run(cfg: ScoreConfig) -> Path:
+    """Write `scores/<key>.parquet` (+ summary and plot) for `cfg` (see the module docstring)."""
+    if cfg.scorer in LLM_SCORERS:
+        from saescope.scoring.llm import stage as llm_stage
+
+        return llm_stage.run(cfg)
+    return _run_embedding(cfg)
 
 
 @provenance.locked("score")
-def run(cfg: ScoreConfig) -> Path:
-    """Write `scores/<scorer>.parquet` (+ summary and plot) for `cfg`."""
+def _run_embedding(cfg: ScoreConfig) -> Path:
     from saescope.embed import load_sentence_model
 
     rp = RunPaths(cfg.run)
-    out_path, cfg_path = rp.score(cfg.scorer), rp.score_config(cfg.scorer)
-    kw = read_keywords(cfg.run)
+    names_kind = cfg.names or default_names(cfg.scorer)
+    key = score_key(cfg.scorer, cfg.names)
+    out_path, cfg_path = rp.score(key), rp.score_config(key)
+    names = read_names(cfg.run, names_kind)
     _, upstream = activation_source(rp, cfg.activations)
-    _same_activations(rp, upstream)
-    upstream |= provenance.upstream_ids({"keywords": rp.keywords})
-    record = provenance.Record.make(
-        rp.score_record(cfg.scorer), "score", cfg, upstream, ignore=_IGNORED
-    )
+    same_activations(names, upstream)
+    upstream |= provenance.upstream_ids({names_kind: names.path})
+    record = provenance.Record.make(rp.score_record(key), "score", cfg, upstream, ignore=_IGNORED)
     if record.decide(cfg.overwrite, out_path) is provenance.Decision.SKIP:
         return out_path
-    # the options the names were made with, from their record (checked above to exist)
-    kcfg = (provenance.read_record(rp.keywords_record) or {})["config"]
     store = ActivationStore(rp.acts, verify=False)
-    split = (int(kcfg["split_seed"]), str(kcfg["split"]))  # the names' naming/scoring split
-    ex = open_examples(cfg.run, cfg.activations, *split)
+    ex = open_examples(cfg.run, cfg.activations, *names.split)  # the names' naming/scoring split
     texts = row_texts(cfg.run, ex.n_rows)  # corpus texts, or token windows for LM runs
-    ex.acts.check_features([int(f) for f in kw["feature"]])
+    ex.acts.check_features(sorted(names.phrases) + sorted(names.not_named))
     model_name = run_model_name(store, cfg.model)
     embedder = PhraseEmbedder(load_sentence_model(model_name), cfg.batch_size, cfg.progress)
     vectors = _TextVectors(store, texts, model_name, embedder)
-    ok = kw[kw["status"] == "ok"]
-    named = {int(f): list(k) for f, k in zip(ok["feature"], ok["keywords"], strict=True)}
-    scores = score_features(cfg, named, ex, vectors, embedder)
-    source = str(kcfg.get("method", ""))
-    for f, status, reason in zip(kw["feature"], kw["status"], kw["reason"], strict=True):
-        if status != "ok":
-            scores[int(f)] = FeatureScore(
-                np.nan, np.nan, 0, 0, "no_keywords", f"{status}: {reason}"
-            )
+    scores = score_features(cfg, names.phrases, ex, vectors, embedder)
+    source = names.method if names_kind == "keywords" else f"{names_kind}:{names.method}"
+    for f, why in names.not_named.items():
+        scores[f] = FeatureScore(np.nan, np.nan, 0, 0, "no_keywords", why)
     fs = sorted(scores)
     tbl = pa.table(
         {
@@ -212,12 +207,13 @@ def run(cfg: ScoreConfig) -> Path:
     real = np.array([scores[f].score for f in fs], dtype=float)
     shuf = np.array([scores[f].shuffled_score for f in fs], dtype=float)
     # the names' own model re-uses the space the SAE re-rank picked phrases in: say so
-    namer_model = run_model_name(store, kcfg.get("model"))
+    named_with = (provenance.read_record(names.record) or {}).get("config", {}).get("model")
+    namer_model = run_model_name(store, named_with)
     summary: dict[str, Any] = {"scorer": cfg.scorer, "source": source, "model": model_name}
-    summary["independent_model"] = model_name != namer_model
+    summary["independent_model"] = names_kind != "keywords" or model_name != namer_model
     summary |= {"n_features": len(fs)} | summarize(real, shuf)
-    write_json(rp.score_summary(cfg.scorer), summary)
-    plot_scores(real, shuf, cfg.scorer, source, rp.score_plot(cfg.scorer))
+    write_json(rp.score_summary(key), summary)
+    plot_scores(real, shuf, key, source, rp.score_plot(key))
     write_json(cfg_path, config_to_dict(cfg))
     record.finish()
     _print_summary(summary)

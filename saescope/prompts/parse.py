@@ -1,0 +1,116 @@
+"""Reading the answers of the prompts in this package, robustly, or failing with a reason.
+
+In: an LLM's answer text (and, for lists of 0/1, its per-token top log-probabilities).
+Out: the parsed value, or `ParseError` with a reason that is recorded with the
+feature (the raw answer kept beside it). Nothing here ever returns a placeholder
+for an answer it could not read.
+
+Tolerated: preambles ("Sure! Here is..."), markdown (`**Explanation:**`, code
+fences, bullets), quotes around the phrase, a trailing period.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_LABEL = re.compile(r"^\W*explanation\W*:\s*(.*)$", re.IGNORECASE)
+_MARKUP = re.compile(r"[*_`#>]+")
+_LIST = re.compile(r"\[([^\[\]]*)\]")
+_INT = re.compile(r"-?\d+(?:\.\d+)?")
+MAX_WORDS = 40
+
+
+class ParseError(ValueError):
+    """An answer that does not hold what the prompt asked for."""
+
+
+def _clean(line: str) -> str:
+    line = _MARKUP.sub("", line).strip()
+    line = line.lstrip("-•").strip()
+    while len(line) >= 2 and line[0] in "\"'“‘" and line[-1] in "\"'”’":
+        line = line[1:-1].strip()
+    return line.rstrip(".").strip()
+
+
+def explanation(answer: str) -> str:
+    """The phrase after the last `Explanation:` label, or the whole answer when it is one
+    short line; `ParseError` otherwise."""
+    lines = [ln for ln in answer.strip().splitlines() if ln.strip()]
+    if not lines:
+        raise ParseError("empty answer")
+    for i in range(len(lines) - 1, -1, -1):
+        m = _LABEL.match(_MARKUP.sub("", lines[i]).strip())
+        if m:
+            text = _clean(m.group(1))
+            if not text and i + 1 < len(lines):  # the label alone on its line
+                text = _clean(lines[i + 1])
+            if text:
+                return _check_length(text)
+            raise ParseError("an 'Explanation:' label with nothing after it")
+    if len(lines) == 1:
+        return _check_length(_clean(lines[0]))
+    raise ParseError("no 'Explanation:' line in a multi-line answer")
+
+
+def _check_length(text: str) -> str:
+    if not text:
+        raise ParseError("an empty explanation")
+    if len(text.split()) > MAX_WORDS:
+        raise ParseError(f"an explanation of {len(text.split())} words (at most {MAX_WORDS})")
+    return text
+
+
+def number_list(answer: str, n: int, lo: float, hi: float) -> list[float]:
+    """The first bracketed list of exactly `n` numbers within [lo, hi] in the answer."""
+    found = _LIST.findall(answer)
+    if not found:
+        raise ParseError("no [ ... ] list in the answer")
+    for body in found:
+        nums = [float(x) for x in _INT.findall(body)]
+        if len(nums) == n:
+            if all(lo <= x <= hi for x in nums):
+                return nums
+            raise ParseError(f"a value outside {lo:g}..{hi:g} in {body.strip()!r}")
+    sizes = ", ".join(str(len(_INT.findall(b))) for b in found)
+    raise ParseError(f"expected a list of {n} numbers, got lists of {sizes}")
+
+
+def binary_list(answer: str, n: int) -> list[int]:
+    """A list of n zeros and ones."""
+    vals = number_list(answer, n, 0, 1)
+    if any(v not in (0.0, 1.0) for v in vals):
+        raise ParseError("values other than 0 and 1")
+    return [int(v) for v in vals]
+
+
+def choice(answer: str, n: int) -> int:
+    """The 1-based example number an answer names (1..n), as 0-based."""
+    nums = [int(float(x)) for x in _INT.findall(answer)]
+    ok = [x for x in nums if 1 <= x <= n]
+    if not ok:
+        raise ParseError(f"no example number between 1 and {n} in the answer")
+    return ok[0] - 1
+
+
+def binary_probabilities(top_logprobs: list[dict[str, float]] | None, n: int) -> list[float] | None:
+    """P(1) for each of the n 0/1 answers, from the top log-probabilities of the tokens
+    the model chose (greedy: the most likely one at each step); None when the server
+    gave no log-probabilities or they do not show n digits."""
+    if not top_logprobs:
+        return None
+    probs: list[float] = []
+    for step in top_logprobs:
+        if not step:
+            continue
+        best = max(step, key=lambda t: step[t])
+        if best.strip() not in ("0", "1"):
+            continue
+        p = {"0": 0.0, "1": 0.0}
+        for tok, lp in step.items():
+            key = tok.strip()
+            if key in p:
+                p[key] += math.exp(lp)
+        total = p["0"] + p["1"]
+        probs.append(p["1"] / total if total > 0 else float(best.strip() == "1"))
+    return probs[:n] if len(probs) >= n else None

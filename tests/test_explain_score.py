@@ -1,0 +1,176 @@
+"""LLM explanations and LLM scorers end to end, against a real HTTP server on loopback.
+
+The server (`oracle_server`) answers like a model that knows the topic run's five
+topics, so the pipeline's results can be checked: explanations name the right
+topic, real names beat their shuffled controls, no scorer sees a row or a document
+the explainer saw, finished features are never requested again, and budgets,
+dry runs and unreadable answers behave as documented.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+from oracle_server import Oracle, make_app, serving
+from test_keywords import pure_features
+from test_keywords_fixture import TOPICS, topic_run
+
+from saescope import provenance
+from saescope.examples import load_split
+from saescope.llm.jobs import ResultsFile
+from saescope.paths import RunPaths
+from saescope.prompts import template
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    """(run, labels, oracle, base URL): a copy of the topic run with keywords, and the server."""
+    src, labels = topic_run(tmp_path_factory)
+    run = tmp_path_factory.mktemp("explain") / "topics"
+    shutil.copytree(src, run)
+    run_cli("keywords", "--run", str(run), "--activations", "sae", "--progress", "false")
+    o = Oracle(TOPICS)
+    with serving(make_app(o)) as url:
+        yield run, labels, o, url
+
+
+def llm_args(run, url, *more: str) -> list[str]:
+    return [
+        "--run", str(run), "--activations", "sae", "--llm", url, "--llm-model", "oracle",
+        "--progress", "false", *more,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def explained(oracle):
+    run, labels, o, url = oracle
+    run_cli("explain", *llm_args(run, url))
+    return run, labels, o, url
+
+
+def test_explanations_name_the_topic_of_pure_features(explained):
+    run, labels, _, _ = explained
+    rp = RunPaths(run)
+    res = ResultsFile(rp.explanations).load()
+    pure = pure_features(run, labels)
+    assert len(pure) >= 3
+    for f, topic in pure.items():
+        r = res[f]
+        assert r["status"] == "ok", r
+        # the answer's preamble, markdown and quotes are gone
+        assert r["explanation"] == f"Sentences about {topic}", r["raw"]
+        assert r["prompt_sha256"] == template("explain_default").sha256
+        assert r["model"] == "oracle" and r["prompt_tokens"] > 0
+    usage = json.loads(rp.explanations_usage.read_text())
+    assert usage["requests"] == len(res) and usage["failed"] == 0
+    assert provenance.read_record(rp.explanations_record)["status"] == "complete"
+
+
+def test_detection_real_names_beat_the_shuffled_control(explained):
+    run, labels, _, url = explained
+    run_cli("score", "--scorer", "detection", *llm_args(run, url))
+    rp = RunPaths(run)
+    df = pd.read_parquet(rp.score("detection")).set_index("feature")
+    pure = pure_features(run, labels)
+    for f in pure:
+        assert df.loc[f, "status"] == "ok" and df.loc[f, "score"] > 0.8, df.loc[f].to_dict()
+        assert json.loads(df.loc[f, "metrics"])["auc"] > 0.8
+    ok = df[df["status"] == "ok"]
+    # 8 features share 5 topics: a shuffled name is sometimes the same topic's
+    assert ok["score"].mean() > ok["shuffled_score"].mean() + 0.2
+    s = json.loads(rp.score_summary("detection").read_text())
+    assert s["n_scored"] == len(ok) and s["failed_request_fraction"] == 0.0
+    assert s["metrics"]["metrics"]["auc"] > s["metrics"]["shuffled_metrics"]["auc"]
+
+
+def test_no_scorer_sees_a_row_or_document_the_explainer_saw(explained):
+    run, _, _, url = explained
+    run_cli("score", "--scorer", "detection", *llm_args(run, url))
+    rp = RunPaths(run)
+    shown = ResultsFile(rp.explanations).load()
+    scored = ResultsFile(rp.score_results("detection")).load()
+    split = load_split(run, int(pd.read_parquet(rp.corpus).shape[0]), 1, "doc")
+    docs = pd.read_parquet(rp.corpus)["doc"].to_numpy()
+    checked = 0
+    for f, r in scored.items():
+        if r["status"] != "ok":
+            continue
+        seen, used = np.array(shown[f]["rows"]), np.array(r["rows"])
+        assert not split.in_half(seen, "scoring").any() and split.in_half(used, "scoring").all()
+        assert not set(docs[seen]) & set(docs[used])
+        checked += 1
+    assert checked >= 3
+
+
+def test_intruder_and_simulation_beat_their_controls(explained):
+    run, _, _, url = explained
+    for scorer in ("intruder", "simulation"):
+        run_cli("score", "--scorer", scorer, *llm_args(run, url))
+        ok = pd.read_parquet(RunPaths(run).score(scorer)).query("status == 'ok'")
+        assert len(ok) >= 3
+        assert ok["score"].mean() > ok["shuffled_score"].mean() + 0.2, (scorer, ok.to_string())
+
+
+def test_keyword_names_scored_by_the_same_llm_scorer(explained):
+    run, _, _, url = explained
+    run_cli("score", "--scorer", "detection", "--names", "keywords", *llm_args(run, url))
+    rp = RunPaths(run)
+    df = pd.read_parquet(rp.score("detection-keywords"))
+    assert (df["source"] == "keywords:contrastive").all() and (df["status"] == "ok").sum() >= 3
+    assert provenance.saved_upstream(rp.score_record("detection-keywords"))["keywords"]
+
+
+def test_finished_features_are_never_requested_again(explained):
+    run, _, o, url = explained
+    before = len(o.prompts)
+    out = run_cli("explain", *llm_args(run, url, "--cache", "false"))
+    assert len(o.prompts) == before, out.stdout
+
+
+def test_budget_stops_cleanly_and_the_rerun_does_only_the_rest(oracle, tmp_path):
+    src, _, o, url = oracle
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
+    before = len(o.prompts)
+    out = run_cli("explain", *llm_args(run, url, "--max-requests", "2", "--concurrency", "1"))
+    assert len(o.prompts) - before == 2
+    assert "not done" in out.stdout
+    res = ResultsFile(RunPaths(run).explanations).load()
+    statuses = [r["status"] for r in res.values()]
+    assert statuses.count("ok") == 2 and statuses.count("budget") == len(res) - 2
+    assert provenance.read_record(RunPaths(run).explanations_record)["status"] == "running"
+    mid = len(o.prompts)
+    run_cli("explain", *llm_args(run, url, "--cache", "false"))
+    assert len(o.prompts) - mid == len(res) - 2
+    res = ResultsFile(RunPaths(run).explanations).load()
+    assert all(r["status"] == "ok" for r in res.values())
+
+
+def test_dry_run_sends_nothing(oracle, tmp_path):
+    src, _, o, url = oracle
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
+    before = len(o.prompts)
+    out = run_cli("explain", *llm_args(run, url, "--dry-run", "true"))
+    assert len(o.prompts) == before
+    assert "requests" in out.stdout and "nothing sent" in out.stdout
+    assert not RunPaths(run).explanations.exists()
+
+
+def test_fuzzing_needs_token_rows(explained):
+    run, _, _, url = explained
+    proc = run_cli("score", "--scorer", "fuzzing", *llm_args(run, url), check=False)
+    assert proc.returncode == 2 and "needs an LM run" in proc.stderr
+
+
+def test_llm_scorer_without_explanations_says_what_to_run(oracle, tmp_path):
+    src, _, _, url = oracle
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*"))
+    proc = run_cli("score", "--scorer", "detection", *llm_args(run, url), check=False)
+    assert proc.returncode == 2 and "saescope explain" in proc.stderr
