@@ -8,6 +8,7 @@ takes the next step of the script (`play(...)`), or "ok" once it is used up:
   429:S          429 with `Retry-After: S` (seconds)
   429-date:S     429 with `Retry-After` as an HTTP date S seconds ahead
   500, 503, 400, 401, 404, 422   that status with a JSON error body
+  401-echo       401 quoting the Authorization header it received (as some servers do)
   hang:S         no answer for S seconds (past the client's timeout), then a correct one
   malformed      status 200, a body that is not JSON
   empty          status 200, JSON with no choices
@@ -99,11 +100,11 @@ class FaultServer:
             body = await request.json()
             self.bodies.append(body)
             step = self.script.popleft() if self.script else "ok"
-            return await self._answer(step, body)
+            return await self._answer(step, body, self.auth[-1])
         finally:
             self.in_flight -= 1
 
-    async def _answer(self, step: str, body: dict[str, Any]) -> Response:
+    async def _answer(self, step: str, body: dict[str, Any], request_auth: str) -> Response:
         name, _, arg = step.partition(":")
         if name == "429":
             return _error(429, "rate limited", {"Retry-After": arg or "1"})
@@ -113,6 +114,8 @@ class FaultServer:
                 "rate limited",
                 {"Retry-After": formatdate(time.time() + float(arg), usegmt=True)},
             )
+        if name == "401-echo":  # a server that quotes the key it was sent back in its error
+            return _error(401, f"invalid key {request_auth}")
         if name.isdigit():
             return _error(int(name), f"scripted {name}")
         if name == "hang":

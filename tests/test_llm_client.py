@@ -30,6 +30,7 @@ from saescope.llm import (
     llm_options,
     make_client,
     prompt_tokens,
+    unwrap,
 )
 from saescope.llm.retry import RetryPolicy, parse_retry_after
 
@@ -127,6 +128,14 @@ def test_client_errors_are_not_retried(fault: FaultServer, status: str) -> None:
         complete(fault, ask())
     assert err.value.kind == "client" and status in str(err.value)
     assert fault.requests == 1
+
+
+def test_a_key_the_server_echoes_is_redacted(fault: FaultServer) -> None:
+    fault.play("401-echo")
+    with pytest.raises(LLMError) as err:
+        complete(fault, ask())
+    assert err.value.kind == "client" and "invalid key Bearer ***" in str(err.value)
+    assert SECRET not in str(err.value) and fault.requests == 1
 
 
 def test_timeout_then_answer(fault: FaultServer) -> None:
@@ -358,6 +367,10 @@ def test_make_client(fault: FaultServer, tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(SaescopeError, match="OPENAI_API_KEY"):
         make_client(LLMOptions(llm="https://api.example.com/v1", llm_model="m"), tmp_path)
+    dry = make_client(
+        LLMOptions(llm="https://api.example.com/v1", llm_model="m", dry_run=True), None
+    )
+    assert unwrap(dry).model == "m"  # a dry run sends nothing, so it needs no key
     with pytest.raises(SaescopeError, match="--llm-model"):
         make_client(LLMOptions(llm=fault.url), tmp_path)
     with pytest.raises(SaescopeError, match="--llm must be"):

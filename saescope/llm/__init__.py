@@ -1,6 +1,6 @@
 """LLM clients: one interface for any OpenAI-compatible server and for a model in this process.
 
-  types.py          LLMRequest, LLMResponse, Usage, LLMError (kinds), BudgetExceeded, Client
+  types.py          LLMRequest, LLMResponse, Usage, LLMError (kinds), BudgetExceeded, Client, unwrap
   openai_client.py  OpenAIClient: any OpenAI-compatible server; concurrency, timeouts, retries
   retry.py          RetryPolicy (jittered exponential backoff), Retry-After parsing
   local.py          LocalClient: a transformers chat model in this process; token_losses
@@ -23,6 +23,7 @@ from saescope.llm.types import (
     LLMRequest,
     LLMResponse,
     Usage,
+    unwrap,
 )
 from saescope.options.llm import LLM_RUNTIME_FIELDS, LLMOptions, llm_options
 
@@ -67,4 +68,5 @@ __all__ = [
     "llm_options",
     "make_client",
     "prompt_tokens",
+    "unwrap",
 ]

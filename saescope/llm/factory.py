@@ -50,6 +50,7 @@ def make_client(opts: LLMOptions, cache_dir: str | Path | None) -> Budget:
             timeout=opts.timeout,
             retries=opts.retries,
             concurrency=opts.concurrency,
+            require_key=not opts.dry_run,  # a dry run sends nothing: it needs no key
         )
     else:
         raise SaescopeError(

@@ -2,8 +2,9 @@
 
 In: a base URL, a model name and the NAME of the environment variable holding
 the API key (the key itself is read from the environment, handed to the
-`openai` package, and never written or logged; a server on loopback gets a
-placeholder when the variable is unset). Out: `LLMResponse`s, or an `LLMError`
+`openai` package, and never written or logged, and taken out of any error
+message a server echoes it in; a server on loopback gets a placeholder when the
+variable is unset). Out: `LLMResponse`s, or an `LLMError`
 whose kind says why a request failed for good.
 
 At most `concurrency` requests are in flight per client. Timeouts, connection
@@ -72,6 +73,7 @@ class OpenAIClient:
         max_backoff: float = 30.0,
         max_retry_after: float = 60.0,
         seed: int | None = None,
+        require_key: bool = True,
     ) -> None:
         if concurrency < 1:
             raise SaescopeError(f"concurrency must be at least 1, got {concurrency}")
@@ -79,7 +81,7 @@ class OpenAIClient:
             raise SaescopeError(f"retries must be 0 or more, got {retries}")
         key = os.environ.get(api_key_env, "")
         if not key:
-            if not is_loopback(base_url):
+            if require_key and not is_loopback(base_url):
                 raise SaescopeError(
                     f"the LLM server {base_url} needs an API key: set the environment variable "
                     f"{api_key_env} (or name another one with --api-key-env)"
@@ -93,6 +95,7 @@ class OpenAIClient:
         self.retried = 0
         self._sem = asyncio.Semaphore(concurrency)
         self._rng = random.Random()
+        self._secret = key if key != NO_KEY else ""
         self._client = openai.AsyncOpenAI(
             base_url=base_url, api_key=key, timeout=timeout, max_retries=0
         )
@@ -106,7 +109,9 @@ class OpenAIClient:
         for attempt in range(self.policy.retries + 1):
             if last is not None:
                 wait = self.policy.delay(attempt - 1, last.retry_after, self._rng)
-                log.info("%s: %s; retry %d in %.1f s", self.base_url, last, attempt, wait)
+                log.info(
+                    "%s: %s; retry %d in %.1f s", self.base_url, self._redact(last), attempt, wait
+                )
                 self.retried += 1
                 await asyncio.sleep(wait)
             try:
@@ -115,12 +120,20 @@ class OpenAIClient:
                     return await self._once(request)
             except _Attempt as exc:
                 last = exc
+            except LLMError as exc:  # a 4xx that will not change: no retry
+                raise LLMError(exc.kind, self._redact(exc)) from None
         assert last is not None
         n = self.policy.retries + 1
-        raise LLMError(last.kind, f"{self.base_url}: {last} ({n} attempt{'s' * (n > 1)})")
+        why = self._redact(last)
+        raise LLMError(last.kind, f"{self.base_url}: {why} ({n} attempt{'s' * (n > 1)})")
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    def _redact(self, exc: Exception) -> str:
+        """The message of `exc` without the API key (a server may echo what it was sent)."""
+        text = str(exc)
+        return text.replace(self._secret, "***") if self._secret else text
 
     async def _once(self, request: LLMRequest) -> LLMResponse:
         kwargs: dict[str, Any] = {

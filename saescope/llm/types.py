@@ -96,3 +96,10 @@ class Client(Protocol):
     async def complete(self, request: LLMRequest) -> LLMResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+def unwrap(client: Client) -> Client:
+    """The client at the bottom of wrappers (`Budget`, `CachedClient` keep theirs in `.inner`)."""
+    while hasattr(client, "inner"):
+        client = client.inner
+    return client
