@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from saescope.errors import SaescopeError
+from saescope.sae import archs
+from saescope.sae.archs import ARCHITECTURES
 
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu")
 INPUT_NORMS = ("none", "row_standardize")
 
 
@@ -19,9 +20,11 @@ class SAEConfig:
     Inference (`SAE.encode`), for every architecture:
         x' = (x - mean) / (std + 1e-5)  per row, only when input_norm == "row_standardize"
         h  = (x' - b_dec) @ W_enc + b_enc                     # (n_rows, d_sae)
+        z  = the architecture's rule on h (`saescope.sae.archs`):
         relu:      z = relu(h)
         topk:      z = the k largest of relu(h) per row, others 0
-        batchtopk: z = relu(h) * (h > threshold)   (threshold learned in training, one value)
+        batchtopk, matryoshka_batchtopk:
+                   z = relu(h) * (h > threshold)   (threshold learned in training, one value)
         jumprelu:  z = relu(h) * (h > threshold)   (threshold per feature)
     `SAE.decode`: x_hat = z @ W_dec + b_dec, then `* std + mean` per row when standardised.
     """
@@ -29,7 +32,7 @@ class SAEConfig:
     architecture: str
     d_in: int
     d_sae: int
-    k: int | None = None  # topk / batchtopk: active latents per row (batchtopk: mean per row)
+    k: int | None = None  # topk family: active latents per row (batch-wide ones: mean per row)
     input_norm: str = "none"
     dtype: str = "float32"
     # free-form provenance: source library, hook/layer, embedding model, training config...
@@ -46,9 +49,7 @@ class SAEConfig:
             )
         if self.d_in < 1 or self.d_sae < 1:
             raise SaescopeError(f"d_in and d_sae must be positive, got {self.d_in}, {self.d_sae}")
-        if self.architecture in ("topk", "batchtopk"):
-            if self.k is None or not 1 <= self.k <= self.d_sae:
-                raise SaescopeError(f"{self.architecture} needs 1 <= k <= d_sae, got k={self.k}")
+        archs.get(self.architecture).check_sae(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

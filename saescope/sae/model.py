@@ -2,9 +2,10 @@
 
 Weights (names and shapes are the on-disk contract of `sae.safetensors`):
     W_enc (d_in, d_sae), b_enc (d_sae,), W_dec (d_sae, d_in), b_dec (d_in,),
-    threshold (d_sae,) float32 (batchtopk: one learned value repeated; jumprelu: per feature;
-    kept for relu/topk too so every file has the same keys).
-The inference rule of each architecture is documented on `SAEConfig`.
+    threshold (d_sae,) float32 (batchtopk family: one learned value repeated; jumprelu: per
+    feature; kept for relu/topk too so every file has the same keys).
+The inference rule of each architecture is its module's in `saescope.sae.archs`
+(summarised on `SAEConfig`).
 Training losses live in `saescope.train`; this module is inference and I/O.
 """
 
@@ -21,6 +22,7 @@ from torch import nn
 from saescope._version import __version__
 from saescope.errors import SaescopeError, describe
 from saescope.io import atomic_path
+from saescope.sae import archs
 from saescope.sae.config import SAEConfig
 
 WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
@@ -42,6 +44,7 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.arch = archs.get(cfg.architecture)
         dt = getattr(torch, cfg.dtype)
         self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae, dtype=dt))
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, dtype=dt))
@@ -66,15 +69,7 @@ class SAE(nn.Module):
 
     def sparsify(self, h: torch.Tensor) -> torch.Tensor:
         """Apply the architecture's inference rule to pre-activations h (n_rows, d_sae)."""
-        arch = self.cfg.architecture
-        if arch == "relu":
-            return torch.relu(h)
-        if arch == "topk":
-            k = int(self.cfg.k or 0)
-            vals, idx = torch.topk(h, k, dim=-1, sorted=False)
-            return torch.zeros_like(h).scatter_(-1, idx, torch.relu(vals))
-        # batchtopk at inference and jumprelu: per-feature threshold
-        return torch.relu(h) * (h > self.threshold.to(h.dtype))
+        return self.arch.sparsify(self, h)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes (n_rows, d_sae) of inputs (n_rows, d_in)."""
@@ -124,7 +119,7 @@ class SAE(nn.Module):
         }
         for name, shape in expect.items():
             if name not in tensors:
-                if name == "threshold" and cfg.architecture in ("relu", "topk"):
+                if name == "threshold" and not sae.arch.has_threshold:
                     continue
                 raise SaescopeError(f"{source} lacks the tensor {name!r}")
             t = tensors[name]

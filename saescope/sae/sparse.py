@@ -31,21 +31,13 @@ def one_thread() -> Iterator[None]:
 def encode_sparse(sae: SAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The non-zeros of `sae.encode(x)` as (rows, features, values), row-major, features ascending.
 
-    TopK SAEs skip the dense codes: the k largest pre-activations of each row, then
-    relu, exactly as `SAE.sparsify` does before scattering them into a dense matrix
-    (the tests compare the result with `sae.encode`). Other architectures scan the
-    dense codes.
+    An architecture that can skip the dense codes does (TopK: the k largest
+    pre-activations of each row, then relu; the tests compare the result with
+    `sae.encode`); the others scan the dense codes.
     """
-    if sae.cfg.architecture == "topk":
-        xs, _, _ = sae._standardize(x.to(sae.W_enc.dtype))
-        h = sae.pre_activations(xs)  # (batch, d_sae)
-        vals, idx = torch.topk(h, int(sae.cfg.k or 0), dim=-1, sorted=False)  # (batch, k)
-        with one_thread():
-            idx, order = torch.sort(idx, dim=1)
-            vals = torch.relu(vals.gather(1, order))
-            keep = vals > 0
-            rows = torch.arange(len(x), device=x.device).unsqueeze(1).expand_as(idx)[keep]
-            return rows, idx[keep], vals[keep]
+    found = sae.arch.encode_sparse(sae, x)
+    if found is not None:
+        return found
     codes = sae.encode(x)  # (batch, d_sae)
     with one_thread():
         r, f = codes.nonzero(as_tuple=True)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from saescope.config import option
 from saescope.errors import SaescopeError
 from saescope.paths import DEFAULT_RUN
+from saescope.sae import archs
+from saescope.sae.archs import ArchOptions
 from saescope.sae.config import ARCHITECTURES, INPUT_NORMS
 
 LOGGERS = ("wandb", "mlflow", "tensorboard")
@@ -33,18 +35,22 @@ EXECUTION_FIELDS = (
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Train one or several sparse autoencoders on a run's activation store."""
+class TrainConfig(ArchOptions):
+    """Train one or several sparse autoencoders on a run's activation store.
+
+    The options of each architecture (`l1_coefficient`, `l0_coefficient`, ...) are
+    declared in its module of `saescope.sae.archs` and inherited through `ArchOptions`.
+    """
 
     run: str = option(DEFAULT_RUN, "run directory; reads <run>/acts, writes <run>/sae")
-    architecture: str = option("topk", "SAE architecture", choices=ARCHITECTURES)
+    architecture: str = option("topk", archs.help_text(), choices=ARCHITECTURES)
     d_sae: list[int] = option(
         [3072], "latent sizes; several values train several SAEs in one pass over the data"
     )
     k: list[int] = option(
         [32],
-        "active latents per row (topk; batchtopk: mean per row); several values train several "
-        "SAEs (every d_sae x k pair); ignored by relu and jumprelu",
+        "active latents per row (topk; batchtopk and matryoshka_batchtopk: mean per row); "
+        "several values train several SAEs (every d_sae x k pair); ignored by relu and jumprelu",
     )
     input_norm: str = option(
         "none", "per-row input normalisation inside the SAE", choices=INPUT_NORMS
@@ -91,21 +97,6 @@ class TrainConfig:
         "a latent is dead after this many training rows without firing "
         "(-1: a tenth of the rows seen in training, at most 10M)",
     )
-    l1_coefficient: float = option(
-        0.1, "relu: weight of the decoder-norm-weighted L1 penalty (on unit-mean-square inputs)"
-    )
-    l0_coefficient: float = option(3e-3, "jumprelu: weight of the L0 penalty")
-    jumprelu_bandwidth: float = option(
-        1e-3, "jumprelu: width epsilon of the rectangle kernel of the straight-through estimator"
-    )
-    jumprelu_init_threshold: float = option(
-        0.05, "jumprelu: initial threshold of every latent (inputs have unit mean square norm)"
-    )
-    batchtopk_threshold_rate: float = option(
-        0.05,
-        "batchtopk: rate of the running mean of the smallest kept activation "
-        "(a plain mean over the first 1/rate steps)",
-    )
     sparsity_warmup_steps: int = option(
         0, "relu/jumprelu: ramp the sparsity coefficient up linearly over these steps"
     )
@@ -136,7 +127,8 @@ class TrainConfig:
             )
         if not self.d_sae or any(int(d) < 1 for d in self.d_sae):
             raise SaescopeError(f"d_sae must be one or more positive sizes, got {self.d_sae}")
-        if self.architecture in ("topk", "batchtopk"):
+        arch = archs.get(self.architecture)
+        if arch.uses_k:
             if not self.k or any(int(k) < 1 for k in self.k):
                 raise SaescopeError(f"k must be one or more positive values, got {self.k}")
             too_big = [(d, k) for d in self.d_sae for k in self.k if k > d]
@@ -162,13 +154,16 @@ class TrainConfig:
                 raise SaescopeError(f"{name} must be one of {', '.join(choices)}")
         if len(self.adam_betas) != 2:
             raise SaescopeError(f"adam_betas needs two values, got {self.adam_betas}")
-        if self.jumprelu_bandwidth <= 0 or self.jumprelu_init_threshold <= 0:
-            raise SaescopeError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
+        if self.sparse_backward not in archs.base.SPARSE_PATHS:
+            raise SaescopeError(
+                f"sparse_backward must be one of {', '.join(archs.base.SPARSE_PATHS)}"
+            )
+        arch.check_train(self)
 
     def variants(self) -> list[tuple[int, int | None]]:
         """(d_sae, k) of every SAE trained in this pass, first one first."""
         ks: list[int | None] = (
-            [int(k) for k in self.k] if self.architecture in ("topk", "batchtopk") else [None]
+            [int(k) for k in self.k] if archs.get(self.architecture).uses_k else [None]
         )
         out: list[tuple[int, int | None]] = []
         for d in self.d_sae:

@@ -14,13 +14,14 @@ rates takes hundreds of steps to undo.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from saescope.sae import SAE, SAEConfig
 
-# Architectures whose codes scale linearly with W_enc when b_enc = 0 (JumpReLU's
-# threshold breaks this, so its encoder keeps the tied scale).
-HOMOGENEOUS = ("topk", "batchtopk", "relu")
+if TYPE_CHECKING:
+    from saescope.train.config import TrainConfig
 
 
 def geometric_median(points: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
@@ -50,21 +51,21 @@ def encoder_scale(
 ) -> float:
     """Least-squares c minimising ||(x - b_dec) - c * (x_hat - b_dec)||^2 over the sample.
 
-    Valid because with b_enc = 0 the codes of TopK, BatchTopK and ReLU SAEs are
-    positively homogeneous in W_enc: scaling W_enc by c > 0 keeps the chosen latents and
-    scales the codes, hence x_hat - b_dec, by c. BatchTopK is fitted with per-row top-k
-    (the same number of active latents on average as its batch-wide rule). One scalar
+    Valid because with b_enc = 0 the codes of homogeneous architectures (TopK, BatchTopK,
+    Matryoshka, ReLU) are positively homogeneous in W_enc: scaling W_enc by c > 0 keeps the
+    chosen latents and scales the codes, hence x_hat - b_dec, by c. Architectures with a k
+    are fitted with per-row top-k (batch-wide ones: the same number of active latents on
+    average as their rule). One scalar
     needs few rows: the first `max_rows` of the sample are used, to keep init cheap.
     """
-    arch = sae.cfg.architecture
-    k = int(sae.cfg.k or 0)
+    k = int(sae.cfg.k or 0) if sae.arch.uses_k else 0
     num = 0.0
     den = 0.0
     sample = sample[:max_rows]
     for start in range(0, sample.shape[0], chunk_rows):
         xc = sample[start : start + chunk_rows].to(sae.W_enc.dtype) - sae.b_dec  # (rows, d_in)
         h = xc @ sae.W_enc + sae.b_enc  # (rows, d_sae)
-        if arch in ("topk", "batchtopk") and 0 < k < h.shape[1]:
+        if 0 < k < h.shape[1]:
             vals, idx = torch.topk(h, k, dim=-1, sorted=False)
             # (rows, d_in): x_hat - b_dec, from the k chosen decoder rows only
             recon = torch.einsum("rk,rkd->rd", torch.relu(vals), sae.W_dec[idx])
@@ -75,8 +76,15 @@ def encoder_scale(
     return num / den if num > 0 and den > 0 else 1.0
 
 
-def init_sae(cfg: SAEConfig, sample: torch.Tensor, b_dec_init: str, seed: int) -> SAE:
-    """A fresh SAE for training on inputs distributed like `sample` (already scaled)."""
+def init_sae(
+    cfg: SAEConfig,
+    sample: torch.Tensor,
+    b_dec_init: str,
+    seed: int,
+    train_cfg: TrainConfig | None = None,
+) -> SAE:
+    """A fresh SAE for training on inputs distributed like `sample` (already scaled), with
+    its architecture's own changes (`Architecture.init`) applied last."""
     sae = SAE(cfg)
     gen = torch.Generator().manual_seed(seed)
     W_dec = torch.randn(cfg.d_sae, cfg.d_in, generator=gen, dtype=torch.float64)
@@ -93,6 +101,7 @@ def init_sae(cfg: SAEConfig, sample: torch.Tensor, b_dec_init: str, seed: int) -
         sae.b_dec.copy_(b_dec)
         sae.b_enc.zero_()
         sae.threshold.zero_()
-        if cfg.architecture in HOMOGENEOUS and sample.shape[0] > 0:
+        if sae.arch.homogeneous and sample.shape[0] > 0:
             sae.W_enc.mul_(encoder_scale(sae, sample))
+    sae.arch.init(sae, sample, train_cfg)
     return sae

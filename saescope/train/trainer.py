@@ -6,10 +6,11 @@ raw inputs (the training scale folded into their weights), plus per-step metrics
 through a callback. `Trainer.state_dict()` / `load_state_dict()` hold everything a
 bit-exact resume needs; the stage (`saescope.train.stage`) adds files around it.
 
-One step, per SAE: loss (`losses.py`) -> backward -> sum gradients over ranks ->
-remove the decoder-gradient component parallel to each row -> clip -> Adam with
-the scheduled LR -> renormalise decoder rows -> update dead-latent counters and
-the BatchTopK threshold.
+One step, per SAE: loss (its architecture's, `saescope.sae.archs`) -> backward -> sum
+gradients over ranks -> remove the decoder-gradient component parallel to each row ->
+clip -> Adam with the scheduled LR -> renormalise decoder rows -> update dead-latent
+counters and the architecture's running value (the BatchTopK threshold). Nothing here
+depends on which architecture trains: the trainer asks the registry.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 
 from saescope.errors import SaescopeError
-from saescope.sae import SAE, SAEConfig
+from saescope.sae import SAE, SAEConfig, archs
+from saescope.sae.archs import Architecture
 from saescope.train import losses
 from saescope.train.config import TrainConfig
 from saescope.train.ddp import Dist
@@ -52,14 +54,21 @@ class Trainee:
     k: int | None
     base_lr: float
     optimizer: Adam
-    log_threshold: torch.nn.Parameter | None  # jumprelu only, float32
+    # the architecture's (d_sae,) float32 tensor trained beside the weights (jumprelu: the
+    # log threshold); saved in checkpoints as "log_threshold"
+    extra: torch.nn.Parameter | None
     samples_since_fired: torch.Tensor  # (d_sae,) int64
-    batch_threshold: float = math.inf  # batchtopk: running mean of the smallest kept act
+    # the architecture's running value (batchtopk family: mean of the smallest kept act)
+    batch_threshold: float = math.inf
     last: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def log_threshold(self) -> torch.nn.Parameter | None:
+        return self.extra
 
     def params(self) -> list[torch.nn.Parameter]:
         ps = [self.sae.W_enc, self.sae.b_enc, self.sae.W_dec, self.sae.b_dec]
-        return ps + ([self.log_threshold] if self.log_threshold is not None else [])
+        return ps + ([self.extra] if self.extra is not None else [])
 
 
 def lr_factor(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -120,6 +129,8 @@ class Trainer:
         self.step = 0
         self.samples = 0
         self.select_dtype = select_dtype(cfg.select_precision, self.device)
+        self.arch: Architecture = archs.get(cfg.architecture)
+        self.unit_norm = self.arch.unit_norm_decoder(cfg)
         variants = cfg.variants()
         names = names or [f"sae-{d}-k{k}" if k else f"sae-{d}" for d, k in variants]
         probe = SAE(SAEConfig("relu", d_in, 1, input_norm=cfg.input_norm))
@@ -135,25 +146,28 @@ class Trainer:
         self, name: str, d_sae: int, k: int | None, sample: torch.Tensor, seed: int
     ) -> Trainee:
         cfg = self.cfg
-        sae_cfg = SAEConfig(cfg.architecture, self.d_in, d_sae, k=k, input_norm=cfg.input_norm)
-        sae = init_sae(sae_cfg, sample, cfg.b_dec_init, seed).to(self.device)
+        sae_cfg = SAEConfig(
+            cfg.architecture,
+            self.d_in,
+            d_sae,
+            k=k,
+            input_norm=cfg.input_norm,
+            metadata=self.arch.sae_metadata(cfg, d_sae),
+        )
+        sae = init_sae(sae_cfg, sample, cfg.b_dec_init, seed, cfg).to(self.device)
         # W_enc (d_in, d_sae) stored latent-major while training: the TopK kernels read it
         # as W_enc.t() and write its gradient as a transpose, so either would otherwise
         # cost a strided copy of the whole matrix every step
         sae.W_enc = torch.nn.Parameter(sae.W_enc.detach().t().contiguous().t())
         sae.threshold.requires_grad_(False)
-        log_t = None
-        if cfg.architecture == "jumprelu":
-            log_t = torch.nn.Parameter(
-                torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold), device=self.device)
-            )
+        extra = self.arch.extra_parameter(cfg, d_sae, self.device)
         lr = cfg.learning_rate(d_sae)
         params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec] + (
-            [log_t] if log_t is not None else []
+            [extra] if extra is not None else []
         )
         opt = Adam(params, cfg.adam_betas)
         counters = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
-        return Trainee(name, sae, k, lr, opt, log_t, counters)
+        return Trainee(name, sae, k, lr, opt, extra, counters)
 
     # -- one step ----------------------------------------------------------------
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -174,7 +188,7 @@ class Trainer:
         ramp = 1.0
         if cfg.sparsity_warmup_steps > 0:
             ramp = min(1.0, (self.step + 1) / cfg.sparsity_warmup_steps)
-        coef = cfg.l1_coefficient if cfg.architecture == "relu" else cfg.l0_coefficient
+        coef = self.arch.sparsity_coefficient(cfg)
         return losses.LossContext(
             n_global=n_global,
             dead=dead,
@@ -186,18 +200,12 @@ class Trainer:
             all_sum=self.dist.all_sum,
             all_cat=self.dist.all_cat,
             select_dtype=self.select_dtype,
+            sparse_backward=cfg.sparse_backward,
+            options=cfg,
         )
 
     def _loss(self, tr: Trainee, x: torch.Tensor, ctx: losses.LossContext) -> losses.LossOutput:
-        arch = self.cfg.architecture
-        if arch == "topk":
-            return losses.topk_loss(tr.sae, x, ctx)
-        if arch == "batchtopk":
-            return losses.batchtopk_loss(tr.sae, x, ctx)
-        if arch == "jumprelu":
-            assert tr.log_threshold is not None
-            return losses.jumprelu_loss(tr.sae, x, ctx, tr.log_threshold)
-        return losses.relu_loss(tr.sae, x, ctx)
+        return self.arch.loss(tr.sae, x, ctx, tr.extra)
 
     def _optimise(self, tr: Trainee, loss: torch.Tensor) -> float:
         """Sum gradients over ranks, check them, clip, step; returns the gradient norm."""
@@ -206,7 +214,7 @@ class Trainer:
         # the loss rides in the gradients' all-reduce, so every rank judges the global loss
         # and all of them stop at the same step
         global_loss = self.dist.all_sum_grads(params, loss.detach().reshape(1))
-        if cfg.unit_norm_decoder:
+        if self.unit_norm:
             project_decoder_grad(tr.sae.W_dec)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf
@@ -228,7 +236,7 @@ class Trainer:
         lr = tr.base_lr * lr_factor(cfg, self.step, self.total_steps)
         tr.optimizer.step(lr)
         tr.optimizer.zero_grad()
-        if cfg.unit_norm_decoder:
+        if self.unit_norm:
             tr.sae.normalize_decoder()
         tr.last["lr"] = lr
         return norm_value
@@ -248,23 +256,13 @@ class Trainer:
             fired = self.dist.all_sum(out.fired.to(torch.int32)) > 0
             tr.samples_since_fired += n_global
             tr.samples_since_fired[fired] = 0
-            if self.cfg.architecture == "batchtopk":
-                self._update_batch_threshold(tr, out.min_kept)
+            tr.batch_threshold = self.arch.update_running(
+                tr.batch_threshold, out, self.cfg, self.step
+            )
             if want_metrics and sq_norm_stats is not None:
                 tr.last.update(self._metrics(tr, out, sq_norm_stats, n_global))
         self.step += 1
         self.samples += n_global
-
-    def _update_batch_threshold(self, tr: Trainee, min_kept: torch.Tensor) -> None:
-        m = float(min_kept)  # the same on every rank: the loss selects over the global batch
-        if not math.isfinite(m):
-            return
-        # a plain running mean at first (no bias towards the first batch), then an EMA
-        rate = max(self.cfg.batchtopk_threshold_rate, 1.0 / (self.step + 1))
-        if math.isfinite(tr.batch_threshold):
-            tr.batch_threshold = (1 - rate) * tr.batch_threshold + rate * m
-        else:
-            tr.batch_threshold = m
 
     def _metrics(
         self, tr: Trainee, out: losses.LossOutput, stats: torch.Tensor, n_global: int
@@ -285,13 +283,12 @@ class Trainer:
             "l0": active / n_global,
             "dead_fraction": dead,
         }
-        if self.cfg.architecture == "batchtopk":
-            m["threshold"] = tr.batch_threshold
-        return m
+        return m | self.arch.metrics(tr.batch_threshold)
 
     # -- results -----------------------------------------------------------------
     def export(self, tr: Trainee) -> SAE:
-        """A copy of `tr.sae` for raw inputs: thresholds set, training scale folded in.
+        """A copy of `tr.sae` for raw inputs: thresholds set, training scale folded in, and
+        the architecture's last changes (`prepare_export`) made.
 
         Trained on x_s = s * x: h_s = (x_s - b_dec) @ W_enc + b_enc. With b_dec / s, b_enc / s
         and threshold / s, the copy gives h = h_s / s on raw x; codes are 1/s of the training
@@ -300,17 +297,14 @@ class Trainer:
         src = tr.sae
         out = SAE(src.cfg)
         s = self.scale
-        thr = torch.zeros(src.cfg.d_sae)
-        if tr.log_threshold is not None:
-            thr = tr.log_threshold.detach().float().exp().cpu()
-        elif self.cfg.architecture == "batchtopk" and math.isfinite(tr.batch_threshold):
-            thr = torch.full((src.cfg.d_sae,), tr.batch_threshold)
+        thr = self.arch.inference_threshold(tr.batch_threshold, tr.extra, src.cfg.d_sae)
         with torch.no_grad():
             out.W_enc.copy_(src.W_enc)
             out.W_dec.copy_(src.W_dec)
             out.b_dec.copy_(src.b_dec / s)
             out.b_enc.copy_(src.b_enc / s)
             out.threshold.copy_(thr / s)
+        self.arch.prepare_export(out, self.cfg)
         return out
 
     def check_finite_weights(self) -> None:
@@ -333,9 +327,7 @@ class Trainer:
                 {
                     "name": tr.name,
                     "weights": {k: v.cpu().clone() for k, v in tr.sae.state_tensors().items()},
-                    "log_threshold": None
-                    if tr.log_threshold is None
-                    else tr.log_threshold.detach().cpu().clone(),
+                    "log_threshold": None if tr.extra is None else tr.extra.detach().cpu().clone(),
                     "optimizer": tr.optimizer.state_dict(),
                     "samples_since_fired": tr.samples_since_fired.cpu().clone(),
                     "batch_threshold": tr.batch_threshold,
@@ -353,8 +345,8 @@ class Trainer:
             with torch.no_grad():
                 for k, v in st["weights"].items():
                     getattr(tr.sae, k).copy_(v)
-                if tr.log_threshold is not None:
-                    tr.log_threshold.copy_(st["log_threshold"])
+                if tr.extra is not None:
+                    tr.extra.copy_(st["log_threshold"])
             tr.optimizer.load_state_dict(st["optimizer"])
             tr.samples_since_fired.copy_(st["samples_since_fired"])
             tr.batch_threshold = float(st["batch_threshold"])

@@ -1,9 +1,11 @@
 """SAELens folders (`cfg.json` + `sae_weights.safetensors`): load into saescope, export from it.
 
-Load: architectures standard (-> relu), topk, jumprelu, and batchtopk training
-checkpoints; a jumprelu file that SAELens wrote for a BatchTopK SAE (constant
-threshold, `metadata.training_architecture == "batchtopk"`) comes back as native
-`batchtopk`. Everything that changes the encoder input is folded into the weights
+Load: architectures standard (-> relu), topk, jumprelu, and batchtopk and
+matryoshka_batchtopk training checkpoints; a jumprelu file that SAELens wrote for a
+BatchTopK or Matryoshka BatchTopK SAE (constant threshold,
+`metadata.training_architecture` "batchtopk" or "matryoshka_batchtopk") comes back
+as that native architecture. Which SAELens name is which native architecture, and
+what each writes, is the architecture's (`saescope.sae.archs`). Everything that changes the encoder input is folded into the weights
 so that `SAE.encode(x)` gives SAELens' codes on the raw activations x:
 `apply_b_dec_to_input: false`, `rescale_acts_by_decoder_norm`, an old
 `scaling_factor`, and a checkpoint's `activation_scaler.json` (norm scaling factor,
@@ -13,7 +15,7 @@ is refused.
 
 Export: `export_saelens(sae, out_dir)` writes a folder that `sae_lens.SAE.load_from_disk`
 loads with the same codes (relu -> standard, topk -> topk, jumprelu -> jumprelu,
-batchtopk -> jumprelu with its threshold).
+batchtopk and matryoshka_batchtopk -> jumprelu with their threshold).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from saescope import paths
 from saescope._version import __version__
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path
+from saescope.sae import archs
 from saescope.sae.config import SAEConfig
 from saescope.sae.formats.common import (
     build_sae,
@@ -41,7 +44,10 @@ from saescope.sae.formats.common import (
 )
 from saescope.sae.model import SAE
 
-SUPPORTED = ("standard", "topk", "jumprelu", "batchtopk")
+SUPPORTED = tuple(name for arch in archs.REGISTRY.values() for name in arch.saelens_names)
+# SAELens architectures trained with a per-batch rule whose checkpoints keep one learned
+# threshold as `topk_threshold`, and whose cfg may ask to rescale codes by decoder norms
+_TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
 # SAELens metadata keys worth carrying over to and from saescope's metadata
 CARRIED_METADATA = (
     "model_name",
@@ -61,7 +67,7 @@ def _architecture(raw: dict[str, Any], source: Path) -> tuple[str, Any]:
     act = raw.get("activation_fn", raw.get("activation_fn_str"))
     if arch == "standard" and act == "topk":
         arch, k = "topk", (raw.get("activation_fn_kwargs") or {}).get("k", k)
-    if arch not in SUPPORTED:
+    if archs.by_saelens_name(arch) is None:
         raise SaescopeError(
             f"{source}: SAELens architecture {arch!r} is not supported by saescope "
             f"(supported: {', '.join(SUPPORTED)}); its inference rule has no native equivalent"
@@ -136,7 +142,7 @@ def load_saelens(folder: Path, device: str = "cpu") -> SAE:
             threshold = take(tensors, "threshold", (d_sae,), w_path).to(f64)
         else:  # older SAELens checkpoints keep log(threshold)
             threshold = take(tensors, "log_threshold", (d_sae,), w_path).exp().to(f64)
-    if arch == "batchtopk":  # a BatchTopK training checkpoint: one learned threshold
+    if arch in _TOPK_FAMILY[1:]:  # a BatchTopK-family training checkpoint: one threshold
         known.add("topk_threshold")
         threshold = take(tensors, "topk_threshold", (), w_path).to(f64).expand(d_sae).clone()
     reject_extra(tensors, known, w_path, f"SAELens {arch}")
@@ -145,7 +151,7 @@ def load_saelens(folder: Path, device: str = "cpu") -> SAE:
         if name in tensors:  # SAELens < 6 scaled codes before decoding
             W_dec = W_dec * take(tensors, name, (d_sae,), w_path).to(f64)[:, None]
             notes.append(f"{name} folded into W_dec")
-    if arch in ("topk", "batchtopk") and raw.get("rescale_acts_by_decoder_norm", False):
+    if arch in _TOPK_FAMILY and raw.get("rescale_acts_by_decoder_norm", False):
         # SAELens ranks h * |W_dec row| and decodes z / |W_dec row|: fold both
         norms = W_dec.norm(dim=1)
         safe = torch.where(norms > 0, norms, torch.ones_like(norms))
@@ -166,21 +172,27 @@ def load_saelens(folder: Path, device: str = "cpu") -> SAE:
         W_enc, W_dec, b_dec = W_enc * factor, W_dec / factor, b_dec / factor
         notes.append(f"norm scaling factor {factor} folded into W_enc, W_dec, b_dec")
 
-    native_arch = {"standard": "relu"}.get(arch, arch)
+    native = archs.by_saelens_name(arch)
+    assert native is not None  # _architecture refused the others
     details = meta_in.get("training_architecture_details") or {}
+    trained_as = archs.by_saelens_training(meta_in.get("training_architecture"))
     if (
         arch == "jumprelu"
-        and meta_in.get("training_architecture") == "batchtopk"
+        and trained_as is not None
         and threshold is not None
         and bool((threshold == threshold[0]).all())
         and details.get("k") is not None
     ):
-        native_arch, k = "batchtopk", details["k"]
-        notes.append("jumprelu file written for a BatchTopK SAE: loaded as batchtopk")
-    if native_arch in ("topk", "batchtopk"):
+        native = trained_as
+        notes.append(
+            f"jumprelu file written for a {meta_in['training_architecture']} SAE: "
+            f"loaded as {native.name}"
+        )
+    k, extra_meta = native.from_saelens(raw | {"k": k}, details, str(cfg_path))
+    if native.uses_k:
         if k is None:
             raise SaescopeError(f"{cfg_path}: architecture {arch!r} needs 'k'")
-        if native_arch == "batchtopk" and float(k) != round(float(k)):
+        if float(k) != round(float(k)):
             notes.append(f"mean active latents k={k} rounded to {round(float(k))}")
         k = max(1, round(float(k)))
     else:
@@ -193,12 +205,13 @@ def load_saelens(folder: Path, device: str = "cpu") -> SAE:
         "saelens_metadata": meta_in,
         "conversion": notes,
     }
+    metadata |= extra_meta
     metadata |= {key: meta_in[key] for key in CARRIED_METADATA if meta_in.get(key) is not None}
     if raw.get("reshape_activations", "none") != "none":
         metadata["reshape_activations"] = raw["reshape_activations"]
         notes.append("input must be flattened to (n_rows, n_heads * d_head) before encoding")
     cfg = SAEConfig(
-        architecture=native_arch,
+        architecture=native.name,
         d_in=d_in,
         d_sae=d_sae,
         k=k,
@@ -215,9 +228,7 @@ def load_saelens(folder: Path, device: str = "cpu") -> SAE:
 def saelens_config(sae: SAE) -> dict[str, Any]:
     """The `cfg.json` SAELens 6 needs to load `sae` with the same inference rule."""
     cfg = sae.cfg
-    arch = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}[
-        cfg.architecture
-    ]
+    mapping = sae.arch.to_saelens(cfg)
     source_meta = cfg.metadata.get("saelens_metadata") or {}
     meta: dict[str, Any] = dict(source_meta) if isinstance(source_meta, dict) else {}
     meta |= {key: cfg.metadata[key] for key in CARRIED_METADATA if key in cfg.metadata}
@@ -228,11 +239,11 @@ def saelens_config(sae: SAE) -> dict[str, Any]:
     ):
         meta["sae_lens_version"] = "6.0.0"
     meta["converted_by"] = f"saescope {__version__}"
-    if cfg.architecture == "batchtopk":
-        meta["training_architecture"] = "batchtopk"
-        meta["training_architecture_details"] = {"k": cfg.k}
+    if mapping.training is not None:
+        meta["training_architecture"] = mapping.training
+        meta["training_architecture_details"] = mapping.details or {}
     out: dict[str, Any] = {
-        "architecture": arch,
+        "architecture": mapping.architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
         "dtype": cfg.dtype,
@@ -243,9 +254,7 @@ def saelens_config(sae: SAE) -> dict[str, Any]:
         "reshape_activations": "none",
         "metadata": meta,
     }
-    if arch == "topk":
-        out |= {"k": cfg.k, "rescale_acts_by_decoder_norm": False}
-    return out
+    return out | mapping.fields
 
 
 def export_saelens(sae: SAE, out_dir: str | Path) -> Path:

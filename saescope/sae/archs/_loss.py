@@ -1,0 +1,257 @@
+"""Loss machinery the architectures share (imports torch; loaded on first training use).
+
+In: an `SAE`, a batch x (n_rows, d_in) of already-normalised inputs (this rank's
+slice of the global batch) and a `LossContext`. Out: a `LossOutput` whose `loss` is
+this rank's share of the global-batch loss, so summing gradients over ranks (DDP)
+gives exactly the single-process gradient. Reconstruction error is the squared error
+summed over d_in and averaged over rows.
+
+Pieces: the AuxK loss (Gao et al.: the top k_aux pre-activations among dead latents
+reconstruct the residual; its squared error over the residual's total variance), the
+JumpReLU straight-through estimators, the dense decode with a penalty, and the
+padded active sets that let BatchTopK, JumpReLU, Matryoshka and ReLU decode and
+back-propagate through the active latents only (`saescope.sae.kernels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from torch.autograd import Function
+
+from saescope.sae.kernels import sparse_decode, sparse_encode
+from saescope.sae.model import SAE
+
+INF = float("inf")
+# auto: the sparse path when the widest row has at most d_sae / SPARSE_RATIO active latents
+SPARSE_RATIO = 4
+
+
+class LossContext(NamedTuple):
+    n_global: int  # rows in the global batch (all ranks)
+    dead: torch.Tensor  # (d_sae,) bool, latents dead before this step
+    k: int | None
+    k_aux: int
+    aux_coefficient: float
+    sparsity_coefficient: float  # l1 (relu) or l0 (jumprelu), after warm-up
+    bandwidth: float  # jumprelu kernel width
+    all_sum: Callable[[torch.Tensor], torch.Tensor]  # sum over ranks (identity on one process)
+    select_dtype: torch.dtype = torch.float32  # topk: dtype of the matmul that picks the latents
+    # every rank's tensor concatenated along dim 0 (identity on one process)
+    all_cat: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    sparse_backward: str = "auto"  # "auto", "always" or "never" (see CommonOptions)
+    options: Any = None  # the TrainConfig, for architecture options (None in unit tests)
+
+
+class LossOutput(NamedTuple):
+    loss: torch.Tensor  # scalar, this rank's share of the global mean loss
+    sq_err: torch.Tensor  # scalar, sum of squared error over this rank's rows (detached)
+    aux: torch.Tensor  # scalar, auxiliary/sparsity term before its coefficient (detached)
+    active: torch.Tensor  # scalar, number of active (row, latent) pairs on this rank
+    fired: torch.Tensor  # (d_sae,) bool, latents active on some row of this rank
+    min_kept: torch.Tensor  # scalar, batchtopk: smallest kept activation (inf otherwise)
+
+
+def fired_of(idx: torch.Tensor, vals: torch.Tensor, d_sae: int) -> torch.Tensor:
+    fired = torch.zeros(d_sae, dtype=torch.bool, device=idx.device)
+    fired[idx[vals > 0]] = True
+    return fired
+
+
+def aux_loss(e_hat: torch.Tensor, residual: torch.Tensor, ctx: LossContext) -> torch.Tensor:
+    """|e_hat - e|^2 over the global batch's residual variance (this rank's share)."""
+    stats = torch.cat([residual.sum(0), residual.pow(2).sum().reshape(1)]).double()
+    stats = ctx.all_sum(stats)
+    mean = stats[:-1] / ctx.n_global
+    total_var = (stats[-1] - ctx.n_global * mean.pow(2).sum()).clamp_min(1e-12)
+    return (e_hat - residual).pow(2).sum() / total_var.to(e_hat.dtype)
+
+
+def aux_indices(h: torch.Tensor, ctx: LossContext) -> torch.Tensor | None:
+    """(n_rows, k_aux') indices of the largest pre-acts among dead latents, or None.
+
+    Searches the dead columns only (usually a few percent of d_sae): gathering them
+    costs a fraction of masking the whole (n_rows, d_sae) block and ranking every
+    column; with no more dead latents than k_aux, all of them are taken unranked.
+    """
+    if ctx.aux_coefficient <= 0 or ctx.k_aux <= 0:
+        return None
+    dead_idx = ctx.dead.nonzero().squeeze(1)  # (n_dead,)
+    n_dead = dead_idx.numel()
+    if n_dead == 0:
+        return None
+    n_rows = h.shape[0]
+    if n_dead <= ctx.k_aux:
+        return dead_idx.expand(n_rows, n_dead).contiguous()
+    # torch.topk on the values (not topk_indices' int16 ranks for bfloat16), so that rows
+    # with few positive dead pre-activations fill up with the ones closest to zero
+    pos = torch.topk(h.index_select(1, dead_idx), ctx.k_aux, dim=1, sorted=False).indices
+    return dead_idx[pos]  # (n_rows, k_aux)
+
+
+def add_aux(
+    loss: torch.Tensor,
+    sae: SAE,
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    aux_idx: torch.Tensor | None,
+    aux_pre: torch.Tensor | None,
+    ctx: LossContext,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss + aux_coefficient * AuxK, AuxK) where the dead latents `aux_idx` (n_rows, m)
+    with pre-activations `aux_pre` (n_rows, m) model the residual x - x_hat."""
+    aux = torch.zeros((), device=x.device)
+    if aux_idx is None or aux_pre is None:
+        return loss, aux
+    residual = (x - x_hat).detach()
+    e_hat = sparse_decode(aux_idx, torch.relu(aux_pre), sae.W_dec)
+    aux = aux_loss(e_hat, residual, ctx)
+    return loss + ctx.aux_coefficient * aux, aux
+
+
+def select_pre_acts(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """(x - b_dec) @ W_enc + b_enc in dtype dt, the bias folded into the matmul (as a ones
+    column) because adding it to the (n_rows, d_sae) output costs a full extra pass.
+    The weights are gathered latent-major, (d_sae, d_in + 1): a plain copy when W_enc is
+    stored that way, as the trainer stores it."""
+    n_rows, d_in = x.shape
+    x_aug = torch.empty(n_rows, d_in + 1, dtype=dt, device=x.device)
+    x_aug[:, :d_in] = x - sae.b_dec
+    x_aug[:, d_in] = 1.0
+    w_aug = torch.empty(sae.cfg.d_sae, d_in + 1, dtype=dt, device=x.device)
+    w_aug[:, :d_in] = sae.W_enc.t()
+    w_aug[:, d_in] = sae.b_enc
+    return x_aug @ w_aug.t()
+
+
+class Padded(NamedTuple):
+    idx: torch.Tensor  # (n_rows, m) latent of each slot; padding slots hold latent 0
+    valid: torch.Tensor  # (n_rows, m) bool, False on padding slots
+
+
+def pad_rows(mask: torch.Tensor) -> Padded:
+    """The True entries of mask (n_rows, d_sae) as per-row index lists padded to the
+    widest row, m = max over rows of the count (at least 1), features ascending."""
+    n_rows = mask.shape[0]
+    r, f = mask.nonzero(as_tuple=True)  # row-major, so each row's entries are contiguous
+    counts = torch.bincount(r, minlength=n_rows)
+    m = max(1, int(counts.max())) if r.numel() else 1
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(r.numel(), device=mask.device) - starts[r]
+    idx = torch.zeros(n_rows, m, dtype=torch.long, device=mask.device)
+    valid = torch.zeros(n_rows, m, dtype=torch.bool, device=mask.device)
+    idx[r, pos] = f
+    valid[r, pos] = True
+    return Padded(idx, valid)
+
+
+def use_sparse(ctx: LossContext, width: int, d_sae: int) -> bool:
+    """Whether a step whose widest row has `width` latents takes the sparse path."""
+    if ctx.sparse_backward == "always":
+        return True
+    if ctx.sparse_backward == "never":
+        return False
+    return width * SPARSE_RATIO <= d_sae
+
+
+def gather_pre_acts(
+    sae: SAE, x: torch.Tensor, idx: torch.Tensor, h: torch.Tensor | None
+) -> torch.Tensor:
+    """(n_rows, m) pre-activations at latents idx with a sparse backward; h: the dense
+    pre-activations computed without grad, reused when they are exact (same dtype)."""
+    exact = h if h is not None and h.dtype == x.dtype else None
+    return sparse_encode(x, sae.b_dec, sae.W_enc, sae.b_enc, idx, exact)
+
+
+def squared_error(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return (x_hat - x).pow(2).sum()
+
+
+def penalised(
+    sae: SAE, x: torch.Tensor, z: torch.Tensor, penalty: torch.Tensor, ctx: LossContext
+) -> LossOutput:
+    """Dense decode of codes z (n_rows, d_sae); loss = (squared error + coef * penalty) / n."""
+    x_hat = z @ sae.W_dec + sae.b_dec
+    sq_err = squared_error(x_hat, x)
+    loss = (sq_err + ctx.sparsity_coefficient * penalty) / ctx.n_global
+    active = z.detach() > 0
+    return LossOutput(
+        loss,
+        sq_err.detach(),
+        (penalty / ctx.n_global).detach(),
+        active.sum(),
+        active.any(0),
+        torch.tensor(INF),
+    )
+
+
+def penalised_sparse(
+    sae: SAE,
+    x: torch.Tensor,
+    idx: torch.Tensor,
+    vals: torch.Tensor,
+    penalty: torch.Tensor,
+    ctx: LossContext,
+) -> LossOutput:
+    """`penalised` for codes given as padded (idx, vals) (n_rows, m), zeros on padding."""
+    x_hat = sparse_decode(idx, vals, sae.W_dec) + sae.b_dec
+    sq_err = squared_error(x_hat, x)
+    loss = (sq_err + ctx.sparsity_coefficient * penalty) / ctx.n_global
+    on = vals.detach() > 0
+    return LossOutput(
+        loss,
+        sq_err.detach(),
+        (penalty / ctx.n_global).detach(),
+        on.sum(),
+        fired_of(idx, vals.detach(), sae.cfg.d_sae),
+        torch.tensor(INF),
+    )
+
+
+def _rectangle(u: torch.Tensor) -> torch.Tensor:
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+def _to_shape(grad_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Sum a per-entry threshold gradient over the rows a (d_sae,) threshold was broadcast to."""
+    return grad_t if grad_t.shape == t.shape else grad_t.sum(0)
+
+
+class JumpReLU(Function):
+    """z = h * H(h - t); dz/dh = H(h - t); dz/dt = -(t / eps) * K((h - t) / eps).
+
+    t is (d_sae,) broadcast over the rows of h, or one threshold per entry of h (the
+    sparse path gathers them), in which case its gradient is per entry too."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, t: torch.Tensor, eps: float):  # type: ignore[override]
+        ctx.save_for_backward(h, t)
+        ctx.eps = eps
+        return h * (h > t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        h, t = ctx.saved_tensors
+        eps = ctx.eps
+        grad_h = grad * (h > t)
+        grad_t = _to_shape(grad * (-t / eps) * _rectangle((h - t) / eps), t)
+        return grad_h, grad_t, None
+
+
+class Step(Function):
+    """H(h - t); no gradient to h; dH/dt = -(1 / eps) * K((h - t) / eps)."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, t: torch.Tensor, eps: float):  # type: ignore[override]
+        ctx.save_for_backward(h, t)
+        ctx.eps = eps
+        return (h > t).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        h, t = ctx.saved_tensors
+        eps = ctx.eps
+        grad_t = _to_shape(grad * (-1.0 / eps) * _rectangle((h - t) / eps), t)
+        return None, grad_t, None

@@ -1,0 +1,191 @@
+"""BatchTopK (Bussmann et al. 2024): the k * n_rows largest activations of the whole batch.
+
+Training keeps the k * n_global largest relu(h) of the global batch (all ranks), so a
+row has k active latents on average; mse + aux * AuxK. The smallest kept activation
+of each step feeds a running mean (the first 1/rate steps a plain mean, then an EMA
+at `--batchtopk-threshold-rate`) that becomes the inference threshold, one value for
+every latent: z = relu(h) * (h > threshold), so codes do not depend on the batch.
+Sparse path: the kept latents of each row (padded to the widest row) are decoded and
+back-propagated through alone. SAELens: saved as "jumprelu" with the constant
+threshold and `metadata.training_architecture: "batchtopk"`, as SAELens saves its own.
+
+`select` and `threshold_step` are shared with Matryoshka BatchTopK.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from saescope.config import option
+from saescope.errors import SaescopeError
+from saescope.sae.archs.base import Architecture, CommonOptions, SaelensMapping, lazy_loss
+
+if TYPE_CHECKING:
+    import torch
+
+    from saescope.sae.archs._loss import LossContext, LossOutput
+    from saescope.sae.config import SAEConfig
+    from saescope.sae.model import SAE
+    from saescope.train.config import TrainConfig
+else:
+    from saescope.sae.archs.base import lazy_torch as torch
+
+
+@dataclass(frozen=True)
+class BatchTopKOptions(CommonOptions):
+    batchtopk_threshold_rate: float = option(
+        0.05,
+        "batchtopk, matryoshka_batchtopk: rate of the running mean of the smallest kept "
+        "activation (a plain mean over the first 1/rate steps)",
+    )
+
+
+class Selection(NamedTuple):
+    h: torch.Tensor  # (n_rows, d_sae) pre-activations, no grad, float32
+    keep: torch.Tensor  # (n_rows, d_sae) bool, the kept (row, latent) pairs
+    min_kept: torch.Tensor  # scalar, smallest kept activation (inf if none)
+    aux_idx: torch.Tensor | None  # (n_rows, k_aux') dead latents for AuxK, or None
+
+
+def select(sae: SAE, x: torch.Tensor, ctx: LossContext) -> Selection:
+    """The k * n_global largest activations of the *global* batch, chosen without grad."""
+    L = lazy_loss
+    with torch.no_grad():
+        h = L.select_pre_acts(sae, x, x.dtype)  # (n_rows, d_sae)
+        flat = torch.relu(h).reshape(-1)
+        # each rank offers its own largest ones, and every rank finds the same cut-off
+        # among all offers
+        n_keep = int(ctx.k or 0) * ctx.n_global
+        # (an activation tied with the cut-off is kept too, so a batch with duplicate rows
+        # can keep a few more than k * n_global)
+        kept_vals = torch.topk(flat, min(n_keep, flat.numel()), sorted=False).values
+        offers = ctx.all_cat(kept_vals)
+        if offers.numel() > kept_vals.numel():  # several ranks
+            kept_vals = torch.topk(offers, min(n_keep, offers.numel()), sorted=False).values
+        positive = kept_vals[kept_vals > 0]
+        min_kept = positive.min() if len(positive) else torch.tensor(L.INF)
+        keep = ((flat >= min_kept) & (flat > 0)).view_as(h)
+        aux_idx = L.aux_indices(h, ctx)
+    return Selection(h, keep, min_kept, aux_idx)
+
+
+def threshold_step(running: float, min_kept: float, rate: float, step: int) -> float:
+    """The running threshold after a step whose smallest kept activation was min_kept."""
+    if not math.isfinite(min_kept):
+        return running
+    # a plain running mean at first (no bias towards the first batch), then an EMA
+    r = max(rate, 1.0 / (step + 1))
+    return (1 - r) * running + r * min_kept if math.isfinite(running) else min_kept
+
+
+class Codes(NamedTuple):
+    """The kept codes of a step, dense or padded, with grad to the encoder."""
+
+    idx: torch.Tensor | None  # (n_rows, m) sparse path; None on the dense path
+    vals: torch.Tensor  # (n_rows, m) sparse (zeros on padding), or (n_rows, d_sae) dense
+    aux_pre: torch.Tensor | None  # (n_rows, k_aux') pre-activations of the AuxK latents
+
+
+def kept_codes(sae: SAE, x: torch.Tensor, sel: Selection, ctx: LossContext) -> Codes:
+    """The kept activations with grad: through the kept latents only when that pays."""
+    L = lazy_loss
+    width = int(sel.keep.sum(1).max()) if sel.keep.numel() else 0
+    if not L.use_sparse(ctx, width, sae.cfg.d_sae):
+        h = sae.pre_activations(x)  # (n_rows, d_sae), with grad
+        aux_pre = None if sel.aux_idx is None else h.gather(1, sel.aux_idx)
+        return Codes(None, torch.relu(h) * sel.keep, aux_pre)
+    idx, valid = L.pad_rows(sel.keep)  # (n_rows, m)
+    all_idx = idx if sel.aux_idx is None else torch.cat([idx, sel.aux_idx], dim=1)
+    pre = L.gather_pre_acts(sae, x, all_idx, sel.h)  # (n_rows, m + k_aux')
+    m = idx.shape[1]
+    aux_pre = None if sel.aux_idx is None else pre[:, m:]
+    return Codes(idx, torch.relu(pre[:, :m]) * valid, aux_pre)
+
+
+def decode(sae: SAE, codes: Codes, upto: int | None = None) -> torch.Tensor:
+    """x_hat (n_rows, d_in) from the latents below `upto` (all of them when None)."""
+    from saescope.sae.kernels import sparse_decode
+
+    if codes.idx is None:
+        if upto is None:
+            return codes.vals @ sae.W_dec + sae.b_dec
+        return codes.vals[:, :upto] @ sae.W_dec[:upto] + sae.b_dec
+    vals = codes.vals if upto is None else codes.vals * (codes.idx < upto)
+    return sparse_decode(codes.idx, vals, sae.W_dec) + sae.b_dec
+
+
+def output(
+    sae: SAE,
+    x: torch.Tensor,
+    loss: torch.Tensor,
+    sq_err: torch.Tensor,
+    x_hat: torch.Tensor,
+    codes: Codes,
+    sel: Selection,
+    ctx: LossContext,
+) -> LossOutput:
+    """Add AuxK (on the residual of the full reconstruction) and fill the `LossOutput`."""
+    L = lazy_loss
+    loss, aux = L.add_aux(loss, sae, x, x_hat, sel.aux_idx, codes.aux_pre, ctx)
+    return L.LossOutput(
+        loss, sq_err.detach(), aux.detach(), sel.keep.sum(), sel.keep.any(0), sel.min_kept
+    )
+
+
+class BatchTopK(Architecture):
+    name = "batchtopk"
+    summary = (
+        "k * n_rows largest relu(h) of the batch in training, learned threshold at inference; "
+        "mse + aux * AuxK"
+    )
+    options = BatchTopKOptions
+    uses_k = True
+    has_threshold = True
+    saelens_names = ("batchtopk",)
+    saelens_training = "batchtopk"
+
+    def sparsify(self, sae: SAE, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(h) * (h > sae.threshold.to(h.dtype))
+
+    def check_train(self, cfg: TrainConfig) -> None:
+        if not 0 < cfg.batchtopk_threshold_rate <= 1:
+            raise SaescopeError("batchtopk_threshold_rate must lie in (0, 1]")
+
+    def loss(
+        self, sae: SAE, x: torch.Tensor, ctx: LossContext, extra: torch.nn.Parameter | None
+    ) -> LossOutput:
+        sel = select(sae, x, ctx)
+        codes = kept_codes(sae, x, sel, ctx)
+        x_hat = decode(sae, codes)
+        sq_err = lazy_loss.squared_error(x_hat, x)
+        return output(sae, x, sq_err / ctx.n_global, sq_err, x_hat, codes, sel, ctx)
+
+    def update_running(self, running: float, out: LossOutput, cfg: TrainConfig, step: int) -> float:
+        # the same on every rank: the loss selects over the global batch
+        return threshold_step(running, float(out.min_kept), cfg.batchtopk_threshold_rate, step)
+
+    def inference_threshold(
+        self, running: float, extra: torch.nn.Parameter | None, d_sae: int
+    ) -> torch.Tensor:
+        if not math.isfinite(running):
+            return torch.zeros(d_sae)
+        return torch.full((d_sae,), running)
+
+    def metrics(self, running: float) -> dict[str, float]:
+        return {"threshold": running}
+
+    def to_saelens(self, cfg: SAEConfig) -> SaelensMapping:
+        return SaelensMapping("jumprelu", {}, "batchtopk", {"k": cfg.k})
+
+    def from_saelens(
+        self, raw: dict[str, Any], details: dict[str, Any], source: str
+    ) -> tuple[Any, dict[str, Any]]:
+        k = details.get("k", raw.get("k"))
+        if k is None:
+            raise SaescopeError(f"{source}: a BatchTopK SAE needs 'k'")
+        return k, {}
+
+
+ARCH = BatchTopK()

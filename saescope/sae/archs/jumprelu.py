@@ -1,0 +1,108 @@
+"""JumpReLU (Rajamanoharan et al. 2024): z = relu(h) * (h > t), t learned per latent.
+
+Loss: mse + l0 * L0 with straight-through estimators: the threshold gets the
+rectangle-kernel pseudo-derivative of bandwidth eps, the chain rule through
+t = exp(log_threshold) is left to autograd (so d/dlog_t = t * d/dt). The log
+threshold is a float32 parameter trained beside the weights and saved as `threshold`.
+Sparse path: the (row, latent) pairs that are active (h > t) or inside the kernel
+window (|h - t| < eps / 2) are the only ones with a gradient; they are gathered,
+padded to the widest row, and decoded and back-propagated through alone.
+SAELens: architecture "jumprelu" with `threshold`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from saescope.config import option
+from saescope.errors import SaescopeError
+from saescope.sae.archs.base import Architecture, CommonOptions, SaelensMapping, lazy_loss
+
+if TYPE_CHECKING:
+    import torch
+
+    from saescope.sae.archs._loss import LossContext, LossOutput
+    from saescope.sae.config import SAEConfig
+    from saescope.sae.model import SAE
+    from saescope.train.config import TrainConfig
+else:
+    from saescope.sae.archs.base import lazy_torch as torch
+
+
+@dataclass(frozen=True)
+class JumpReLUOptions(CommonOptions):
+    l0_coefficient: float = option(3e-3, "jumprelu: weight of the L0 penalty")
+    jumprelu_bandwidth: float = option(
+        1e-3, "jumprelu: width epsilon of the rectangle kernel of the straight-through estimator"
+    )
+    jumprelu_init_threshold: float = option(
+        0.05, "jumprelu: initial threshold of every latent (inputs have unit mean square norm)"
+    )
+
+
+class JumpReLU(Architecture):
+    name = "jumprelu"
+    summary = "z = relu(h) * (h > t), t learned per latent; mse + l0 * L0 (straight-through)"
+    options = JumpReLUOptions
+    has_threshold = True
+    homogeneous = False  # the threshold breaks the scaling of codes with W_enc
+    saelens_names = ("jumprelu",)
+
+    def sparsify(self, sae: SAE, h: torch.Tensor) -> torch.Tensor:
+        return torch.relu(h) * (h > sae.threshold.to(h.dtype))
+
+    def check_train(self, cfg: TrainConfig) -> None:
+        if cfg.jumprelu_bandwidth <= 0 or cfg.jumprelu_init_threshold <= 0:
+            raise SaescopeError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
+
+    def sparsity_coefficient(self, cfg: TrainConfig) -> float:
+        return float(cfg.l0_coefficient)
+
+    def extra_parameter(
+        self, cfg: TrainConfig, d_sae: int, device: torch.device
+    ) -> torch.nn.Parameter:
+        return torch.nn.Parameter(
+            torch.full((d_sae,), math.log(cfg.jumprelu_init_threshold), device=device)
+        )
+
+    def loss(
+        self, sae: SAE, x: torch.Tensor, ctx: LossContext, extra: torch.nn.Parameter | None
+    ) -> LossOutput:
+        if extra is None:
+            raise SaescopeError("jumprelu training needs its log threshold")
+        L = lazy_loss
+        eps = ctx.bandwidth
+        t = extra.exp()  # (d_sae,) float32; autograd supplies d t / d log_t = t
+        h = sae.pre_activations(x)  # (n_rows, d_sae)
+        with torch.no_grad():
+            t_h = t.detach().to(h.dtype)
+            # pairs with a gradient: active ones, and those inside the kernel window
+            live = (h.detach() > t_h) | ((h.detach() - t_h).abs() < eps / 2)
+            width = int(live.sum(1).max()) if live.numel() else 0
+        if not L.use_sparse(ctx, width, sae.cfg.d_sae):
+            z = L.JumpReLU.apply(h, t.to(h.dtype), eps)
+            l0 = L.Step.apply(h, t.to(h.dtype), eps).sum()
+            return L.penalised(sae, x, z, l0, ctx)
+        idx, valid = L.pad_rows(live)  # (n_rows, m)
+        h_sel = L.gather_pre_acts(sae, x, idx, h.detach())
+        del h, live
+        t_sel = t.to(h_sel.dtype)[idx]  # (n_rows, m), gradient scattered back to t
+        on = valid.to(h_sel.dtype)
+        z = L.JumpReLU.apply(h_sel, t_sel, eps) * on
+        l0 = (L.Step.apply(h_sel, t_sel, eps) * on).sum()
+        return L.penalised_sparse(sae, x, idx, z, l0, ctx)
+
+    def inference_threshold(
+        self, running: float, extra: torch.nn.Parameter | None, d_sae: int
+    ) -> torch.Tensor:
+        if extra is None:
+            return torch.zeros(d_sae)
+        return extra.detach().float().exp().cpu()
+
+    def to_saelens(self, cfg: SAEConfig) -> SaelensMapping:
+        return SaelensMapping("jumprelu", {})
+
+
+ARCH = JumpReLU()
