@@ -1,0 +1,263 @@
+"""The architecture registry: every registered architecture builds, trains, saves, loads
+and exports; the sparse training paths give the dense paths' gradients; ReLU's two L1
+penalties; no architecture if-chain outside the registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from saescope import export_saelens, load_sae
+from saescope.errors import SaescopeError
+from saescope.sae import SAE, SAEConfig, archs
+from saescope.sae.archs import ARCHITECTURES, REGISTRY
+from saescope.sae.archs._loss import LossContext
+from saescope.train import TrainConfig, train_on_batches
+from saescope.train.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+D_IN, D_SAE, K = 16, 48, 4
+
+
+def _data(n_batches: int, n: int = 128, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    basis = torch.randn(96, D_IN, generator=g)
+    out = []
+    for _ in range(n_batches):
+        z = torch.relu(torch.randn(n, 96, generator=g) - 1.5)
+        out.append(z @ basis + 0.3)
+    return out
+
+
+def _k(arch: str) -> int | None:
+    return K if archs.get(arch).uses_k else None
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_trains_saves_loads_and_exports(tmp_path: Path, arch: str) -> None:
+    cfg = TrainConfig(architecture=arch, d_sae=[D_SAE], k=[K], batch_size=128, lr=3e-3)
+    batches = _data(3)
+    sae = train_on_batches(batches, cfg).saes[0]
+    assert sae.cfg.architecture == arch
+    for name, t in sae.state_tensors().items():
+        assert torch.isfinite(t).all(), name
+    x = batches[0][:64]
+    codes = sae.encode(x)
+    assert (codes != 0).any()
+    # native files
+    back = SAE.load(sae.save(tmp_path / "native"))
+    assert back.cfg == sae.cfg
+    assert torch.equal(back.encode(x), codes)
+    # SAELens files, read back by saescope
+    out = export_saelens(sae, tmp_path / "saelens")
+    again = load_sae(out)
+    assert again.cfg.architecture == arch and again.cfg.k == sae.cfg.k
+    torch.testing.assert_close(again.encode(x), codes, atol=1e-5, rtol=0)
+    # ... and by SAELens itself
+    lens = pytest.importorskip("sae_lens")
+    with torch.no_grad():
+        ref = lens.SAE.load_from_disk(str(out)).encode(x)
+    assert torch.equal(ref != 0, codes != 0)
+    torch.testing.assert_close(ref, codes, atol=1e-5, rtol=0)
+
+
+def test_registry_is_the_only_place_that_names_architectures() -> None:
+    root = Path(__file__).resolve().parents[1] / "saescope"
+    chain = re.compile(r"architecture\s*(==|!=|in \()")
+    found = [
+        f"{p.relative_to(root)}:{i}"
+        for p in root.rglob("*.py")
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if chain.search(line)
+    ]
+    assert not found, found
+
+
+def test_registry_entries_are_complete() -> None:
+    for name, arch in REGISTRY.items():
+        assert arch.name == name and arch.summary
+        assert dataclasses.is_dataclass(arch.options)
+        for f in dataclasses.fields(arch.options):
+            assert f.metadata.get("help"), f"{name}: option {f.name} has no help text"
+            assert f.name in {g.name for g in dataclasses.fields(TrainConfig)}
+        cfg = SAEConfig(name, D_IN, D_SAE, k=_k(name))
+        mapping = arch.to_saelens(cfg)
+        assert mapping.architecture in ("standard", "topk", "jumprelu")
+
+
+def test_help_lists_every_architecture_and_imports_no_torch() -> None:
+    code = (
+        "import sys; from saescope.train.config import TrainConfig; import dataclasses;"
+        "f = {x.name: x for x in dataclasses.fields(TrainConfig)}['architecture'];"
+        "print(f.metadata['help']); print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
+    for name in ARCHITECTURES:
+        assert f"{name}:" in out
+    assert out.strip().endswith("False")
+
+
+def test_unknown_architecture_is_refused() -> None:
+    with pytest.raises(SaescopeError, match="matryoshka_batchtopk"):
+        SAEConfig("gated", D_IN, D_SAE)
+    with pytest.raises(SaescopeError, match="unknown architecture"):
+        TrainConfig(architecture="gated")
+
+
+# -- sparse vs dense training paths ------------------------------------------------
+
+
+def _random_sae(arch: str, seed: int = 0) -> SAE:
+    g = torch.Generator().manual_seed(seed)
+    cfg = SAEConfig(arch, D_IN, D_SAE, k=_k(arch), dtype="float64")
+    if arch == "matryoshka_batchtopk":
+        cfg = dataclasses.replace(cfg, metadata={"matryoshka_widths": [6, 12, 24, 48]})
+    sae = SAE(cfg).double()
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.nn.functional.normalize(torch.randn(D_SAE, D_IN, generator=g), dim=1))
+        sae.W_enc.copy_(sae.W_dec.t() * 0.8 + 0.1 * torch.randn(D_IN, D_SAE, generator=g))
+        sae.b_enc.copy_(torch.randn(D_SAE, generator=g) * 0.1 - 0.6)
+        sae.b_dec.copy_(torch.randn(D_IN, generator=g) * 0.1)
+    return sae
+
+
+def _grads(arch: str, path: str, options: TrainConfig, eps: float = 0.05):
+    sae = _random_sae(arch)
+    x = torch.randn(96, D_IN, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[::5] = True  # AuxK reaches these
+    extra = None
+    if arch == "jumprelu":
+        g = torch.Generator().manual_seed(7)
+        # thresholds among the pre-activations, so some pairs sit inside the kernel window
+        extra = torch.nn.Parameter(
+            (torch.rand(D_SAE, generator=g, dtype=torch.float64) + 0.2).log()
+        )
+    ctx = LossContext(
+        n_global=96,
+        dead=dead,
+        k=_k(arch),
+        k_aux=8,
+        aux_coefficient=1 / 32,
+        sparsity_coefficient=0.05,
+        bandwidth=eps,
+        all_sum=lambda t: t,
+        sparse_backward=path,
+        options=options,
+    )
+    out = sae.arch.loss(sae, x, ctx, extra)
+    out.loss.backward()
+    params = {n: getattr(sae, n) for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    if extra is not None:
+        params["log_threshold"] = extra
+    return out, {n: p.grad.clone() for n, p in params.items()}
+
+
+@pytest.mark.parametrize(
+    ("arch", "options"),
+    [
+        ("batchtopk", {}),
+        ("matryoshka_batchtopk", {}),
+        ("jumprelu", {}),
+        ("relu", {"relu_l1": "unit_decoder"}),
+        ("relu", {"relu_l1": "decoder_norm", "unit_norm_decoder": False}),
+    ],
+)
+def test_sparse_path_gives_the_dense_gradients(arch: str, options: dict) -> None:
+    cfg = TrainConfig(architecture=arch, d_sae=[D_SAE], k=[K], **options)
+    dense_out, dense = _grads(arch, "never", cfg)
+    sparse_out, sparse = _grads(arch, "always", cfg)
+    for field in ("loss", "sq_err", "aux", "active", "min_kept"):
+        a, b = getattr(dense_out, field), getattr(sparse_out, field)
+        torch.testing.assert_close(b.double(), a.double(), rtol=1e-9, atol=1e-12)
+    assert torch.equal(dense_out.fired, sparse_out.fired)
+    assert dense_out.active > 0
+    if arch != "relu":
+        assert dense_out.aux > 0
+    for name, g in dense.items():
+        assert g.abs().sum() > 0, name
+        torch.testing.assert_close(sparse[name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_jumprelu_sparse_path_covers_the_kernel_window() -> None:
+    """Pairs just below the threshold carry a threshold gradient and no code: the sparse
+    path must gather them too (else d log_t would lose their term)."""
+    cfg = TrainConfig(architecture="jumprelu", d_sae=[D_SAE])
+    _, dense = _grads("jumprelu", "never", cfg, eps=0.2)
+    _, sparse = _grads("jumprelu", "always", cfg, eps=0.2)
+    torch.testing.assert_close(sparse["log_threshold"], dense["log_threshold"], rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("arch", ["batchtopk", "jumprelu", "matryoshka_batchtopk"])
+def test_training_is_the_same_on_either_path(arch: str) -> None:
+    batches = _data(6)
+    saes = [
+        train_on_batches(
+            batches,
+            TrainConfig(architecture=arch, d_sae=[D_SAE], k=[K], batch_size=128, sparse_backward=p),
+        ).saes[0]
+        for p in ("never", "always")
+    ]
+    for name, t in saes[0].state_tensors().items():
+        torch.testing.assert_close(saes[1].state_tensors()[name], t, rtol=1e-4, atol=1e-5)
+
+
+# -- ReLU + L1 ---------------------------------------------------------------------
+
+
+def test_relu_decoder_norm_variant_trains_free_rows_and_saves_unit_rows() -> None:
+    cfg = TrainConfig(
+        architecture="relu", d_sae=[D_SAE], batch_size=128, lr=1e-2, relu_l1="decoder_norm"
+    )
+    batches = _data(8)
+    trainer = Trainer(cfg, D_IN, batches[0], len(batches))
+    for b in batches:
+        trainer.train_step(b)
+    tr = trainer.trainees[0]
+    norms = tr.sae.W_dec.detach().norm(dim=1)
+    assert (norms - 1).abs().max() > 1e-3  # the rows moved off the unit sphere
+    saved = trainer.export(tr)
+    assert torch.allclose(saved.W_dec.norm(dim=1), torch.ones(D_SAE), atol=1e-5)
+    x = batches[0][:50]
+    with torch.no_grad():  # the same reconstruction as the training SAE
+        x_hat_train = tr.sae(trainer.normalise(x)).x_hat / trainer.scale
+        torch.testing.assert_close(saved(x).x_hat, x_hat_train, atol=1e-4, rtol=1e-4)
+
+
+def test_relu_penalty_is_weighted_by_decoder_norms_only_in_the_anthropic_variant() -> None:
+    sae = _random_sae("relu")
+    with torch.no_grad():
+        sae.W_dec.mul_(2.0)  # rows of norm 2
+    x = torch.randn(32, D_IN, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    z = torch.relu(sae.pre_activations(x)).detach()
+    for variant, factor in (("unit_decoder", 1.0), ("decoder_norm", 2.0)):
+        cfg = TrainConfig(architecture="relu", relu_l1=variant, unit_norm_decoder=True)
+        ctx = LossContext(
+            32,
+            torch.zeros(D_SAE, dtype=torch.bool),
+            None,
+            0,
+            0.0,
+            1.0,
+            1e-3,
+            lambda t: t,
+            options=cfg,
+        )
+        out = sae.arch.loss(sae, x, ctx, None)
+        assert out.aux.item() == pytest.approx(factor * z.sum().item() / 32, rel=1e-9)
+
+
+def test_relu_unit_decoder_penalty_needs_unit_rows() -> None:
+    with pytest.raises(SaescopeError, match="decoder_norm"):
+        TrainConfig(architecture="relu", unit_norm_decoder=False)
+    assert math.isfinite(TrainConfig(architecture="relu", relu_l1="decoder_norm").l1_coefficient)
