@@ -90,8 +90,9 @@ def random_sae_weights(
 
 
 def record_hand_made_names(run: Path, scorers: tuple[str, ...] = ()) -> None:
-    """The provenance records the keywords and score stages write, for names (and
-    scores) a test wrote by hand: they describe the run's current latent cache."""
+    """The provenance records the keywords, explain and score stages write, for names,
+    explanations (and scores) a test wrote by hand: they describe the run's current
+    latent cache."""
     from saescope import provenance
     from saescope.latents import LatentCache
     from saescope.paths import RunPaths
@@ -102,6 +103,8 @@ def record_hand_made_names(run: Path, scorers: tuple[str, ...] = ()) -> None:
         "sae": LatentCache(run).sae_sha256,
     }
     provenance.Record.make(rp.keywords_record, "keywords", {}, made_from).finish()
+    if rp.explanations.exists():
+        provenance.Record.make(rp.explanations_record, "explain", {}, made_from).finish()
     for scorer in scorers:
         scored = {"keywords": provenance.artifact_id(rp.keywords)}
         provenance.Record.make(rp.score_record(scorer), "score", {}, scored).finish()
@@ -169,3 +172,19 @@ def tiny_lm_run(tmp_path_factory: pytest.TempPathFactory, tiny_lm_dir: Path) -> 
         )
     )
     return run
+
+
+def token_run_with_latents(src: Path, dest: Path) -> Path:
+    """A copy of a token run with a small trained TopK SAE (96 latents, k 8) and a finished
+    latent cache."""
+    import shutil
+
+    from saescope.latents import LatentsConfig
+    from saescope.latents import run as latents
+    from saescope.train import stage as train
+    from saescope.train.config import TrainConfig
+
+    shutil.copytree(src, dest)
+    train.run(TrainConfig(run=str(dest), d_sae=[96], k=[8], batch_size=512, epochs=1.0))
+    latents(LatentsConfig(run=str(dest), shard_rows=2048, top_n=8, n_quantiles=4))
+    return dest

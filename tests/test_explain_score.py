@@ -21,10 +21,15 @@ from test_keywords import pure_features
 from test_keywords_fixture import TOPICS, topic_run
 
 from saescope import provenance
-from saescope.examples import load_split
+from saescope.examples import load_split, open_examples
 from saescope.llm.jobs import ResultsFile
 from saescope.paths import RunPaths
 from saescope.prompts import template
+from saescope.store import ActivationStore
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +179,41 @@ def test_llm_scorer_without_explanations_says_what_to_run(oracle, tmp_path):
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*"))
     proc = run_cli("score", "--scorer", "detection", *llm_args(run, url), check=False)
     assert proc.returncode == 2 and "saescope explain" in proc.stderr
+
+
+def test_inspect_and_report_show_explanations_and_llm_scores(explained, tmp_path):
+    run, labels, _, url = explained
+    run_cli("score", "--scorer", "detection", *llm_args(run, url))
+    run_cli("latents", "--run", str(run))
+    f, topic = next(iter(pure_features(run, labels).items()))
+    shown = json.loads(run_cli("inspect", str(f), "--run", str(run), "--json").stdout)
+    assert shown["explanation"] == f"Sentences about {topic}"
+    assert shown["scores"]["detection"]["score"] > 0.8
+    run_cli("report", "--run", str(run))
+    page = RunPaths(run).report_index.read_text()
+    assert f"Sentences about {topic}" in page and '"detection"' in page
+
+
+def test_contrastive_explainer_shows_nearest_inactive_naming_rows(oracle, tmp_path):
+    src, labels, _, url = oracle
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
+    run_cli("explain", *llm_args(run, url, "--method", "contrastive", "--n-negatives", "5"))
+    res = ResultsFile(RunPaths(run).explanations).load()
+    ex = open_examples(run, "sae", 1, "doc")
+    store = ActivationStore(RunPaths(run).acts)
+    pure = pure_features(run, labels)
+    for f, topic in pure.items():
+        r = res[f]
+        assert r["status"] == "ok" and r["explanation"] == f"Sentences about {topic}"
+        assert r["prompt_sha256"] == template("explain_contrastive").sha256
+        neg = np.array(r["negatives"])
+        assert len(neg) == 5 and ex.split.in_half(neg, "naming").all()
+        assert not set(neg.tolist()) & set(ex.acts.column(f)[0].tolist())
+        # nearest: closer to the active examples' centre than the other inactive naming rows
+        pos = np.array(r["rows"])
+        centre = unit(store.rows(pos).numpy()).mean(0)
+        others = np.setdiff1d(ex.split.rows("naming"), np.r_[neg, ex.acts.column(f)[0]])
+        assert (unit(store.rows(neg).numpy()) @ centre).min() >= np.median(
+            unit(store.rows(others).numpy()) @ centre
+        )

@@ -13,15 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, token_run_with_latents
 from test_report import CHROMIUM, CHROMIUM_ARGS, page_blob
 
 from saescope.cli import main as cli
 from saescope.examples import load_activations
 from saescope.examples.split import load_split
 from saescope.examples.tokens import TokenRows, feature_column, feature_window
-from saescope.latents import FEATURES_SCHEMA, LatentCache, LatentsConfig
-from saescope.latents import run as latents
+from saescope.latents import FEATURES_SCHEMA, LatentCache
 from saescope.lm import hooks
 from saescope.lm.logit_lens import LENS_SCHEMA, logit_lens, norm_gain, unembedding
 from saescope.lm.model import load_lm
@@ -30,8 +29,6 @@ from saescope.report import ReportConfig
 from saescope.report import run as report
 from saescope.sae import SAE
 from saescope.store import ActivationStore
-from saescope.train import stage as train
-from saescope.train.config import TrainConfig
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -39,11 +36,7 @@ SCRIPT = "<script>alert(1)</script>"
 @pytest.fixture(scope="module")
 def lm_run(tiny_lm_run: Path, tmp_path_factory) -> Path:
     """A copy of the tiny LM run with a small trained TopK SAE and a finished latent cache."""
-    rd = tmp_path_factory.mktemp("lm-features") / "run"
-    shutil.copytree(tiny_lm_run, rd)
-    train.run(TrainConfig(run=str(rd), d_sae=[96], k=[8], batch_size=512, epochs=1.0))
-    latents(LatentsConfig(run=str(rd), shard_rows=2048, top_n=8, n_quantiles=4))
-    return rd
+    return token_run_with_latents(tiny_lm_run, tmp_path_factory.mktemp("lm-features") / "run")
 
 
 @pytest.fixture(scope="module")

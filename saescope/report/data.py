@@ -48,20 +48,28 @@ class Annotations:
     stale: list[str] = field(default_factory=list)
 
 
-def _made_from_this_cache(rp: RunPaths) -> bool:
-    """True when the keywords were made from the SAE and store of the current latent cache."""
+def _made_from_this_cache(rp: RunPaths, record: Path) -> bool:
+    """True when names (keywords or explanations; `record` is their provenance record)
+    were made from the SAE and store of the current latent cache."""
     from saescope.latents import LatentCache
 
-    named_from = provenance.saved_upstream(rp.keywords_record)
+    named_from = provenance.saved_upstream(record)
     cache = LatentCache(rp.root)
     acts = provenance.artifact_id(rp.acts_manifest)
     return named_from.get("sae") == cache.sae_sha256 and named_from.get("acts") == acts
 
 
-def _scored_these_names(rp: RunPaths, scorer: str) -> bool:
-    """True when scores/<scorer> scored the keywords file that is there now."""
-    scored = provenance.saved_upstream(rp.score_record(scorer)).get("keywords")
-    return rp.keywords.exists() and scored == provenance.artifact_id(rp.keywords)
+def _scored_these_names(rp: RunPaths, key: str, current: dict[str, bool]) -> bool:
+    """True when scores/<key> scored the names file (keywords or explanations) that is
+    there now, and those names describe the current latent cache (`current`)."""
+    upstream = provenance.saved_upstream(rp.score_record(key))
+    files = {"keywords": rp.keywords, "explanations": rp.explanations}
+    for kind, path in files.items():
+        if kind in upstream:
+            return (
+                current[kind] and path.exists() and upstream[kind] == provenance.artifact_id(path)
+            )
+    return False
 
 
 def _ok(row: dict[str, Any]) -> bool:
@@ -76,9 +84,15 @@ def load_annotations(run: str | Path) -> Annotations:
     rp = RunPaths(run)
     keywords: dict[int, Keywords] = {}
     stale: list[str] = []
-    names_current = rp.keywords.exists() and _made_from_this_cache(rp)
+    names_current = rp.keywords.exists() and _made_from_this_cache(rp, rp.keywords_record)
     if rp.keywords.exists() and not names_current:
         stale.append(f"{rp.keywords.name} (made from another SAE or store)")
+    explained_current = rp.explanations.exists() and _made_from_this_cache(
+        rp, rp.explanations_record
+    )
+    if rp.explanations.exists() and not explained_current:
+        stale.append(f"{rp.explanations.name} (made from another SAE or store)")
+    current = {"keywords": names_current, "explanations": explained_current}
     if names_current:
         for row in pd.read_parquet(rp.keywords).to_dict("records"):
             if _ok(row) and row.get("keywords") is not None and len(row["keywords"]):
@@ -91,7 +105,7 @@ def load_annotations(run: str | Path) -> Annotations:
                     str(row.get("method") or ""),
                 )
     explanations: dict[int, Explanation] = {}
-    if rp.explanations.exists():
+    if explained_current:
         for line in rp.explanations.read_text().splitlines():
             try:
                 row = json.loads(line)
@@ -105,7 +119,7 @@ def load_annotations(run: str | Path) -> Annotations:
     scores: dict[str, dict[int, dict[str, float]]] = {}
     if rp.scores.exists():
         for path in sorted(rp.scores.glob("*.parquet")):
-            if not (names_current and _scored_these_names(rp, path.stem)):
+            if not _scored_these_names(rp, path.stem, current):
                 stale.append(f"scores/{path.name} (scores of other names)")
                 continue
             df = pd.read_parquet(path)
