@@ -91,3 +91,36 @@ def test_surprisal_scores_keywords_with_an_in_process_base_model(lm_run, tiny_lm
     assert set(m) == {"auc", "gain_pos", "gain_neg"}
     summary = json.loads(rp.score_summary("surprisal-keywords").read_text())
     assert summary["requests"] == 4 * summary["n_scored"]  # with and without, real and shuffled
+
+
+def test_local_client_answers_concurrent_requests_in_one_batch_as_it_would_alone(tiny_lm_dir):
+    import asyncio
+
+    from saescope.llm.local import LocalClient
+    from saescope.llm.types import LLMRequest
+
+    reqs = [
+        LLMRequest((("user", "Name a colour."),), max_tokens=6, top_logprobs=3),
+        LLMRequest(
+            (("system", "Be brief."), ("user", "What is two plus two, in words?")), max_tokens=9
+        ),
+        LLMRequest((("user", "Hi"),), max_tokens=4),
+    ]
+    client = LocalClient(str(tiny_lm_dir), batch_size=8)
+    alone = [client.complete_sync(r) for r in reqs]
+
+    async def together():
+        return await asyncio.gather(*(client.complete(r) for r in reqs))
+
+    calls = []
+    original = client.complete_many
+    client.complete_many = lambda rs: calls.append(len(rs)) or original(rs)  # type: ignore[method-assign]
+    batched = asyncio.run(together())
+    assert calls == [3]  # one generate call for the three
+    for a, b, r in zip(alone, batched, reqs, strict=True):
+        assert a.text == b.text and a.completion_tokens == b.completion_tokens <= r.max_tokens
+        assert a.prompt_tokens == b.prompt_tokens and a.finish_reason == b.finish_reason
+    assert batched[0].top_logprobs is not None and len(batched[0].top_logprobs) == 6
+    assert batched[1].top_logprobs is None
+    for step, lp in zip(alone[0].top_logprobs, batched[0].top_logprobs, strict=True):
+        assert list(step) == list(lp)

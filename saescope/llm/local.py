@@ -7,9 +7,11 @@ top log-probabilities of every generated token (read off the logits, so they
 are always there). Also `token_losses`: the mean negative log-likelihood of each
 text's tokens after a prefix (the surprisal scorer's measure).
 
-The model loads on the first request. One model answers one request at a time
-(a lock); generation runs in a worker thread so the event loop stays free.
-Temperature 0 is greedy decoding.
+The model loads on the first request. Requests that arrive together (a stage's
+concurrency) are answered together: up to `batch_size` prompts, left-padded, in
+one `generate`, which on a CPU answers several prompts in little more time than
+one. Generation runs in a worker thread so the event loop stays free; one model
+runs one batch at a time (a lock). Temperature 0 is greedy decoding.
 """
 
 from __future__ import annotations
@@ -27,13 +29,21 @@ class LocalClient:
     """Chat completions from a transformers causal LM in this process."""
 
     def __init__(
-        self, model_path: str | None = None, *, device: str = "cpu", dtype: str = "float32"
+        self,
+        model_path: str | None = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        batch_size: int = 8,
     ) -> None:
         self.model = model_path or DEFAULT_LM
         self.device = device
         self.dtype = dtype
+        self.batch_size = max(1, batch_size)
         self._lm: Any = None  # saescope.lm.model.LM, loaded on first use
         self._lock = threading.Lock()
+        self._pending: list[tuple[LLMRequest, asyncio.Future[LLMResponse]]] = []
+        self._worker: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"LocalClient({self.model!r})"
@@ -56,19 +66,53 @@ class LocalClient:
         return self._lm
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        return await asyncio.to_thread(self.complete_sync, request)
+        fut: asyncio.Future[LLMResponse] = asyncio.get_running_loop().create_future()
+        self._pending.append((request, fut))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        """Answer the pending requests, up to `batch_size` in one generate call."""
+        while self._pending:
+            await asyncio.sleep(0)  # let requests made in the same tick join the batch
+            batch = self._pending[: self.batch_size]
+            del self._pending[: len(batch)]
+            try:
+                answers = await asyncio.to_thread(self.complete_many, [r for r, _ in batch])
+            except Exception as exc:  # the whole batch failed: each caller gets the error
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), answer in zip(batch, answers, strict=True):
+                if not fut.done():
+                    fut.set_result(answer)
 
     async def aclose(self) -> None:
         return None
 
     def complete_sync(self, request: LLMRequest) -> LLMResponse:
         """`complete`, blocking: the answer to `request`."""
+        return self.complete_many([request])[0]
+
+    def complete_many(self, requests: list[LLMRequest]) -> list[LLMResponse]:
+        """The answers to `requests`, generated together (one batch per sampling setting)."""
         with self._lock:
             lm = self._load()
-            try:
-                return _generate(lm, request, self.model)
-            except (RuntimeError, ValueError) as exc:  # e.g. a prompt longer than the context
-                raise LLMError("client", f"{self.model} cannot answer: {describe(exc)}") from exc
+            out: dict[int, LLMResponse] = {}
+            groups: dict[float, list[int]] = {}
+            for i, r in enumerate(requests):
+                groups.setdefault(r.temperature, []).append(i)
+            for idx in groups.values():
+                try:
+                    answers = _generate(lm, [requests[i] for i in idx], self.model)
+                except (RuntimeError, ValueError) as exc:  # e.g. a prompt beyond the context
+                    raise LLMError(
+                        "client", f"{self.model} cannot answer: {describe(exc)}"
+                    ) from exc
+                out.update(zip(idx, answers, strict=True))
+            return [out[i] for i in range(len(requests))]
 
     def token_losses(self, prefix: str, texts: list[str], batch_size: int = 16) -> list[float]:
         """Mean negative log-likelihood (nats per token) of each text's tokens after `prefix`.
@@ -83,59 +127,75 @@ class LocalClient:
         return await asyncio.to_thread(self.token_losses, prefix, texts)
 
 
-def _generate(lm: Any, request: LLMRequest, model_name: str) -> LLMResponse:
+def _generate(lm: Any, requests: list[LLMRequest], model_name: str) -> list[LLMResponse]:
+    """Answer requests of one temperature together: prompts left-padded into one batch."""
     import torch
 
     tok = lm.tokenizer
-    messages = [{"role": role, "content": text} for role, text in request.messages]
-    enc = tok.apply_chat_template(
-        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-    )
-    input_ids = enc["input_ids"].to(lm.device)  # (1, n_prompt)
-    n_prompt = int(input_ids.shape[1])
-    sample = request.temperature > 0
-    kwargs: dict[str, Any] = {"do_sample": sample}
-    if sample:
-        kwargs["temperature"] = request.temperature
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": role, "content": text} for role, text in r.messages],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=True,
+        )["input_ids"]
+        for r in requests
+    ]
+    width = max(len(p) for p in prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(prompts), width), int(pad), dtype=torch.long)  # (batch, width)
+    mask = torch.zeros(len(prompts), width, dtype=torch.long)
+    for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    temperature = requests[0].temperature
+    kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+    if temperature > 0:
+        kwargs["temperature"] = temperature
     else:  # the model's generation config may ask for sampling: greedy means greedy
         kwargs.update(temperature=None, top_p=None, top_k=None)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    want_logprobs = any(r.top_logprobs > 0 for r in requests)
     with torch.no_grad():
         out = lm.model.generate(
-            input_ids,
-            attention_mask=enc["attention_mask"].to(lm.device),
-            max_new_tokens=request.max_tokens,
+            ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            max_new_tokens=max(r.max_tokens for r in requests),
             return_dict_in_generate=True,
-            output_logits=request.top_logprobs > 0,
-            pad_token_id=pad,
+            output_logits=want_logprobs,
+            pad_token_id=int(pad),
             **kwargs,
         )
-    new_ids = out.sequences[0, n_prompt:].tolist()
     eos = _eos_ids(lm)
-    finish = "stop"
-    if new_ids and new_ids[-1] in eos:
-        new_ids = new_ids[:-1]
-    elif len(new_ids) >= request.max_tokens:
-        finish = "length"
-    n_generated = int(out.sequences.shape[1]) - n_prompt
-    top = None
-    if request.top_logprobs > 0:
-        top = []
-        for step_logits in out.logits[:n_generated]:  # each (1, vocab)
-            logp = torch.log_softmax(step_logits[0].float(), dim=-1)
-            vals, ids = logp.topk(request.top_logprobs)
-            step: dict[str, float] = {}
-            for v, i in zip(vals.tolist(), ids.tolist(), strict=True):
-                step.setdefault(tok.decode([i]), v)  # two ids may decode alike: keep the likelier
-            top.append(step)
-    return LLMResponse(
-        text=tok.decode(new_ids, skip_special_tokens=True),
-        prompt_tokens=n_prompt,
-        completion_tokens=n_generated,
-        model=model_name,
-        top_logprobs=top,
-        finish_reason=finish,
-    )
+    answers = []
+    for i, r in enumerate(requests):
+        new_ids = out.sequences[i, width:].tolist()[: r.max_tokens]
+        stop = next((j for j, t in enumerate(new_ids) if t in eos), None)
+        finish = "stop" if stop is not None else "length"
+        n_generated = stop + 1 if stop is not None else len(new_ids)
+        text_ids = new_ids[:stop] if stop is not None else new_ids
+        top = None
+        if r.top_logprobs > 0:
+            top = []
+            for step_logits in out.logits[:n_generated]:  # each (batch, vocab)
+                logp = torch.log_softmax(step_logits[i].float(), dim=-1)
+                vals, tids = logp.topk(r.top_logprobs)
+                step: dict[str, float] = {}
+                for v, t in zip(vals.tolist(), tids.tolist(), strict=True):
+                    step.setdefault(
+                        tok.decode([t]), v
+                    )  # two ids may decode alike: keep the likelier
+                top.append(step)
+        answers.append(
+            LLMResponse(
+                text=tok.decode(text_ids, skip_special_tokens=True),
+                prompt_tokens=len(prompts[i]),
+                completion_tokens=n_generated,
+                model=model_name,
+                top_logprobs=top,
+                finish_reason=finish,
+            )
+        )
+    return answers
 
 
 def _eos_ids(lm: Any) -> set[int]:
