@@ -5,6 +5,10 @@ all-MiniLM-L6-v2), one store shard at a time: each shard's texts are encoded in
 batches sorted by length, so a re-run after a crash continues from the last
 complete shard and yields exactly the rows an uninterrupted run yields.
 
+`--backend` runs the model through sentence-transformers (torch) or an exported
+graph on ONNX Runtime or OpenVINO (saescope/embed_backends.py); the default,
+auto, takes the fastest installed one whose vectors match torch's (cosine >= 0.999).
+
 `--vectors FILE` instead imports vectors people already have (.npy,
 .safetensors, or a Parquet list column), with an optional ids file.
 """
@@ -19,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from saescope import provenance
+from saescope import embed_backends, provenance
 from saescope.config import config_to_dict
 from saescope.corpus import read_corpus
 from saescope.defaults import resolve_embed_model
@@ -42,6 +46,24 @@ def load_sentence_model(name: str, device: str = "cpu"):
         raise SaescopeError(
             f"cannot load sentence-transformers model {name!r}: {describe(exc)}"
         ) from exc
+
+
+def load_embedding_model(
+    name: str, device: str = "cpu", backend: str | None = None, resume: str | None = None
+):
+    """The model that embeds with `backend` (None: auto); `resume`: the backend of the
+    store being continued, which auto keeps so that one store never mixes backends."""
+    choice = backend or embed_backends.AUTO
+    if choice != embed_backends.AUTO:
+        embed_backends.require(choice)  # before the model load: a missing extra fails fast
+    elif resume is not None:
+        choice = resume
+    on_cpu = choice not in ("torch", embed_backends.AUTO)  # exported graphs run on CPU
+    st = load_sentence_model(name, "cpu" if on_cpu else device)
+    if choice == embed_backends.AUTO:
+        choice, why = embed_backends.choose(st, name, device)
+        print(f"embed: backend {choice} ({why})", file=sys.stderr)
+    return embed_backends.wrap(st, name, choice)
 
 
 def encode_texts(
@@ -97,16 +119,22 @@ def _corpus_record(cfg: EmbedConfig, rp: RunPaths) -> provenance.Record:
     return provenance.Record.make(rp.acts_record, "embed", cfg, up, _IGNORED)
 
 
-def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
+def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> tuple[Path, str]:
+    """Fill the store; return it and the backend that made its rows."""
     corpus = read_corpus(cfg.run)
     texts = corpus["text"].tolist()
     record = _corpus_record(cfg, rp)
     decision = record.decide(cfg.overwrite, rp.acts, exists=rp.acts_manifest.exists())
-    if decision is provenance.Decision.SKIP:
-        return rp.acts  # no model load
+    if decision is provenance.Decision.SKIP:  # no model load
+        return rp.acts, read_json(rp.acts_manifest)["meta"].get("backend", "torch")
     corpus_sha = record.upstream["corpus"]
     if model is None:
-        model = load_sentence_model(cfg.model, str(pick_device(cfg.device)))
+        resume = None
+        if decision is provenance.Decision.RESUME and rp.acts_manifest.exists():
+            resume = read_json(rp.acts_manifest)["meta"].get("backend", "torch")
+        device = str(pick_device(cfg.device))
+        model = load_embedding_model(cfg.model, device, cfg.backend, resume)
+    backend = getattr(model, "backend", "torch")  # a SentenceTransformer is torch
     if cfg.max_seq_length is not None:
         model.max_seq_length = cfg.max_seq_length
     d_in = model_dim(model)
@@ -118,6 +146,8 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
         "max_seq_length": model.max_seq_length,
         "corpus_sha256": corpus_sha,
     }
+    if backend != "torch":  # torch stores keep the meta they had before backends existed
+        meta["backend"] = backend
     fresh = decision is provenance.Decision.FRESH
     writer = StoreWriter(rp.acts, d_in, cfg.dtype, cfg.shard_rows, meta, overwrite=fresh)
     record.start()
@@ -127,7 +157,7 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> Path:
         chunk = texts[lo : lo + writer.shard_rows]
         writer.append(encode_texts(model, chunk, cfg.batch_size, cfg.normalize, bar))
     bar.close()
-    return writer.close()
+    return writer.close(), backend
 
 
 def _read_vectors(cfg: EmbedConfig) -> np.ndarray:
@@ -308,12 +338,14 @@ def run(cfg: EmbedConfig, *, model=None) -> Path:
     (for callers that embed several runs with one model).
     """
     rp = RunPaths(cfg.run)
+    result = {}
     if cfg.vectors:
         out = _import_vectors(cfg, rp)
         record = _vectors_record(cfg, rp)
     else:
-        out = _embed_corpus(cfg, rp, model)
+        out, backend = _embed_corpus(cfg, rp, model)
         record = _corpus_record(cfg, rp)
+        result["backend"] = backend  # what auto chose, or what was asked for
     write_json(out / STAGE_CONFIG, config_to_dict(cfg))
-    record.finish()
+    record.finish(result)
     return out

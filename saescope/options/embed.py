@@ -8,6 +8,9 @@ from saescope.config import option
 from saescope.defaults import DEFAULT_EMBED_MODEL
 from saescope.paths import DEFAULT_RUN
 
+# saescope/embed_backends.py holds what each one is; a test checks the two agree
+EMBED_BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino")
+
 
 @dataclass(frozen=True)
 class EmbedConfig:
@@ -17,6 +20,15 @@ class EmbedConfig:
     model: str = option(
         DEFAULT_EMBED_MODEL,
         "sentence-transformers model name or local path (default: the packaged all-MiniLM-L6-v2)",
+    )
+    backend: str | None = option(
+        None,
+        "how the model runs: torch (sentence-transformers), onnx (ONNX Runtime), onnx-int8 "
+        "(ONNX Runtime, int8 weights; cosine ~0.99 to torch), openvino (OpenVINO); onnx and "
+        "openvino run on CPU and need pip install 'saescope[fast-embed]'. Unset or auto: the "
+        "fastest installed one whose vectors keep cosine >= 0.999 to torch's on a fixed sample, "
+        "measured once per model and cached (torch on a GPU)",
+        choices=EMBED_BACKENDS,
     )
     batch_size: int = option(64, "texts per forward pass")
     normalize: bool = option(False, "L2-normalise each embedding")
