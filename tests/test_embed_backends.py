@@ -1,0 +1,160 @@
+"""The embedding backends: real exports of the packaged MiniLM to ONNX Runtime and
+OpenVINO, their agreement with torch, the export cache, auto's choice and the errors."""
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import run_cli
+
+from saescope import (
+    ActivationStore,
+    CorpusConfig,
+    EmbedConfig,
+    SaescopeError,
+    embed_corpus,
+    make_corpus,
+)
+from saescope import embed_backends as eb
+from saescope.defaults import DEFAULT_EMBED_MODEL
+from saescope.embed import load_sentence_model
+from saescope.io import read_json
+from saescope.options.embed import EMBED_BACKENDS
+from saescope.paths import RunPaths
+
+TEXTS = [
+    "The central bank raised interest rates for the third time this year.",
+    "A short one.",
+    "Scientists found traces of water ice in a crater near the lunar south pole, "
+    "which could one day supply drinking water and rocket fuel to a crewed base.",
+    "Der Hund schläft im Garten.",
+    "Stocks fell sharply after the earnings report.",
+    "She plays the violin in the city orchestra on weekends.",
+] * 4
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A fresh saescope cache for this module's exports."""
+    path = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAESCOPE_CACHE", str(path))
+        mp.setattr(eb, "SAMPLE_TEXTS", 16)  # auto's sample: small, to keep the test short
+        yield path
+
+
+@pytest.fixture(scope="module")
+def st():
+    return load_sentence_model(DEFAULT_EMBED_MODEL)
+
+
+@pytest.fixture(scope="module")
+def ref(st):
+    with torch.inference_mode():
+        return st.encode(TEXTS, batch_size=8, convert_to_tensor=True)
+
+
+def needs(backend: str) -> None:
+    missing = eb.missing_modules(backend)
+    if missing:
+        reason = f"{backend} backend: {', '.join(missing)} not installed (pip install 'saescope[fast-embed]')"
+        print(reason)
+        pytest.skip(reason)
+
+
+def test_the_option_lists_every_registered_backend():
+    assert EMBED_BACKENDS == eb.CHOICES
+
+
+@pytest.mark.parametrize(
+    ("backend", "mean", "worst"),
+    [("onnx", 0.99999, 0.9999), ("onnx-int8", 0.99, 0.97), ("openvino", 0.99999, 0.9999)],
+)
+def test_exported_backend_agrees_with_torch(cache, st, ref, backend, mean, worst):
+    needs(backend)
+    model = eb.wrap(st, DEFAULT_EMBED_MODEL, backend)
+    assert model.backend == backend and model.get_embedding_dimension() == 384
+    got = model.encode(TEXTS, batch_size=8, convert_to_tensor=True)
+    cos = torch.nn.functional.cosine_similarity(got, ref, dim=1)
+    assert cos.mean() >= mean and cos.min() >= worst, (backend, cos.mean(), cos.min())
+    # normalize_embeddings gives unit rows, like sentence-transformers
+    unit = model.encode(TEXTS[:3], convert_to_tensor=True, normalize_embeddings=True)
+    assert torch.allclose(unit.norm(dim=1), torch.ones(3), atol=1e-5)
+
+
+def test_second_use_reuses_the_cached_export_and_check(cache, st, monkeypatch):
+    needs("onnx")
+    first = eb.export(st, DEFAULT_EMBED_MODEL, "onnx")
+    c1 = eb.check(st, DEFAULT_EMBED_MODEL, "onnx")
+    assert c1.cos_min >= 0.9999 and c1.n_texts == 16
+    stamp = first.stat().st_mtime_ns
+
+    def boom(*_a, **_k):
+        raise AssertionError("exported or measured again")
+
+    monkeypatch.setattr(eb, "_export_raw", boom)
+    monkeypatch.setattr(eb, "_build", boom)
+    monkeypatch.setattr(eb, "_timed_encode", boom)
+    assert eb.export(st, DEFAULT_EMBED_MODEL, "onnx") == first
+    assert first.stat().st_mtime_ns == stamp
+    assert eb.check(st, DEFAULT_EMBED_MODEL, "onnx") == c1
+    assert first.parent.parent == eb.backend_dir(DEFAULT_EMBED_MODEL)
+    assert first.parent.parent.name.startswith(DEFAULT_EMBED_MODEL)
+
+
+def test_auto_falls_back_to_torch(cache, st, monkeypatch):
+    monkeypatch.setattr(eb, "installed", lambda: ["torch"])
+    assert eb.choose(st, DEFAULT_EMBED_MODEL, "cpu")[0] == "torch"
+    assert eb.choose(st, DEFAULT_EMBED_MODEL, "cuda")[0] == "torch"
+
+    # installed but not faithful enough (or not faster): torch again
+    monkeypatch.setattr(eb, "installed", lambda: ["torch", "onnx", "onnx-int8", "openvino"])
+    low = eb.Check("x", 0.99, 0.98, 500.0, 100.0, 16)
+    monkeypatch.setattr(eb, "check", lambda _st, _n, b: dataclasses.replace(low, backend=b))
+    backend, why = eb.choose(st, DEFAULT_EMBED_MODEL, "cpu")
+    assert backend == "torch" and "0.999" in why
+    slow = eb.Check("x", 1.0, 1.0, 105.0, 100.0, 16)
+    monkeypatch.setattr(eb, "check", lambda _st, _n, b: dataclasses.replace(slow, backend=b))
+    assert eb.choose(st, DEFAULT_EMBED_MODEL, "cpu")[0] == "torch"
+
+    # the fastest faithful one wins; int8 is never measured
+    speeds = {"onnx": 150.0, "openvino": 200.0}
+    seen = []
+
+    def fake(_st, _n, b):
+        seen.append(b)
+        return eb.Check(b, 1.0, 0.9999, speeds[b], 100.0, 16)
+
+    monkeypatch.setattr(eb, "check", fake)
+    assert eb.choose(st, DEFAULT_EMBED_MODEL, "cpu")[0] == "openvino"
+    assert seen == ["onnx", "openvino"]
+
+
+def test_stage_records_the_backend_and_refuses_another_on_the_same_store(cache, tmp_path):
+    needs("onnx")
+    run = tmp_path / "run"
+    make_corpus(CorpusConfig(run=str(run), source="news", limit=40))
+    embed_corpus(EmbedConfig(run=str(run), backend="onnx", shard_rows=16))
+    rp = RunPaths(run)
+    assert ActivationStore(rp.acts).meta["backend"] == "onnx"
+    record = read_json(rp.acts_record)
+    assert record["config"]["backend"] == "onnx" and record["result"]["backend"] == "onnx"
+    # another backend changes the vectors: refused without --overwrite
+    with pytest.raises(SaescopeError, match="option backend"):
+        embed_corpus(EmbedConfig(run=str(run), backend="torch", shard_rows=16))
+
+
+def test_bad_backend_and_missing_extra_errors(cache, tmp_path, monkeypatch):
+    with pytest.raises(SaescopeError, match="unknown embedding backend 'tensorrt'; choose one of"):
+        eb.require("tensorrt")
+    proc = run_cli("embed", "--run", str(tmp_path), "--backend", "tensorrt", check=False)
+    assert proc.returncode == 2 and "invalid choice: 'tensorrt'" in proc.stderr
+
+    gone = eb.Backend("onnx", "onnxruntime", ("onnxruntime_not_installed",))
+    monkeypatch.setitem(eb.BACKENDS, "onnx", gone)
+    make_corpus(CorpusConfig(run=str(tmp_path), source="news", limit=10))
+    with pytest.raises(SaescopeError) as err:
+        embed_corpus(EmbedConfig(run=str(tmp_path), backend="onnx"))
+    msg = str(err.value)
+    assert "\n" not in msg and "pip install 'saescope[fast-embed]'" in msg
+    assert "onnxruntime_not_installed" in msg
