@@ -4,7 +4,9 @@
 free port in a background thread (uvicorn); `stop()` ends it. Each request
 takes the next step of the script (`play(...)`), or "ok" once it is used up:
 
-  ok             a correct answer ("echo: <last user message>"), after `ok_delay` seconds
+  ok             a correct answer, after `ok_delay` seconds: `answer(body)` when the server
+                 was given an answerer (e.g. `oracle_server.Oracle`), else
+                 "echo: <last user message>"
   429:S          429 with `Retry-After: S` (seconds)
   429-date:S     429 with `Retry-After` as an HTTP date S seconds ahead
   500, 503, 400, 401, 404, 422   that status with a JSON error body
@@ -22,10 +24,12 @@ headers and request bodies it received.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -37,8 +41,11 @@ WRONG_ANSWER = "Well, it is hard to say; the examples are all rather different f
 
 
 class FaultServer:
-    def __init__(self, ok_delay: float = 0.0) -> None:
+    def __init__(
+        self, ok_delay: float = 0.0, answer: Callable[[dict[str, Any]], str] | None = None
+    ) -> None:
         self.ok_delay = ok_delay
+        self.answer = answer
         self.script: deque[str] = deque()
         self.requests = 0
         self.in_flight = 0
@@ -132,6 +139,8 @@ class FaultServer:
         assert name == "ok", f"unknown step {step!r}"
         if self.ok_delay:
             await asyncio.sleep(self.ok_delay)
+        if self.answer is not None:
+            return _completion(body, self.answer(body))
         last_user = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
         return _completion(body, f"echo: {last_user}")
 
@@ -145,9 +154,16 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def _completion(body: dict[str, Any], text: str, finish: str = "stop") -> Response:
-    """A chat completion answering `text`, with logprobs when the request asked for them."""
-    words = text.split(" ")
-    tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    """A chat completion answering `text`, with logprobs when the request asked for them.
+
+    Tokens are words with their leading space; a word of a list ("[1,", "0]") is cut
+    into its digits and its brackets and commas, and a digit's first alternative is the
+    other digit of 0/1 (as a 0/1 judgement's would be)."""
+    tokens: list[str] = []
+    for i, word in enumerate(text.split(" ")):
+        lead = "" if i == 0 else " "
+        parts = re.findall(r"\d|[^\d]+", word) if re.fullmatch(r"[\[\],\d]+", word) else [word]
+        tokens += [lead + parts[0], *parts[1:]] if parts else [lead]
     choice: dict[str, Any] = {
         "index": 0,
         "message": {"role": "assistant", "content": text},
@@ -156,19 +172,18 @@ def _completion(body: dict[str, Any], text: str, finish: str = "stop") -> Respon
     }
     if body.get("logprobs"):
         n = int(body.get("top_logprobs") or 1)
-        alts = [(0.0, ""), (-1.5, " maybe"), (-2.5, " no"), (-3.5, " yes")]
+        alts = [(-1.5, " maybe"), (-2.5, " no"), (-3.5, " yes")]
+
+        def top(t: str) -> list[dict[str, Any]]:
+            others = list(alts)
+            if t.strip() in ("0", "1"):
+                other = t.replace(t.strip(), "1" if t.strip() == "0" else "0")
+                others = [(-2.3, other), *alts]
+            pairs = [(-0.1, t), *[(lp, a) for lp, a in others]][:n]
+            return [{"token": a, "logprob": lp} for lp, a in pairs]
+
         choice["logprobs"] = {
-            "content": [
-                {
-                    "token": t,
-                    "logprob": -0.1,
-                    "top_logprobs": [
-                        {"token": t if j == 0 else a, "logprob": -0.1 if j == 0 else lp}
-                        for j, (lp, a) in enumerate(alts[:n])
-                    ],
-                }
-                for t in tokens
-            ]
+            "content": [{"token": t, "logprob": -0.1, "top_logprobs": top(t)} for t in tokens]
         }
     return JSONResponse(
         {

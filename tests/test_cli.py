@@ -76,15 +76,14 @@ def test_every_stage_defaults_to_the_same_run_directory():
 
 def test_light_option_modules_agree_with_the_stages():
     from saescope.examples import SPLIT_KINDS
-    from saescope.options import keywords
     from saescope.explain import EXPLAINERS
-    from saescope.options import explain
+    from saescope.options import explain, keywords
     from saescope.options.score import EMBEDDING_SCORERS, LLM_SCORERS, SCORERS
     from saescope.scoring import embedding, keyword_relevance
     from saescope.scoring.llm import SCORERS as LLM_SCORER_MODULES
 
     assert EMBEDDING_SCORERS == (embedding.NAME, keyword_relevance.NAME)
-    assert LLM_SCORERS == tuple(LLM_SCORER_MODULES)
+    assert tuple(LLM_SCORER_MODULES) == LLM_SCORERS
     assert SCORERS == EMBEDDING_SCORERS + LLM_SCORERS
     assert explain.EXPLAINERS == EXPLAINERS
     assert keywords.SPLIT_KINDS == SPLIT_KINDS

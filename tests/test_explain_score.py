@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run_cli
-from oracle_server import Oracle, make_app, serving
+from fault_server import FaultServer
+from oracle_server import Oracle
 from test_keywords import pure_features
 from test_keywords_fixture import TOPICS, topic_run
 
@@ -34,14 +35,17 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
-    """(run, labels, oracle, base URL): a copy of the topic run with keywords, and the server."""
+    """(run, labels, server, base URL): a copy of the topic run with keywords, and a loopback
+    server answering as the oracle between scripted faults."""
     src, labels = topic_run(tmp_path_factory)
     run = tmp_path_factory.mktemp("explain") / "topics"
     shutil.copytree(src, run)
     run_cli("keywords", "--run", str(run), "--activations", "sae", "--progress", "false")
-    o = Oracle(TOPICS)
-    with serving(make_app(o)) as url:
-        yield run, labels, o, url
+    server = FaultServer(answer=Oracle(TOPICS)).start()
+    try:
+        yield run, labels, server, server.url
+    finally:
+        server.stop()
 
 
 def llm_args(run, url, *more: str) -> list[str]:
@@ -132,26 +136,26 @@ def test_keyword_names_scored_by_the_same_llm_scorer(explained):
 
 def test_finished_features_are_never_requested_again(explained):
     run, _, o, url = explained
-    before = len(o.prompts)
+    before = o.requests
     out = run_cli("explain", *llm_args(run, url, "--cache", "false"))
-    assert len(o.prompts) == before, out.stdout
+    assert o.requests == before, out.stdout
 
 
 def test_budget_stops_cleanly_and_the_rerun_does_only_the_rest(oracle, tmp_path):
     src, _, o, url = oracle
     run = tmp_path / "run"
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
-    before = len(o.prompts)
+    before = o.requests
     out = run_cli("explain", *llm_args(run, url, "--max-requests", "2", "--concurrency", "1"))
-    assert len(o.prompts) - before == 2
+    assert o.requests - before == 2
     assert "not done" in out.stdout
     res = ResultsFile(RunPaths(run).explanations).load()
     statuses = [r["status"] for r in res.values()]
     assert statuses.count("ok") == 2 and statuses.count("budget") == len(res) - 2
     assert provenance.read_record(RunPaths(run).explanations_record)["status"] == "running"
-    mid = len(o.prompts)
+    mid = o.requests
     run_cli("explain", *llm_args(run, url, "--cache", "false"))
-    assert len(o.prompts) - mid == len(res) - 2
+    assert o.requests - mid == len(res) - 2
     res = ResultsFile(RunPaths(run).explanations).load()
     assert all(r["status"] == "ok" for r in res.values())
 
@@ -160,9 +164,9 @@ def test_dry_run_sends_nothing(oracle, tmp_path):
     src, _, o, url = oracle
     run = tmp_path / "run"
     shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
-    before = len(o.prompts)
+    before = o.requests
     out = run_cli("explain", *llm_args(run, url, "--dry-run", "true"))
-    assert len(o.prompts) == before
+    assert o.requests == before
     assert "requests" in out.stdout and "nothing sent" in out.stdout
     assert not RunPaths(run).explanations.exists()
 
@@ -217,3 +221,34 @@ def test_contrastive_explainer_shows_nearest_inactive_naming_rows(oracle, tmp_pa
         assert (unit(store.rows(neg).numpy()) @ centre).min() >= np.median(
             unit(store.rows(others).numpy()) @ centre
         )
+
+
+def test_server_faults_are_retried_recorded_and_a_rerun_does_only_the_missing(oracle, tmp_path):
+    src, _, server, url = oracle
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
+    before = server.requests
+    # one feature answered after a 429 and a 500; one whose server fails 4 times (3 retries);
+    # one answer cut at the length limit (no retry: the answer is what it is); the rest fine
+    server.play("429:0", "500", "ok", "503", "503", "503", "503", "length")
+    args = llm_args(run, url, "--retries", "3", "--concurrency", "1", "--timeout", "10")
+    out = run_cli("explain", *args)
+    res = ResultsFile(RunPaths(run).explanations).load()
+    by_status: dict[str, list[dict]] = {}
+    for r in res.values():
+        by_status.setdefault(r["status"], []).append(r)
+    assert len(by_status["error"]) == 1 and by_status["error"][0]["reason"].startswith("server")
+    failed = by_status["failed"]
+    assert len(failed) == 1 and failed[0]["raw"] == "The feature fires on words about"
+    assert failed[0]["explanation"] is None and "cut at the length limit" in failed[0]["reason"]
+    assert len(by_status["ok"]) == len(res) - 2
+    assert server.requests - before == len(res) + 2 + 3  # every feature once, plus the retries
+    usage = json.loads(RunPaths(run).explanations_usage.read_text())
+    assert usage["failed"] == 1 and usage["failures"] == {"server": 1}
+    assert "not done" in out.stdout
+    # the faults are over: the re-run asks only for the feature the server failed
+    mid = server.requests
+    run_cli("explain", *args)
+    assert server.requests - mid == 1
+    res = ResultsFile(RunPaths(run).explanations).load()
+    assert [r["status"] for r in res.values()].count("ok") == len(res) - 1

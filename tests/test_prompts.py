@@ -32,11 +32,22 @@ def test_explanations_are_read_through_preambles_markdown_and_quotes(answer):
         ("Let me think.\nThe examples are about many things.", "no 'Explanation:'"),
         ("Explanation:", "nothing after it"),
         ("Explanation: " + "word " * 60, "at most"),
+        (
+            "Well, it is really quite hard to say here, because the examples are all so very "
+            "different from each other.",
+            "20 words",
+        ),
     ],
 )
 def test_unreadable_explanations_fail_with_a_reason(answer, why):
     with pytest.raises(ParseError, match=why):
         parse.explanation(answer)
+
+
+def test_a_cut_answer_needs_its_label():
+    assert parse.explanation("Explanation: dates\nand then", truncated=True) == "dates"
+    with pytest.raises(ParseError, match="cut at the length limit"):
+        parse.explanation("The feature fires on words about", truncated=True)
 
 
 def test_lists_of_judgements():

@@ -120,12 +120,9 @@ async def _explain_one(
         "raw": r.text,
     }
     try:
-        text = parse.explanation(r.text)
+        text = parse.explanation(r.text, truncated=r.finish_reason == "length")
     except parse.ParseError as exc:
-        why = f"{exc}" + (
-            " (the answer was cut at --answer-tokens)" if r.finish_reason == "length" else ""
-        )
-        return base | {"status": "failed", "reason": f"format: {why}"}
+        return base | {"status": "failed", "reason": f"format: {exc}"}
     return base | {"status": "ok", "reason": "", "explanation": text}
 
 

@@ -18,7 +18,8 @@ _LABEL = re.compile(r"^\W*explanation\W*:\s*(.*)$", re.IGNORECASE)
 _MARKUP = re.compile(r"[*_`#>]+")
 _LIST = re.compile(r"\[([^\[\]]*)\]")
 _INT = re.compile(r"-?\d+(?:\.\d+)?")
-MAX_WORDS = 40
+MAX_WORDS = 40  # a labelled explanation
+MAX_BARE_WORDS = 15  # an answer without the label is taken only when it is this short
 
 
 class ParseError(ValueError):
@@ -33,9 +34,12 @@ def _clean(line: str) -> str:
     return line.rstrip(".").strip()
 
 
-def explanation(answer: str) -> str:
+def explanation(answer: str, truncated: bool = False) -> str:
     """The phrase after the last `Explanation:` label, or the whole answer when it is one
-    short line; `ParseError` otherwise."""
+    short line (at most MAX_BARE_WORDS, as the prompt asks); `ParseError` otherwise.
+
+    truncated: the answer was cut at the length limit, so without a label it is a
+    phrase cut short, not an answer."""
     lines = [ln for ln in answer.strip().splitlines() if ln.strip()]
     if not lines:
         raise ParseError("empty answer")
@@ -48,8 +52,16 @@ def explanation(answer: str) -> str:
             if text:
                 return _check_length(text)
             raise ParseError("an 'Explanation:' label with nothing after it")
+    if truncated:
+        raise ParseError("the answer was cut at the length limit before an 'Explanation:' line")
     if len(lines) == 1:
-        return _check_length(_clean(lines[0]))
+        text = _clean(lines[0])
+        if len(text.split()) > MAX_BARE_WORDS:
+            raise ParseError(
+                f"no 'Explanation:' label, and the answer is {len(text.split())} words "
+                f"(more than {MAX_BARE_WORDS})"
+            )
+        return _check_length(text)
     raise ParseError("no 'Explanation:' line in a multi-line answer")
 
 
