@@ -252,3 +252,23 @@ def test_server_faults_are_retried_recorded_and_a_rerun_does_only_the_missing(or
     assert server.requests - mid == 1
     res = ResultsFile(RunPaths(run).explanations).load()
     assert [r["status"] for r in res.values()].count("ok") == len(res) - 1
+
+
+def test_nearest_negatives_come_from_the_scoring_half_and_are_inactive(explained):
+    run, _, server, url = explained
+    run_cli("score", "--scorer", "detection", *llm_args(run, url, "--negatives", "nearest"))
+    rp = RunPaths(run)
+    ex = open_examples(run, "sae", 1, "doc")
+    checked = 0
+    for f, r in ResultsFile(rp.score_results("detection")).load().items():
+        if r["status"] != "ok":
+            continue
+        neg = np.array(r["rows"][r["n_pos"] :])
+        assert len(neg) == r["n_neg"] > 0 and ex.split.in_half(neg, "scoring").all()
+        assert not set(neg.tolist()) & set(ex.acts.column(f)[0].tolist())
+        checked += 1
+    assert checked >= 3
+    before = server.requests
+    args = llm_args(run, url, "--dry-run", "true", "--seed", "7")
+    dry = run_cli("score", "--scorer", "intruder", *args)
+    assert "nothing sent" in dry.stdout and server.requests == before
