@@ -46,6 +46,8 @@ from saescope.scoring.base import derangement, summarize
 from saescope.scoring.llm import SCORERS
 from saescope.scoring.llm.base import Context, Outcome, Samples, samples
 from saescope.scoring.names import Names, read_names, same_activations
+from saescope.scoring.stage import SCHEMA as BASE_SCHEMA
+from saescope.scoring.stage import plot_scores
 
 # options that change no output (the embedding scorers' options do not apply here)
 _IGNORED = (
@@ -60,17 +62,10 @@ _IGNORED = (
     *LLM_RUNTIME_FIELDS,
 )
 
+# the other scorers' table, plus the LLM scorers' metrics and request counts
 SCHEMA = pa.schema(
     [
-        ("feature", pa.int32()),
-        ("score", pa.float64()),
-        ("shuffled_score", pa.float64()),
-        ("n_pos", pa.int64()),
-        ("n_neg", pa.int64()),
-        ("method", pa.string()),
-        ("source", pa.string()),
-        ("status", pa.string()),
-        ("reason", pa.string()),
+        *BASE_SCHEMA,
         ("metrics", pa.string()),
         ("shuffled_metrics", pa.string()),
         ("requests", pa.int64()),
@@ -280,8 +275,6 @@ def _dry_run(cfg, rp, key, feats, other, names, ex, shower, nearest) -> Path:
 def _write(
     cfg: ScoreConfig, rp: RunPaths, key: str, names: Names, results: dict[int, dict[str, Any]]
 ) -> dict[str, Any]:
-    from saescope.scoring.stage import plot_scores
-
     fs = sorted(results)
     rows = [results[f] for f in fs]
 
