@@ -10,7 +10,7 @@ exports are made from the model folder and cached under
 | backend | runs on | vectors |
 | --- | --- | --- |
 | torch | sentence-transformers itself | the reference |
-| onnx | ONNX Runtime, float32, fused graph | cosine 1.0 to torch |
+| onnx | ONNX Runtime, float32 | cosine 1.0 to torch |
 | onnx-int8 | ONNX Runtime, weights int8 per channel (dynamic quantisation) | ~0.99 |
 | openvino | OpenVINO, float32 (pinned: no bfloat16 on AMX) | cosine 1.0 to torch |
 
@@ -51,6 +51,7 @@ AUTO_MIN_COSINE = 0.999  # auto only takes a backend whose worst sample row keep
 AUTO_MIN_SPEEDUP = 1.1  # over torch: a smaller lead is within a busy machine's noise
 SAMPLE_TEXTS = 96  # rows of the fixed sample that auto measures on
 EXTRA = "saescope[fast-embed]"
+EXPORT_FORMAT = 2  # bump when the export changes (2: eager attention)
 RAW_ONNX = "model.onnx"  # the torch export every backend starts from
 BACKEND_FILE = "model.onnx"  # each backend's own graph, in its folder
 CHECK_FILE = "check.json"  # what auto measured about a backend
@@ -202,7 +203,8 @@ def model_key(name: str) -> str:
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             st = f.stat()
             h.update(f"{f.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(torch.__version__.encode())  # the exporter's output depends on it
+    # the exporter's output depends on both
+    h.update(f"{torch.__version__}:{EXPORT_FORMAT}".encode())
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name or name)
     return f"{readable}-{h.hexdigest()[:16]}"
 
@@ -234,35 +236,41 @@ def _export_raw(st: Any, out: Path) -> None:
     names = graph_inputs(st)
     extra = {k: v for k, v in feats.items() if not isinstance(v, torch.Tensor)}
     axes = {k: {0: "batch", 1: "seq"} for k in names}
-    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
-        torch.onnx.export(
-            _Forward(st, names, extra).eval(),
-            tuple(feats[k] for k in names),
-            str(out / RAW_ONNX),
-            input_names=names,
-            output_names=["sentence_embedding"],
-            dynamic_axes={**axes, "sentence_embedding": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
-        )
+    # eager attention exports as plain MatMul/Softmax, which the runtimes fuse;
+    # the SDPA form they did not (ONNX Runtime ran it at ~0.7x the eager graph)
+    hf: Any = getattr(st[0], "auto_model", None)
+    before = getattr(getattr(hf, "config", None), "_attn_implementation", None)
+    switch = before not in (None, "eager") and hasattr(hf, "set_attn_implementation")
+    try:
+        if switch:
+            hf.set_attn_implementation("eager")
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
+            torch.onnx.export(
+                _Forward(st, names, extra).eval(),
+                tuple(feats[k] for k in names),
+                str(out / RAW_ONNX),
+                input_names=names,
+                output_names=["sentence_embedding"],
+                dynamic_axes={**axes, "sentence_embedding": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+    finally:  # the caller's torch model runs as it did
+        if switch:
+            hf.set_attn_implementation(before)
 
 
 def _build(backend: str, raw: Path, out: Path) -> None:
-    """Write `backend`'s graph into `out` from the raw torch export `raw`."""
+    """Write `backend`'s own graph into `out` from the raw torch export `raw` (float32
+    backends run the raw graph: both runtimes fuse it themselves when they load it)."""
     target = out / BACKEND_FILE
-    if backend == "onnx":  # ORT's transformer fusions (SkipLayerNorm, BiasGelu, ...)
-        from onnxruntime.transformers.optimizer import optimize_model
-
-        optimize_model(str(raw), model_type="bert", opt_level=1).save_model_to_file(str(target))
-    elif backend == "onnx-int8":
+    if backend == "onnx-int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         # per channel: per-tensor int8 weights dropped the worst cosine to ~0.9
         quantize_dynamic(raw, target, weight_type=QuantType.QInt8, per_channel=True)
-    elif backend == "openvino":
-        shutil.copy(raw, target)  # OpenVINO reads ONNX and fuses on its own
-    else:
+    elif BACKENDS[backend].int8:
         raise AssertionError(backend)
 
 
@@ -280,7 +288,7 @@ def export(st: Any, name: str, backend: str) -> Path:
             f"cannot export embedding model {name!r} for the {backend} backend: {describe(exc)}; "
             "use --backend torch"
         ) from exc
-    return folder / BACKEND_FILE
+    return folder / BACKEND_FILE if BACKENDS[backend].int8 else raw
 
 
 def _runner(backend: str, path: Path) -> Any:
