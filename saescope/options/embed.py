@@ -26,8 +26,9 @@ class EmbedConfig:
         "how the model runs: torch (sentence-transformers), onnx (ONNX Runtime), onnx-int8 "
         "(ONNX Runtime, int8 weights; cosine ~0.99 to torch), openvino (OpenVINO); onnx and "
         "openvino run on CPU and need pip install 'saescope[fast-embed]'. Unset or auto: the "
-        "fastest installed one whose vectors keep cosine >= 0.999 to torch's on a fixed sample, "
-        "measured once per model and cached (torch on a GPU)",
+        "fastest installed float32 one whose vectors keep cosine >= 0.999 to torch's on a fixed "
+        "sample and that runs >= 1.1x torch there, measured once per model and cached; else "
+        "torch (always on a GPU)",
         choices=EMBED_BACKENDS,
     )
     batch_size: int = option(64, "texts per forward pass")
