@@ -261,3 +261,16 @@ def test_relu_unit_decoder_penalty_needs_unit_rows() -> None:
     with pytest.raises(SaescopeError, match="decoder_norm"):
         TrainConfig(architecture="relu", unit_norm_decoder=False)
     assert math.isfinite(TrainConfig(architecture="relu", relu_l1="decoder_norm").l1_coefficient)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batchtopk_candidate_search_is_exact(seed: int) -> None:
+    from saescope.sae.archs.batchtopk import top_values
+
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.relu(torch.randn(256 * 384, generator=g) - 1.0)
+    flat[: 384 * 8] += 3.0  # hot first rows: the strided sample must not be trusted blindly
+    for n in (1, 100, 256 * 8, 256 * 32):
+        ref = torch.topk(flat, n).values
+        got = top_values(flat, n).sort(descending=True).values
+        assert torch.equal(got, ref)

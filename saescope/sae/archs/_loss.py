@@ -9,8 +9,8 @@ summed over d_in and averaged over rows.
 Pieces: the AuxK loss (Gao et al.: the top k_aux pre-activations among dead latents
 reconstruct the residual; its squared error over the residual's total variance), the
 JumpReLU straight-through estimators, the dense decode with a penalty, and the
-padded active sets that let BatchTopK, JumpReLU, Matryoshka and ReLU decode and
-back-propagate through the active latents only (`saescope.sae.kernels`).
+ragged active sets that let BatchTopK, JumpReLU, Matryoshka and ReLU decode and
+back-propagate through the active latents only (`_ragged`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,19 @@ from typing import Any, NamedTuple
 import torch
 from torch.autograd import Function
 
+from saescope.sae.archs._ragged import (  # noqa: F401  (re-exported for the archs)
+    Ragged,
+    ragged_decode,
+    ragged_of,
+    ragged_pre_acts,
+    subset,
+)
 from saescope.sae.kernels import sparse_decode, sparse_encode
 from saescope.sae.model import SAE
 
 INF = float("inf")
-# auto: the sparse path when the widest row has at most d_sae / SPARSE_RATIO active latents
-SPARSE_RATIO = 4
+# auto: the sparse path when at most 1 / SPARSE_RATIO of the (row, latent) pairs are active
+SPARSE_RATIO = 8
 
 
 class LossContext(NamedTuple):
@@ -126,43 +133,30 @@ def select_pre_acts(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     return x_aug @ w_aug.t()
 
 
-class Padded(NamedTuple):
-    idx: torch.Tensor  # (n_rows, m) latent of each slot; padding slots hold latent 0
-    valid: torch.Tensor  # (n_rows, m) bool, False on padding slots
-
-
-def pad_rows(mask: torch.Tensor) -> Padded:
-    """The True entries of mask (n_rows, d_sae) as per-row index lists padded to the
-    widest row, m = max over rows of the count (at least 1), features ascending."""
-    n_rows = mask.shape[0]
-    r, f = mask.nonzero(as_tuple=True)  # row-major, so each row's entries are contiguous
-    counts = torch.bincount(r, minlength=n_rows)
-    m = max(1, int(counts.max())) if r.numel() else 1
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(r.numel(), device=mask.device) - starts[r]
-    idx = torch.zeros(n_rows, m, dtype=torch.long, device=mask.device)
-    valid = torch.zeros(n_rows, m, dtype=torch.bool, device=mask.device)
-    idx[r, pos] = f
-    valid[r, pos] = True
-    return Padded(idx, valid)
-
-
-def use_sparse(ctx: LossContext, width: int, d_sae: int) -> bool:
-    """Whether a step whose widest row has `width` latents takes the sparse path."""
+def use_sparse(ctx: LossContext, nnz: int, n_dense: int) -> bool:
+    """Whether a step with nnz active (row, latent) pairs out of n_dense takes the sparse
+    path (decode and backward through the active pairs only)."""
     if ctx.sparse_backward == "always":
         return True
     if ctx.sparse_backward == "never":
         return False
-    return width * SPARSE_RATIO <= d_sae
+    return nnz * SPARSE_RATIO <= n_dense
 
 
 def gather_pre_acts(
     sae: SAE, x: torch.Tensor, idx: torch.Tensor, h: torch.Tensor | None
 ) -> torch.Tensor:
-    """(n_rows, m) pre-activations at latents idx with a sparse backward; h: the dense
-    pre-activations computed without grad, reused when they are exact (same dtype)."""
+    """(n_rows, m) pre-activations at latents idx (n_rows, m) with a sparse backward; h: the
+    dense pre-activations computed without grad, reused when they are exact (same dtype)."""
     exact = h if h is not None and h.dtype == x.dtype else None
     return sparse_encode(x, sae.b_dec, sae.W_enc, sae.b_enc, idx, exact)
+
+
+def active_pre_acts(sae: SAE, x: torch.Tensor, rg: Ragged, h: torch.Tensor | None) -> torch.Tensor:
+    """(nnz,) pre-activations at the active pairs rg with a sparse backward; h: the dense
+    pre-activations computed without grad, reused when they are exact (same dtype)."""
+    exact = h if h is not None and h.dtype == x.dtype else None
+    return ragged_pre_acts(x, sae.b_dec, sae.W_enc, sae.b_enc, rg, exact)
 
 
 def squared_error(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -190,13 +184,13 @@ def penalised(
 def penalised_sparse(
     sae: SAE,
     x: torch.Tensor,
-    idx: torch.Tensor,
+    rg: Ragged,
     vals: torch.Tensor,
     penalty: torch.Tensor,
     ctx: LossContext,
 ) -> LossOutput:
-    """`penalised` for codes given as padded (idx, vals) (n_rows, m), zeros on padding."""
-    x_hat = sparse_decode(idx, vals, sae.W_dec) + sae.b_dec
+    """`penalised` for codes given at the active pairs rg, vals (nnz,)."""
+    x_hat = ragged_decode(rg, vals, sae.W_dec) + sae.b_dec
     sq_err = squared_error(x_hat, x)
     loss = (sq_err + ctx.sparsity_coefficient * penalty) / ctx.n_global
     on = vals.detach() > 0
@@ -205,7 +199,7 @@ def penalised_sparse(
         sq_err.detach(),
         (penalty / ctx.n_global).detach(),
         on.sum(),
-        fired_of(idx, vals.detach(), sae.cfg.d_sae),
+        fired_of(rg.feats, vals.detach(), sae.cfg.d_sae),
         torch.tensor(INF),
     )
 

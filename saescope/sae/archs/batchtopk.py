@@ -5,8 +5,8 @@ row has k active latents on average; mse + aux * AuxK. The smallest kept activat
 of each step feeds a running mean (the first 1/rate steps a plain mean, then an EMA
 at `--batchtopk-threshold-rate`) that becomes the inference threshold, one value for
 every latent: z = relu(h) * (h > threshold), so codes do not depend on the batch.
-Sparse path: the kept latents of each row (padded to the widest row) are decoded and
-back-propagated through alone. SAELens: saved as "jumprelu" with the constant
+Sparse path: the kept (row, latent) pairs are decoded and back-propagated through
+alone (`_ragged`). SAELens: saved as "jumprelu" with the constant
 threshold and `metadata.training_architecture: "batchtopk"`, as SAELens saves its own.
 
 `select` and `threshold_step` are shared with Matryoshka BatchTopK.
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from saescope.sae.archs._loss import LossContext, LossOutput
+    from saescope.sae.archs._ragged import Ragged
     from saescope.sae.config import SAEConfig
     from saescope.sae.model import SAE
     from saescope.train.config import TrainConfig
@@ -49,6 +50,25 @@ class Selection(NamedTuple):
     aux_idx: torch.Tensor | None  # (n_rows, k_aux') dead latents for AuxK, or None
 
 
+def top_values(flat: torch.Tensor, n: int, stride: int = 17) -> torch.Tensor:
+    """The n largest values of flat (unordered), as `torch.topk(flat, n).values`.
+
+    A full topk over n_rows * d_sae values costs several times the selection matmul; here
+    a strided sample gives a cut-off below which about a third of the n largest values
+    would fall, and the exact topk runs only on the values above it. If fewer than n pass
+    (an unlucky sample), the full topk runs: the result is exact either way."""
+    n = min(n, flat.numel())
+    if flat.numel() < 64 * stride or n * 8 > flat.numel():
+        return torch.topk(flat, n, sorted=False).values
+    sample = flat[::stride]
+    m = max(1, min(sample.numel(), (n * 2) // (3 * stride)))
+    cut = torch.topk(sample, m, sorted=False).values.min()
+    cand = flat[flat >= cut]
+    if cand.numel() < n:
+        return torch.topk(flat, n, sorted=False).values
+    return torch.topk(cand, n, sorted=False).values
+
+
 def select(sae: SAE, x: torch.Tensor, ctx: LossContext) -> Selection:
     """The k * n_global largest activations of the *global* batch, chosen without grad."""
     L = lazy_loss
@@ -60,7 +80,7 @@ def select(sae: SAE, x: torch.Tensor, ctx: LossContext) -> Selection:
         n_keep = int(ctx.k or 0) * ctx.n_global
         # (an activation tied with the cut-off is kept too, so a batch with duplicate rows
         # can keep a few more than k * n_global)
-        kept_vals = torch.topk(flat, min(n_keep, flat.numel()), sorted=False).values
+        kept_vals = top_values(flat, n_keep)
         offers = ctx.all_cat(kept_vals)
         if offers.numel() > kept_vals.numel():  # several ranks
             kept_vals = torch.topk(offers, min(n_keep, offers.numel()), sorted=False).values
@@ -81,39 +101,56 @@ def threshold_step(running: float, min_kept: float, rate: float, step: int) -> f
 
 
 class Codes(NamedTuple):
-    """The kept codes of a step, dense or padded, with grad to the encoder."""
+    """The kept codes of a step, dense or at the kept pairs, with grad to the encoder."""
 
-    idx: torch.Tensor | None  # (n_rows, m) sparse path; None on the dense path
-    vals: torch.Tensor  # (n_rows, m) sparse (zeros on padding), or (n_rows, d_sae) dense
+    rg: Ragged | None  # the kept pairs on the sparse path; None on the dense path
+    vals: torch.Tensor  # (nnz,) sparse path, or (n_rows, d_sae) dense
     aux_pre: torch.Tensor | None  # (n_rows, k_aux') pre-activations of the AuxK latents
 
 
 def kept_codes(sae: SAE, x: torch.Tensor, sel: Selection, ctx: LossContext) -> Codes:
-    """The kept activations with grad: through the kept latents only when that pays."""
+    """The kept activations with grad: through the kept pairs only when that pays."""
     L = lazy_loss
-    width = int(sel.keep.sum(1).max()) if sel.keep.numel() else 0
-    if not L.use_sparse(ctx, width, sae.cfg.d_sae):
+    aux_pre = None
+    if not L.use_sparse(ctx, int(sel.keep.sum()), sel.keep.numel()):
         h = sae.pre_activations(x)  # (n_rows, d_sae), with grad
-        aux_pre = None if sel.aux_idx is None else h.gather(1, sel.aux_idx)
+        if sel.aux_idx is not None:
+            aux_pre = h.gather(1, sel.aux_idx)
         return Codes(None, torch.relu(h) * sel.keep, aux_pre)
-    idx, valid = L.pad_rows(sel.keep)  # (n_rows, m)
-    all_idx = idx if sel.aux_idx is None else torch.cat([idx, sel.aux_idx], dim=1)
-    pre = L.gather_pre_acts(sae, x, all_idx, sel.h)  # (n_rows, m + k_aux')
-    m = idx.shape[1]
-    aux_pre = None if sel.aux_idx is None else pre[:, m:]
-    return Codes(idx, torch.relu(pre[:, :m]) * valid, aux_pre)
+    rg = L.ragged_of(sel.keep)
+    vals = torch.relu(L.active_pre_acts(sae, x, rg, sel.h))  # (nnz,)
+    if sel.aux_idx is not None:
+        aux_pre = L.gather_pre_acts(sae, x, sel.aux_idx, sel.h)
+    return Codes(rg, vals, aux_pre)
 
 
-def decode(sae: SAE, codes: Codes, upto: int | None = None) -> torch.Tensor:
-    """x_hat (n_rows, d_in) from the latents below `upto` (all of them when None)."""
-    from saescope.sae.kernels import sparse_decode
+def decode(sae: SAE, codes: Codes) -> torch.Tensor:
+    """x_hat (n_rows, d_in) of the kept codes."""
+    if codes.rg is None:
+        return codes.vals @ sae.W_dec + sae.b_dec
+    return lazy_loss.ragged_decode(codes.rg, codes.vals, sae.W_dec) + sae.b_dec
 
-    if codes.idx is None:
-        if upto is None:
-            return codes.vals @ sae.W_dec + sae.b_dec
-        return codes.vals[:, :upto] @ sae.W_dec[:upto] + sae.b_dec
-    vals = codes.vals if upto is None else codes.vals * (codes.idx < upto)
-    return sparse_decode(codes.idx, vals, sae.W_dec) + sae.b_dec
+
+def decode_groups(sae: SAE, codes: Codes, widths: list[int]) -> list[torch.Tensor]:
+    """x_hat (n_rows, d_in) of each prefix of latents [0, w) for w in widths (ascending),
+    at the cost of one decode: each group [w_prev, w) is decoded once and summed up."""
+    L = lazy_loss
+    parts: list[torch.Tensor] = []
+    lo = 0
+    for w in widths:
+        if codes.rg is None:
+            parts.append(codes.vals[:, lo:w] @ sae.W_dec[lo:w])
+        else:
+            inside = (codes.rg.feats >= lo) & (codes.rg.feats < w)
+            rg = L.subset(codes.rg, inside, codes.rg.offsets.numel())
+            parts.append(L.ragged_decode(rg, codes.vals[inside], sae.W_dec))
+        lo = w
+    out: list[torch.Tensor] = []
+    acc: torch.Tensor = sae.b_dec
+    for p in parts:
+        acc = acc + p
+        out.append(acc)
+    return out
 
 
 def output(

@@ -5,8 +5,8 @@ rectangle-kernel pseudo-derivative of bandwidth eps, the chain rule through
 t = exp(log_threshold) is left to autograd (so d/dlog_t = t * d/dt). The log
 threshold is a float32 parameter trained beside the weights and saved as `threshold`.
 Sparse path: the (row, latent) pairs that are active (h > t) or inside the kernel
-window (|h - t| < eps / 2) are the only ones with a gradient; they are gathered,
-padded to the widest row, and decoded and back-propagated through alone.
+window (|h - t| < eps / 2) are the only ones with a gradient; when they are at most
+1/8 of all pairs, they are gathered and decoded and back-propagated through alone.
 SAELens: architecture "jumprelu" with `threshold`.
 """
 
@@ -80,19 +80,17 @@ class JumpReLU(Architecture):
             t_h = t.detach().to(h.dtype)
             # pairs with a gradient: active ones, and those inside the kernel window
             live = (h.detach() > t_h) | ((h.detach() - t_h).abs() < eps / 2)
-            width = int(live.sum(1).max()) if live.numel() else 0
-        if not L.use_sparse(ctx, width, sae.cfg.d_sae):
+        if not L.use_sparse(ctx, int(live.sum()), live.numel()):
             z = L.JumpReLU.apply(h, t.to(h.dtype), eps)
             l0 = L.Step.apply(h, t.to(h.dtype), eps).sum()
             return L.penalised(sae, x, z, l0, ctx)
-        idx, valid = L.pad_rows(live)  # (n_rows, m)
-        h_sel = L.gather_pre_acts(sae, x, idx, h.detach())
+        rg = L.ragged_of(live)
+        h_sel = L.active_pre_acts(sae, x, rg, h.detach())  # (nnz,)
         del h, live
-        t_sel = t.to(h_sel.dtype)[idx]  # (n_rows, m), gradient scattered back to t
-        on = valid.to(h_sel.dtype)
-        z = L.JumpReLU.apply(h_sel, t_sel, eps) * on
-        l0 = (L.Step.apply(h_sel, t_sel, eps) * on).sum()
-        return L.penalised_sparse(sae, x, idx, z, l0, ctx)
+        t_sel = t.to(h_sel.dtype)[rg.feats]  # (nnz,), gradient scattered back to t
+        z = L.JumpReLU.apply(h_sel, t_sel, eps)
+        l0 = L.Step.apply(h_sel, t_sel, eps).sum()
+        return L.penalised_sparse(sae, x, rg, z, l0, ctx)
 
     def inference_threshold(
         self, running: float, extra: torch.nn.Parameter | None, d_sae: int

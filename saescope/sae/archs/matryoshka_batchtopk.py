@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from saescope.sae.config import SAEConfig
     from saescope.sae.model import SAE
     from saescope.train.config import TrainConfig
+else:
+    from saescope.sae.archs.base import lazy_torch as torch
 
 DEFAULT_GROUPS = [1 / 16, 1 / 16, 1 / 8, 1 / 4, 1 / 2]
 WIDTHS_KEY = "matryoshka_widths"
@@ -111,14 +113,10 @@ class MatryoshkaBatchTopK(batchtopk.BatchTopK):
         L = lazy_loss
         sel = batchtopk.select(sae, x, ctx)
         codes = batchtopk.kept_codes(sae, x, sel, ctx)
-        widths = widths_of(sae)
-        total = None
-        for w in widths[:-1]:
-            err = L.squared_error(batchtopk.decode(sae, codes, w), x)
-            total = err if total is None else total + err
-        x_hat = batchtopk.decode(sae, codes)  # the last prefix: the whole dictionary
-        sq_err = L.squared_error(x_hat, x)
-        total = sq_err if total is None else total + sq_err
+        prefixes = batchtopk.decode_groups(sae, codes, widths_of(sae))  # last: all latents
+        errs = [L.squared_error(x_hat, x) for x_hat in prefixes]
+        total = torch.stack(errs).sum()
+        x_hat, sq_err = prefixes[-1], errs[-1]
         return batchtopk.output(sae, x, total / ctx.n_global, sq_err, x_hat, codes, sel, ctx)
 
     def to_saelens(self, cfg: SAEConfig) -> SaelensMapping:

@@ -8,8 +8,8 @@ Two penalties (`--relu-l1`):
   rows are left free and the penalty is sum_j z_j * ||W_dec_j||, so a latent cannot
   dodge the penalty by shrinking its code and growing its decoder row. The saved SAE
   has the norms folded into the encoder (z_j * ||W_dec_j||, unit rows): same x_hat.
-Sparse path: once the widest row has at most d_sae / 4 positive codes (rarely at the
-start of training), decode and backward go through the positive codes only.
+Sparse path: once at most 1/8 of the codes are positive (rarely at the start of
+training), decode and backward go through the positive codes only.
 SAELens: architecture "standard".
 """
 
@@ -83,19 +83,15 @@ class Relu(Architecture):
         weighted = self._weighted(ctx)
         h = sae.pre_activations(x)  # (n_rows, d_sae)
         on = h.detach() > 0
-        width = int(on.sum(1).max()) if on.numel() else 0
-        if not L.use_sparse(ctx, width, sae.cfg.d_sae):
+        if not L.use_sparse(ctx, int(on.sum()), on.numel()):
             z = torch.relu(h)
             l1 = (z * sae.W_dec.norm(dim=1)).sum() if weighted else z.sum()
             return L.penalised(sae, x, z, l1, ctx)
-        idx, valid = L.pad_rows(on)  # (n_rows, m)
-        vals = torch.relu(L.gather_pre_acts(sae, x, idx, h.detach())) * valid
+        rg = L.ragged_of(on)  # the positive pre-activations
+        vals = torch.relu(L.active_pre_acts(sae, x, rg, h.detach()))  # (nnz,)
         del h, on
-        if weighted:
-            l1 = (vals * sae.W_dec.norm(dim=1)[idx]).sum()
-        else:
-            l1 = vals.sum()
-        return L.penalised_sparse(sae, x, idx, vals, l1, ctx)
+        l1 = (vals * sae.W_dec.norm(dim=1)[rg.feats]).sum() if weighted else vals.sum()
+        return L.penalised_sparse(sae, x, rg, vals, l1, ctx)
 
     def prepare_export(self, sae: SAE, cfg: TrainConfig) -> None:
         if cfg.relu_l1 != "decoder_norm":
