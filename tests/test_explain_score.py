@@ -252,6 +252,12 @@ def test_server_faults_are_retried_recorded_and_a_rerun_does_only_the_missing(or
     assert server.requests - mid == 1
     res = ResultsFile(RunPaths(run).explanations).load()
     assert [r["status"] for r in res.values()].count("ok") == len(res) - 1
+    # a feature with no explanation is listed, never scored nor lent as another's control
+    run_cli("score", "--scorer", "detection", *args)
+    df = pd.read_parquet(RunPaths(run).score("detection")).set_index("feature")
+    unnamed = [f for f, r in res.items() if r["status"] != "ok"]
+    assert df.loc[unnamed, "status"].tolist() == ["no_name"]
+    assert (df.drop(index=unnamed)["status"] == "ok").sum() >= 3
 
 
 def test_nearest_negatives_come_from_the_scoring_half_and_are_inactive(explained):

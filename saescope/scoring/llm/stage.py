@@ -134,7 +134,13 @@ def _status(cfg: ScoreConfig, s: Samples, real: Outcome, shuf: Outcome | None) -
 
 
 async def _score_one(
-    cfg: ScoreConfig, f: int, other: int, names: Names, ex: Examples, ctx: Context, nearest
+    cfg: ScoreConfig,
+    f: int,
+    other: int | None,
+    names: Names,
+    ex: Examples,
+    ctx: Context,
+    nearest,
 ) -> dict[str, Any]:
     module = SCORERS[cfg.scorer]
     base: dict[str, Any] = {"feature": f, "name": None, "score": None, "shuffled_score": None}
@@ -146,7 +152,7 @@ async def _score_one(
         why = f"{len(s.pos)} activating and {len(s.neg)} other held-out examples"
         return base | {"status": "too_few_examples", "reason": why}
     real = await module.score(ctx, f, names.text(f), s)
-    shuf = await module.score(ctx, f, names.text(other), s) if other != f else None
+    shuf = await module.score(ctx, f, names.text(other), s) if other not in (f, None) else None
     status, reason = _status(cfg, s, real, shuf)
     ok = status == "ok"
     return base | {
@@ -199,7 +205,8 @@ def run(cfg: ScoreConfig) -> Path:
             f"{cfg.run} holds texts; use detection, intruder or simulation"
         )
     feats = _features(cfg, names)
-    other = dict(zip(feats, [feats[i] for i in derangement(len(feats), cfg.seed)], strict=True))
+    named = [f for f in feats if f in names.phrases]  # only a name can stand in for another
+    other = dict(zip(named, [named[i] for i in derangement(len(named), cfg.seed)], strict=True))
     nearest = _nearest(cfg, ex)
     if cfg.dry_run:
         return _dry_run(cfg, rp, key, feats, other, names, ex, shower, nearest)
@@ -220,7 +227,7 @@ def run(cfg: ScoreConfig) -> Path:
         try:
             return await run_features(
                 feats,
-                lambda f: _score_one(cfg, f, other[f], names, ex, ctx, nearest),
+                lambda f: _score_one(cfg, f, other.get(f), names, ex, ctx, nearest),
                 results_file,
                 cfg.concurrency,
                 f"score: {key}",
@@ -260,7 +267,7 @@ def _dry_run(cfg, rp, key, feats, other, names, ex, shower, nearest) -> Path:
 
     async def go() -> None:
         for f in feats:
-            await _score_one(cfg, f, other[f], names, ex, ctx, nearest)
+            await _score_one(cfg, f, other.get(f), names, ex, ctx, nearest)
 
     jobs.run(go())
     est = client.estimate(rec.requests)
