@@ -1,0 +1,268 @@
+"""Feature recovery: which architecture finds the true directions of synthetic data.
+
+The data come from a known dictionary of n_features unit directions in R^d_in,
+more than 8x the dimension (default 32 -> 320), each row the sum of the directions
+that fire in it times a magnitude in [0.5, 1.5], plus noise of std 0.01:
+- independent features: firing probabilities log-uniform in [0.005, 0.05], firing
+  *correlated* in blocks of 8 (a Gaussian copula: z_i = sqrt(rho) g_block +
+  sqrt(1 - rho) e_i, rho = 0.5, fires when z_i passes its quantile);
+- a planted hierarchy: parents (probability 0.04) each with 3 children; a child can
+  fire only with its parent (probability 0.3 each when the parent fires), so every
+  child always co-fires with its parent, the setting where absorption happens.
+
+Each architecture trains an SAE of d_sae = n_features latents (k = the data's mean
+L0, rounded) with saescope's defaults for the same number of rows; SAELens's
+BatchTopK and Matryoshka BatchTopK train on the same batches (plain tensors through
+its `SAETrainer`, at saescope's learning rate and Matryoshka widths) and are read
+back through their inference files. Printed per SAE, on held-out rows:
+
+  recovered  fraction of true directions whose best decoder row has cosine >= 0.9
+  mean cos   mean over true directions of the best decoder row's cosine
+  absorption for each (parent P, child C) with P recovered, let j_P and j_C be the
+             latents whose decoder rows have the largest cosine with P and C
+             (pairs with j_P == j_C are left out and counted); over held-out rows
+             where C fires (so P fires too): the number of rows where j_C fires and
+             j_P does not, divided by the number of rows where C fires, pooled over
+             pairs. 0 = the parent latent always fires with its children.
+  parent miss the same rows' fraction where j_P does not fire, whatever j_C does
+             (absorption is the part of it that a child latent takes over)
+  L0, NMSE   mean active latents per row, and squared error over the rows' variance
+  dead       fraction of latents that never fire on the held-out rows
+
+    python bench/recovery.py [--d-in 32] [--n-features 320] [--steps 1000]
+                             [--archs relu topk ...] [--no-saelens] [--seed 0] [--threads 1]
+
+The default run takes a few minutes on one thread (the matrices are small: more
+threads only add synchronisation). ReLU and JumpReLU get sparsity coefficients
+that bring their L0 near k on this data (printed: compare at similar L0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+from saescope.sae.archs import ARCHITECTURES
+from saescope.sae.archs.matryoshka_batchtopk import DEFAULT_GROUPS, prefix_widths
+from saescope.train import TrainConfig, train_on_batches
+
+CHILDREN = 3
+BLOCK = 8
+RHO = 0.5
+
+
+@dataclass
+class Truth:
+    dirs: torch.Tensor  # (n_features, d_in) unit rows
+    p_indep: torch.Tensor  # (n_indep,) firing probabilities
+    parents: torch.Tensor  # (n_parents,) feature ids
+    children: torch.Tensor  # (n_parents, CHILDREN) feature ids
+    n_indep: int
+
+
+def make_truth(d_in: int, n_features: int, seed: int) -> Truth:
+    g = torch.Generator().manual_seed(seed)
+    dirs = torch.nn.functional.normalize(torch.randn(n_features, d_in, generator=g), dim=1)
+    n_parents = n_features // 10
+    n_indep = n_features - n_parents * (1 + CHILDREN)
+    p_indep = torch.exp(torch.empty(n_indep).uniform_(math.log(0.005), math.log(0.05), generator=g))
+    parents = torch.arange(n_indep, n_indep + n_parents)
+    children = torch.arange(n_indep + n_parents, n_features).view(n_parents, CHILDREN)
+    return Truth(dirs, p_indep, parents, children, n_indep)
+
+
+def sample(truth: Truth, n_rows: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x (n_rows, d_in), fired (n_rows, n_features) bool)."""
+    n_feat = truth.dirs.shape[0]
+    fired = torch.zeros(n_rows, n_feat, dtype=torch.bool)
+    n_blocks = math.ceil(truth.n_indep / BLOCK)
+    block = torch.randn(n_rows, n_blocks, generator=g).repeat_interleave(BLOCK, dim=1)
+    z = math.sqrt(RHO) * block[:, : truth.n_indep] + math.sqrt(1 - RHO) * torch.randn(
+        n_rows, truth.n_indep, generator=g
+    )
+    cut = torch.distributions.Normal(0.0, 1.0).icdf(1 - truth.p_indep)  # (n_indep,)
+    fired[:, : truth.n_indep] = z > cut
+    parent_on = torch.rand(n_rows, len(truth.parents), generator=g) < 0.04
+    fired[:, truth.parents] = parent_on
+    child_on = torch.rand(n_rows, *truth.children.shape, generator=g) < 0.3
+    fired[:, truth.children.reshape(-1)] = (child_on & parent_on[:, :, None]).reshape(n_rows, -1)
+    mags = torch.empty(n_rows, n_feat).uniform_(0.5, 1.5, generator=g) * fired
+    x = mags @ truth.dirs + 0.01 * torch.randn(n_rows, truth.dirs.shape[1], generator=g)
+    return x, fired
+
+
+def score(
+    truth: Truth,
+    W_dec: torch.Tensor,
+    codes: torch.Tensor,
+    x: torch.Tensor,
+    x_hat: torch.Tensor,
+    fired: torch.Tensor,
+) -> dict[str, float]:
+    dec = torch.nn.functional.normalize(W_dec.detach().float(), dim=1)  # (d_sae, d_in)
+    cos = truth.dirs @ dec.t()  # (n_features, d_sae)
+    best, latent = cos.max(dim=1)
+    on = codes > 0  # (n_rows, d_sae)
+    absorbed = child_rows = missed = 0
+    merged = 0
+    for p, kids in zip(truth.parents.tolist(), truth.children.tolist(), strict=True):
+        if best[p] < 0.9:
+            continue
+        jp = int(latent[p])
+        for c in kids:
+            jc = int(latent[c])
+            if jc == jp:
+                merged += 1
+                continue
+            rows = fired[:, c]
+            child_rows += int(rows.sum())
+            absorbed += int((on[rows, jc] & ~on[rows, jp]).sum())
+            missed += int((~on[rows, jp]).sum())
+    var = (x - x.mean(0)).pow(2).sum()
+    return {
+        "recovered": float((best >= 0.9).float().mean()),
+        "mean_cos": float(best.mean()),
+        "absorption": absorbed / max(child_rows, 1),
+        "parent_miss": missed / max(child_rows, 1),
+        "merged_pairs": merged,
+        "l0": float(on.sum(1).float().mean()),
+        "nmse": float((x_hat - x).pow(2).sum() / var),
+        "dead": float((~on.any(0)).float().mean()),
+    }
+
+
+def batches(truth: Truth, steps: int, batch: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed + 1)
+    return [sample(truth, batch, g)[0] for _ in range(steps)]
+
+
+def run_ours(arch: str, data: list[torch.Tensor], d_sae: int, k: int, lr: float):
+    extra: dict = {}
+    if arch == "relu":
+        extra = {"l1_coefficient": 0.3}
+    if arch == "jumprelu":
+        extra = {"l0_coefficient": 0.02, "jumprelu_init_threshold": 0.1}
+    cfg = TrainConfig(
+        architecture=arch, d_sae=[d_sae], k=[k], batch_size=data[0].shape[0], lr=lr, **extra
+    )
+    sae = train_on_batches(data, cfg).saes[0]
+
+    def apply(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            out = sae(x)
+        return out.codes, out.x_hat
+
+    return sae.W_dec, apply
+
+
+def run_saelens(arch: str, data: list[torch.Tensor], d_sae: int, k: int, lr: float):
+    from sae_lens import SAE as LensSAE
+    from sae_lens.config import LoggingConfig, SAETrainerConfig
+    from sae_lens.registry import get_sae_training_class
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    sae_cls, cfg_cls = get_sae_training_class(arch)
+    extra = (
+        {"matryoshka_widths": prefix_widths(d_sae, DEFAULT_GROUPS)} if "matryoshka" in arch else {}
+    )
+    sae = sae_cls(cfg_cls(d_in=data[0].shape[1], d_sae=d_sae, k=k, **extra))
+    batch = data[0].shape[0]
+    cfg = SAETrainerConfig(
+        total_training_samples=batch * len(data),
+        train_batch_size_samples=batch,
+        lr=lr,
+        lr_end=lr,
+        lr_scheduler_name="constant",
+        device="cpu",
+        save_final_checkpoint=False,
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    SAETrainer(cfg=cfg, sae=sae, data_provider=iter(data)).fit()
+    with tempfile.TemporaryDirectory() as tmp:
+        sae.save_inference_model(tmp)  # jumprelu with the learned threshold
+        inf = LensSAE.load_from_disk(tmp)
+
+    def apply(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            codes = inf.encode(x)
+            return codes, inf.decode(codes)
+
+    return inf.W_dec, apply
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--d-in", type=int, default=32)
+    ap.add_argument("--n-features", type=int, default=320)
+    ap.add_argument("--steps", type=int, default=1000, help="training batches per SAE")
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--eval-rows", type=int, default=20_000)
+    ap.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
+    ap.add_argument("--no-saelens", action="store_true", help="skip SAELens's SAEs")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (these matrices are small)"
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    truth = make_truth(args.d_in, args.n_features, args.seed)
+    x_eval, fired_eval = sample(
+        truth, args.eval_rows, torch.Generator().manual_seed(args.seed + 99)
+    )
+    k = max(1, round(float(fired_eval.sum(1).float().mean())))
+    data = batches(truth, args.steps, args.batch, args.seed)
+    d_sae = args.n_features
+    lr = TrainConfig().learning_rate(d_sae)
+    print(
+        f"data: d_in {args.d_in}, {args.n_features} true directions "
+        f"({args.n_features / args.d_in:.0f}x d_in), {len(truth.parents)} parents x {CHILDREN} "
+        f"children, mean L0 {fired_eval.sum(1).float().mean():.2f} -> k {k}; "
+        f"{args.steps} x {args.batch} training rows, {args.eval_rows} held out; "
+        f"d_sae {d_sae}, lr {lr:.2e} (every SAE)"
+    )
+    runs = [("saescope", a, run_ours) for a in args.archs]
+    if not args.no_saelens:
+        try:
+            import sae_lens  # noqa: F401
+
+            runs += [("SAELens", a, run_saelens) for a in ("batchtopk", "matryoshka_batchtopk")]
+        except ImportError as exc:
+            print(f"SAELens not run: {exc}")
+    header = (
+        f"{'library':9s} {'architecture':21s} {'recovered':>9s} {'mean cos':>8s} "
+        f"{'absorption':>10s} {'parent miss':>11s} {'L0':>6s} {'NMSE':>7s} {'dead':>6s} {'s':>5s}"
+    )
+    print(header)
+    print("-" * len(header))
+    for lib, arch, fn in runs:
+        t0 = time.perf_counter()
+        try:
+            W_dec, apply = fn(arch, data, d_sae, k, lr)
+        except Exception as exc:  # a peer that cannot train here is reported, not fatal
+            print(f"{lib:9s} {arch:21s} not run: {type(exc).__name__}: {exc}")
+            continue
+        secs = time.perf_counter() - t0
+        codes, x_hat = apply(x_eval)
+        m = score(truth, W_dec, codes, x_eval, x_hat, fired_eval)
+        print(
+            f"{lib:9s} {arch:21s} {m['recovered']:9.3f} {m['mean_cos']:8.3f} "
+            f"{m['absorption']:10.3f} {m['parent_miss']:11.3f} {m['l0']:6.2f} "
+            f"{m['nmse']:7.4f} {m['dead']:6.3f} {secs:5.0f}"
+            + (
+                f"  ({m['merged_pairs']} parent/child pairs share a latent)"
+                if m["merged_pairs"]
+                else ""
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
