@@ -60,6 +60,15 @@ class Oracle:
             topic = self.topic_of([t for _, t in EXAMPLE.findall(active)])
             return f'Sure! Looking at the examples.\n\n**Explanation:** "Sentences about {topic}."'
         topic = self.named_topic(prompt)
+        if "Answer Yes or No." in prompt:  # one example a request: detection or fuzzing
+            body = prompt.split("described as: ", 1)[1].split("\n\n", 1)[1]
+            text = body.rsplit("\n\n", 1)[0].split("<<like this>>.\n\n")[-1]
+            if "<<like this>>" in prompt:
+                text = " ".join(re.findall(r"<<(.*?)>>", text))
+                yes = bool(topic) and self.hits(topic, text) > 0
+            else:
+                yes = bool(topic) and self.hits(topic, text) >= 2
+            return "Yes" if yes else "No"
         if "does not?" in prompt:  # intruder
             fewest = min(examples, key=lambda e: (self.hits(topic, e[1]) if topic else 0, e[0]))
             return str(fewest[0])

@@ -278,3 +278,21 @@ def test_nearest_negatives_come_from_the_scoring_half_and_are_inactive(explained
     args = llm_args(run, url, "--dry-run", "true", "--seed", "7")
     dry = run_cli("score", "--scorer", "intruder", *args)
     assert "nothing sent" in dry.stdout and server.requests == before
+
+
+def test_detection_one_example_a_request_asks_yes_or_no(explained):
+    run, labels, server, url = explained
+    before = server.requests
+    args = llm_args(
+        run, url, "--per-prompt", "1", "--llm-pos", "6", "--llm-neg", "6", "--cache", "false"
+    )
+    run_cli("score", "--scorer", "detection", *args, "--overwrite", "true")
+    rp = RunPaths(run)
+    df = pd.read_parquet(rp.score("detection")).set_index("feature")
+    ok = df[df["status"] == "ok"]
+    assert server.requests - before == int(ok["requests"].sum())
+    assert (ok["requests"] == 2 * (ok["n_pos"] + ok["n_neg"])).all()  # one per example, twice
+    for f in pure_features(run, labels):
+        assert ok.loc[f, "score"] > 0.8 and json.loads(ok.loc[f, "metrics"])["auc"] > 0.8
+    assert ok["score"].mean() > ok["shuffled_score"].mean() + 0.2
+    assert "Answer Yes or No" in server.bodies[-1]["messages"][-1]["content"]

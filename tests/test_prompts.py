@@ -90,3 +90,13 @@ def test_templates_are_package_data_with_a_stable_hash():
     assert msgs[0][0] == "system" and "x {y}" in msgs[1][1]
     with pytest.raises(Exception, match="no prompt template"):
         template("nope")
+
+
+def test_yes_no_answers_and_their_probability():
+    assert parse.yes_no("Yes.") == 1 and parse.yes_no("**no**, because") == 0
+    with pytest.raises(ParseError, match="Yes or No"):
+        parse.yes_no("Maybe")
+    lp = math.log
+    assert parse.yes_probability([{"Yes": lp(0.6), " no": lp(0.2), "No": lp(0.2)}]) == 0.6
+    assert parse.yes_probability([{"Maybe": 0.0}]) is None
+    assert parse.yes_probability(None) is None

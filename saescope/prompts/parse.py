@@ -126,3 +126,28 @@ def binary_probabilities(top_logprobs: list[dict[str, float]] | None, n: int) ->
         total = p["0"] + p["1"]
         probs.append(p["1"] / total if total > 0 else float(best.strip() == "1"))
     return probs[:n] if len(probs) >= n else None
+
+
+_YES_NO = re.compile(r"^\W*(yes|no)\b", re.IGNORECASE)
+
+
+def yes_no(answer: str) -> int:
+    """1 for an answer that starts with "yes", 0 for "no" (case and markup ignored)."""
+    m = _YES_NO.match(answer.strip())
+    if not m:
+        raise ParseError("the answer does not start with Yes or No")
+    return int(m.group(1).lower() == "yes")
+
+
+def yes_probability(top_logprobs: list[dict[str, float]] | None) -> float | None:
+    """P(yes) / (P(yes) + P(no)) at the first answer token, from its top log-probabilities;
+    None when there are none or neither word is among them."""
+    if not top_logprobs or not top_logprobs[0]:
+        return None
+    p = {"yes": 0.0, "no": 0.0}
+    for tok, lp in top_logprobs[0].items():
+        key = tok.strip().lower()
+        if key in p:
+            p[key] += math.exp(lp)
+    total = p["yes"] + p["no"]
+    return p["yes"] / total if total > 0 else None

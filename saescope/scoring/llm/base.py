@@ -153,31 +153,40 @@ async def judge_binary(
 ) -> Outcome:
     """Ask template `name` for a 0/1 per text, `per_prompt` texts a request; score the
     answers against `labels`: balanced accuracy (the score), F1, and ROC AUC from P("1")
-    when every answer came with log-probabilities."""
-    t = template(name)
+    when every answer came with log-probabilities.
+
+    With `per_prompt` 1 each request shows one text and asks Yes or No (template
+    `<name>_one`), which small models answer far more reliably than a list; AUC then
+    comes from P(yes) at the first answer token."""
+    one = ctx.per_prompt == 1
+    t = template(f"{name}_one" if one else name)
     out = Outcome()
     got: list[int] = []
     preds: list[int] = []
     probs: list[float] | None = []
     for b in batches(len(texts), ctx.per_prompt):
-        examples = numbered([texts[i] for i in b])
+        examples = texts[b[0]] if one else numbered([texts[i] for i in b])
         req = LLMRequest(
             t.messages(explanation=explanation, examples=examples, n=len(b)),
             temperature=ctx.temperature,
-            max_tokens=ctx.answer_tokens,
+            max_tokens=3 if one else ctx.answer_tokens,
             top_logprobs=ctx.top_logprobs,
         )
         r = await ask(ctx, out, req)
         if r is None:
             continue
         try:
-            answer = parse.binary_list(r.text, len(b))
+            answer = [parse.yes_no(r.text)] if one else parse.binary_list(r.text, len(b))
         except parse.ParseError as exc:
             parse_failed(out, exc, r)
             continue
         got += labels[b].tolist()
         preds += answer
-        p = parse.binary_probabilities(r.top_logprobs, len(b))
+        if one:
+            q = parse.yes_probability(r.top_logprobs)
+            p = None if q is None else [q]
+        else:
+            p = parse.binary_probabilities(r.top_logprobs, len(b))
         probs = None if p is None or probs is None else probs + p
     if got:
         y, yhat = np.array(got), np.array(preds)
