@@ -7,7 +7,9 @@ held-out NMSE and dead fraction, computed here by one function for every library
 
 Every library sees the same data: the store's non-held-out rows, reshuffled each
 epoch with the same seed, cut into `batch_size` batches, cycled until `n_samples`
-rows have been seen. The held-out rows are `split_mask(row_ids, eval_fraction)`.
+rows have been seen. The held-out rows are `ActivationStore.held_out(row_ids,
+eval_fraction)`: a hash of the row id, or for a token store of the row's context, so
+that whole contexts are held out as `saescope eval` holds them out.
 
 Runners (each uses the library's own model, forward and loss code):
   saelens   `SAETrainer.fit` on a `TopKTrainingSAE` (its own Adam, grad clipping,
@@ -57,12 +59,14 @@ class Data(NamedTuple):
 
 
 def load_data(store_dir: str, eval_fraction: float) -> Data:
-    from saescope.store import ActivationStore, split_mask
+    """The store's rows split as `saescope train` and `saescope eval` split them
+    (`ActivationStore.held_out`): by row id for embeddings, by whole context for tokens."""
+    from saescope.store import ActivationStore
 
     store = ActivationStore(store_dir)
     ids = np.arange(store.count)
     x = store.rows(ids).float()  # (n_rows, d_in)
-    held = torch.from_numpy(split_mask(ids, eval_fraction))
+    held = torch.from_numpy(store.held_out(ids, eval_fraction))
     return Data(x[~held].contiguous(), x[held].contiguous())
 
 
@@ -192,6 +196,18 @@ def run_sparsify(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
 
 # ---------------------------------------------------------------- saescope
 
+SELECT_PATH: list[str] = []  # what run_saescope's TopK selection ran in, for the result
+
+
+def select_path(precision: str) -> str:
+    """The dtype the trainer's TopK selection matmul used, and why (`select_dtype`)."""
+    from saescope.train.trainer import select_dtype
+
+    dtype = str(select_dtype(precision, torch.device("cpu"))).removeprefix("torch.")
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    why = f"select_precision={precision}, AMX {'present' if amx else 'absent'}"
+    return f"{dtype} ({why}; CPU capability {torch.backends.cpu.get_cpu_capability()})"
+
 
 def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
     from saescope.train import TrainConfig, train_on_batches
@@ -209,6 +225,7 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
         cfg = dataclasses.replace(cfg, lr=spec.adam_lr, warmup_steps=0, lr_decay="none")
     total_steps = spec.n_samples // spec.batch_size
     sae = train_on_batches(it, cfg, total_steps=total_steps).saes[0]
+    SELECT_PATH.append(select_path(cfg.select_precision))
     sae.eval()
 
     def recon(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,6 +259,7 @@ def run(spec: Spec) -> dict[str, Any]:
         "peak_rss_mb": rss_kb / 1024,
         "nmse": nmse,
         "dead": dead,
+        **({"select_path": SELECT_PATH[0]} if SELECT_PATH else {}),
     }
 
 

@@ -104,7 +104,10 @@ def scatter_rows(
     about 3x faster than a COO sparse matmul, whose coalescing sorts the same entries.
     """
     k = idx.shape[1]
-    flat_sorted, order = torch.sort(idx.reshape(-1))
+    # stable: for int64 keys on CPU torch then takes a radix sort, which on 2 AVX-512 cores
+    # sorted the 131,072 entries of a 4096-row, k-32 batch in 2.3 ms against 184 ms for the
+    # default (unstable) sort; it also fixes the order of each bag's rows
+    flat_sorted, order = torch.sort(idx.reshape(-1), stable=True)
     starts = torch.searchsorted(
         flat_sorted, torch.arange(n_latents, device=idx.device, dtype=flat_sorted.dtype)
     )  # (n_latents,) first entry of each latent's bag; empty bags give zero rows
@@ -188,7 +191,9 @@ class SparseEncode(Function):
         return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None
 
 
-def topk_indices(h: torch.Tensor, k: int, group: int = 16, min_width: int = 8192) -> torch.Tensor:
+def topk_indices(
+    h: torch.Tensor, k: int, group: int = 16, min_width: int | None = None
+) -> torch.Tensor:
     """(n_rows, k) column indices of the k largest entries per row of h (unordered).
 
     bfloat16 is ranked through its int16 bit pattern: the same order for positive
@@ -197,7 +202,13 @@ def topk_indices(h: torch.Tensor, k: int, group: int = 16, min_width: int = 8192
     Wide rows use a two-stage search that is exact: the columns are cut into
     strided groups of `group`; any top-k entry lies in one of the k groups with the
     largest maxima, so the final topk only scans k * group candidates.
+    On 2 AVX-512 cores (float32, 4096 rows, k 32), `torch.topk` took 62 ms at width 3072
+    and the grouped search 104 ms; at 4608, 80 ms against 64; at 12288, 226 against 135:
+    hence `min_width` 4096 for float32 (None: 4096 for float32, 8192 for other dtypes,
+    whose ranking through int16 was measured only at 8192 and above).
     """
+    if min_width is None:
+        min_width = 4096 if h.dtype == torch.float32 else 8192
     ranks = h.view(torch.int16) if h.dtype == torch.bfloat16 else h
     n_rows, width = ranks.shape
     n_groups = width // group

@@ -92,9 +92,12 @@ def project_decoder_grad(W_dec: torch.Tensor) -> None:
     if W_dec.grad is None:
         return
     with torch.no_grad():
-        rows = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
-        parallel = (W_dec.grad * rows).sum(dim=1, keepdim=True)
-        W_dec.grad.sub_(parallel * rows)
+        # grad -= (<grad, w> / |w|^2) w per row, without materialising the unit rows or the
+        # elementwise product: three passes over (d_sae, d_in) instead of six (the six took
+        # 68 ms a step at d_sae 4608, d_in 576 on 2 busy cores)
+        sq_norm = torch.linalg.vector_norm(W_dec, dim=1).square_().clamp_min_(1e-16)
+        coef = torch.linalg.vecdot(W_dec.grad, W_dec).div_(sq_norm)  # (d_sae,)
+        W_dec.grad.addcmul_(coef.unsqueeze(1), W_dec, value=-1.0)
 
 
 def select_dtype(name: str, device: torch.device) -> torch.dtype:
