@@ -1,0 +1,58 @@
+"""Token-store data: rare massive-activation rows under the default training settings.
+
+LM residual streams hold a few rows (SmolLM2 at resid_post.15: the first token of each
+context, 0.013% of the rows) whose norm is 15-160x the median, all along one direction.
+These tests plant such rows in synthetic sparse data and check what the defaults were
+measured for (bench/README.md, "On an LM token store"): the default gradient clip
+(1.0) acts only on batches that hold an outlier row and never on ordinary ones, so
+embedding runs train exactly as without it.
+"""
+
+import pytest
+import torch
+
+from saescope.train import TrainConfig, train_on_batches
+
+D_IN, N_FEATURES, ACTIVE, BATCH = 64, 256, 4, 256
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def make_rows(n_rows: int, seed: int, outlier_every: int = 0) -> torch.Tensor:
+    """(n_rows, D_IN): sparse non-negative mixtures of a fixed dictionary; with
+    `outlier_every`, one row in that many is replaced by a massive row along one fixed
+    direction, of 20-150x the typical norm."""
+    dictionary = torch.nn.functional.normalize(
+        torch.randn(N_FEATURES, D_IN, generator=torch.Generator().manual_seed(0)), dim=1
+    )
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.rand(n_rows, N_FEATURES, generator=g).topk(ACTIVE, dim=1).indices
+    mags = torch.rand(n_rows, ACTIVE, generator=g) + 0.5
+    x = torch.zeros(n_rows, N_FEATURES).scatter_(1, idx, mags) @ dictionary
+    if outlier_every:
+        direction = torch.nn.functional.normalize(torch.randn(D_IN, generator=g), dim=0)
+        typical = x.norm(dim=1).median()
+        where = torch.arange(0, n_rows, outlier_every)
+        scale = typical * (20 + 130 * torch.rand(len(where), 1, generator=g))
+        x[where] = scale * direction + 0.01 * typical * torch.randn(len(where), D_IN, generator=g)
+    return x
+
+
+def train(rows: torch.Tensor, **overrides):
+    cfg = TrainConfig(d_sae=[N_FEATURES], k=[ACTIVE], batch_size=BATCH, **overrides)
+    batches = list(rows.split(BATCH))
+    return train_on_batches(batches, cfg, total_steps=len(batches)).saes[0]
+
+
+def weights(sae) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in sae.state_tensors().values()])
+
+
+def test_default_clip_never_binds_without_outliers():
+    rows = make_rows(BATCH * 60, seed=1)
+    assert torch.equal(weights(train(rows)), weights(train(rows, grad_clip=0.0)))
+
+
+def test_default_clip_binds_on_outlier_batches():
+    rows = make_rows(BATCH * 60, seed=1, outlier_every=BATCH * 3)
+    assert not torch.equal(weights(train(rows)), weights(train(rows, grad_clip=0.0)))
