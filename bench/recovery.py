@@ -23,7 +23,8 @@ back through their inference files. Printed per SAE, on held-out rows:
              (pairs with j_P == j_C are left out and counted); over held-out rows
              where C fires (so P fires too): the number of rows where j_C fires and
              j_P does not, divided by the number of rows where C fires, pooled over
-             pairs. 0 = the parent latent always fires with its children.
+             pairs. 0 = the parent latent always fires with its children; nan when
+             no parent is recovered.
   parent miss the same rows' fraction where j_P does not fire, whatever j_C does
              (absorption is the part of it that a child latent takes over)
   L0, NMSE   mean active latents per row, and squared error over the rows' variance
@@ -128,8 +129,9 @@ def score(
     return {
         "recovered": float((best >= 0.9).float().mean()),
         "mean_cos": float(best.mean()),
-        "absorption": absorbed / max(child_rows, 1),
-        "parent_miss": missed / max(child_rows, 1),
+        # nan when no parent was recovered: there is nothing to absorb from
+        "absorption": absorbed / child_rows if child_rows else math.nan,
+        "parent_miss": missed / child_rows if child_rows else math.nan,
         "merged_pairs": merged,
         "l0": float(on.sum(1).float().mean()),
         "nmse": float((x_hat - x).pow(2).sum() / var),

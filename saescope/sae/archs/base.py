@@ -58,8 +58,8 @@ class CommonOptions:
     sparse_backward: str = option(
         "auto",
         "batchtopk, jumprelu, matryoshka_batchtopk, relu: decode and back-propagate through the "
-        "active latents only (topk always does); auto: whenever a row has at most d_sae / 4 "
-        "active latents, which pays for relu only once its codes are sparse",
+        "active latents only (topk always does); auto: when at most 1/32 of the (row, latent) "
+        "pairs are active",
         choices=SPARSE_PATHS,
     )
 

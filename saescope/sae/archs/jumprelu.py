@@ -6,7 +6,7 @@ t = exp(log_threshold) is left to autograd (so d/dlog_t = t * d/dt). The log
 threshold is a float32 parameter trained beside the weights and saved as `threshold`.
 Sparse path: the (row, latent) pairs that are active (h > t) or inside the kernel
 window (|h - t| < eps / 2) are the only ones with a gradient; when they are at most
-1/8 of all pairs, they are gathered and decoded and back-propagated through alone.
+1/32 of all pairs, they are gathered and decoded and back-propagated through alone.
 SAELens: architecture "jumprelu" with `threshold`.
 """
 

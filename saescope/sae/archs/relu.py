@@ -8,8 +8,8 @@ Two penalties (`--relu-l1`):
   rows are left free and the penalty is sum_j z_j * ||W_dec_j||, so a latent cannot
   dodge the penalty by shrinking its code and growing its decoder row. The saved SAE
   has the norms folded into the encoder (z_j * ||W_dec_j||, unit rows): same x_hat.
-Sparse path: once at most 1/8 of the codes are positive (rarely at the start of
-training), decode and backward go through the positive codes only.
+Sparse path: once at most 1/32 of the codes are positive (rare for ReLU), decode
+and backward go through the positive codes only.
 SAELens: architecture "standard".
 """
 
