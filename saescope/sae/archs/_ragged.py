@@ -67,7 +67,9 @@ def _per_latent(
     rg: Ragged, weights: torch.Tensor, dense: torch.Tensor, n_latents: int
 ) -> torch.Tensor:
     """(n_latents, d): out[f] = sum over entries e with feats[e] == f of weights[e] * dense[rows[e]]."""
-    sorted_feats, order = torch.sort(rg.feats)
+    # stable: for int64 keys on CPU torch then takes a radix sort, far faster than the
+    # default sort (as in `kernels.scatter_rows`), and each bag's rows keep their order
+    sorted_feats, order = torch.sort(rg.feats, stable=True)
     starts = torch.searchsorted(
         sorted_feats, torch.arange(n_latents, device=dense.device, dtype=sorted_feats.dtype)
     )  # empty bags give zero rows
