@@ -6,7 +6,7 @@ t = exp(log_threshold) is left to autograd (so d/dlog_t = t * d/dt). The log
 threshold is a float32 parameter trained beside the weights and saved as `threshold`.
 Sparse path: the (row, latent) pairs that are active (h > t) or inside the kernel
 window (|h - t| < eps / 2) are the only ones with a gradient; when they are at most
-1/32 of all pairs, they are gathered and decoded and back-propagated through alone.
+1/8 of all pairs, they are gathered and decoded and back-propagated through alone.
 SAELens: architecture "jumprelu" with `threshold`.
 """
 
@@ -80,7 +80,9 @@ class JumpReLU(Architecture):
             t_h = t.detach().to(h.dtype)
             # pairs with a gradient: active ones, and those inside the kernel window
             live = (h.detach() > t_h) | ((h.detach() - t_h).abs() < eps / 2)
-        if not L.use_sparse(ctx, int(live.sum()), live.numel()):
+        # its dense straight-through estimators cost more than ReLU's relu: sparse pays
+        # from 1/8 of the pairs (9% active: 1.8x faster measured)
+        if not L.use_sparse(ctx, int(live.sum()), live.numel(), ratio=8):
             z = L.JumpReLU.apply(h, t.to(h.dtype), eps)
             l0 = L.Step.apply(h, t.to(h.dtype), eps).sum()
             return L.penalised(sae, x, z, l0, ctx)
