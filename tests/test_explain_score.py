@@ -99,7 +99,7 @@ def test_detection_real_names_beat_the_shuffled_control(explained):
 
 def test_no_scorer_sees_a_row_or_document_the_explainer_saw(explained):
     run, _, _, url = explained
-    run_cli("score", "--scorer", "detection", *llm_args(run, url))
+    run_cli("score", "--scorer", "detection", *llm_args(run, url, "--overwrite", "true"))
     rp = RunPaths(run)
     shown = ResultsFile(rp.explanations).load()
     scored = ResultsFile(rp.score_results("detection")).load()
@@ -144,7 +144,7 @@ def test_finished_features_are_never_requested_again(explained):
 def test_budget_stops_cleanly_and_the_rerun_does_only_the_rest(oracle, tmp_path):
     src, _, o, url = oracle
     run = tmp_path / "run"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache", "scores"))
     before = o.requests
     out = run_cli("explain", *llm_args(run, url, "--max-requests", "2", "--concurrency", "1"))
     assert o.requests - before == 2
@@ -163,7 +163,7 @@ def test_budget_stops_cleanly_and_the_rerun_does_only_the_rest(oracle, tmp_path)
 def test_dry_run_sends_nothing(oracle, tmp_path):
     src, _, o, url = oracle
     run = tmp_path / "run"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache", "scores"))
     before = o.requests
     out = run_cli("explain", *llm_args(run, url, "--dry-run", "true"))
     assert o.requests == before
@@ -187,7 +187,7 @@ def test_llm_scorer_without_explanations_says_what_to_run(oracle, tmp_path):
 
 def test_inspect_and_report_show_explanations_and_llm_scores(explained, tmp_path):
     run, labels, _, url = explained
-    run_cli("score", "--scorer", "detection", *llm_args(run, url))
+    run_cli("score", "--scorer", "detection", *llm_args(run, url, "--overwrite", "true"))
     run_cli("latents", "--run", str(run))
     f, topic = next(iter(pure_features(run, labels).items()))
     shown = json.loads(run_cli("inspect", str(f), "--run", str(run), "--json").stdout)
@@ -201,7 +201,7 @@ def test_inspect_and_report_show_explanations_and_llm_scores(explained, tmp_path
 def test_contrastive_explainer_shows_nearest_inactive_naming_rows(oracle, tmp_path):
     src, labels, _, url = oracle
     run = tmp_path / "run"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache", "scores"))
     run_cli("explain", *llm_args(run, url, "--method", "contrastive", "--n-negatives", "5"))
     res = ResultsFile(RunPaths(run).explanations).load()
     ex = open_examples(run, "sae", 1, "doc")
@@ -226,7 +226,7 @@ def test_contrastive_explainer_shows_nearest_inactive_naming_rows(oracle, tmp_pa
 def test_server_faults_are_retried_recorded_and_a_rerun_does_only_the_missing(oracle, tmp_path):
     src, _, server, url = oracle
     run = tmp_path / "run"
-    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache"))
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache", "scores"))
     before = server.requests
     # one feature answered after a 429 and a 500; one whose server fails 4 times (3 retries);
     # one answer cut at the length limit (no retry: the answer is what it is); the rest fine
@@ -262,7 +262,8 @@ def test_server_faults_are_retried_recorded_and_a_rerun_does_only_the_missing(or
 
 def test_nearest_negatives_come_from_the_scoring_half_and_are_inactive(explained):
     run, _, server, url = explained
-    run_cli("score", "--scorer", "detection", *llm_args(run, url, "--negatives", "nearest"))
+    more = ("--negatives", "nearest", "--overwrite", "true")
+    run_cli("score", "--scorer", "detection", *llm_args(run, url, *more))
     rp = RunPaths(run)
     ex = open_examples(run, "sae", 1, "doc")
     checked = 0

@@ -284,6 +284,7 @@ def test_family_names_come_from_the_parent_and_the_children(planted: Planted, tm
         json.dumps({"feature": p.topic[0], "explanation": "Texts about trade.", "method": "llm"})
         + "\n"
     )
+    record_hand_made_names(rp.root)  # the explanations describe this run's cache
     families(FamiliesConfig(run=str(p.run), splits=False, progress=False))
     fams = pd.read_parquet(rp.families_table).set_index("parent")
     # the parent's label, then the words most descendants share that it does not hold
