@@ -34,23 +34,11 @@ import sys
 import time
 from pathlib import Path
 
+from _runs import news_base_run
+
 OUT = Path(__file__).resolve().parent / "out" / "families"
 TARGET_S = 60.0
 MODES = ("families", "families+splits")
-
-
-def base_run(n_texts: int) -> Path:
-    from saescope.corpus import CorpusConfig
-    from saescope.corpus import run as make_corpus
-    from saescope.embed import EmbedConfig
-    from saescope.embed import run as embed
-
-    base = OUT / f"base-{n_texts}"
-    if not (base / "acts" / "manifest.json").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        make_corpus(CorpusConfig(run=str(base), source="news", shuffle=True, limit=n_texts))
-        embed(EmbedConfig(run=str(base), batch_size=64))
-    return base
 
 
 def build(rows: int, base: Path, epochs: float) -> Path:
@@ -93,7 +81,7 @@ def child(mode: str, job: dict) -> dict:
 
     if mode == "build":
         t0 = time.perf_counter()
-        run = build(job["rows"], base_run(job["unique_texts"]), job["epochs"])
+        run = build(job["rows"], news_base_run(OUT, job["unique_texts"]), job["epochs"])
         return {"run": str(run), "seconds": time.perf_counter() - t0}
     from saescope.families.stage import run as families
     from saescope.families.tables import read_families

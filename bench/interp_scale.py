@@ -43,25 +43,12 @@ import sys
 import time
 from pathlib import Path
 
+from _runs import news_base_run
+
 OUT = Path(__file__).resolve().parent / "out" / "interp_scale"
 STAGES = ("latents", "keywords", "score")
 ROWS_PER_DOC = 12
 RSS_TARGET_MB = 2048
-
-
-def base_run(n_texts: int) -> Path:
-    """News chunks embedded with MiniLM, once."""
-    from saescope.corpus import CorpusConfig
-    from saescope.corpus import run as make_corpus
-    from saescope.embed import EmbedConfig
-    from saescope.embed import run as embed
-
-    base = OUT / f"base-{n_texts}"
-    if not (base / "acts" / "manifest.json").exists():
-        shutil.rmtree(base, ignore_errors=True)
-        make_corpus(CorpusConfig(run=str(base), source="news", shuffle=True, limit=n_texts))
-        embed(EmbedConfig(run=str(base), batch_size=64))
-    return base
 
 
 def build(rows: int, base: Path, d_sae: int, k: int, chunk: int = 65536) -> Path:
@@ -128,7 +115,7 @@ def child(stage: str, job: dict) -> dict:
     out: dict = {}
     run = Path(job["run"])
     if stage == "build":
-        build(job["rows"], base_run(job["unique_texts"]), job["d_sae"], job["k"])
+        build(job["rows"], news_base_run(OUT, job["unique_texts"]), job["d_sae"], job["k"])
     elif stage == "latents":
         from saescope.latents import LatentsConfig
         from saescope.latents import run as latents
