@@ -349,47 +349,35 @@ def test_report_draws_the_family_trees(found: Planted) -> None:
 
 
 def test_family_tree_opens_and_its_nodes_open_cards_in_chromium(found: Planted, tmp_path) -> None:
-    from playwright.sync_api import sync_playwright
-    from test_report import CHROMIUM, CHROMIUM_ARGS
+    from test_report import chromium_page
 
     from saescope.report import ReportConfig
     from saescope.report import run as report
 
-    if not CHROMIUM.exists():
-        pytest.fail("the report test needs Debian's Chromium at /usr/bin/chromium")
     site = tmp_path / "site"
     shutil.copytree(report(ReportConfig(run=str(found.run))).parent, site)
     problems: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.goto((site / "index.html").as_uri())
-            page.wait_for_selector("details.family")
-            first = page.locator("details.family").first
-            topic = int(first.locator("summary .fid").inner_text().lstrip("#"))
-            t = found.topic.index(topic)
-            assert first.locator("ul.tree").count() == 0  # drawn only when opened
-            first.locator("summary").click()
-            nodes = first.locator("a.flink")
-            assert sorted(int(x.lstrip("#")) for x in nodes.all_inner_texts()) == sorted(
-                found.subtree(t)
-            )
-            leaf = found.leaf[t][2][1]
-            first.get_by_text(f"#{leaf}", exact=True).click()
-            page.wait_for_function(
-                "document.getElementById('count').textContent.startsWith('1 of')"
-            )
-            body = page.locator(f'.card[data-feature="{leaf}"] .card-body')
-            assert body.is_visible()
-            text = body.inner_text()
-            assert f"depth 2 in the family of #{topic}" in text
-            assert f"depth 1 in the family of #{found.sub[t][2]}" in text
-            assert f"split from #{found.narrow_sub[t][2]} of sae-40" in text
-        finally:
-            browser.close()
+    with chromium_page(problems) as page:
+        page.goto((site / "index.html").as_uri())
+        page.wait_for_selector("details.family")
+        first = page.locator("details.family").first
+        topic = int(first.locator("summary .fid").inner_text().lstrip("#"))
+        t = found.topic.index(topic)
+        assert first.locator("ul.tree").count() == 0  # drawn only when opened
+        first.locator("summary").click()
+        nodes = first.locator("a.flink")
+        assert sorted(int(x.lstrip("#")) for x in nodes.all_inner_texts()) == sorted(
+            found.subtree(t)
+        )
+        leaf = found.leaf[t][2][1]
+        first.get_by_text(f"#{leaf}", exact=True).click()
+        page.wait_for_function("document.getElementById('count').textContent.startsWith('1 of')")
+        body = page.locator(f'.card[data-feature="{leaf}"] .card-body')
+        assert body.is_visible()
+        text = body.inner_text()
+        assert f"depth 2 in the family of #{topic}" in text
+        assert f"depth 1 in the family of #{found.sub[t][2]}" in text
+        assert f"split from #{found.narrow_sub[t][2]} of sae-40" in text
     assert problems == []
 
 

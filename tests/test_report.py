@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,28 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 MARK = "zebracornish"  # a keyword no text contains: searching it must find one feature
+
+
+@contextmanager
+def chromium_page(problems: list[str]) -> Iterator:
+    """A page of headless Chromium (1280 x 900) whose console errors and uncaught page
+    errors are appended to `problems`; the browser closes when the block ends."""
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(
+            "the browser tests need Debian's Chromium at /usr/bin/chromium: "
+            "install it with `apt-get update && apt-get install -y chromium`"
+        )
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            yield page
+        finally:
+            browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -146,13 +170,6 @@ def test_rerun_skips_until_an_input_changes(run_dir: Path) -> None:
 
 
 def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail(
-            "the report test needs Debian's Chromium at /usr/bin/chromium: "
-            "install it with `apt-get update && apt-get install -y chromium`"
-        )
-    from playwright.sync_api import sync_playwright
-
     # a copy outside the run, opened from file://, proves the page carries everything it needs
     site = tmp_path / "site"
     shutil.copytree(RunPaths(run_dir).report, site)
@@ -161,44 +178,35 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     best = int(kw["feature"].iloc[-1])  # highest embedding score in the fixture
     problems: list[str] = []
     requests: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto((site / "index.html").as_uri())
-            page.wait_for_selector(".card")
-            n_all = len(page_blob(run_dir)["features"])
-            assert page.inner_text("#count").startswith(f"{n_all} of {n_all} features")
-            assert page.locator("img").evaluate_all("imgs => imgs.every(i => i.naturalWidth > 0)")
+    with chromium_page(problems) as page:
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((site / "index.html").as_uri())
+        page.wait_for_selector(".card")
+        n_all = len(page_blob(run_dir)["features"])
+        assert page.inner_text("#count").startswith(f"{n_all} of {n_all} features")
+        assert page.locator("img").evaluate_all("imgs => imgs.every(i => i.naturalWidth > 0)")
 
-            page.fill("#search", MARK)
-            page.wait_for_function(
-                "document.getElementById('count').textContent.startsWith('1 of')"
-            )
-            cards = page.locator(".card")
-            assert cards.count() == 1
-            card = page.locator(f'.card[data-feature="{marked}"]')
-            assert card.count() == 1
-            assert not card.locator(".card-body").is_visible()
-            card.locator(".card-head").click()
-            body = card.locator(".card-body")
-            assert body.is_visible()
-            assert MARK in body.inner_text()
-            blob = page_blob(run_dir)
-            top_row = next(f for f in blob["features"] if f["id"] == marked)["top"][0][0]
-            first_text = body.locator("table.examples td.text").first.inner_text()
-            assert first_text == blob["texts"][str(top_row)]
-            card.scroll_into_view_if_needed()
-            page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
+        page.fill("#search", MARK)
+        page.wait_for_function("document.getElementById('count').textContent.startsWith('1 of')")
+        cards = page.locator(".card")
+        assert cards.count() == 1
+        card = page.locator(f'.card[data-feature="{marked}"]')
+        assert card.count() == 1
+        assert not card.locator(".card-body").is_visible()
+        card.locator(".card-head").click()
+        body = card.locator(".card-body")
+        assert body.is_visible()
+        assert MARK in body.inner_text()
+        blob = page_blob(run_dir)
+        top_row = next(f for f in blob["features"] if f["id"] == marked)["top"][0][0]
+        first_text = body.locator("table.examples td.text").first.inner_text()
+        assert first_text == blob["texts"][str(top_row)]
+        card.scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "report.png"), full_page=False)
 
-            page.fill("#search", "")
-            page.select_option("#sort", "score:embedding|desc")
-            assert page.locator(".card").first.get_attribute("data-feature") == str(best)
-        finally:
-            browser.close()
+        page.fill("#search", "")
+        page.select_option("#sort", "score:embedding|desc")
+        assert page.locator(".card").first.get_attribute("data-feature") == str(best)
     assert problems == []
     assert all(u.startswith(("file://", "data:")) for u in requests), requests
     assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -26,7 +26,7 @@ import pytest
 import torch
 from conftest import record_hand_made_names, run_cli
 from test_latents import CFG, new_run
-from test_report import CHROMIUM, CHROMIUM_ARGS
+from test_report import chromium_page
 
 from saescope.latents import LatentCache, LatentsConfig
 from saescope.latents import run as latents
@@ -480,98 +480,87 @@ def test_a_host_other_than_loopback_is_warned_about(tmp_path: Path) -> None:
 
 
 def test_the_pages_in_headless_chromium(server: Server, tmp_path: Path) -> None:
-    if not CHROMIUM.exists():
-        pytest.fail("the dashboard test needs Debian's Chromium at /usr/bin/chromium")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     r = server.runs
     corpus = pd.read_parquet(RunPaths(r.news).corpus)["text"]
     problems: list[str] = []
     dialogs: list[str] = []
     outside: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(90_000)
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-            page.on(
-                "request",
-                lambda q: (
-                    None if q.url.startswith((server.url, "data:")) else outside.append(q.url)
-                ),
-            )
+    with chromium_page(problems) as page:
+        page.set_default_timeout(90_000)
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on(
+            "request",
+            lambda q: None if q.url.startswith((server.url, "data:")) else outside.append(q.url),
+        )
 
-            # the browser: search a keyword, one feature is left; open it
-            page.goto(server.url + "runs/news")
-            page.wait_for_selector("#features tr[data-feature]")
-            page.fill("#q", MARK)
-            expect(page.locator("#count")).to_have_text(re.compile(r"^1 of "))
-            page.screenshot(path=str(tmp_path / "browser.png"))
-            page.click(f'#features tr[data-feature="{r.mark}"] a')
-            page.wait_for_selector("#top-examples td.text")
-            v = call(server, f"/api/runs/news/features/{r.mark}")[1]
-            texts = page.locator("#top-examples td.text").all_inner_texts()
-            assert texts == [corpus[e["row"]] for e in v["top"]]
-            assert page.locator("#histogram svg rect.bar").count() == 24
-            assert page.locator("#neighbours a.flink").count() == 10
-            page.screenshot(path=str(tmp_path / "feature.png"))
-            if not DOCS_SHOT.exists() or os.environ.get("SAESCOPE_DOCS_SCREENSHOTS"):
-                DOCS_SHOT.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(tmp_path / "feature.png", DOCS_SHOT)
+        # the browser: search a keyword, one feature is left; open it
+        page.goto(server.url + "runs/news")
+        page.wait_for_selector("#features tr[data-feature]")
+        page.fill("#q", MARK)
+        expect(page.locator("#count")).to_have_text(re.compile(r"^1 of "))
+        page.screenshot(path=str(tmp_path / "browser.png"))
+        page.click(f'#features tr[data-feature="{r.mark}"] a')
+        page.wait_for_selector("#top-examples td.text")
+        v = call(server, f"/api/runs/news/features/{r.mark}")[1]
+        texts = page.locator("#top-examples td.text").all_inner_texts()
+        assert texts == [corpus[e["row"]] for e in v["top"]]
+        assert page.locator("#histogram svg rect.bar").count() == 24
+        assert page.locator("#neighbours a.flink").count() == 10
+        page.screenshot(path=str(tmp_path / "feature.png"))
+        if not DOCS_SHOT.exists() or os.environ.get("SAESCOPE_DOCS_SCREENSHOTS"):
+            DOCS_SHOT.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / "feature.png", DOCS_SHOT)
 
-            # hostile corpus texts and names are shown as text, never run
-            page.goto(server.url + f"runs/news/features/{r.hostile}")
-            page.wait_for_selector("#top-examples td.text")
-            shown = page.locator("#top-examples td.text").all_inner_texts()
-            assert shown[:2] == [HOSTILE_TAG, HOSTILE_QUOTES]
-            assert page.locator(".explanation").inner_text() == HOSTILE_NAME
-            assert page.locator("main script, main img, main b").count() == 0
-            assert page.evaluate("window.__pwned") is None
-            page.screenshot(path=str(tmp_path / "hostile.png"))
+        # hostile corpus texts and names are shown as text, never run
+        page.goto(server.url + f"runs/news/features/{r.hostile}")
+        page.wait_for_selector("#top-examples td.text")
+        shown = page.locator("#top-examples td.text").all_inner_texts()
+        assert shown[:2] == [HOSTILE_TAG, HOSTILE_QUOTES]
+        assert page.locator(".explanation").inner_text() == HOSTILE_NAME
+        assert page.locator("main script, main img, main b").count() == 0
+        assert page.evaluate("window.__pwned") is None
+        page.screenshot(path=str(tmp_path / "hostile.png"))
 
-            # the text inspector
-            page.goto(server.url + "runs/news/inspect")
-            page.fill("#text", corpus[7])
-            page.click("#inspect")
-            page.wait_for_selector("#result tr[data-feature]")
-            assert page.locator("#result tr[data-feature]").count() == 8  # the SAE's k
-            page.screenshot(path=str(tmp_path / "inspect.png"))
+        # the text inspector
+        page.goto(server.url + "runs/news/inspect")
+        page.fill("#text", corpus[7])
+        page.click("#inspect")
+        page.wait_for_selector("#result tr[data-feature]")
+        assert page.locator("#result tr[data-feature]").count() == 8  # the SAE's k
+        page.screenshot(path=str(tmp_path / "inspect.png"))
 
-            # search steering: boost the MARK feature by its name
-            page.goto(server.url + "runs/news/search")
-            page.fill("#query", "The central bank raised interest rates.")
-            page.fill(".edit .feature-input", MARK)
-            page.fill(".edit input.strength", "4")
-            page.click("#search-go")
-            page.wait_for_selector("#result .cols")
-            assert page.locator("#result h3").all_inner_texts() == ["Before", "After"]
-            assert page.locator("#result tr[data-row]").count() == 20
-            page.screenshot(path=str(tmp_path / "search.png"))
+        # search steering: boost the MARK feature by its name
+        page.goto(server.url + "runs/news/search")
+        page.fill("#query", "The central bank raised interest rates.")
+        page.fill(".edit .feature-input", MARK)
+        page.fill(".edit input.strength", "4")
+        page.click("#search-go")
+        page.wait_for_selector("#result .cols")
+        assert page.locator("#result h3").all_inner_texts() == ["Before", "After"]
+        assert page.locator("#result tr[data-row]").count() == 20
+        page.screenshot(path=str(tmp_path / "search.png"))
 
-            # an LM run: tokens coloured by activation, generation side by side
-            f = int(call(server, "/api/runs/tinylm/features?limit=1")[1]["items"][0]["id"])
-            page.goto(server.url + f"runs/tinylm/features/{f}")
-            page.wait_for_selector("#top-examples .tok.at")
-            assert page.locator("#top-examples .tok").count() > 20
-            page.screenshot(path=str(tmp_path / "lm-feature.png"))
-            page.goto(server.url + f"runs/tinylm/generate?feature={f}")
-            page.fill("#max-new-tokens", "8")
-            page.click("#generate-go")
-            page.wait_for_selector("#result .gen")
-            assert page.locator("#result .gen").count() == 2
-            page.screenshot(path=str(tmp_path / "generate.png"))
+        # an LM run: tokens coloured by activation, generation side by side
+        f = int(call(server, "/api/runs/tinylm/features?limit=1")[1]["items"][0]["id"])
+        page.goto(server.url + f"runs/tinylm/features/{f}")
+        page.wait_for_selector("#top-examples .tok.at")
+        assert page.locator("#top-examples .tok").count() > 20
+        page.screenshot(path=str(tmp_path / "lm-feature.png"))
+        page.goto(server.url + f"runs/tinylm/generate?feature={f}")
+        page.fill("#max-new-tokens", "8")
+        page.click("#generate-go")
+        page.wait_for_selector("#result .gen")
+        assert page.locator("#result .gen").count() == 2
+        page.screenshot(path=str(tmp_path / "generate.png"))
 
-            # compare, and a page the run cannot have says why
-            page.goto(server.url + "compare?a=news:sae-64-k4&b=news:sae")
-            page.wait_for_selector("#result table.list tr td")
-            page.screenshot(path=str(tmp_path / "compare.png"))
-            page.goto(server.url + "runs/tinylm/search")
-            assert "sentence-embedding runs" in page.locator(".note").inner_text()
-        finally:
-            browser.close()
+        # compare, and a page the run cannot have says why
+        page.goto(server.url + "compare?a=news:sae-64-k4&b=news:sae")
+        page.wait_for_selector("#result table.list tr td")
+        page.screenshot(path=str(tmp_path / "compare.png"))
+        page.goto(server.url + "runs/tinylm/search")
+        assert "sentence-embedding runs" in page.locator(".note").inner_text()
     assert problems == [] and dialogs == [] and outside == []
     for name in ("browser", "feature", "hostile", "inspect", "search", "lm-feature", "generate"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000, name
