@@ -59,3 +59,40 @@ def test_a_foreign_state_dict_is_refused() -> None:
     opt = Adam([torch.zeros(2)], (0.9, 0.999))
     with pytest.raises(SaescopeError, match="optimizer state"):
         opt.load_state_dict({"state": {}, "param_groups": []})  # torch.optim's layout
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "mixed"])
+def test_fused_kernel_and_the_loop_give_the_same_updates(monkeypatch, layout) -> None:
+    """CPU float32 takes torch's fused Adam kernel where parameter, gradient and moments
+    share a layout (also all transposed, as W_enc is stored); a mixed one (which the
+    kernel gets wrong) and other dtypes take the loop. The same update either way,
+    including a parameter left without a gradient."""
+    from saescope.train import optim
+
+    shapes = [(9, 4), (4,), (2, 3)]
+    gen = torch.Generator().manual_seed(3)
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    if layout != "contiguous":
+        start[0] = start[0].t().contiguous().t()  # (9, 4) stored transposed
+    assert optim._fusable(start, [torch.zeros_like(p) for p in start])
+    assert not optim._fusable([p.half() for p in start], [p.half() for p in start])
+
+    def grad(g: torch.Tensor, i: int) -> torch.Tensor:
+        if layout == "transposed" and i == 0:
+            return g.t().contiguous().t()
+        return g.contiguous()
+
+    runs = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(optim, "_fusable", lambda ps, gs: False)
+        params = [p.clone() for p in start]
+        opt = Adam(params, (0.9, 0.999))
+        for step in range(6):
+            for i, (p, g) in enumerate(zip(params, _grads(step, shapes), strict=True)):
+                p.grad = None if (i == 2 and step % 2) else grad(g, i)
+            opt.step(1e-2)
+        runs.append(params)
+    for p, q, p0 in zip(*runs, start, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+        assert not torch.equal(p, p0)

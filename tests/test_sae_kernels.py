@@ -14,6 +14,7 @@ from saescope.sae.kernels import (
     scatter_rows,
     sparse_decode,
     sparse_encode,
+    sparse_encode_with_pairs,
     topk_indices,
 )
 
@@ -59,6 +60,27 @@ def test_sparse_encode_gradcheck(latent_major):
     assert torch.autograd.gradcheck(f, (x, b_dec, W_enc, b_enc))
 
 
+@pytest.mark.parametrize("latent_major", [False, True])
+def test_sparse_encode_with_extra_pairs_gradcheck(latent_major):
+    """The extra (row, latent) pairs (AuxK's, in any order, some on a row's own latents)
+    share one backward with the rectangular index; gradients of every input checked."""
+    x, W_enc, b_enc, _, b_dec, idx, _ = _problem(4, n_rows=6, d_sae=9, k=3)
+    if latent_major:
+        W_enc = W_enc.t().contiguous().t()
+    rows = torch.tensor([5, 0, 2, 2, 0, 3])
+    feats = torch.tensor([1, 8, 4, 0, 8, 2])
+    for t in (x, W_enc, b_enc, b_dec):
+        t.requires_grad_()
+
+    def f(x, b_dec, W_enc, b_enc):
+        with torch.no_grad():
+            at = ((x - b_dec) @ W_enc + b_enc)[rows, feats]  # exact, as the caller gives them
+        main, extra = sparse_encode_with_pairs(x, b_dec, W_enc, b_enc, idx, None, rows, feats, at)
+        return main, extra
+
+    assert torch.autograd.gradcheck(f, (x, b_dec, W_enc, b_enc))
+
+
 def test_sparse_encode_with_pre_acts_matches_dense_autograd():
     x, W_enc, b_enc, W_dec, b_dec, _, _ = _problem(3, n_rows=6, d_sae=9, k=3)
     params = [t.clone().requires_grad_() for t in (b_dec, W_enc, b_enc, W_dec)]
@@ -74,7 +96,7 @@ def test_sparse_encode_with_pre_acts_matches_dense_autograd():
         with torch.no_grad():
             h = (x - b_dec) @ W_enc + b_enc
             _, i = torch.topk(h, 3, dim=1)
-        v = sparse_encode(x, b_dec, W_enc, b_enc, i, h)
+        v = sparse_encode(x, b_dec, W_enc, b_enc, i, h.gather(1, i))
         return ((sparse_decode(i, torch.relu(v), W_dec) + b_dec) * upstream).sum()
 
     g_dense = torch.autograd.grad(dense_loss(*params), params)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from saescope.sae import SAE, SAEConfig
+from saescope.sae.archs import _loss as L
 from saescope.train import TrainConfig, losses, train_on_batches
 from saescope.train.trainer import Trainer, project_decoder_grad
 
@@ -184,3 +185,103 @@ def test_aux_indices_are_the_top_dead_pre_activations(dtype, n_dead):
     got = h.float().gather(1, idx).sort(dim=1, descending=True).values
     assert torch.equal(got, ref)
     assert losses._aux_indices(h, ctx._replace(dead=torch.zeros_like(dead))) is None
+
+
+@pytest.mark.parametrize("select", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("n_dead", [6, 40])
+def test_auxk_through_positive_pairs_only_equals_the_dense_auxk(select, n_dead):
+    """AuxK encodes and decodes only the dead pairs with a positive pre-activation; value
+    and every gradient are those of relu over all of them through dense autograd, whether
+    the selection pre-activations are exact (float64 here) or rounded (bfloat16)."""
+    g = torch.Generator().manual_seed(n_dead)
+    sae = SAE(SAEConfig("topk", 16, 64, k=4)).double()
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+    x = torch.randn(128, 16, generator=g, dtype=torch.float64)
+    x_hat = torch.randn(128, 16, generator=g, dtype=torch.float64)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[torch.randperm(64, generator=g)[:n_dead]] = True
+    ctx = L.LossContext(128, dead, 4, 24, 1.0, 0.0, 1e-3, lambda t: t)  # k_aux 24
+    params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    with torch.no_grad():
+        h = sae.pre_activations(x)
+    aux_idx = L.aux_indices(h.to(select), ctx)
+    assert aux_idx is not None
+    codes = L.aux_codes(sae, x, L.aux_pairs(sae, x, aux_idx, h.to(select).gather(1, aux_idx)))
+    assert codes is not None
+    n_pairs = aux_idx.numel()
+    assert 0 < codes.rg.rows.numel() < n_pairs  # some pairs are dropped, some kept
+    loss, _ = L.add_aux(torch.zeros((), dtype=torch.float64), sae, x, x_hat, codes, ctx)
+    ours = torch.autograd.grad(loss, params)
+
+    z = torch.relu(sae.pre_activations(x).gather(1, aux_idx))  # (128, m), dense autograd
+    e_hat = (z.unsqueeze(2) * sae.W_dec[aux_idx]).sum(1)
+    ref_loss = L.aux_loss(e_hat, x - x_hat, ctx)
+    ref = torch.autograd.grad(ref_loss, params)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=1e-12)
+    for name, a, b in zip(("W_enc", "b_enc", "W_dec", "b_dec"), ours, ref, strict=True):
+        assert b.abs().sum() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("select", [torch.float32, torch.bfloat16])
+def test_topk_selection_in_row_chunks_equals_the_whole_batch(monkeypatch, select):
+    """On CPU the TopK selection matmul runs a chunk of rows at a time; loss, AuxK and every
+    gradient are those of one matmul over the whole batch."""
+    g = torch.Generator().manual_seed(11)
+    sae = SAE(SAEConfig("topk", 24, 96, k=5))
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    x = torch.randn(200, 24, generator=g)
+    dead = torch.zeros(96, dtype=torch.bool)
+    dead[::4] = True
+    ctx = L.LossContext(200, dead, 5, 12, 1 / 32, 0.0, 1e-3, lambda t: t, select_dtype=select)
+    params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    results = []
+    for chunk_bytes in (1 << 30, 32 * 96 * 4):  # whole; 32 rows a chunk (7 chunks)
+        monkeypatch.setattr(L, "CHUNK_BYTES", chunk_bytes)
+        expected = 200 if chunk_bytes > 1 << 20 else 32
+        assert L.chunk_rows(200, 96, torch.float32, x.device) >= expected
+        out = sae.arch.loss(sae, x, ctx, None)
+        results.append((out, torch.autograd.grad(out.loss, params)))
+    (whole, g_whole), (chunked, g_chunked) = results
+    assert whole.aux > 0
+    for field in ("loss", "sq_err", "aux", "active"):
+        torch.testing.assert_close(getattr(chunked, field), getattr(whole, field))
+    assert torch.equal(chunked.fired, whole.fired)
+    for a, b in zip(g_chunked, g_whole, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_topk_loss_with_auxk_has_the_gradients_of_dense_autograd():
+    """TopK's sparse step (latents and AuxK pairs through one encoder backward, positive
+    AuxK pairs only) against the same loss written densely."""
+    g = torch.Generator().manual_seed(21)
+    sae = SAE(SAEConfig("topk", 12, 48, k=4)).double()
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+    x = torch.randn(64, 12, generator=g, dtype=torch.float64)
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[::3] = True
+    ctx = L.LossContext(64, dead, 4, 10, 0.5, 0.0, 1e-3, lambda t: t, select_dtype=torch.float64)
+    params = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    out = sae.arch.loss(sae, x, ctx, None)
+    ours = torch.autograd.grad(out.loss, params)
+
+    h = sae.pre_activations(x)  # (64, 48), dense autograd
+    top = torch.topk(h.detach(), 4, dim=1).indices
+    z = torch.zeros_like(h).scatter(1, top, torch.relu(h.gather(1, top)))
+    x_hat = z @ sae.W_dec + sae.b_dec
+    dead_pre = h.detach().masked_fill(~dead, -math.inf)
+    aux_idx = torch.topk(dead_pre, 10, dim=1).indices
+    e = torch.zeros_like(h).scatter(1, aux_idx, torch.relu(h.gather(1, aux_idx)))
+    aux = L.aux_loss(e @ sae.W_dec, (x - x_hat).detach(), ctx)
+    ref_loss = (x_hat - x).pow(2).sum() / 64 + 0.5 * aux
+    ref = torch.autograd.grad(ref_loss, params)
+    assert aux > 0
+    torch.testing.assert_close(out.loss, ref_loss, rtol=1e-10, atol=1e-12)
+    for name, a, b in zip(("W_enc", "b_enc", "W_dec", "b_dec"), ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)

@@ -9,10 +9,10 @@ decode pays the same again. The two autograd Functions here keep everything in
 - `sparse_decode(top_idx, top_vals, W_dec)` -> (n_rows, d_in) = sum_j top_vals[:, j] * W_dec[top_idx[:, j]].
   Backward: d top_vals = gathered dot products with the active decoder rows,
   d W_dec = index-add over the active rows only.
-- `sparse_encode(x, b_dec, W_enc, b_enc, idx, pre_acts)` -> (n_rows, m) pre-activations at
-  the chosen latents `idx` (gathered from the dense `pre_acts` the caller already computed
-  without grad). Backward: d W_enc only in the chosen columns, d b_enc and d b_dec
-  from column sums.
+- `sparse_encode(x, b_dec, W_enc, b_enc, idx, values)` -> (n_rows, m) pre-activations at
+  the chosen latents `idx` (the `values` the caller already gathered from pre-activations
+  it computed without grad, when they are exact). Backward: d W_enc only in the chosen
+  columns, d b_enc and d b_dec from column sums.
 
 Both cost O(n_rows * k * d_in) in backward instead of O(n_rows * d_sae * d_in).
 `topk_indices(h, k)` picks the latents (exactly) faster than `torch.topk` for
@@ -98,25 +98,47 @@ def scatter_rows(
     """(n_latents, d): out[f] = sum over (r, j) with idx[r, j] == f of vals[r, j] * dense[r].
 
     This is S^T @ dense for the sparse (n_rows, n_latents) matrix S with S[r, idx[r, j]] =
-    vals[r, j], computed as one `embedding_bag` over `dense`: the n_rows * k entries are
-    sorted by latent, and latent f's bag holds the rows that chose it, weighted by their
-    values. Each output row is written once (no zero-filled accumulator); on CPU this is
-    about 3x faster than a COO sparse matmul, whose coalescing sorts the same entries.
+    vals[r, j]: `scatter_pairs` for the entries of a rectangular index.
     """
     k = idx.shape[1]
+    flat_sorted, order = torch.sort(idx.reshape(-1), stable=True)
+    return _bags(flat_sorted, order // k, vals.reshape(-1)[order], dense, n_latents)
+
+
+def scatter_pairs(
+    rows: torch.Tensor,
+    feats: torch.Tensor,
+    weights: torch.Tensor,
+    dense: torch.Tensor,
+    n_latents: int,
+) -> torch.Tensor:
+    """(n_latents, d): out[f] = sum over entries e with feats[e] == f of weights[e] * dense[rows[e]].
+
+    Computed as one `embedding_bag` over `dense`: the entries (in any order) are sorted by
+    latent, and latent f's bag holds the rows that chose it, weighted by their values.
+    Each output row is written once (no zero-filled accumulator); on CPU this is about 3x
+    faster than a COO sparse matmul, whose coalescing sorts the same entries.
+    """
     # stable: for int64 keys on CPU torch then takes a radix sort, which on 2 AVX-512 cores
     # sorted the 131,072 entries of a 4096-row, k-32 batch in 2.3 ms against 184 ms for the
     # default (unstable) sort; it also fixes the order of each bag's rows
-    flat_sorted, order = torch.sort(idx.reshape(-1), stable=True)
+    sorted_feats, order = torch.sort(feats, stable=True)
+    return _bags(sorted_feats, rows[order], weights[order], dense, n_latents)
+
+
+def _bags(
+    sorted_feats: torch.Tensor,
+    rows: torch.Tensor,
+    weights: torch.Tensor,
+    dense: torch.Tensor,
+    n_latents: int,
+) -> torch.Tensor:
+    """The per-latent weighted sums of dense rows, entries already sorted by latent."""
     starts = torch.searchsorted(
-        flat_sorted, torch.arange(n_latents, device=idx.device, dtype=flat_sorted.dtype)
+        sorted_feats, torch.arange(n_latents, device=dense.device, dtype=sorted_feats.dtype)
     )  # (n_latents,) first entry of each latent's bag; empty bags give zero rows
     return F.embedding_bag(
-        order // k,  # the row of each sorted entry
-        dense,
-        starts,
-        mode="sum",
-        per_sample_weights=vals.reshape(-1)[order].to(dense.dtype),
+        rows, dense, starts, mode="sum", per_sample_weights=weights.to(dense.dtype)
     )
 
 
@@ -147,7 +169,9 @@ class SparseDecode(Function):
 
 
 class SparseEncode(Function):
-    """Pre-activations (n_rows, m) at latents `idx`, with sparse backward."""
+    """Pre-activations (n_rows, m) at latents `idx`, and optionally at extra (row, latent)
+    pairs given flat (AuxK's), with one sparse backward for both: a single gradient of
+    W_enc, not two full (d_in, d_sae) ones summed."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -157,38 +181,54 @@ class SparseEncode(Function):
         W_enc: torch.Tensor,
         b_enc: torch.Tensor,
         idx: torch.Tensor,
-        pre_acts: torch.Tensor | None,
+        values: torch.Tensor | None,
+        extra_rows: torch.Tensor,
+        extra_feats: torch.Tensor,
+        extra_values: torch.Tensor,
     ):
-        ctx.save_for_backward(x, b_dec, W_enc, idx)
-        if pre_acts is not None:
-            return pre_acts.gather(1, idx)
-        x_c = x - b_dec
-        return gather_dots(x_c, W_enc.t(), idx) + b_enc[idx]
+        ctx.save_for_backward(x, b_dec, W_enc, idx, extra_rows, extra_feats)
+        if values is not None:
+            main = values.clone()
+        else:
+            main = gather_dots(x - b_dec, W_enc.t(), idx) + b_enc[idx]
+        return main, extra_values.clone()
 
     @staticmethod
-    def backward(ctx, grad_sel: torch.Tensor):  # type: ignore[override]
-        x, b_dec, W_enc, idx = ctx.saved_tensors
+    def backward(ctx, grad_sel: torch.Tensor, grad_extra: torch.Tensor):  # type: ignore[override]
+        x, b_dec, W_enc, idx, extra_rows, extra_feats = ctx.saved_tensors
         d_sae = W_enc.shape[1]
+        n_rows, m = idx.shape
         grad_x = grad_b_dec = grad_W = grad_b_enc = None
+        feats, grads = idx.reshape(-1), grad_sel.reshape(-1)
+        if extra_rows.numel():
+            feats = torch.cat([feats, extra_feats])
+            grads = torch.cat([grads, grad_extra.to(grads.dtype)])
         col_sum = torch.zeros(d_sae, dtype=grad_sel.dtype, device=grad_sel.device)
-        col_sum.index_add_(0, idx.reshape(-1), grad_sel.reshape(-1))  # (d_sae,)
+        col_sum.index_add_(0, feats, grads)  # (d_sae,)
         if ctx.needs_input_grad[2]:
             x_c = x - b_dec  # (n_rows, d_in)
-            grad_W = scatter_rows(idx, grad_sel, x_c, d_sae).t()  # (d_in, d_sae)
+            if extra_rows.numel():
+                main_rows = torch.arange(n_rows, device=idx.device).repeat_interleave(m)
+                rows = torch.cat([main_rows, extra_rows])
+                grad_W = scatter_pairs(rows, feats, grads, x_c, d_sae).t()  # (d_in, d_sae)
+            else:
+                grad_W = scatter_rows(idx, grad_sel, x_c, d_sae).t()
         if ctx.needs_input_grad[3]:
             grad_b_enc = col_sum
         if ctx.needs_input_grad[1]:
             grad_b_dec = -(W_enc @ col_sum)  # (d_in,)
         if ctx.needs_input_grad[0]:
-            n_rows, m = idx.shape
+            table = W_enc.t().contiguous()  # (d_sae, d_in)
             grad_x = F.embedding_bag(
                 idx.reshape(-1),
-                W_enc.t().contiguous(),
+                table,
                 _offsets(n_rows, m, idx.device),
                 mode="sum",
                 per_sample_weights=grad_sel.reshape(-1),
             )
-        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None
+            if extra_rows.numel():
+                grad_x.index_add_(0, extra_rows, table[extra_feats] * grad_extra.unsqueeze(1))
+        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None, None, None
 
 
 def topk_indices(
@@ -234,11 +274,33 @@ def sparse_encode(
     W_enc: torch.Tensor,
     b_enc: torch.Tensor,
     idx: torch.Tensor,
-    pre_acts: torch.Tensor | None = None,
+    values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(n_rows, m) = ((x - b_dec) @ W_enc + b_enc) at columns idx (n_rows, m).
 
-    Pass the dense `pre_acts` (computed under no_grad, e.g. to choose idx) to
-    reuse it in the forward; the backward is sparse either way.
+    Pass `values` (n_rows, m), those pre-activations already computed exactly without grad
+    (e.g. gathered from the matmul that chose idx), to reuse them as the forward; the
+    backward is sparse either way.
     """
-    return SparseEncode.apply(x, b_dec, W_enc, b_enc, idx, pre_acts)
+    none = torch.empty(0, dtype=torch.int64, device=x.device)
+    main, _ = SparseEncode.apply(
+        x, b_dec, W_enc, b_enc, idx, values, none, none, torch.empty(0, device=x.device)
+    )
+    return main
+
+
+def sparse_encode_with_pairs(
+    x: torch.Tensor,
+    b_dec: torch.Tensor,
+    W_enc: torch.Tensor,
+    b_enc: torch.Tensor,
+    idx: torch.Tensor,
+    values: torch.Tensor | None,
+    rows: torch.Tensor,
+    feats: torch.Tensor,
+    pair_values: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sparse_encode`, plus the pre-activations at the extra pairs (rows[e], feats[e])
+    (nnz,), whose exact values `pair_values` (computed without grad) are the forward; one
+    backward for both."""
+    return SparseEncode.apply(x, b_dec, W_enc, b_enc, idx, values, rows, feats, pair_values)

@@ -23,12 +23,13 @@ from torch.autograd import Function
 
 from saescope.sae.archs._ragged import (  # noqa: F401  (re-exported for the archs)
     Ragged,
+    ragged_at,
     ragged_decode,
     ragged_of,
     ragged_pre_acts,
     subset,
 )
-from saescope.sae.kernels import sparse_decode, sparse_encode
+from saescope.sae.kernels import gather_dots, sparse_encode, sparse_encode_with_pairs
 from saescope.sae.model import SAE
 
 INF = float("inf")
@@ -101,31 +102,71 @@ def aux_indices(h: torch.Tensor, ctx: LossContext) -> torch.Tensor | None:
     return dead_idx[pos]  # (n_rows, k_aux)
 
 
+class AuxPairs(NamedTuple):
+    """The AuxK (row, dead latent) pairs of a step that can contribute, chosen without grad."""
+
+    rg: Ragged  # the pairs whose pre-activation is positive, row-major
+    at: torch.Tensor  # (nnz,) their exact pre-activations
+
+
+class AuxCodes(NamedTuple):
+    rg: Ragged  # as AuxPairs.rg
+    vals: torch.Tensor  # (nnz,) the relu'd pre-activations at rg, with a sparse backward
+
+
+def aux_pairs(
+    sae: SAE, x: torch.Tensor, aux_idx: torch.Tensor | None, aux_pre: torch.Tensor | None
+) -> AuxPairs | None:
+    """The pairs of the dead latents aux_idx (n_rows, m) that AuxK needs, or None.
+
+    Only the pairs with a positive pre-activation are kept: relu makes the others add
+    nothing to e_hat and get no gradient, so dropping them changes no value and no
+    gradient. Dead latents' pre-activations are mostly negative, and decoding and
+    back-propagating all n_rows * m pairs was a fifth of a TopK step on an LM token
+    store (d_sae 4608, 40-66 dead latents in every row). aux_pre (n_rows, m): their
+    pre-activations computed without grad; reused when exact (x's dtype), else the m dot
+    products per row are computed exactly once to decide which pairs are positive.
+    """
+    if aux_idx is None:
+        return None
+    with torch.no_grad():
+        if aux_pre is None or aux_pre.dtype != x.dtype:
+            aux_pre = gather_dots(x - sae.b_dec, sae.W_enc.t(), aux_idx) + sae.b_enc[aux_idx]
+        keep = aux_pre > 0
+        return AuxPairs(ragged_at(aux_idx, keep), aux_pre[keep])  # both row-major
+
+
+def aux_codes(sae: SAE, x: torch.Tensor, pairs: AuxPairs | None) -> AuxCodes | None:
+    """The AuxK codes at `pairs`, with grad to the encoder (through the pairs only)."""
+    if pairs is None:
+        return None
+    pre = ragged_pre_acts(x, sae.b_dec, sae.W_enc, sae.b_enc, pairs.rg, at=pairs.at)
+    return AuxCodes(pairs.rg, torch.relu(pre))
+
+
 def add_aux(
     loss: torch.Tensor,
     sae: SAE,
     x: torch.Tensor,
     x_hat: torch.Tensor,
-    aux_idx: torch.Tensor | None,
-    aux_pre: torch.Tensor | None,
+    aux: AuxCodes | None,
     ctx: LossContext,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss + aux_coefficient * AuxK, AuxK) where the dead latents `aux_idx` (n_rows, m)
-    with pre-activations `aux_pre` (n_rows, m) model the residual x - x_hat."""
-    aux = torch.zeros((), device=x.device)
-    if aux_idx is None or aux_pre is None:
-        return loss, aux
+    """(loss + aux_coefficient * AuxK, AuxK) where the dead latents' codes `aux` model the
+    residual x - x_hat."""
+    if aux is None:
+        return loss, torch.zeros((), device=x.device)
     residual = (x - x_hat).detach()
-    e_hat = sparse_decode(aux_idx, torch.relu(aux_pre), sae.W_dec)
-    aux = aux_loss(e_hat, residual, ctx)
-    return loss + ctx.aux_coefficient * aux, aux
+    e_hat = ragged_decode(aux.rg, aux.vals, sae.W_dec)
+    value = aux_loss(e_hat, residual, ctx)
+    return loss + ctx.aux_coefficient * value, value
 
 
-def select_pre_acts(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
-    """(x - b_dec) @ W_enc + b_enc in dtype dt, the bias folded into the matmul (as a ones
-    column) because adding it to the (n_rows, d_sae) output costs a full extra pass.
-    The weights are gathered latent-major, (d_sae, d_in + 1): a plain copy when W_enc is
-    stored that way, as the trainer stores it."""
+def augmented(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x - b_dec | 1) (n_rows, d_in + 1) and (W_enc^T | b_enc) (d_sae, d_in + 1) in dtype dt,
+    so that one matmul gives the pre-activations with the bias folded in (adding it to the
+    (n_rows, d_sae) output costs a full extra pass). The weights are gathered latent-major:
+    a plain copy when W_enc is stored that way, as the trainer stores it."""
     n_rows, d_in = x.shape
     x_aug = torch.empty(n_rows, d_in + 1, dtype=dt, device=x.device)
     x_aug[:, :d_in] = x - sae.b_dec
@@ -133,7 +174,29 @@ def select_pre_acts(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     w_aug = torch.empty(sae.cfg.d_sae, d_in + 1, dtype=dt, device=x.device)
     w_aug[:, :d_in] = sae.W_enc.t()
     w_aug[:, d_in] = sae.b_enc
+    return x_aug, w_aug
+
+
+def select_pre_acts(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """(x - b_dec) @ W_enc + b_enc (n_rows, d_sae) in dtype dt, computed without grad."""
+    x_aug, w_aug = augmented(sae, x, dt)
     return x_aug @ w_aug.t()
+
+
+# Rows of pre-activations a CPU selection handles at a time (`chunk_rows`): about 8 MiB of
+# them, so that the top-k search reads what the matmul just wrote while it is in cache.
+# At 4096 rows on 2 AVX-512 cores, matmul + top-k + gather, ms whole -> chunked: d_sae 4608
+# 113 -> 96 (448 rows), d_sae 3072 74 -> 63 (640), d_sae 12288 (k 64) 231 -> 186 (160).
+CHUNK_BYTES = 8 << 20
+
+
+def chunk_rows(n_rows: int, d_sae: int, dtype: torch.dtype, device: torch.device) -> int:
+    """Rows per chunk of a selection matmul: all of them off CPU, else `CHUNK_BYTES` worth
+    (a multiple of 32, at least 32)."""
+    if device.type != "cpu":
+        return n_rows
+    per_row = d_sae * torch.empty((), dtype=dtype).element_size()
+    return max(32, CHUNK_BYTES // per_row // 32 * 32)
 
 
 def use_sparse(ctx: LossContext, nnz: int, n_dense: int, ratio: int = SPARSE_RATIO) -> bool:
@@ -147,12 +210,22 @@ def use_sparse(ctx: LossContext, nnz: int, n_dense: int, ratio: int = SPARSE_RAT
 
 
 def gather_pre_acts(
-    sae: SAE, x: torch.Tensor, idx: torch.Tensor, h: torch.Tensor | None
-) -> torch.Tensor:
-    """(n_rows, m) pre-activations at latents idx (n_rows, m) with a sparse backward; h: the
-    dense pre-activations computed without grad, reused when they are exact (same dtype)."""
-    exact = h if h is not None and h.dtype == x.dtype else None
-    return sparse_encode(x, sae.b_dec, sae.W_enc, sae.b_enc, idx, exact)
+    sae: SAE,
+    x: torch.Tensor,
+    idx: torch.Tensor,
+    values: torch.Tensor | None,
+    aux: AuxPairs | None = None,
+) -> tuple[torch.Tensor, AuxCodes | None]:
+    """(n_rows, m) pre-activations at latents idx (n_rows, m) with a sparse backward, and
+    the AuxK codes at `aux` through the same backward (one W_enc gradient for both);
+    values: the pre-activations at idx computed without grad, reused when exact."""
+    exact = values if values is not None and values.dtype == x.dtype else None
+    if aux is None:
+        return sparse_encode(x, sae.b_dec, sae.W_enc, sae.b_enc, idx, exact), None
+    main, pre = sparse_encode_with_pairs(
+        x, sae.b_dec, sae.W_enc, sae.b_enc, idx, exact, aux.rg.rows, aux.rg.feats, aux.at
+    )
+    return main, AuxCodes(aux.rg, torch.relu(pre))
 
 
 def active_pre_acts(sae: SAE, x: torch.Tensor, rg: Ragged, h: torch.Tensor | None) -> torch.Tensor:

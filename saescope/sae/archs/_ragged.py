@@ -24,10 +24,12 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import Function
 
+from saescope.sae.kernels import scatter_pairs
+
 
 class Ragged(NamedTuple):
     rows: torch.Tensor  # (nnz,) int64, ascending
-    feats: torch.Tensor  # (nnz,) int64, ascending within each row
+    feats: torch.Tensor  # (nnz,) int64 (`ragged_of`: ascending within each row)
     offsets: torch.Tensor  # (n_rows,) int64, index of each row's first entry
 
 
@@ -35,6 +37,13 @@ def ragged_of(mask: torch.Tensor) -> Ragged:
     """The True entries of mask (n_rows, d_sae), row-major."""
     rows, feats = mask.nonzero(as_tuple=True)
     return Ragged(rows, feats, _offsets(rows, mask.shape[0]))
+
+
+def ragged_at(idx: torch.Tensor, keep: torch.Tensor) -> Ragged:
+    """The latents idx[r, j] (n_rows, m) where keep[r, j] is True, row-major (within a row
+    in the order of idx, not necessarily ascending)."""
+    rows, cols = keep.nonzero(as_tuple=True)
+    return Ragged(rows, idx[rows, cols], _offsets(rows, idx.shape[0]))
 
 
 def _offsets(rows: torch.Tensor, n_rows: int) -> torch.Tensor:
@@ -67,19 +76,7 @@ def _per_latent(
     rg: Ragged, weights: torch.Tensor, dense: torch.Tensor, n_latents: int
 ) -> torch.Tensor:
     """(n_latents, d): out[f] = sum over entries e with feats[e] == f of weights[e] * dense[rows[e]]."""
-    # stable: for int64 keys on CPU torch then takes a radix sort, far faster than the
-    # default sort (as in `kernels.scatter_rows`), and each bag's rows keep their order
-    sorted_feats, order = torch.sort(rg.feats, stable=True)
-    starts = torch.searchsorted(
-        sorted_feats, torch.arange(n_latents, device=dense.device, dtype=sorted_feats.dtype)
-    )  # empty bags give zero rows
-    return F.embedding_bag(
-        rg.rows[order],
-        dense,
-        starts,
-        mode="sum",
-        per_sample_weights=weights[order].to(dense.dtype),
-    )
+    return scatter_pairs(rg.rows, rg.feats, weights, dense, n_latents)
 
 
 class RaggedDecode(Function):
@@ -114,8 +111,11 @@ class RaggedPreActs(Function):
         feats: torch.Tensor,
         offsets: torch.Tensor,
         h: torch.Tensor | None,
+        at: torch.Tensor | None,
     ):
         ctx.save_for_backward(x, b_dec, W_enc, rows, feats, offsets)
+        if at is not None:
+            return at.clone()
         if h is not None:
             return h[rows, feats]
         return _bag_dots(x - b_dec, W_enc.t(), Ragged(rows, feats, offsets)) + b_enc[feats]
@@ -138,7 +138,7 @@ class RaggedPreActs(Function):
             grad_x = F.embedding_bag(
                 feats, W_enc.t().contiguous(), offsets, mode="sum", per_sample_weights=grad_sel
             )
-        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None, None
+        return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None, None, None
 
 
 def ragged_decode(rg: Ragged, vals: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,9 @@ def ragged_pre_acts(
     b_enc: torch.Tensor,
     rg: Ragged,
     h: torch.Tensor | None = None,
+    at: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(nnz,) = ((x - b_dec) @ W_enc + b_enc)[rows, feats]; pass the dense h (computed
-    without grad, same dtype as x) to reuse it in the forward."""
-    return RaggedPreActs.apply(x, b_dec, W_enc, b_enc, rg.rows, rg.feats, rg.offsets, h)
+    """(nnz,) = ((x - b_dec) @ W_enc + b_enc)[rows, feats]. To reuse exact values computed
+    without grad (same dtype as x) as the forward, pass them dense as h (n_rows, d_sae) or
+    already at the pairs as `at` (nnz,)."""
+    return RaggedPreActs.apply(x, b_dec, W_enc, b_enc, rg.rows, rg.feats, rg.offsets, h, at)

@@ -25,7 +25,7 @@ from saescope.sae.archs.base import Architecture, CommonOptions, SaelensMapping,
 if TYPE_CHECKING:
     import torch
 
-    from saescope.sae.archs._loss import LossContext, LossOutput
+    from saescope.sae.archs._loss import AuxCodes, LossContext, LossOutput
     from saescope.sae.archs._ragged import Ragged
     from saescope.sae.config import SAEConfig
     from saescope.sae.model import SAE
@@ -105,23 +105,20 @@ class Codes(NamedTuple):
 
     rg: Ragged | None  # the kept pairs on the sparse path; None on the dense path
     vals: torch.Tensor  # (nnz,) sparse path, or (n_rows, d_sae) dense
-    aux_pre: torch.Tensor | None  # (n_rows, k_aux') pre-activations of the AuxK latents
+    aux: AuxCodes | None  # the AuxK latents' positive codes
 
 
 def kept_codes(sae: SAE, x: torch.Tensor, sel: Selection, ctx: LossContext) -> Codes:
     """The kept activations with grad: through the kept pairs only when that pays."""
     L = lazy_loss
-    aux_pre = None
+    aux_pre = None if sel.aux_idx is None else sel.h.gather(1, sel.aux_idx)
+    aux = L.aux_codes(sae, x, L.aux_pairs(sae, x, sel.aux_idx, aux_pre))
     if not L.use_sparse(ctx, int(sel.keep.sum()), sel.keep.numel()):
         h = sae.pre_activations(x)  # (n_rows, d_sae), with grad
-        if sel.aux_idx is not None:
-            aux_pre = h.gather(1, sel.aux_idx)
-        return Codes(None, torch.relu(h) * sel.keep, aux_pre)
+        return Codes(None, torch.relu(h) * sel.keep, aux)
     rg = L.ragged_of(sel.keep)
     vals = torch.relu(L.active_pre_acts(sae, x, rg, sel.h))  # (nnz,)
-    if sel.aux_idx is not None:
-        aux_pre = L.gather_pre_acts(sae, x, sel.aux_idx, sel.h)
-    return Codes(rg, vals, aux_pre)
+    return Codes(rg, vals, aux)
 
 
 def decode(sae: SAE, codes: Codes) -> torch.Tensor:
@@ -165,7 +162,7 @@ def output(
 ) -> LossOutput:
     """Add AuxK (on the residual of the full reconstruction) and fill the `LossOutput`."""
     L = lazy_loss
-    loss, aux = L.add_aux(loss, sae, x, x_hat, sel.aux_idx, codes.aux_pre, ctx)
+    loss, aux = L.add_aux(loss, sae, x, x_hat, codes.aux, ctx)
     return L.LossOutput(
         loss, sq_err.detach(), aux.detach(), sel.keep.sum(), sel.keep.any(0), sel.min_kept
     )
