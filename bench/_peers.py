@@ -1,9 +1,11 @@
-"""One benchmark run per process: train one library's TopK SAE, then score it.
+"""One benchmark run per process: train one library's SAE, then score it.
 
-In: a `Spec` (library, optimizer, sizes, sample count, store directory), given as
-JSON on the command line by `bench/train.py`. Out: one line `RESULT {json}` on
+In: a `Spec` (library, architecture, optimizer, sizes, sample count, store directory),
+given as JSON on the command line by `bench/train.py`. Out: one line `RESULT {json}` on
 stdout with train seconds, samples/s, peak RSS after training (ru_maxrss), and the
-held-out NMSE and dead fraction, computed here by one function for every library.
+held-out NMSE, dead fraction and L0, computed here by one function for every library.
+The architecture is TopK unless `bench/train.py --architectures` asks for another
+(saescope and SAELens train every one of saescope's; sparsify only TopK).
 
 Every library sees the same data: the store's non-held-out rows, reshuffled each
 epoch with the same seed, cut into `batch_size` batches, cycled until `n_samples`
@@ -12,13 +14,19 @@ eval_fraction)`: a hash of the row id, or for a token store of the row's context
 that whole contexts are held out as `saescope eval` holds them out.
 
 Runners (each uses the library's own model, forward and loss code):
-  saelens   `SAETrainer.fit` on a `TopKTrainingSAE` (its own Adam, grad clipping,
-            dead-feature bookkeeping); default = SAELens's default Adam settings.
+  saelens   `SAETrainer.fit` on the architecture's training SAE from
+            `sae_lens.registry` (`TopKTrainingSAE`, ...; its own Adam, grad clipping,
+            dead-feature bookkeeping, its architecture defaults; Matryoshka with
+            saescope's default group widths); default = SAELens's default Adam settings.
+            Scored through the inference SAE it saves (BatchTopK: JumpReLU with the
+            learned threshold), loaded outside the timed part.
   sparsify  `SparseCoder` driven the way `sparsify.Trainer.fit` drives it (b_dec set
             to the first batch mean, decoder renormalised each step, parallel
             gradient removed, FVU loss); default = schedule-free sign-SGD.
   saescope  `saescope.train.train_on_batches` with the `TrainConfig` defaults
-            (Adam with warm-up and decay); adam = the peers' constant-lr Adam.
+            (Adam with warm-up and decay); adam = the peers' constant-lr Adam. The
+            result says which training path ran: how many steps took the sparse
+            backward (`use_sparse`; TopK always does).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ class Spec:
     eval_fraction: float
     adam_lr: float
     seed: int = 0
+    architecture: str = "topk"  # a saescope architecture name (SAELens spells them alike)
 
 
 class Data(NamedTuple):
@@ -85,42 +94,61 @@ def batches(
         pos += batch_size
 
 
-# A reconstruction function: (rows, d_in) -> (x_hat (rows, d_in), fired (d_sae,) bool)
+# A reconstruction function: (rows, d_in) -> (x_hat (rows, d_in), active (rows, d_sae) bool)
 Recon = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+class Scores(NamedTuple):
+    nmse: float
+    dead: float
+    l0: float
+
+
 @torch.no_grad()
-def evaluate(
-    recon: Recon, held: torch.Tensor, d_sae: int, chunk: int = 1024
-) -> tuple[float, float]:
-    """(NMSE, dead fraction) on the held-out rows.
+def evaluate(recon: Recon, held: torch.Tensor, d_sae: int, chunk: int = 1024) -> Scores:
+    """NMSE, dead fraction and L0 on the held-out rows.
 
     NMSE = sum of squared error / sum of squared deviation from the held-out mean.
     Dead = fraction of latents that are zero on every held-out row.
+    L0 = mean number of nonzero latents per held-out row.
     """
     mean = held.mean(0)
     sse = 0.0
     sst = float((held - mean).pow(2).sum())
     fired = torch.zeros(d_sae, dtype=torch.bool)
+    active = 0
     for start in range(0, len(held), chunk):
         x = held[start : start + chunk]
-        x_hat, f = recon(x)
+        x_hat, on = recon(x)
         sse += float((x - x_hat).pow(2).sum())
-        fired |= f
-    return sse / sst, 1.0 - float(fired.float().mean())
+        fired |= on.any(0)
+        active += int(on.sum())
+    return Scores(sse / sst, 1.0 - float(fired.float().mean()), active / len(held))
 
 
 # ---------------------------------------------------------------- SAELens
 
 
 def run_saelens(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
+    import functools
+    import tempfile
+
+    from sae_lens import SAE as LensSAE
     from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.registry import get_sae_training_class
     from sae_lens.training.sae_trainer import SAETrainer
+
+    from saescope.sae.archs.matryoshka_batchtopk import DEFAULT_GROUPS, prefix_widths
 
     # SAELens's default is Adam lr 3e-4, betas (0.9, 0.999), constant schedule
     lr = 3e-4 if spec.optimizer == "default" else spec.adam_lr
-    sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=spec.d_in, d_sae=spec.d_sae, k=spec.k))
+    sae_cls, cfg_cls = get_sae_training_class(spec.architecture)
+    extra: dict[str, Any] = {}
+    if spec.architecture in ("topk", "batchtopk", "matryoshka_batchtopk"):
+        extra["k"] = spec.k
+    if spec.architecture == "matryoshka_batchtopk":
+        extra["matryoshka_widths"] = prefix_widths(spec.d_sae, DEFAULT_GROUPS)
+    sae = sae_cls(cfg_cls(d_in=spec.d_in, d_sae=spec.d_sae, **extra))
     cfg = SAETrainerConfig(
         total_training_samples=spec.n_samples,
         train_batch_size_samples=spec.batch_size,
@@ -132,11 +160,22 @@ def run_saelens(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
         logger=LoggingConfig(log_to_wandb=False),
     )
     SAETrainer(cfg=cfg, sae=sae, data_provider=it).fit()
-    sae.eval()
+
+    @functools.cache
+    def inference() -> Any:
+        """The SAE as SAELens saves it for use (BatchTopK and Matryoshka: JumpReLU with
+        the learned threshold); built on first use, outside the timed training."""
+        if spec.architecture == "topk":
+            sae.eval()
+            return sae
+        with tempfile.TemporaryDirectory() as tmp:
+            sae.save_inference_model(tmp)
+            return LensSAE.load_from_disk(tmp)
 
     def recon(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        acts = sae.encode(x)  # (rows, d_sae)
-        return sae.decode(acts), (acts > 0).any(0)
+        model = inference()
+        acts = model.encode(x)  # (rows, d_sae)
+        return model.decode(acts), acts > 0
 
     return recon
 
@@ -146,6 +185,9 @@ def run_saelens(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
 
 def run_sparsify(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
     from sparsify import SparseCoder, SparseCoderConfig
+
+    if spec.architecture != "topk":
+        raise SystemExit(f"sparsify trains TopK only, not {spec.architecture}")
 
     torch.set_float32_matmul_precision("high")  # what sparsify.Trainer.fit sets
     sae = SparseCoder(
@@ -187,9 +229,9 @@ def run_sparsify(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
     def recon(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         enc = sae.encode(x)
         x_hat = sae.decode(enc.top_acts, enc.top_indices)
-        fired = torch.zeros(spec.d_sae, dtype=torch.bool)
-        fired[enc.top_indices[enc.top_acts > 0]] = True
-        return x_hat, fired
+        on = torch.zeros(len(x), spec.d_sae, dtype=torch.bool)
+        on.scatter_(1, enc.top_indices, enc.top_acts > 0)
+        return x_hat, on
 
     return recon
 
@@ -197,6 +239,7 @@ def run_sparsify(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
 # ---------------------------------------------------------------- saescope
 
 SELECT_PATH: list[str] = []  # what run_saescope's TopK selection ran in, for the result
+SPARSE_STEPS: list[bool] = []  # each `use_sparse` decision of run_saescope's training
 
 
 def select_path(precision: str) -> str:
@@ -209,10 +252,36 @@ def select_path(precision: str) -> str:
     return f"{dtype} ({why}; CPU capability {torch.backends.cpu.get_cpu_capability()})"
 
 
+def count_sparse_steps() -> None:
+    """Record every sparse-or-dense decision of the training loss in SPARSE_STEPS."""
+    from saescope.sae.archs import _loss
+
+    decide = _loss.use_sparse
+
+    def counted(*args: Any, **kwargs: Any) -> bool:
+        sparse = decide(*args, **kwargs)
+        SPARSE_STEPS.append(sparse)
+        return sparse
+
+    _loss.use_sparse = counted  # the architectures call it as an attribute of _loss
+
+
+def training_path(arch: str) -> str:
+    """Which backward the saescope run took, from SPARSE_STEPS."""
+    if arch == "topk":
+        return "sparse (TopK always)"
+    if not SPARSE_STEPS:
+        return "dense (no sparse decision)"
+    n = sum(SPARSE_STEPS)
+    return f"sparse in {n} of {len(SPARSE_STEPS)} steps (sparse_backward=auto)"
+
+
 def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
     from saescope.train import TrainConfig, train_on_batches
 
+    count_sparse_steps()
     cfg = TrainConfig(
+        architecture=spec.architecture,
         d_sae=[spec.d_sae],
         k=[spec.k],
         batch_size=spec.batch_size,
@@ -225,12 +294,14 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
         cfg = dataclasses.replace(cfg, lr=spec.adam_lr, warmup_steps=0, lr_decay="none")
     total_steps = spec.n_samples // spec.batch_size
     sae = train_on_batches(it, cfg, total_steps=total_steps).saes[0]
-    SELECT_PATH.append(select_path(cfg.select_precision))
+    if spec.architecture == "topk":
+        SELECT_PATH.append(select_path(cfg.select_precision))
+    SELECT_PATH.append(training_path(spec.architecture))
     sae.eval()
 
     def recon(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = sae(x)
-        return out.x_hat, (out.codes > 0).any(0)
+        return out.x_hat, out.codes > 0
 
     return recon
 
@@ -248,7 +319,7 @@ def run(spec: Spec) -> dict[str, Any]:
     recon = RUNNERS[spec.lib](spec, it)
     seconds = time.perf_counter() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    nmse, dead = evaluate(recon, data.held, spec.d_sae)
+    scores = evaluate(recon, data.held, spec.d_sae)
     return {
         **dataclasses.asdict(spec),
         "samples": n_samples,
@@ -257,9 +328,11 @@ def run(spec: Spec) -> dict[str, Any]:
         "seconds": seconds,
         "samples_per_s": n_samples / seconds,
         "peak_rss_mb": rss_kb / 1024,
-        "nmse": nmse,
-        "dead": dead,
-        **({"select_path": SELECT_PATH[0]} if SELECT_PATH else {}),
+        "nmse": scores.nmse,
+        "dead": scores.dead,
+        "l0": scores.l0,
+        **({"select_path": SELECT_PATH[0]} if len(SELECT_PATH) > 1 else {}),
+        **({"training_path": SELECT_PATH[-1]} if SELECT_PATH else {}),
     }
 
 

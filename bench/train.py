@@ -25,6 +25,14 @@ matmuls would reach.
     python bench/train.py                       # the full benchmark
     python bench/train.py --sizes 3072:32 --samples 40960 --optimizers default
     python bench/train.py --store /tmp/bench-lm --sizes 4608:32   # an LM token store
+    python bench/train.py --architectures batchtopk,jumprelu,matryoshka_batchtopk
+
+With `--architectures`, each named architecture trains in saescope and in SAELens (its
+implementation of the same architecture, its defaults), sparsify's TopK runs once as the
+speed reference, and the targets are checked per architecture against SAELens's: >= 2x
+its samples/s, held-out NMSE no worse, dead < 1%. L0 (mean active latents per held-out
+row) is printed beside NMSE: JumpReLU's is set by its L0 penalty, not by k, so its NMSE
+is comparable only where the L0s are close. The FLOP model stays TopK's.
 """
 
 from __future__ import annotations
@@ -141,21 +149,24 @@ def run_one(spec: dict[str, Any], log: Path) -> dict[str, Any]:
 
 
 def fmt_row(r: dict[str, Any], peak: float, best_peer_sps: float) -> str:
+    name = (
+        r["lib"] if r.get("architecture", "topk") == "topk" else f"{r['lib']}/{r['architecture']}"
+    )
     if "error" in r:
-        return f"  {r['lib']:<9} {r['optimizer']:<8} FAILED: {r['error']}"
+        return f"  {name:<9} {r['optimizer']:<8} FAILED: {r['error']}"
     gflops = flops_per_step(r["batch_size"], r["d_in"], r["d_sae"], r["k"]) / r["batch_size"]
     gflops *= r["samples_per_s"] / 1e9
     ratio = r["samples_per_s"] / best_peer_sps if best_peer_sps else float("nan")
     return (
-        f"  {r['lib']:<9} {r['optimizer']:<8} {r['samples_per_s']:>9.0f} {ratio:>6.2f}x "
-        f"{r['seconds']:>7.1f} {r['nmse']:>7.4f} {100 * r['dead']:>6.2f} {r['peak_rss_mb']:>8.0f} "
-        f"{gflops:>8.1f} {100 * gflops / peak:>6.1f}"
+        f"  {name} {r['optimizer']:<8} {r['samples_per_s']:>9.0f} {ratio:>6.2f}x "
+        f"{r['seconds']:>7.1f} {r['nmse']:>7.4f} {100 * r['dead']:>6.2f} {r['l0']:>6.1f} "
+        f"{r['peak_rss_mb']:>8.0f} {gflops:>8.1f} {100 * gflops / peak:>6.1f}"
     )
 
 
 HEADER = (
     f"  {'library':<9} {'optim':<8} {'samples/s':>9} {'vs_fast':>7} {'train_s':>7} {'NMSE':>7} "
-    f"{'dead%':>6} {'RSS_MB':>8} {'GFLOP/s':>8} {'%peak':>6}"
+    f"{'dead%':>6} {'L0':>6} {'RSS_MB':>8} {'GFLOP/s':>8} {'%peak':>6}"
 )
 
 
@@ -190,6 +201,43 @@ def report(results: list[dict[str, Any]], peak: float) -> list[str]:
     return lines + [f"  {'PASS' if good else 'FAIL'}  {text}" for good, text in checks]
 
 
+def report_architectures(results: list[dict[str, Any]], peak: float) -> list[str]:
+    """Table and PASS/FAIL lines of an `--architectures` run: each architecture of saescope
+    against SAELens's same architecture; sparsify's TopK is the speed reference."""
+    ok = [r for r in results if "error" not in r]
+    ref = next((r for r in ok if r["lib"] == "sparsify"), None)
+    lines = [HEADER.replace(f"{'library':<9}", f"{'library/architecture':<30}")]
+    lines += [fmt_row(r, peak, ref["samples_per_s"] if ref else 0.0) for r in results]
+    lines.append("  (vs_fast: samples/s over sparsify's TopK, the speed reference)")
+    for arch in dict.fromkeys(r["architecture"] for r in results if r["lib"] == "saescope"):
+        ours = next((r for r in ok if r["lib"] == "saescope" and r["architecture"] == arch), None)
+        lens = next((r for r in ok if r["lib"] == "saelens" and r["architecture"] == arch), None)
+        if ours is None or lens is None:
+            lines.append(f"  {arch}: targets not checked (a run failed)")
+            continue
+        speed = ours["samples_per_s"] / lens["samples_per_s"]
+        lines.append(f"  {arch}: saescope training path {ours.get('training_path', '?')}")
+        checks = [
+            (
+                speed >= TARGET_SPEEDUP,
+                f"{arch} speed: {ours['samples_per_s']:.0f} samples/s = {speed:.2f}x SAELens "
+                f"({lens['samples_per_s']:.0f}); target >= {TARGET_SPEEDUP}x",
+            ),
+            (
+                ours["nmse"] <= lens["nmse"],
+                f"{arch} NMSE: {ours['nmse']:.4f} at L0 {ours['l0']:.1f} vs SAELens "
+                f"{lens['nmse']:.4f} at L0 {lens['l0']:.1f}; target <=",
+            ),
+            (
+                ours["dead"] < TARGET_DEAD,
+                f"{arch} dead: {100 * ours['dead']:.2f}% of latents (SAELens "
+                f"{100 * lens['dead']:.2f}%); target < {100 * TARGET_DEAD:.0f}%",
+            ),
+        ]
+        lines += [f"  {'PASS' if good else 'FAIL'}  {text}" for good, text in checks]
+    return lines
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -212,6 +260,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--optimizers",
         default="default,adam",
         help="'default' (each library's own) and/or 'adam' (common)",
+    )
+    p.add_argument(
+        "--architectures",
+        default="",
+        help="comma-separated saescope architectures (batchtopk, jumprelu, "
+        "matryoshka_batchtopk, relu, topk) to train in saescope and SAELens, with "
+        "sparsify's TopK as the speed reference; default: the TopK benchmark",
     )
     p.add_argument(
         "--repeats",
@@ -239,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(samples) != len(sizes):
         sys.exit("--samples needs one value or one per size")
     libs = args.libs.split(",")
+    archs = [a for a in args.architectures.split(",") if a]
     optimizers = args.optimizers.split(",")
     store = find_store(args.store)
     manifest = json.loads((store / MANIFEST).read_text())
@@ -294,13 +350,22 @@ def main(argv: list[str] | None = None) -> int:
             f"\nd_sae {d_sae}, k {k}: {n} samples ({n // args.batch_size} steps of {args.batch_size}), "
             f"adam lr {adam_lr(d_sae):.2e}"
         )
-        order = [(lib, opt) for lib in libs for opt in optimizers]
-        best: dict[tuple[str, str], dict[str, Any]] = {}
+        if archs:
+            order = [("sparsify", "default", "topk")] * ("sparsify" in libs) + [
+                (lib, "default", arch)
+                for arch in archs
+                for lib in ("saescope", "saelens")
+                if lib in libs
+            ]
+        else:
+            order = [(lib, opt, "topk") for lib in libs for opt in optimizers]
+        best: dict[tuple[str, str, str], dict[str, Any]] = {}
         for rep in range(args.repeats):
             # alternate the order so that a change in machine load hits every library alike
-            for lib, opt in order if rep % 2 == 0 else order[::-1]:
+            for lib, opt, arch in order if rep % 2 == 0 else order[::-1]:
                 spec = dict(
                     lib=lib,
+                    architecture=arch,
                     optimizer=opt,
                     d_in=d_in,
                     d_sae=d_sae,
@@ -316,18 +381,18 @@ def main(argv: list[str] | None = None) -> int:
                     everything["select_path"] = r["select_path"]
                     print(f"  saescope TopK selection path: {r['select_path']}")
                 print(fmt_row(r, peak, 0.0), flush=True)
-                old = best.get((lib, opt))
+                old = best.get((lib, opt, arch))
                 runs = (old or {}).get("all_samples_per_s", []) + [r.get("samples_per_s")]
                 if (
                     old is None
                     or "error" in old
                     or r.get("samples_per_s", 0) > old["samples_per_s"]
                 ):
-                    best[(lib, opt)] = r
-                best[(lib, opt)]["all_samples_per_s"] = runs
+                    best[(lib, opt, arch)] = r
+                best[(lib, opt, arch)]["all_samples_per_s"] = runs
         results = [best[key] for key in order]
         print()
-        for line in report(results, peak):
+        for line in (report_architectures if archs else report)(results, peak):
             print(line)
         everything["sizes"].append({"d_sae": d_sae, "k": k, "samples": n, "results": results})
     load = os.getloadavg()

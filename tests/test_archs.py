@@ -274,3 +274,17 @@ def test_batchtopk_candidate_search_is_exact(seed: int) -> None:
         ref = torch.topk(flat, n).values
         got = top_values(flat, n).sort(descending=True).values
         assert torch.equal(got, ref)
+
+
+def test_batchtopk_candidate_search_narrows_ordinary_batches() -> None:
+    """On an ordinary batch the sampled cut-off lets through about 4n/3 values, so the
+    exact topk runs on those and not on the whole batch (it used to keep too few and fall
+    back every step)."""
+    from saescope.sae.archs.batchtopk import candidates
+
+    g = torch.Generator().manual_seed(0)
+    flat = torch.relu(torch.randn(512 * 768, generator=g))
+    for n in (512 * 8, 512 * 32):
+        cand = candidates(flat, n, 17)
+        assert cand is not None
+        assert n <= cand.numel() <= 2 * n

@@ -58,8 +58,8 @@ class CommonOptions:
     sparse_backward: str = option(
         "auto",
         "batchtopk, jumprelu, matryoshka_batchtopk, relu: decode and back-propagate through the "
-        "active latents only (topk always does); auto: batchtopk and relu when at most 1/32 of "
-        "the (row, latent) pairs are active, jumprelu at 1/8, matryoshka never (measured faster)",
+        "active latents only (topk always does); auto: batchtopk, matryoshka_batchtopk and relu "
+        "when at most 1/32 of the (row, latent) pairs are active, jumprelu at 1/8",
         choices=SPARSE_PATHS,
     )
 

@@ -54,19 +54,28 @@ def top_values(flat: torch.Tensor, n: int, stride: int = 17) -> torch.Tensor:
     """The n largest values of flat (unordered), as `torch.topk(flat, n).values`.
 
     A full topk over n_rows * d_sae values costs several times the selection matmul; here
-    a strided sample gives a cut-off below which about a third of the n largest values
-    would fall, and the exact topk runs only on the values above it. If fewer than n pass
-    (an unlucky sample), the full topk runs: the result is exact either way."""
+    a strided sample gives a cut-off above which about 4n/3 values lie (a third more than
+    needed), and the exact topk runs only on those. If fewer than n pass (an unlucky
+    sample), the full topk runs: the result is exact either way. At 4096 rows, d_sae 3072,
+    k 32 on 2 cores: 253 ms for the full topk, about 32 ms this way (before 2026-12-01 the
+    cut kept only 2n/3, so every step fell back to the full topk)."""
     n = min(n, flat.numel())
     if flat.numel() < 64 * stride or n * 8 > flat.numel():
         return torch.topk(flat, n, sorted=False).values
-    sample = flat[::stride]
-    m = max(1, min(sample.numel(), (n * 2) // (3 * stride)))
-    cut = torch.topk(sample, m, sorted=False).values.min()
-    cand = flat[flat >= cut]
-    if cand.numel() < n:
+    cand = candidates(flat, n, stride)
+    if cand is None:
         return torch.topk(flat, n, sorted=False).values
     return torch.topk(cand, n, sorted=False).values
+
+
+def candidates(flat: torch.Tensor, n: int, stride: int) -> torch.Tensor | None:
+    """The values of flat above a cut-off that a strided sample puts near its 4n/3-th
+    largest value, or None if fewer than n pass (then the cut-off proves nothing)."""
+    sample = flat[::stride]
+    m = max(1, min(sample.numel(), (n * 4) // (3 * stride)))
+    cut = torch.topk(sample, m, sorted=False).values.min()
+    cand = flat[flat >= cut]
+    return cand if cand.numel() >= n else None
 
 
 def select(sae: SAE, x: torch.Tensor, ctx: LossContext) -> Selection:
