@@ -58,7 +58,12 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
         help="YAML or JSON file with any of the options below; flags override it.",
     )
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    own, inherited = _own_fields_first(cls)
+    target: Any = parser
+    for f in own + inherited:
+        if f is (inherited[0] if inherited else None):
+            base = cls.__mro__[1]
+            target = parser.add_argument_group(_title(base))
         if f.metadata.get("positional"):
             continue
         tp, optional = _base_type(hints[f.name])
@@ -78,8 +83,25 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
             kw.update(type=tp)
         else:
             kw.update(type=str)
-        parser.add_argument(flag, **kw)
+        target.add_argument(flag, **kw)
     _ = optional
+
+
+def _own_fields_first(cls: type) -> tuple[list[dataclasses.Field], list[dataclasses.Field]]:
+    """The fields `cls` declares itself, then those it inherits (a dataclass lists the
+    inherited ones first, which put e.g. every architecture's options above `--run` in
+    `saescope train --help`)."""
+    mine = set(cls.__dict__.get("__annotations__", {}))
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    return [f for f in fields if f.name in mine], [f for f in fields if f.name not in mine]
+
+
+def _title(base: type) -> str:
+    """A help-group title for the options inherited from `base`: its docstring's first line."""
+    doc = (base.__doc__ or "").strip()
+    if not doc or doc.startswith(base.__name__ + "("):  # dataclass's generated signature
+        return f"{base.__name__} options"
+    return doc.splitlines()[0].rstrip(".")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -288,3 +288,21 @@ def test_batchtopk_candidate_search_narrows_ordinary_batches() -> None:
         cand = candidates(flat, n, 17)
         assert cand is not None
         assert n <= cand.numel() <= 2 * n
+
+
+def test_train_help_lists_its_own_options_before_the_architectures() -> None:
+    """`saescope train --help`: --run and the common options first, then every
+    architecture's options in their own group (a dataclass puts inherited fields first)."""
+    import argparse
+
+    from saescope.config import add_config_args
+
+    parser = argparse.ArgumentParser(prog="saescope train")
+    add_config_args(parser, TrainConfig)
+    text = parser.format_help()
+    group = text.index("Options of the architectures")
+    assert text.index("  --run RUN") < text.index("  --grad-clip GRAD_CLIP") < group
+    for flag in ("--sparse-backward", "--l0-coefficient", "--matryoshka-groups", "--relu-l1"):
+        assert text.index(f"  {flag}") > group, flag
+    args = parser.parse_args(["--run", "r", "--l0-coefficient", "0.5"])
+    assert args.run == "r" and args.l0_coefficient == 0.5

@@ -84,9 +84,15 @@ if TYPE_CHECKING:  # the same class, spelled out for the type checker
 
     @dataclasses.dataclass(frozen=True)
     class ArchOptions(ReluOptions, JumpReLUOptions, MatryoshkaOptions):
-        pass
+        """Options of the architectures (each option's help names its own)."""
 else:
-    ArchOptions = dataclasses.dataclass(frozen=True)(type("ArchOptions", _option_bases(), {}))
+    ArchOptions = dataclasses.dataclass(frozen=True)(
+        type(
+            "ArchOptions",
+            _option_bases(),
+            {"__doc__": "Options of the architectures (each option's help names its own)."},
+        )
+    )
 
 
 def option_names(arch: Architecture) -> set[str]:
