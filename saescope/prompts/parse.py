@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 
 _LABEL = re.compile(r"^\W*explanation\W*:\s*(.*)$", re.IGNORECASE)
 _MARKUP = re.compile(r"[*_`#>]+")
@@ -118,13 +119,8 @@ def binary_probabilities(top_logprobs: list[dict[str, float]] | None, n: int) ->
         best = max(step, key=lambda t: step[t])
         if best.strip() not in ("0", "1"):
             continue
-        p = {"0": 0.0, "1": 0.0}
-        for tok, lp in step.items():
-            key = tok.strip()
-            if key in p:
-                p[key] += math.exp(lp)
-        total = p["0"] + p["1"]
-        probs.append(p["1"] / total if total > 0 else float(best.strip() == "1"))
+        p = _share(step, "1", "0", str.strip)
+        probs.append(p if p is not None else float(best.strip() == "1"))
     return probs[:n] if len(probs) >= n else None
 
 
@@ -144,10 +140,16 @@ def yes_probability(top_logprobs: list[dict[str, float]] | None) -> float | None
     None when there are none or neither word is among them."""
     if not top_logprobs or not top_logprobs[0]:
         return None
-    p = {"yes": 0.0, "no": 0.0}
-    for tok, lp in top_logprobs[0].items():
-        key = tok.strip().lower()
+    return _share(top_logprobs[0], "yes", "no", lambda t: t.strip().lower())
+
+
+def _share(step: dict[str, float], pos: str, neg: str, fold: Callable[[str], str]) -> float | None:
+    """P(pos) / (P(pos) + P(neg)) among one step's top log-probabilities, summing the
+    tokens that `fold` maps to each (" Yes" and "yes"); None when neither is there."""
+    p = {pos: 0.0, neg: 0.0}
+    for tok, lp in step.items():
+        key = fold(tok)
         if key in p:
             p[key] += math.exp(lp)
-    total = p["yes"] + p["no"]
-    return p["yes"] / total if total > 0 else None
+    total = p[pos] + p[neg]
+    return p[pos] / total if total > 0 else None
