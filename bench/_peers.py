@@ -148,29 +148,35 @@ def evaluate(recon: Recon, held: torch.Tensor, d_sae: int, chunk: int = 1024) ->
 # ---------------------------------------------------------------- SAELens
 
 
-def run_saelens(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
-    import functools
-    import tempfile
-
-    from sae_lens import SAE as LensSAE
+def train_saelens(
+    arch: str,
+    d_in: int,
+    d_sae: int,
+    k: int,
+    batches: Iterator[torch.Tensor],
+    n_samples: int,
+    batch_size: int,
+    lr: float,
+) -> Any:
+    """SAELens's training SAE of architecture `arch` (`sae_lens.registry`, its defaults;
+    Matryoshka with saescope's default group widths), fitted by its `SAETrainer` on
+    `batches` at a constant lr. Also used by bench/recovery.py."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.registry import get_sae_training_class
     from sae_lens.training.sae_trainer import SAETrainer
 
     from saescope.sae.archs.matryoshka_batchtopk import DEFAULT_GROUPS, prefix_widths
 
-    # SAELens's default is Adam lr 3e-4, betas (0.9, 0.999), constant schedule
-    lr = 3e-4 if spec.optimizer == "default" else spec.adam_lr
-    sae_cls, cfg_cls = get_sae_training_class(spec.architecture)
+    sae_cls, cfg_cls = get_sae_training_class(arch)
     extra: dict[str, Any] = {}
-    if spec.architecture in ("topk", "batchtopk", "matryoshka_batchtopk"):
-        extra["k"] = spec.k
-    if spec.architecture == "matryoshka_batchtopk":
-        extra["matryoshka_widths"] = prefix_widths(spec.d_sae, DEFAULT_GROUPS)
-    sae = sae_cls(cfg_cls(d_in=spec.d_in, d_sae=spec.d_sae, **extra))
+    if arch in ("topk", "batchtopk", "matryoshka_batchtopk"):
+        extra["k"] = k
+    if arch == "matryoshka_batchtopk":
+        extra["matryoshka_widths"] = prefix_widths(d_sae, DEFAULT_GROUPS)
+    sae = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, **extra))
     cfg = SAETrainerConfig(
-        total_training_samples=spec.n_samples,
-        train_batch_size_samples=spec.batch_size,
+        total_training_samples=n_samples,
+        train_batch_size_samples=batch_size,
         lr=lr,
         lr_end=lr,
         lr_scheduler_name="constant",
@@ -178,18 +184,36 @@ def run_saelens(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
         save_final_checkpoint=False,
         logger=LoggingConfig(log_to_wandb=False),
     )
-    SAETrainer(cfg=cfg, sae=sae, data_provider=it).fit()
+    SAETrainer(cfg=cfg, sae=sae, data_provider=batches).fit()
+    return sae
 
-    @functools.cache
-    def inference() -> Any:
-        """The SAE as SAELens saves it for use (BatchTopK and Matryoshka: JumpReLU with
-        the learned threshold); built on first use, outside the timed training."""
-        if spec.architecture == "topk":
-            sae.eval()
-            return sae
-        with tempfile.TemporaryDirectory() as tmp:
-            sae.save_inference_model(tmp)
-            return LensSAE.load_from_disk(tmp)
+
+def saelens_for_use(sae: Any, arch: str) -> Any:
+    """The SAE as SAELens saves it for use: TopK as trained, the others through
+    `save_inference_model` (BatchTopK and Matryoshka: JumpReLU with the learned
+    threshold)."""
+    import tempfile
+
+    from sae_lens import SAE as LensSAE
+
+    if arch == "topk":
+        sae.eval()
+        return sae
+    with tempfile.TemporaryDirectory() as tmp:
+        sae.save_inference_model(tmp)
+        return LensSAE.load_from_disk(tmp)
+
+
+def run_saelens(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
+    import functools
+
+    # SAELens's default is Adam lr 3e-4, betas (0.9, 0.999), constant schedule
+    lr = 3e-4 if spec.optimizer == "default" else spec.adam_lr
+    sae = train_saelens(
+        spec.architecture, spec.d_in, spec.d_sae, spec.k, it, spec.n_samples, spec.batch_size, lr
+    )
+    # built on first use, outside the timed training
+    inference = functools.cache(lambda: saelens_for_use(sae, spec.architecture))
 
     def recon(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         model = inference()
@@ -257,7 +281,7 @@ def run_sparsify(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
 
 # ---------------------------------------------------------------- saescope
 
-SELECT_PATH: list[str] = []  # what run_saescope's TopK selection ran in, for the result
+NOTES: dict[str, str] = {}  # run_saescope's select_path (TopK) and training_path, for the result
 SPARSE_STEPS: list[bool] = []  # each `use_sparse` decision of run_saescope's training
 
 
@@ -314,8 +338,8 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
     total_steps = spec.n_samples // spec.batch_size
     sae = train_on_batches(it, cfg, total_steps=total_steps).saes[0]
     if spec.architecture == "topk":
-        SELECT_PATH.append(select_path(cfg.select_precision))
-    SELECT_PATH.append(training_path(spec.architecture))
+        NOTES["select_path"] = select_path(cfg.select_precision)
+    NOTES["training_path"] = training_path(spec.architecture)
     sae.eval()
 
     def recon(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,8 +376,7 @@ def run(spec: Spec) -> dict[str, Any]:
         "l0": scores.l0,
         "nmse_ordinary": scores.nmse_ordinary,
         "n_massive": scores.n_massive,
-        **({"select_path": SELECT_PATH[0]} if len(SELECT_PATH) > 1 else {}),
-        **({"training_path": SELECT_PATH[-1]} if SELECT_PATH else {}),
+        **NOTES,
     }
 
 

@@ -43,14 +43,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
 from saescope.sae.archs import ARCHITECTURES
-from saescope.sae.archs.matryoshka_batchtopk import DEFAULT_GROUPS, prefix_widths
 from saescope.train import TrainConfig, train_on_batches
 
 CHILDREN = 3
@@ -164,31 +162,11 @@ def run_ours(arch: str, data: list[torch.Tensor], d_sae: int, k: int, lr: float)
 
 
 def run_saelens(arch: str, data: list[torch.Tensor], d_sae: int, k: int, lr: float):
-    from sae_lens import SAE as LensSAE
-    from sae_lens.config import LoggingConfig, SAETrainerConfig
-    from sae_lens.registry import get_sae_training_class
-    from sae_lens.training.sae_trainer import SAETrainer
+    from _peers import saelens_for_use, train_saelens  # bench/, the script's folder
 
-    sae_cls, cfg_cls = get_sae_training_class(arch)
-    extra = (
-        {"matryoshka_widths": prefix_widths(d_sae, DEFAULT_GROUPS)} if "matryoshka" in arch else {}
-    )
-    sae = sae_cls(cfg_cls(d_in=data[0].shape[1], d_sae=d_sae, k=k, **extra))
-    batch = data[0].shape[0]
-    cfg = SAETrainerConfig(
-        total_training_samples=batch * len(data),
-        train_batch_size_samples=batch,
-        lr=lr,
-        lr_end=lr,
-        lr_scheduler_name="constant",
-        device="cpu",
-        save_final_checkpoint=False,
-        logger=LoggingConfig(log_to_wandb=False),
-    )
-    SAETrainer(cfg=cfg, sae=sae, data_provider=iter(data)).fit()
-    with tempfile.TemporaryDirectory() as tmp:
-        sae.save_inference_model(tmp)  # jumprelu with the learned threshold
-        inf = LensSAE.load_from_disk(tmp)
+    batch, d_in = data[0].shape
+    sae = train_saelens(arch, d_in, d_sae, k, iter(data), batch * len(data), batch, lr)
+    inf = saelens_for_use(sae, arch)  # jumprelu with the learned threshold
 
     def apply(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
