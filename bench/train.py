@@ -181,13 +181,13 @@ def target_lines(
     best_name: str,
 ) -> list[str]:
     """PASS/FAIL lines: speed >= TARGET_SPEEDUP x `fast`, NMSE no worse than `best`, dead <
-    TARGET_DEAD. The names end "(" and "" so that the speed line can close the bracket."""
+    TARGET_DEAD; the names say which runs `fast` and `best` are."""
     speed = ours["samples_per_s"] / fast["samples_per_s"]
     checks = [
         (
             speed >= TARGET_SPEEDUP,
             f"{label}speed: saescope {ours['samples_per_s']:.0f} samples/s = {speed:.2f}x "
-            f"{fast_name}{fast['samples_per_s']:.0f}); target >= {TARGET_SPEEDUP}x",
+            f"{fast_name} ({fast['samples_per_s']:.0f}); target >= {TARGET_SPEEDUP}x",
         ),
         (
             ours["nmse"] <= best["nmse"],
@@ -196,8 +196,8 @@ def target_lines(
         ),
         (
             ours["dead"] < TARGET_DEAD,
-            f"{label}dead: saescope {100 * ours['dead']:.2f}% of latents ({best_name} "
-            f"{100 * best['dead']:.2f}%); target < {100 * TARGET_DEAD:.0f}%",
+            f"{label}dead: saescope {100 * ours['dead']:.2f}% of latents, {best_name} "
+            f"{100 * best['dead']:.2f}%; target < {100 * TARGET_DEAD:.0f}%",
         ),
     ]
     return [f"  {'PASS' if good else 'FAIL'}  {text}" for good, text in checks]
@@ -218,9 +218,9 @@ def report(results: list[dict[str, Any]], peak: float) -> list[str]:
         "",
         ours,
         fastest,
-        f"the fastest peer ({fastest['lib']} {fastest['optimizer']}, ",
+        f"the fastest peer, {fastest['lib']} {fastest['optimizer']}",
         best,
-        f"best peer ({best['lib']} {best['optimizer']})",
+        f"the best peer, {best['lib']} {best['optimizer']},",
     )
     if ours.get("n_massive"):
         lines.append(
@@ -246,7 +246,7 @@ def report_architectures(results: list[dict[str, Any]], peak: float) -> list[str
             lines.append(f"  {arch}: targets not checked (a run failed)")
             continue
         lines.append(f"  {arch}: saescope training path {ours.get('training_path', '?')}")
-        lines += target_lines(f"{arch} ", ours, lens, "SAELens (", lens, "SAELens")
+        lines += target_lines(f"{arch} ", ours, lens, "SAELens", lens, "SAELens")
     return lines
 
 
