@@ -187,6 +187,15 @@ def test_aux_indices_are_the_top_dead_pre_activations(dtype, n_dead):
     assert losses._aux_indices(h, ctx._replace(dead=torch.zeros_like(dead))) is None
 
 
+def _random_topk(d_in: int, d_sae: int, k: int, g: torch.Generator, dtype: torch.dtype) -> SAE:
+    """A TopK SAE with every weight drawn from `g` (scale 0.3), in `dtype`."""
+    sae = SAE(SAEConfig("topk", d_in, d_sae, k=k)).to(dtype)
+    with torch.no_grad():
+        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
+            p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.3)
+    return sae
+
+
 @pytest.mark.parametrize("select", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("n_dead", [6, 40])
 def test_auxk_through_positive_pairs_only_equals_the_dense_auxk(select, n_dead):
@@ -194,10 +203,7 @@ def test_auxk_through_positive_pairs_only_equals_the_dense_auxk(select, n_dead):
     and every gradient are those of relu over all of them through dense autograd, whether
     the selection pre-activations are exact (float64 here) or rounded (bfloat16)."""
     g = torch.Generator().manual_seed(n_dead)
-    sae = SAE(SAEConfig("topk", 16, 64, k=4)).double()
-    with torch.no_grad():
-        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+    sae = _random_topk(16, 64, 4, g, torch.float64)
     x = torch.randn(128, 16, generator=g, dtype=torch.float64)
     x_hat = torch.randn(128, 16, generator=g, dtype=torch.float64)
     dead = torch.zeros(64, dtype=torch.bool)
@@ -230,10 +236,7 @@ def test_topk_selection_in_row_chunks_equals_the_whole_batch(monkeypatch, select
     """On CPU the TopK selection matmul runs a chunk of rows at a time; loss, AuxK and every
     gradient are those of one matmul over the whole batch."""
     g = torch.Generator().manual_seed(11)
-    sae = SAE(SAEConfig("topk", 24, 96, k=5))
-    with torch.no_grad():
-        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    sae = _random_topk(24, 96, 5, g, torch.float32)
     x = torch.randn(200, 24, generator=g)
     dead = torch.zeros(96, dtype=torch.bool)
     dead[::4] = True
@@ -259,10 +262,7 @@ def test_topk_loss_with_auxk_has_the_gradients_of_dense_autograd():
     """TopK's sparse step (latents and AuxK pairs through one encoder backward, positive
     AuxK pairs only) against the same loss written densely."""
     g = torch.Generator().manual_seed(21)
-    sae = SAE(SAEConfig("topk", 12, 48, k=4)).double()
-    with torch.no_grad():
-        for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec):
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+    sae = _random_topk(12, 48, 4, g, torch.float64)
     x = torch.randn(64, 12, generator=g, dtype=torch.float64)
     dead = torch.zeros(48, dtype=torch.bool)
     dead[::3] = True

@@ -3,8 +3,9 @@
 Training picks the k latents with one dense matmul under no_grad (in bfloat16 where
 `--select-precision` says so; on CPU a chunk of rows at a time), then computes their
 values exactly and decodes and back-propagates through them only
-(`saescope.sae.kernels`); AuxK goes through the dead latents' positive pairs only. Inference can skip the
-dense codes (`encode_sparse`). SAELens: architecture "topk" with `k`.
+(`saescope.sae.kernels`); AuxK goes through the dead latents' positive pairs only.
+Inference can skip the dense codes (`encode_sparse`). SAELens: architecture "topk"
+with `k`.
 """
 
 from __future__ import annotations
