@@ -196,7 +196,7 @@ def chunk_rows(n_rows: int, d_sae: int, dtype: torch.dtype, device: torch.device
     (a multiple of 32, at least 32)."""
     if device.type != "cpu":
         return n_rows
-    per_row = d_sae * torch.empty((), dtype=dtype).element_size()
+    per_row = d_sae * dtype.itemsize
     return max(32, CHUNK_BYTES // per_row // 32 * 32)
 
 
