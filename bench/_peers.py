@@ -24,7 +24,9 @@ Runners (each uses the library's own model, forward and loss code):
             to the first batch mean, decoder renormalised each step, parallel
             gradient removed, FVU loss); default = schedule-free sign-SGD.
   saescope  `saescope.train.train_on_batches` with the `TrainConfig` defaults
-            (Adam with warm-up and decay); adam = the peers' constant-lr Adam. The
+            (Adam with warm-up and decay; on a token store the inputs are
+            standardised per row, as `saescope train` does there: `input_norm`
+            "auto"); adam = the peers' constant-lr Adam. The
             result says which training path ran: how many steps took the sparse
             backward (`use_sparse`; TopK always does).
 """
@@ -320,6 +322,7 @@ def training_path(arch: str) -> str:
 
 
 def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
+    from saescope.store import ActivationStore
     from saescope.train import TrainConfig, train_on_batches
 
     count_sparse_steps()
@@ -336,7 +339,9 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
     if spec.optimizer == "adam":  # the peers' common Adam: constant lr, no warm-up
         cfg = dataclasses.replace(cfg, lr=spec.adam_lr, warmup_steps=0, lr_decay="none")
     total_steps = spec.n_samples // spec.batch_size
-    sae = train_on_batches(it, cfg, total_steps=total_steps).saes[0]
+    rows = ActivationStore(spec.store).rows_kind  # what `saescope train` reads from the store
+    sae = train_on_batches(it, cfg, total_steps=total_steps, rows=rows).saes[0]
+    NOTES["input_norm"] = sae.cfg.input_norm
     if spec.architecture == "topk":
         NOTES["select_path"] = select_path(cfg.select_precision)
     NOTES["training_path"] = training_path(spec.architecture)

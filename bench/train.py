@@ -402,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                 if lib == "saescope" and "select_path" in r and "select_path" not in everything:
                     everything["select_path"] = r["select_path"]
                     print(f"  saescope TopK selection path: {r['select_path']}")
+                if lib == "saescope" and "input_norm" in r and "input_norm" not in everything:
+                    everything["input_norm"] = r["input_norm"]
+                    print(f"  saescope input norm: {r['input_norm']} (the default on this store)")
                 print(
                     fmt_row(r, peak, 0.0) + (f"  seed {seed}" if args.seeds > 1 else ""), flush=True
                 )

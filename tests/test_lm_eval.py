@@ -193,6 +193,9 @@ def test_cli_eval_writes_the_lm_metrics(lm_run, trained):
     assert abs(lm["kl_div_with_error"]) < 1e-5 and lm["kl_div_with_sae"] >= 0
     assert lm["delta_loss"] == pytest.approx(lm["ce_loss_with_sae"] - lm["ce_loss_without_sae"])
     assert "ce_loss_score" in proc.stderr and "kl_div_score" in proc.stderr
+    # input_norm "auto" on a token store: rows standardised, undone on the way out, so
+    # the error term added back still gives exactly the clean loss (asserted above)
+    assert read_json(trained / "config.json")["input_norm"] == "row_standardize"
     record = read_json(trained / "metrics.provenance.json")
     assert record["config"]["lm_contexts"] == 5 and record["config"]["lm_split"] == "eval"
     assert "tokens" in record["upstream"]

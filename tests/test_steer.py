@@ -120,7 +120,11 @@ def test_ablation_removes_the_feature_from_the_reconstruction(parts):
     # the next block's input is what the steered hookpoint (block 1's output) passed on
     with Steerer(lm.model, hp, sae, [Edit(f, "zero")]):
         got = hooks.capture(lm.model, hooks.resolve(lm.model, "resid_pre.2"), ids)[0]
-    want = x - z[:, f : f + 1] * sae.W_dec[f]  # x minus the feature's part of the reconstruction
+    # x minus the feature's part of the reconstruction (scaled back by the row's std when
+    # the SAE standardises rows, as it does by default on token stores)
+    _, _, std = sae._standardize(x)
+    part = z[:, f : f + 1] * sae.W_dec[f]
+    want = x - (part if std is None else part * std)
     assert torch.allclose(got, want, atol=1e-4)
     assert not torch.allclose(got, x)
 

@@ -29,8 +29,9 @@ def make_rows(n_rows: int, seed: int, outlier_every: int = 0) -> torch.Tensor:
     idx = torch.rand(n_rows, N_FEATURES, generator=g).topk(ACTIVE, dim=1).indices
     mags = torch.rand(n_rows, ACTIVE, generator=g) + 0.5
     x = torch.zeros(n_rows, N_FEATURES).scatter_(1, idx, mags) @ dictionary
-    if outlier_every:
-        direction = torch.nn.functional.normalize(torch.randn(D_IN, generator=g), dim=0)
+    if outlier_every:  # one direction for every seed, as an LM's attention sinks share one
+        d_gen = torch.Generator().manual_seed(1234)
+        direction = torch.nn.functional.normalize(torch.randn(D_IN, generator=d_gen), dim=0)
         typical = x.norm(dim=1).median()
         where = torch.arange(0, n_rows, outlier_every)
         scale = typical * (20 + 130 * torch.rand(len(where), 1, generator=g))
@@ -38,10 +39,10 @@ def make_rows(n_rows: int, seed: int, outlier_every: int = 0) -> torch.Tensor:
     return x
 
 
-def train(rows: torch.Tensor, **overrides):
+def train(rows: torch.Tensor, kind: str = "texts", **overrides):
     cfg = TrainConfig(d_sae=[N_FEATURES], k=[ACTIVE], batch_size=BATCH, **overrides)
     batches = list(rows.split(BATCH))
-    return train_on_batches(batches, cfg, total_steps=len(batches)).saes[0]
+    return train_on_batches(batches, cfg, total_steps=len(batches), rows=kind).saes[0]
 
 
 def weights(sae) -> torch.Tensor:
@@ -56,3 +57,26 @@ def test_default_clip_never_binds_without_outliers():
 def test_default_clip_binds_on_outlier_batches():
     rows = make_rows(BATCH * 60, seed=1, outlier_every=BATCH * 3)
     assert not torch.equal(weights(train(rows)), weights(train(rows, grad_clip=0.0)))
+
+
+def relative_errors(sae, x: torch.Tensor) -> torch.Tensor:
+    """(n_rows,) |x - x_hat|^2 / |x|^2."""
+    with torch.no_grad():
+        return (sae(x).x_hat - x).pow(2).sum(1) / x.pow(2).sum(1)
+
+
+def test_token_rows_are_standardised_by_default():
+    """input_norm "auto": row_standardize for tokens, none for texts; an explicit value wins.
+    Standardised, a massive row weighs in the loss as one row, not as thousands: ordinary
+    rows are reconstructed much better and the massive ones still well (on SmolLM2's
+    token store both got better: bench/README.md, "On an LM token store")."""
+    rows = make_rows(BATCH * 60, seed=1, outlier_every=BATCH * 3 + 7)
+    held = make_rows(BATCH * 4, seed=2, outlier_every=97)
+    massive = held.norm(dim=1) > 10 * held.norm(dim=1).median()
+    plain, tokens = train(rows), train(rows, kind="tokens")
+    assert (plain.cfg.input_norm, tokens.cfg.input_norm) == ("none", "row_standardize")
+    assert train(rows, kind="tokens", input_norm="none").cfg.input_norm == "none"
+    err_plain, err_tokens = relative_errors(plain, held), relative_errors(tokens, held)
+    assert massive.sum() >= 10
+    assert err_tokens[~massive].mean() < 0.85 * err_plain[~massive].mean()
+    assert err_tokens[massive].mean() < 0.1

@@ -38,11 +38,14 @@ def train_on_batches(
     cfg: TrainConfig,
     total_steps: int | None = None,
     init_sample: torch.Tensor | None = None,
+    rows: str = "texts",
 ) -> TrainResult:
     """Train every SAE of `cfg` on `batches` (raw rows), one step per batch.
 
     `init_sample` (n_rows, d_in) sets b_dec and the input scale; by default the first
     batch. `total_steps` sets the LR schedule; by default len(batches) if it has one.
+    `rows` says what a row is, "texts" (embeddings) or "tokens" (an LM's activations),
+    for the options whose default depends on it (`input_norm="auto"`).
     """
     from saescope.train.trainer import Trainer
 
@@ -54,7 +57,7 @@ def train_on_batches(
     if total_steps is None:
         total_steps = len(batches) if hasattr(batches, "__len__") else cfg.max_steps  # type: ignore[arg-type]
     sample = first if init_sample is None else init_sample
-    trainer = Trainer(cfg, first.shape[1], sample, int(total_steps or 0))
+    trainer = Trainer(cfg, first.shape[1], sample, int(total_steps or 0), rows=rows)
     trainer.train_step(first)
     t0, n0 = time.perf_counter(), trainer.samples
     for batch in it:

@@ -53,7 +53,11 @@ class TrainConfig(ArchOptions):
         "several values train several SAEs (every d_sae x k pair); ignored by relu and jumprelu",
     )
     input_norm: str = option(
-        "none", "per-row input normalisation inside the SAE", choices=INPUT_NORMS
+        "auto",
+        "per-row input normalisation inside the SAE (auto: row_standardize on LM token "
+        "stores, whose rare massive-activation rows otherwise dominate training; none on "
+        "embeddings)",
+        choices=("auto", *INPUT_NORMS),
     )
     batch_size: int = option(4096, "rows per optimiser step (the global batch under torchrun)")
     epochs: float = option(5.0, "passes over the training split (fractions allowed)")
@@ -149,6 +153,7 @@ class TrainConfig(ArchOptions):
             ("lr_decay", DECAYS),
             ("b_dec_init", B_DEC_INITS),
             ("select_precision", ("auto", "float32", "bfloat16")),
+            ("input_norm", ("auto", *INPUT_NORMS)),
         ):
             if getattr(self, name) not in choices:
                 raise SaescopeError(f"{name} must be one of {', '.join(choices)}")
@@ -171,6 +176,21 @@ class TrainConfig(ArchOptions):
                 if (int(d), k) not in out:
                     out.append((int(d), k))
         return out
+
+    def resolved_input_norm(self, rows: str) -> str:
+        """The input norm this config trains with on a store whose rows are `rows`
+        ("texts" or "tokens", `ActivationStore.rows_kind`): `input_norm` unless "auto".
+
+        auto is row_standardize on tokens. An LM residual stream holds a few rows of
+        10-160x the median norm (attention sinks); trained on as they are, they hold most
+        of the variance, are seen about once each, and every Adam step that fits one
+        overshoots, so their held-out error swings from seed to seed. Standardised, they
+        are ordinary rows (OpenAI's code for Gao et al. 2024 offers the same option).
+        Embedding rows are already of one norm, so auto leaves them as they are.
+        """
+        if self.input_norm != "auto":
+            return self.input_norm
+        return "row_standardize" if rows == "tokens" else "none"
 
     def learning_rate(self, d_sae: int) -> float:
         return self.lr if self.lr > 0 else 2.4e-3 / (d_sae / 16384) ** 0.5

@@ -151,7 +151,7 @@ def _train(
         )
     )
     names = [f.dir.name for f in folders]
-    trainer = Trainer(cfg, store.d_in, init_sample, total, dist, names, device)
+    trainer = Trainer(cfg, store.d_in, init_sample, total, dist, names, device, store.rows_kind)
     ckpt = latest_checkpoint(folders[0]) if cfg.resume else None
     if ckpt is not None:
         trainer.load_state_dict(load_checkpoint(ckpt))

@@ -123,6 +123,7 @@ class Trainer:
         dist: Dist | None = None,
         names: list[str] | None = None,
         device: torch.device | str = "cpu",
+        rows: str = "texts",
     ) -> None:
         self.cfg = cfg
         self.d_in = d_in
@@ -136,7 +137,8 @@ class Trainer:
         self.unit_norm = self.arch.unit_norm_decoder(cfg)
         variants = cfg.variants()
         names = names or [f"sae-{d}-k{k}" if k else f"sae-{d}" for d, k in variants]
-        probe = SAE(SAEConfig("relu", d_in, 1, input_norm=cfg.input_norm))
+        self.input_norm = cfg.resolved_input_norm(rows)  # rows: "texts" or "tokens"
+        probe = SAE(SAEConfig("relu", d_in, 1, input_norm=self.input_norm))
         normed, _, _ = probe._standardize(init_sample.float())
         self.scale = input_scale(normed) if cfg.scale_inputs else 1.0
         sample = normed * self.scale
@@ -154,7 +156,7 @@ class Trainer:
             self.d_in,
             d_sae,
             k=k,
-            input_norm=cfg.input_norm,
+            input_norm=self.input_norm,
             metadata=self.arch.sae_metadata(cfg, d_sae),
         )
         sae = init_sae(sae_cfg, sample, cfg.b_dec_init, seed, cfg).to(self.device)
