@@ -221,13 +221,13 @@ def test_embedding_runs_are_refused(news_run):
 def test_packaged_smollm2_steering_raises_the_concept_and_ablation_lowers_it(tmp_path):
     """On SmolLM2: a feature ranked steerable by its output score raises the probability of
     its logit-lens tokens and its own activation in the generated text when added, and
-    ablating a feature that fires on the prompts lowers its activation."""
+    ablating a feature that fires on the prompts lowers the probability of its tokens."""
     from saescope import CorpusConfig, make_corpus
     from saescope.latents import LatentsConfig
     from saescope.latents import run as latents
     from saescope.lm.acts import run as acts
     from saescope.options.acts import ActsConfig
-    from saescope.steer.measure import measure_texts, output_score
+    from saescope.steer.measure import output_score
     from saescope.steer.stage import SteerConfig
     from saescope.steer.stage import run as steer
     from saescope.train import TrainConfig
@@ -247,19 +247,19 @@ def test_packaged_smollm2_steering_raises_the_concept_and_ablation_lowers_it(tmp
     assert best["output_score"] > 0.05 and best["lens_rank"] < 50
     summary = json.loads(rp.steer_summary.read_text())
     assert summary["groups"][0]["concept_gain"] > 0
-    # ablation: the feature most active on the prompts' generations loses activation
+    # ablation: the feature most active at the prompts' last positions, where the output
+    # score reads the next token, loses its promoted tokens' probability there. (Whether
+    # an ablation changes greedy text is left alone: ablating one of the five features most
+    # active on a generation changed at most 2 of the 4 generations and often none,
+    # standardised rows or not. The test used to pick by a sum over the BOS row too, and
+    # with unstandardised rows got a feature active only there, whose ablation did.)
     hp = hooks.resolve(lm.model, "resid_post.15")
     sae = SAE.load(rp.sae).eval().requires_grad_(False)
     ids = prompt_ids(lm, PROMPTS, 16)
-    plain = generate(lm, ids, 16)
-    x = hooks.capture(lm.model, hp, torch.tensor([plain.ids[0].tolist()]))[0]
-    f = int(sae.encode(x).sum(0).argmax())
-    ablated = generate(lm, ids, 16, Steerer(lm.model, hp, sae, [Edit(f, "zero")]))
-    a, b = measure_texts(lm, hp, sae, plain, [f]), measure_texts(lm, hp, sae, ablated, [f])
-    assert b.concept.mean() < a.concept.mean()
-    # and the output score of an ablation is not positive
+    last = torch.stack([hooks.capture(lm.model, hp, torch.tensor([p]))[0][-1] for p in ids])
+    f = int(sae.encode(last).sum(0).argmax())
     lens = [
         int(i)
         for i in pd.read_parquet(rp.features).set_index("feature").loc[f, "promoted_ids"][:10]
     ]
-    assert output_score(lm, hp, sae, ids, Edit(f, "zero"), lens).score <= 1e-6
+    assert output_score(lm, hp, sae, ids, Edit(f, "zero"), lens).score < 0
