@@ -106,17 +106,28 @@ class Scores(NamedTuple):
     l0: float
     nmse_ordinary: float  # NMSE over the rows that are not massive (see `evaluate`)
     n_massive: int
+    dead_any: float  # fraction of latents zero on every held-out and every `seen` row
 
 
 MASSIVE = 10.0  # a held-out row is "massive" above this many times the median row norm
+SEEN_ROWS = 65_536  # training rows (the first ones) that `dead_any` also looks at
 
 
 @torch.no_grad()
-def evaluate(recon: Recon, held: torch.Tensor, d_sae: int, chunk: int = 1024) -> Scores:
+def evaluate(
+    recon: Recon,
+    held: torch.Tensor,
+    d_sae: int,
+    chunk: int = 1024,
+    seen: torch.Tensor | None = None,
+) -> Scores:
     """NMSE, dead fraction and L0 on the held-out rows, and NMSE without the massive rows.
 
     NMSE = sum of squared error / sum of squared deviation from the held-out mean.
-    Dead = fraction of latents that are zero on every held-out row.
+    Dead = fraction of latents that are zero on every held-out row. A rare latent (one
+    that fires on 1 row in 1,000, as the last Matryoshka group's do) fires on no row of a
+    few thousand by chance, so `dead_any` also counts the `seen` rows (training rows):
+    the latents zero on every row of both.
     L0 = mean number of nonzero latents per held-out row.
     The ordinary NMSE leaves out rows whose norm is over `MASSIVE` times the median (an
     LM's attention-sink rows: on SmolLM2's token store 2 of 43,558 held-out rows that
@@ -138,12 +149,17 @@ def evaluate(recon: Recon, held: torch.Tensor, d_sae: int, chunk: int = 1024) ->
         sse_ordinary += float(err[~massive[start : start + chunk]].sum())
         fired |= on.any(0)
         active += int(on.sum())
+    dead = 1.0 - float(fired.float().mean())
+    rest = seen if seen is not None else held[:0]
+    for start in range(0, len(rest), chunk):
+        fired |= recon(rest[start : start + chunk])[1].any(0)
     return Scores(
         sse / sst,
-        1.0 - float(fired.float().mean()),
+        dead,
         active / len(held),
         sse_ordinary / sst_ordinary,
         int(massive.sum()),
+        1.0 - float(fired.float().mean()),
     )
 
 
@@ -367,7 +383,7 @@ def run(spec: Spec) -> dict[str, Any]:
     recon = RUNNERS[spec.lib](spec, it)
     seconds = time.perf_counter() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    scores = evaluate(recon, data.held, spec.d_sae)
+    scores = evaluate(recon, data.held, spec.d_sae, seen=data.train[:SEEN_ROWS])
     return {
         **dataclasses.asdict(spec),
         "samples": n_samples,
@@ -381,6 +397,8 @@ def run(spec: Spec) -> dict[str, Any]:
         "l0": scores.l0,
         "nmse_ordinary": scores.nmse_ordinary,
         "n_massive": scores.n_massive,
+        "dead_any": scores.dead_any,
+        "n_seen_rows": min(SEEN_ROWS, len(data.train)),
         **NOTES,
     }
 

@@ -55,7 +55,7 @@ PEERS = ("saelens", "sparsify")
 LIBS = ("saescope", *PEERS)
 TARGET_SPEEDUP = 2.0
 TARGET_DEAD = 0.01
-QUALITY = ("nmse", "dead", "l0", "nmse_ordinary")  # averaged over --seeds
+QUALITY = ("nmse", "dead", "l0", "nmse_ordinary", "dead_any")  # averaged over --seeds
 MANIFEST = "manifest.json"  # saescope.paths.MANIFEST (see find_store)
 
 
@@ -200,7 +200,14 @@ def target_lines(
             f"{100 * best['dead']:.2f}%; target < {100 * TARGET_DEAD:.0f}%",
         ),
     ]
-    return [f"  {'PASS' if good else 'FAIL'}  {text}" for good, text in checks]
+    lines = [f"  {'PASS' if good else 'FAIL'}  {text}" for good, text in checks]
+    if "dead_any" in ours and "dead_any" in best:
+        lines.append(
+            f"  (info) {label}dead on every held-out row and on the first "
+            f"{ours.get('n_seen_rows', 0)} training rows too: saescope "
+            f"{100 * ours['dead_any']:.2f}%, {best_name} {100 * best['dead_any']:.2f}%"
+        )
+    return lines
 
 
 def report(results: list[dict[str, Any]], peak: float) -> list[str]:
