@@ -33,7 +33,7 @@ in the number of tokens: within the bigger run, from the point where it has stor
 many rows as the smaller run to its end, the running peak grows by less than half of
 what the extra rows take as float32 (holding the rows would grow it by all of that).
 Measured inside one process because two fresh processes of the same size differ by
-100-150 MB (allocator behaviour), more than the target allows; their two peaks are
+100-270 MB (allocator behaviour), more than the target allows; their two peaks are
 printed too.
 
     python bench/acts.py                                  # about 5 minutes on 2 idle cores
@@ -234,7 +234,7 @@ def stage_worker(spec: dict[str, Any]) -> dict[str, Any]:
     Path("/proc/self/clear_refs").write_text("5")
     # the running peak after every append: (rows appended so far, VmHWM KiB), so that
     # growth with the token count is read inside one process (fresh processes of the same
-    # size differ by 100-150 MB: allocator behaviour)
+    # size differ by 100-270 MB: allocator behaviour)
     trace: list[tuple[int, int]] = []
     append = StoreWriter.append
 
