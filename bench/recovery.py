@@ -187,6 +187,9 @@ def main() -> None:
     ap.add_argument("--no-saelens", action="store_true", help="skip SAELens's SAEs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--lr", type=float, default=0.0, help="learning rate of every SAE (0: saescope's default)"
+    )
+    ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (these matrices are small)"
     )
     args = ap.parse_args()
@@ -200,7 +203,7 @@ def main() -> None:
     k = max(1, round(float(fired_eval.sum(1).float().mean())))
     data = batches(truth, args.steps, args.batch, args.seed)
     d_sae = args.n_features
-    lr = TrainConfig().learning_rate(d_sae)
+    lr = args.lr if args.lr > 0 else TrainConfig().learning_rate(d_sae)
     print(
         f"data: d_in {args.d_in}, {args.n_features} true directions "
         f"({args.n_features / args.d_in:.0f}x d_in), {len(truth.parents)} parents x {CHILDREN} "
