@@ -57,6 +57,10 @@ TARGET_SPEEDUP = 2.0
 TARGET_DEAD = 0.01
 QUALITY = ("nmse", "dead", "l0", "nmse_ordinary", "dead_any")  # averaged over --seeds
 MANIFEST = "manifest.json"  # saescope.paths.MANIFEST (see find_store)
+NOTE_LINES = {  # notes of saescope's run (bench/_peers.py NOTES) printed above the table
+    "select_path": "  saescope TopK selection path: {}",
+    "input_norm": "  saescope input norm: {} (the default on this store)",
+}
 
 
 def gemm_peak_gflops(
@@ -200,14 +204,16 @@ def target_lines(
             f"{100 * best['dead']:.2f}%; target < {100 * TARGET_DEAD:.0f}%",
         ),
     ]
-    lines = [f"  {'PASS' if good else 'FAIL'}  {text}" for good, text in checks]
-    if "dead_any" in ours and "dead_any" in best:
-        lines.append(
-            f"  (info) {label}dead on every held-out row and on the first "
-            f"{ours.get('n_seen_rows', 0)} training rows too: saescope "
-            f"{100 * ours['dead_any']:.2f}%, {best_name} {100 * best['dead_any']:.2f}%"
-        )
-    return lines
+    return [f"  {'PASS' if good else 'FAIL'}  {text}" for good, text in checks] + [
+        f"  (info) {label}dead on every held-out row and on the first {ours['n_seen_rows']} "
+        f"training rows too: saescope {100 * ours['dead_any']:.2f}%, {best_name} "
+        f"{100 * best['dead_any']:.2f}%"
+    ]
+
+
+def first(rows: list[dict[str, Any]], **match: str) -> dict[str, Any] | None:
+    """The first result whose fields equal `match`, or None."""
+    return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
 
 def report(results: list[dict[str, Any]], peak: float) -> list[str]:
@@ -216,7 +222,7 @@ def report(results: list[dict[str, Any]], peak: float) -> list[str]:
     peers = [r for r in ok if r["lib"] in PEERS]
     best_sps = max((r["samples_per_s"] for r in peers), default=0.0)
     lines = [HEADER] + [fmt_row(r, peak, best_sps) for r in results]
-    ours = next((r for r in ok if r["lib"] == "saescope" and r["optimizer"] == "default"), None)
+    ours = first(ok, lib="saescope", optimizer="default")
     if ours is None or not peers:
         return lines + ["  targets: not checked (saescope default run or peers missing)"]
     fastest = max(peers, key=lambda r: r["samples_per_s"])
@@ -242,13 +248,13 @@ def report_architectures(results: list[dict[str, Any]], peak: float) -> list[str
     """Table and PASS/FAIL lines of an `--architectures` run: each architecture of saescope
     against SAELens's same architecture; sparsify's TopK is the speed reference."""
     ok = [r for r in results if "error" not in r]
-    ref = next((r for r in ok if r["lib"] == "sparsify"), None)
+    ref = first(ok, lib="sparsify")
     lines = [HEADER.replace(f"{'library':<9}", f"{'library/architecture':<30}")]
     lines += [fmt_row(r, peak, ref["samples_per_s"] if ref else 0.0) for r in results]
     lines.append("  (vs_fast: samples/s over sparsify's TopK, the speed reference)")
     for arch in dict.fromkeys(r["architecture"] for r in results if r["lib"] == "saescope"):
-        ours = next((r for r in ok if r["lib"] == "saescope" and r["architecture"] == arch), None)
-        lens = next((r for r in ok if r["lib"] == "saelens" and r["architecture"] == arch), None)
+        ours = first(ok, lib="saescope", architecture=arch)
+        lens = first(ok, lib="saelens", architecture=arch)
         if ours is None or lens is None:
             lines.append(f"  {arch}: targets not checked (a run failed)")
             continue
@@ -406,12 +412,10 @@ def main(argv: list[str] | None = None) -> int:
                     seed=seed,
                 )
                 r = run_one(spec, log)
-                if lib == "saescope" and "select_path" in r and "select_path" not in everything:
-                    everything["select_path"] = r["select_path"]
-                    print(f"  saescope TopK selection path: {r['select_path']}")
-                if lib == "saescope" and "input_norm" in r and "input_norm" not in everything:
-                    everything["input_norm"] = r["input_norm"]
-                    print(f"  saescope input norm: {r['input_norm']} (the default on this store)")
+                for note, text in NOTE_LINES.items():  # saescope's, printed once
+                    if lib == "saescope" and note in r and note not in everything:
+                        everything[note] = r[note]
+                        print(text.format(r[note]))
                 print(
                     fmt_row(r, peak, 0.0) + (f"  seed {seed}" if args.seeds > 1 else ""), flush=True
                 )
