@@ -365,6 +365,10 @@ def test_family_tree_opens_and_its_nodes_open_cards_in_chromium(found: Planted, 
         t = found.topic.index(topic)
         assert first.locator("ul.tree").count() == 0  # drawn only when opened
         first.locator("summary").click()
+        # the tree is drawn on the "toggle" event, which the browser fires as a task after
+        # the click: wait for it (reading at once raced it and found no node, once in a
+        # fresh clone)
+        first.locator("ul.tree").first.wait_for()
         nodes = first.locator("a.flink")
         assert sorted(int(x.lstrip("#")) for x in nodes.all_inner_texts()) == sorted(
             found.subtree(t)
