@@ -205,3 +205,33 @@ def test_saelens_trained_matryoshka_files_load(tmp_path: Path) -> None:
         codes = sae.encode(x)
         assert torch.equal(codes != 0, ref != 0), folder
         torch.testing.assert_close(codes, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["matryoshka_batchtopk", "batchtopk"])
+def test_auxk_reaches_latents_silent_for_one_step_by_default(arch: str) -> None:
+    """Matryoshka's default dead window is one step, so after the first step the latents
+    that kept no activation get AuxK's gradient; BatchTopK's window (a tenth of training)
+    still counts none of them dead."""
+    from saescope.train.trainer import Trainer
+
+    ROWS = 8  # 32 kept activations a step: at least half of the 64 latents stay silent
+
+    cfg = TrainConfig(architecture=arch, d_sae=[D_SAE], k=[K], batch_size=ROWS, lr=3e-3)
+    trainer = Trainer(cfg, D_IN, _inputs(256), total_steps=100)
+    assert trainer.dead_after == (ROWS if arch == "matryoshka_batchtopk" else 100 * ROWS // 10)
+    tr = trainer.trainees[0]
+    trainer.train_step(_inputs(ROWS, seed=2), want_metrics=True)
+    silent = tr.samples_since_fired > 0  # kept no activation in the first step
+    assert 0 < int(silent.sum()) < D_SAE
+    before = tr.sae.W_enc.detach().clone()
+    trainer.train_step(_inputs(ROWS, seed=3), want_metrics=True)
+    moved = (tr.sae.W_enc.detach() - before).abs().sum(0) > 0  # (d_sae,)
+    # silent in both steps: only AuxK can give their encoder columns a gradient
+    still = tr.samples_since_fired >= 2 * ROWS
+    assert int(still.sum()) > 0
+    if arch == "matryoshka_batchtopk":
+        assert tr.last["aux"] > 0
+        assert moved[still].float().mean() > 0.5  # those among AuxK's k_aux with h > 0
+    else:
+        assert tr.last["aux"] == 0 and tr.last["dead_fraction"] == 0
+        assert not bool(moved[still].any())

@@ -99,7 +99,8 @@ class TrainConfig(ArchOptions):
     dead_after_samples: int = option(
         -1,
         "a latent is dead after this many training rows without firing "
-        "(-1: a tenth of the rows seen in training, at most 10M)",
+        "(-1: a tenth of the rows seen in training, at most 10M; matryoshka_batchtopk: one "
+        "step's batch_size rows)",
     )
     sparsity_warmup_steps: int = option(
         0, "relu/jumprelu: ramp the sparsity coefficient up linearly over these steps"

@@ -185,7 +185,7 @@ class Trainer:
     def dead_after(self) -> int:
         if self.cfg.dead_after_samples >= 0:
             return self.cfg.dead_after_samples
-        return min(10_000_000, max(1, self.total_steps * self.cfg.batch_size // 10))
+        return self.arch.default_dead_after(self.cfg, self.total_steps * self.cfg.batch_size)
 
     def _context(self, tr: Trainee, n_global: int) -> losses.LossContext:
         cfg = self.cfg
@@ -262,7 +262,7 @@ class Trainer:
             tr.samples_since_fired += n_global
             tr.samples_since_fired[fired] = 0
             tr.batch_threshold = self.arch.update_running(
-                tr.batch_threshold, out, self.cfg, self.step
+                tr.batch_threshold, out, self.cfg, self.step, self.total_steps
             )
             if want_metrics and sq_norm_stats is not None:
                 tr.last.update(self._metrics(tr, out, sq_norm_stats, n_global))

@@ -120,6 +120,11 @@ class Architecture:
         """Whether decoder rows are kept at unit norm during training."""
         return bool(cfg.unit_norm_decoder)
 
+    def default_dead_after(self, cfg: TrainConfig, total_rows: int) -> int:
+        """Rows without firing after which a latent is dead (AuxK's latents), when
+        `dead_after_samples` is -1: a tenth of the training rows, at most 10M."""
+        return min(10_000_000, max(1, total_rows // 10))
+
     def sparsity_coefficient(self, cfg: TrainConfig) -> float:
         """The weight of the sparsity penalty (before its warm-up ramp); 0 if none."""
         return 0.0
@@ -143,7 +148,9 @@ class Architecture:
         """This rank's share of the loss on normalised inputs x (n_rows, d_in)."""
         raise NotImplementedError
 
-    def update_running(self, running: float, out: LossOutput, cfg: TrainConfig, step: int) -> float:
+    def update_running(
+        self, running: float, out: LossOutput, cfg: TrainConfig, step: int, total_steps: int
+    ) -> float:
         """The running value kept between steps (batchtopk: the inference threshold)."""
         return running
 
