@@ -17,7 +17,9 @@ Runners (each uses the library's own model, forward and loss code):
   saelens   `SAETrainer.fit` on the architecture's training SAE from
             `sae_lens.registry` (`TopKTrainingSAE`, ...; its own Adam, grad clipping,
             dead-feature bookkeeping, its architecture defaults; Matryoshka with
-            saescope's default group widths); default = SAELens's default Adam settings.
+            saescope's default group widths; JumpReLU also as `variant` "target_l0",
+            aimed at L0 k by its own options, see SAELENS_VARIANTS); default =
+            SAELens's default Adam settings.
             Scored through the inference SAE it saves (BatchTopK: JumpReLU with the
             learned threshold), loaded outside the timed part.
   sparsify  `SparseCoder` driven the way `sparsify.Trainer.fit` drives it (b_dec set
@@ -62,6 +64,7 @@ class Spec:
     adam_lr: float
     seed: int = 0
     architecture: str = "topk"  # a saescope architecture name (SAELens spells them alike)
+    variant: str = "default"  # SAELens: "default" (its defaults) or a key of SAELENS_VARIANTS
 
 
 class Data(NamedTuple):
@@ -166,6 +169,23 @@ def evaluate(
 # ---------------------------------------------------------------- SAELens
 
 
+# SAELens configurations other than its defaults, by (architecture, variant): its config
+# fields, with `k` standing for the run's k.
+# JumpReLU "target_l0": with its defaults (threshold 0.01 learned at lr 3e-4, the L0
+# penalty reaching the threshold alone) SAELens's JumpReLU stays dense in a bench-length
+# run (L0 2,509 of 3,072 after 40 steps of 4096 on the sentence store, 1,072 after 256),
+# so its NMSE cannot be set against a sparse SAE's. Its own quadratic L0 loss towards
+# `target_l0` (GemmaScope 2's), with the straight-through gradient reaching the encoder,
+# brings it to L0 30 in 40 steps.
+SAELENS_VARIANTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("jumprelu", "target_l0"): {
+        "jumprelu_sparsity_loss_mode": "quadratic",
+        "target_l0": "k",
+        "jumprelu_ste_to_input": True,
+    },
+}
+
+
 def train_saelens(
     arch: str,
     d_in: int,
@@ -175,10 +195,12 @@ def train_saelens(
     n_samples: int,
     batch_size: int,
     lr: float,
+    variant: str = "default",
 ) -> Any:
-    """SAELens's training SAE of architecture `arch` (`sae_lens.registry`, its defaults;
-    Matryoshka with saescope's default group widths), fitted by its `SAETrainer` on
-    `batches` at a constant lr. Also used by bench/recovery.py."""
+    """SAELens's training SAE of architecture `arch` (`sae_lens.registry`, its defaults or
+    the `SAELENS_VARIANTS` entry of `variant`; Matryoshka with saescope's default group
+    widths), fitted by its `SAETrainer` on `batches` at a constant lr. Also used by
+    bench/recovery.py."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.registry import get_sae_training_class
     from sae_lens.training.sae_trainer import SAETrainer
@@ -191,6 +213,9 @@ def train_saelens(
         extra["k"] = k
     if arch == "matryoshka_batchtopk":
         extra["matryoshka_widths"] = prefix_widths(d_sae, DEFAULT_GROUPS)
+    if variant != "default":
+        fields = SAELENS_VARIANTS[(arch, variant)]
+        extra.update({f: k if v == "k" else v for f, v in fields.items()})
     sae = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, **extra))
     cfg = SAETrainerConfig(
         total_training_samples=n_samples,
@@ -228,7 +253,15 @@ def run_saelens(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
     # SAELens's default is Adam lr 3e-4, betas (0.9, 0.999), constant schedule
     lr = 3e-4 if spec.optimizer == "default" else spec.adam_lr
     sae = train_saelens(
-        spec.architecture, spec.d_in, spec.d_sae, spec.k, it, spec.n_samples, spec.batch_size, lr
+        spec.architecture,
+        spec.d_in,
+        spec.d_sae,
+        spec.k,
+        it,
+        spec.n_samples,
+        spec.batch_size,
+        lr,
+        spec.variant,
     )
     # built on first use, outside the timed training
     inference = functools.cache(lambda: saelens_for_use(sae, spec.architecture))

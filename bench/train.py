@@ -32,7 +32,11 @@ implementation of the same architecture, its defaults), sparsify's TopK runs onc
 speed reference, and the targets are checked per architecture against SAELens's: >= 2x
 its samples/s, held-out NMSE no worse, dead < 1%. L0 (mean active latents per held-out
 row) is printed beside NMSE: JumpReLU's is set by its L0 penalty, not by k, so its NMSE
-is comparable only where the L0s are close. The FLOP model stays TopK's.
+is comparable only where the L0s are close. SAELens's JumpReLU therefore trains twice:
+with its defaults (it stays dense in a run this short: L0 ~2,500 of 3,072) and aimed at
+L0 k by its own options (`target_l0`, bench/_peers.py SAELENS_VARIANTS); the targets
+are checked against the SAELens run whose L0 is nearest saescope's. The FLOP model
+stays TopK's.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -57,6 +62,9 @@ TARGET_SPEEDUP = 2.0
 TARGET_DEAD = 0.01
 QUALITY = ("nmse", "dead", "l0", "nmse_ordinary", "dead_any")  # averaged over --seeds
 MANIFEST = "manifest.json"  # saescope.paths.MANIFEST (see find_store)
+# SAELens runs of an architecture with --architectures (variants: bench/_peers.py
+# SAELENS_VARIANTS); the targets are checked against the one whose L0 is nearest saescope's
+VARIANTS = {"jumprelu": ("default", "target_l0")}
 NOTE_LINES = {  # notes of saescope's run (bench/_peers.py NOTES) printed above the table
     "select_path": "  saescope TopK selection path: {}",
     "input_norm": "  saescope input norm: {} (the default on this store)",
@@ -145,7 +153,10 @@ def run_one(spec: dict[str, Any], log: Path) -> dict[str, Any]:
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
     cmd = [sys.executable, str(HERE / "_peers.py"), json.dumps(spec)]
     with open(log, "a") as f:
-        f.write(f"\n### {spec['lib']} {spec['optimizer']} d_sae={spec['d_sae']}\n")
+        f.write(
+            f"\n### {spec['lib']} {spec['optimizer']} {spec['architecture']} "
+            f"{spec['variant']} d_sae={spec['d_sae']}\n"
+        )
         f.flush()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=f, text=True, env=env)
     for line in proc.stdout.splitlines():
@@ -158,6 +169,8 @@ def fmt_row(r: dict[str, Any], peak: float, best_peer_sps: float) -> str:
     name = (
         r["lib"] if r.get("architecture", "topk") == "topk" else f"{r['lib']}/{r['architecture']}"
     )
+    if r.get("variant", "default") != "default":
+        name += f"({r['variant']})"
     if "error" in r:
         return f"  {name:<9} {r['optimizer']:<8} FAILED: {r['error']}"
     gflops = flops_per_step(r["batch_size"], r["d_in"], r["d_sae"], r["k"]) / r["batch_size"]
@@ -254,13 +267,25 @@ def report_architectures(results: list[dict[str, Any]], peak: float) -> list[str
     lines.append("  (vs_fast: samples/s over sparsify's TopK, the speed reference)")
     for arch in dict.fromkeys(r["architecture"] for r in results if r["lib"] == "saescope"):
         ours = first(ok, lib="saescope", architecture=arch)
-        lens = first(ok, lib="saelens", architecture=arch)
-        if ours is None or lens is None:
+        lenses = [r for r in ok if r["lib"] == "saelens" and r["architecture"] == arch]
+        if ours is None or not lenses:
             lines.append(f"  {arch}: targets not checked (a run failed)")
             continue
         lines.append(f"  {arch}: saescope training path {ours.get('training_path', '?')}")
-        lines += target_lines(f"{arch} ", ours, lens, "SAELens", lens, "SAELens")
+        lens = nearest_l0(lenses, ours["l0"])
+        name = "SAELens" if lens["variant"] == "default" else f"SAELens ({lens['variant']})"
+        if len(lenses) > 1:
+            lines.append(
+                f"  {arch}: checked against {name}, the SAELens run whose L0 ({lens['l0']:.1f}) "
+                f"is nearest saescope's ({ours['l0']:.1f})"
+            )
+        lines += target_lines(f"{arch} ", ours, lens, name, lens, name)
     return lines
+
+
+def nearest_l0(runs: list[dict[str, Any]], l0: float) -> dict[str, Any]:
+    """The run whose L0 is nearest `l0` by ratio: NMSE compares only at similar sparsity."""
+    return min(runs, key=lambda r: abs(math.log(max(r["l0"], 1e-9) / max(l0, 1e-9))))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -338,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     peak = gemm_peak_gflops(threads=2)
     peak_bf16, bf16_skipped = bf16_gemm_peak(threads=2)
-    spec = importlib.util.find_spec("saescope")
-    src = Path(spec.origin).parent if spec and spec.origin else "?"
+    found = importlib.util.find_spec("saescope")
+    src = Path(found.origin).parent if found and found.origin else "?"
     head = subprocess.run(
         ["git", "-C", str(HERE), "log", "-1", "--format=%h %ad", "--date=iso"],
         capture_output=True,
@@ -383,23 +408,27 @@ def main(argv: list[str] | None = None) -> int:
             f"adam lr {adam_lr(d_sae):.2e}"
         )
         if archs:
-            order = [("sparsify", "default", "topk")] * ("sparsify" in libs) + [
-                (lib, "default", arch)
+            order = [("sparsify", "default", "topk", "default")] * ("sparsify" in libs) + [
+                (lib, "default", arch, variant)
                 for arch in archs
                 for lib in ("saescope", "saelens")
                 if lib in libs
+                for variant in (
+                    VARIANTS.get(arch, ("default",)) if lib == "saelens" else ["default"]
+                )
             ]
         else:
-            order = [(lib, opt, "topk") for lib in libs for opt in optimizers]
-        best: dict[tuple[str, str, str], dict[str, Any]] = {}
-        quality: dict[tuple[str, str, str], dict[int, dict[str, float]]] = {}
+            order = [(lib, opt, "topk", "default") for lib in libs for opt in optimizers]
+        best: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        quality: dict[tuple[str, str, str, str], dict[int, dict[str, float]]] = {}
         for rep in range(args.repeats * args.seeds):
             seed = rep % args.seeds
             # alternate the order so that a change in machine load hits every library alike
-            for lib, opt, arch in order if rep % 2 == 0 else order[::-1]:
+            for lib, opt, arch, variant in order if rep % 2 == 0 else order[::-1]:
                 spec = dict(
                     lib=lib,
                     architecture=arch,
+                    variant=variant,
                     optimizer=opt,
                     d_in=d_in,
                     d_sae=d_sae,
@@ -419,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     fmt_row(r, peak, 0.0) + (f"  seed {seed}" if args.seeds > 1 else ""), flush=True
                 )
-                key = (lib, opt, arch)
+                key = (lib, opt, arch, variant)
                 if "error" not in r:
                     quality.setdefault(key, {})[seed] = {q: r[q] for q in QUALITY}
                 old = best.get(key)
