@@ -65,6 +65,7 @@ MANIFEST = "manifest.json"  # saescope.paths.MANIFEST (see find_store)
 # SAELens runs of an architecture with --architectures (variants: bench/_peers.py
 # SAELENS_VARIANTS); the targets are checked against the one whose L0 is nearest saescope's
 VARIANTS = {"jumprelu": ("default", "target_l0")}
+ARCH_WIDTH = 30  # the library/architecture column of an --architectures table
 NOTE_LINES = {  # notes of saescope's run (bench/_peers.py NOTES) printed above the table
     "select_path": "  saescope TopK selection path: {}",
     "input_norm": "  saescope input norm: {} (the default on this store)",
@@ -165,14 +166,15 @@ def run_one(spec: dict[str, Any], log: Path) -> dict[str, Any]:
     return {**spec, "error": f"exit {proc.returncode}; see {log}"}
 
 
-def fmt_row(r: dict[str, Any], peak: float, best_peer_sps: float) -> str:
+def fmt_row(r: dict[str, Any], peak: float, best_peer_sps: float, width: int = 9) -> str:
     name = (
         r["lib"] if r.get("architecture", "topk") == "topk" else f"{r['lib']}/{r['architecture']}"
     )
     if r.get("variant", "default") != "default":
         name += f"({r['variant']})"
+    name = f"{name:<{width}}"  # the header's: 9, or ARCH_WIDTH with --architectures
     if "error" in r:
-        return f"  {name:<9} {r['optimizer']:<8} FAILED: {r['error']}"
+        return f"  {name} {r['optimizer']:<8} FAILED: {r['error']}"
     gflops = flops_per_step(r["batch_size"], r["d_in"], r["d_sae"], r["k"]) / r["batch_size"]
     gflops *= r["samples_per_s"] / 1e9
     ratio = r["samples_per_s"] / best_peer_sps if best_peer_sps else float("nan")
@@ -262,8 +264,8 @@ def report_architectures(results: list[dict[str, Any]], peak: float) -> list[str
     against SAELens's same architecture; sparsify's TopK is the speed reference."""
     ok = [r for r in results if "error" not in r]
     ref = first(ok, lib="sparsify")
-    lines = [HEADER.replace(f"{'library':<9}", f"{'library/architecture':<30}")]
-    lines += [fmt_row(r, peak, ref["samples_per_s"] if ref else 0.0) for r in results]
+    lines = [HEADER.replace(f"{'library':<9}", f"{'library/architecture':<{ARCH_WIDTH}}")]
+    lines += [fmt_row(r, peak, ref["samples_per_s"] if ref else 0.0, ARCH_WIDTH) for r in results]
     lines.append("  (vs_fast: samples/s over sparsify's TopK, the speed reference)")
     for arch in dict.fromkeys(r["architecture"] for r in results if r["lib"] == "saescope"):
         ours = first(ok, lib="saescope", architecture=arch)
@@ -446,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                         everything[note] = r[note]
                         print(text.format(r[note]))
                 print(
-                    fmt_row(r, peak, 0.0) + (f"  seed {seed}" if args.seeds > 1 else ""), flush=True
+                    fmt_row(r, peak, 0.0, ARCH_WIDTH if archs else 9)
+                    + (f"  seed {seed}" if args.seeds > 1 else ""),
+                    flush=True,
                 )
                 key = (lib, opt, arch, variant)
                 if "error" not in r:
