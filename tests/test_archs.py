@@ -189,6 +189,44 @@ def test_sparse_path_gives_the_dense_gradients(arch: str, options: dict) -> None
         torch.testing.assert_close(sparse[name], g, rtol=1e-9, atol=1e-12, msg=name)
 
 
+@pytest.mark.parametrize("path", ["never", "always"])
+def test_jumprelu_pre_act_loss_reaches_dead_latents_only(path: str) -> None:
+    """Anthropic's pre-activation loss on the dead latents: its value by hand, and it is
+    the only gradient a dead latent's encoder column gets when the latent is below its
+    threshold on every row (it lifts h and lowers the threshold); off at coefficient 0."""
+    from saescope.sae.archs.jumprelu import dead_pre_act_loss
+
+    def run(coef: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        cfg = TrainConfig(architecture="jumprelu", d_sae=[D_SAE], pre_act_coefficient=coef)
+        out, grads = _grads("jumprelu", path, cfg)
+        return out.loss.detach(), grads, out.fired
+
+    loss_on, on, fired = run(1e-2)
+    loss_off, off, _ = run(0.0)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[::5] = True  # as _grads marks them
+    silent = dead & ~fired  # dead and below the threshold on every row
+    assert int(silent.sum()) > 0
+    # the term by hand
+    sae = _random_sae("jumprelu")
+    x = torch.randn(96, D_IN, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    g = torch.Generator().manual_seed(7)
+    t = torch.rand(D_SAE, generator=g, dtype=torch.float64) + 0.2
+    h = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    by_hand = (torch.relu(t - h)[:, dead].sum(0) * sae.W_dec[dead].norm(dim=1)).sum()
+    with torch.no_grad():
+        term = dead_pre_act_loss(sae, x, t, dead)
+    assert term is not None
+    torch.testing.assert_close(term, by_hand, rtol=1e-9, atol=0)
+    torch.testing.assert_close(loss_on - loss_off, 1e-2 * by_hand / 96, rtol=1e-6, atol=0)
+    # only the pre-activation loss moves the silent dead latents
+    assert off["W_enc"][:, silent].abs().sum() == 0 and off["b_enc"][silent].abs().sum() == 0
+    assert bool((on["b_enc"][silent] < 0).all())  # descent raises their pre-activations
+    lowered = on["log_threshold"][silent] - off["log_threshold"][silent]
+    assert bool((lowered > 0).all())  # and descent lowers their thresholds
+    assert dead_pre_act_loss(sae, x, t, torch.zeros(D_SAE, dtype=torch.bool)) is None
+
+
 def test_jumprelu_sparse_path_covers_the_kernel_window() -> None:
     """Pairs just below the threshold carry a threshold gradient and no code: the sparse
     path must gather them too (else d log_t would lose their term)."""

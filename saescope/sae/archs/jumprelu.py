@@ -4,8 +4,10 @@ Loss: mse + l0 * L0 with straight-through estimators: the threshold gets the
 rectangle-kernel pseudo-derivative of bandwidth eps, the chain rule through
 t = exp(log_threshold) is left to autograd (so d/dlog_t = t * d/dt). The log
 threshold is a float32 parameter trained beside the weights and saved as `threshold`.
+Dead latents (silent for `dead_after_samples` rows) add Anthropic's pre-activation
+loss, pre_act * sum relu(t - h) * |W_dec row| (`dead_pre_act_loss`), their only gradient.
 Sparse path: the (row, latent) pairs that are active (h > t) or inside the kernel
-window (|h - t| < eps / 2) are the only ones with a gradient; when they are at most
+window (|h - t| < eps / 2) are the only ones with an MSE or L0 gradient; when they are at most
 1/8 of all pairs, they are gathered and decoded and back-propagated through alone.
 SAELens: architecture "jumprelu" with `threshold`.
 """
@@ -40,6 +42,12 @@ class JumpReLUOptions(CommonOptions):
     jumprelu_init_threshold: float = option(
         0.05, "jumprelu: initial threshold of every latent (inputs have unit mean square norm)"
     )
+    pre_act_coefficient: float = option(
+        1e-3,
+        "jumprelu: weight of the pre-activation loss on dead latents (Anthropic's): "
+        "sum of relu(threshold - h) * |W_dec row|, which lifts their pre-activations towards "
+        "the threshold and lowers it; 0: off",
+    )
 
 
 class JumpReLU(Architecture):
@@ -56,6 +64,8 @@ class JumpReLU(Architecture):
     def check_train(self, cfg: TrainConfig) -> None:
         if cfg.jumprelu_bandwidth <= 0 or cfg.jumprelu_init_threshold <= 0:
             raise SaescopeError("jumprelu_bandwidth and jumprelu_init_threshold must be > 0")
+        if cfg.pre_act_coefficient < 0:
+            raise SaescopeError("pre_act_coefficient must be >= 0")
 
     def sparsity_coefficient(self, cfg: TrainConfig) -> float:
         return float(cfg.l0_coefficient)
@@ -72,6 +82,14 @@ class JumpReLU(Architecture):
     ) -> LossOutput:
         if extra is None:
             raise SaescopeError("jumprelu training needs its log threshold")
+        out = self._loss(sae, x, ctx, extra)
+        coef = float(getattr(ctx.options, "pre_act_coefficient", 0.0))
+        pre = dead_pre_act_loss(sae, x, extra.exp(), ctx.dead) if coef > 0 else None
+        return out if pre is None else out._replace(loss=out.loss + coef * pre / ctx.n_global)
+
+    def _loss(
+        self, sae: SAE, x: torch.Tensor, ctx: LossContext, extra: torch.nn.Parameter
+    ) -> LossOutput:
         L = lazy_loss
         eps = ctx.bandwidth
         t = extra.exp()  # (d_sae,) float32; autograd supplies d t / d log_t = t
@@ -103,6 +121,24 @@ class JumpReLU(Architecture):
 
     def to_saelens(self, cfg: SAEConfig) -> SaelensMapping:
         return SaelensMapping("jumprelu", {})
+
+
+def dead_pre_act_loss(
+    sae: SAE, x: torch.Tensor, t: torch.Tensor, dead: torch.Tensor
+) -> torch.Tensor | None:
+    """sum over rows and dead latents j of relu(t_j - h_j) * |W_dec_j| (Anthropic's
+    pre-activation loss, on the dead latents only), or None when none is dead.
+
+    A dead latent is below its threshold on every row, so neither the MSE nor the L0
+    term reaches its encoder column; this term lifts its pre-activations towards the
+    threshold and lowers the threshold. Only the dead columns are computed (a gather of
+    n_dead encoder columns), and b_dec, shared by all latents, gets no gradient from it."""
+    idx = dead.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return None
+    h = (x - sae.b_dec.detach()) @ sae.W_enc.index_select(1, idx) + sae.b_enc[idx]
+    gap = torch.relu(t[idx].to(h.dtype) - h)  # (n_rows, n_dead)
+    return (gap.sum(0) * sae.W_dec[idx].detach().norm(dim=1)).sum()
 
 
 ARCH = JumpReLU()
