@@ -367,3 +367,41 @@ def test_batchtopk_threshold_follows_a_drifting_cut_off_in_a_short_run() -> None
     last_tenth = sum(cuts[-4:]) / 4
     assert abs(final(threshold_rate(0.05, steps)) - last_tenth) < 0.1 * 0.014
     assert final(0.05) - cuts[-1] > 0.25 * 0.014
+
+
+def test_jumprelu_starts_at_the_asked_l0_with_a_fitted_encoder_scale() -> None:
+    """--jumprelu-init-l0: the initial threshold keeps that many latents a row of the init
+    sample, the encoder is scaled to the least-squares fit of those codes (a 10% larger or
+    smaller scale reconstructs worse), and the trained log threshold starts there; 0 keeps
+    the fixed --jumprelu-init-threshold and the tied encoder unscaled."""
+    from saescope.train.trainer import Trainer
+
+    g = torch.Generator().manual_seed(3)
+    sample = torch.relu(torch.randn(512, 64, generator=g) - 1.0) @ torch.randn(
+        64, D_IN, generator=g
+    )
+    sample = sample / sample.pow(2).sum(1).mean().sqrt()  # unit mean square norm, as trained
+
+    def start(l0: float) -> tuple[SAE, torch.Tensor]:
+        cfg = TrainConfig(
+            architecture="jumprelu", d_sae=[D_SAE], jumprelu_init_l0=l0, scale_inputs=False
+        )
+        tr = Trainer(cfg, D_IN, sample, total_steps=10).trainees[0]
+        assert tr.extra is not None
+        return tr.sae, tr.extra.detach().exp()
+
+    sae, t = start(6.0)
+    with torch.no_grad():
+        h = sae.pre_activations(sample)
+    assert float((h > t).sum(1).float().mean()) == pytest.approx(6.0, abs=0.01)
+    torch.testing.assert_close(t, sae.threshold.detach().float(), rtol=1e-6, atol=0)
+
+    def sq_err(scale: float) -> float:
+        z = scale * h * (h > t)  # the same latents: threshold and codes scale together
+        with torch.no_grad():
+            return float(((sample - sae.b_dec) - z @ sae.W_dec).pow(2).sum())
+
+    assert sq_err(1.0) < min(sq_err(0.9), sq_err(1.1))
+    fixed, t0 = start(0.0)
+    torch.testing.assert_close(t0, torch.full((D_SAE,), 0.05), rtol=1e-6, atol=0)
+    torch.testing.assert_close(fixed.W_enc, fixed.W_dec.t())  # tied, unscaled

@@ -165,7 +165,7 @@ class Trainer:
         # cost a strided copy of the whole matrix every step
         sae.W_enc = torch.nn.Parameter(sae.W_enc.detach().t().contiguous().t())
         sae.threshold.requires_grad_(False)
-        extra = self.arch.extra_parameter(cfg, d_sae, self.device)
+        extra = self.arch.extra_parameter(cfg, sae, self.device)
         lr = cfg.learning_rate(d_sae)
         params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec] + (
             [extra] if extra is not None else []

@@ -133,9 +133,10 @@ class Architecture:
         """Architecture-specific changes to a freshly initialised SAE (default: none)."""
 
     def extra_parameter(
-        self, cfg: TrainConfig, d_sae: int, device: torch.device
+        self, cfg: TrainConfig, sae: SAE, device: torch.device
     ) -> torch.nn.Parameter | None:
-        """A float32 (d_sae,) tensor trained beside the weights (jumprelu: log threshold)."""
+        """A float32 (d_sae,) tensor trained beside the weights of the freshly initialised
+        `sae` (jumprelu: log threshold)."""
         return None
 
     def loss(
