@@ -36,7 +36,8 @@ back through their inference files. Printed per SAE, on held-out rows:
 The default run takes a few minutes on one thread (the matrices are small: more
 threads only add synchronisation). ReLU and JumpReLU get sparsity coefficients
 (l1 0.4, l0 0.03) picked by hand in a few short runs to bring their L0 towards k
-on this data; their L0 is printed, so compare at similar L0.
+on this data (JumpReLU also starts at L0 k: `jumprelu_init_l0`); their L0 is
+printed, so compare at similar L0.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ def run_ours(arch: str, data: list[torch.Tensor], d_sae: int, k: int, lr: float)
     if arch == "relu":
         extra = {"l1_coefficient": 0.4}
     if arch == "jumprelu":
-        extra = {"l0_coefficient": 0.03, "jumprelu_init_threshold": 0.1}
+        extra = {"l0_coefficient": 0.03, "jumprelu_init_l0": float(k)}  # start at the data's L0
     cfg = TrainConfig(
         architecture=arch, d_sae=[d_sae], k=[k], batch_size=data[0].shape[0], lr=lr, **extra
     )
