@@ -65,6 +65,7 @@ class Spec:
     seed: int = 0
     architecture: str = "topk"  # a saescope architecture name (SAELens spells them alike)
     variant: str = "default"  # SAELens: "default" (its defaults) or a key of SAELENS_VARIANTS
+    select_precision: str = "auto"  # saescope's TopK selection matmul (TrainConfig option)
 
 
 class Data(NamedTuple):
@@ -384,6 +385,7 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
         threads=THREADS,
         device="cpu",
         progress=False,
+        select_precision=spec.select_precision,
     )
     if spec.optimizer == "adam":  # the peers' common Adam: constant lr, no warm-up
         cfg = dataclasses.replace(cfg, lr=spec.adam_lr, warmup_steps=0, lr_decay="none")

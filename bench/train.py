@@ -334,6 +334,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="runs per library (alternating order); the fastest is kept",
     )
     p.add_argument(
+        "--select-precision",
+        default="auto",
+        choices=("auto", "float32", "bfloat16"),
+        help="saescope's TopK selection matmul (auto: bfloat16 with AMX, else float32); "
+        "float32 on an AMX machine runs the path an AVX2-only CPU gets",
+    )
+    p.add_argument(
         "--eval-fraction",
         type=float,
         default=0.2,
@@ -441,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                     eval_fraction=args.eval_fraction,
                     adam_lr=adam_lr(d_sae),
                     seed=seed,
+                    select_precision=args.select_precision,
                 )
                 r = run_one(spec, log)
                 for note, text in NOTE_LINES.items():  # saescope's, printed once
