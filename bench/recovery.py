@@ -32,6 +32,11 @@ back through their inference files. Printed per SAE, on held-out rows:
 
     python bench/recovery.py [--d-in 32] [--n-features 320] [--steps 1000]
                              [--archs relu topk ...] [--no-saelens] [--seed 0] [--threads 1]
+                             [--lr LR] [--reference] [--reference-from-truth]
+
+`--reference` adds TopK and BatchTopK written in plain torch (`run_reference`, no
+saescope or SAELens code), to tell a rule's behaviour from an implementation's;
+`--reference-from-truth` starts them at the true directions instead.
 
 The default run takes a few minutes on one thread (the matrices are small: more
 threads only add synchronisation). ReLU and JumpReLU get sparsity coefficients
@@ -46,6 +51,7 @@ import argparse
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -177,6 +183,59 @@ def run_saelens(arch: str, data: list[torch.Tensor], d_sae: int, k: int, lr: flo
     return inf.W_dec, apply
 
 
+def run_reference(
+    rule: str,
+    data: list[torch.Tensor],
+    d_sae: int,
+    k: int,
+    lr: float,
+    start: torch.Tensor | None = None,
+):
+    """TopK or BatchTopK in plain torch, written apart from saescope and SAELens so that a
+    result shared by both can be told from a property of the rule: tied init (random unit
+    decoder rows, or `start`'s rows), b_enc 0, b_dec the first batch's mean, mse summed over
+    dims and averaged over rows, torch's Adam at `lr`, decoder rows renormalised after each
+    step, no AuxK, no schedule. BatchTopK keeps the k * rows largest relu'd pre-activations
+    of the batch and infers with the running mean (rate 0.01) of the smallest kept one."""
+    gen = torch.Generator().manual_seed(12345)  # not the truth's seed: its first draw is the truth
+    d_in = data[0].shape[1]
+    rows = start if start is not None else torch.randn(d_sae, d_in, generator=gen)
+    W_dec = torch.nn.Parameter(torch.nn.functional.normalize(rows.clone(), dim=1))
+    W_enc = torch.nn.Parameter(W_dec.detach().t().clone())
+    b_enc = torch.nn.Parameter(torch.zeros(d_sae))
+    b_dec = torch.nn.Parameter(data[0].mean(0))
+    opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=lr)
+    threshold = torch.tensor(-1.0)
+
+    def encode(x: torch.Tensor, training: bool) -> torch.Tensor:
+        nonlocal threshold
+        h = torch.relu((x - b_dec) @ W_enc + b_enc)
+        if rule == "topk":
+            vals, idx = h.topk(k, dim=1)
+            return torch.zeros_like(h).scatter(1, idx, vals)
+        if not training:
+            return h * (h > threshold)
+        vals, idx = h.flatten().topk(k * x.shape[0])
+        low = vals.min().detach()
+        threshold = low if threshold < 0 else 0.99 * threshold + 0.01 * low
+        return torch.zeros_like(h).flatten().scatter(0, idx, vals).view_as(h)
+
+    for x in data:
+        loss = (encode(x, True) @ W_dec + b_dec - x).pow(2).sum(1).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            W_dec.copy_(torch.nn.functional.normalize(W_dec, dim=1))
+
+    def apply(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            codes = encode(x, False)
+            return codes, codes @ W_dec + b_dec
+
+    return W_dec.detach(), apply
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--d-in", type=int, default=32)
@@ -192,6 +251,17 @@ def main() -> None:
     )
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (these matrices are small)"
+    )
+    ap.add_argument(
+        "--reference",
+        action="store_true",
+        help="also train TopK and BatchTopK written in plain torch (`run_reference`)",
+    )
+    ap.add_argument(
+        "--reference-from-truth",
+        action="store_true",
+        help="start the reference SAEs' decoder (and tied encoder) at the true directions: "
+        "does a rule keep a dictionary it is given?",
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -220,6 +290,11 @@ def main() -> None:
             runs += [("SAELens", a, run_saelens) for a in ("batchtopk", "matryoshka_batchtopk")]
         except ImportError as exc:
             print(f"SAELens not run: {exc}")
+    if args.reference or args.reference_from_truth:
+        start = truth.dirs if args.reference_from_truth else None
+        label = "ref-truth" if start is not None else "reference"
+        for rule in ("topk", "batchtopk"):
+            runs.append((label, rule, partial(run_reference, start=start)))
     header = (
         f"{'library':9s} {'architecture':21s} {'recovered':>9s} {'mean cos':>8s} "
         f"{'absorption':>10s} {'parent miss':>11s} {'L0':>6s} {'NMSE':>7s} {'dead':>6s} {'s':>5s}"
