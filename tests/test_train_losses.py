@@ -285,3 +285,30 @@ def test_topk_loss_with_auxk_has_the_gradients_of_dense_autograd():
     torch.testing.assert_close(out.loss, ref_loss, rtol=1e-10, atol=1e-12)
     for name, a, b in zip(("W_enc", "b_enc", "W_dec", "b_dec"), ours, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("amx", "cap", "expected"),
+    [
+        (True, None, torch.bfloat16),
+        (True, "AVX2", torch.float32),  # oneDNN capped below AMX: bfloat16 is emulated there
+        (True, "avx512_core_amx", torch.bfloat16),
+        (True, "ALL", torch.bfloat16),
+        (False, None, torch.float32),
+    ],
+)
+def test_auto_selection_takes_bfloat16_only_where_onednn_may_use_amx(
+    monkeypatch, amx, cap, expected
+):
+    from saescope.train.trainer import select_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    if cap is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    cpu = torch.device("cpu")
+    assert select_dtype("auto", cpu) == expected
+    assert select_dtype("float32", cpu) == torch.float32  # an explicit choice wins
+    assert select_dtype("bfloat16", cpu) == torch.bfloat16

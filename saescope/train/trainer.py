@@ -16,6 +16,7 @@ depends on which architecture trains: the trainer asks the registry.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,9 +101,19 @@ def project_decoder_grad(W_dec: torch.Tensor) -> None:
         W_dec.grad.addcmul_(coef.unsqueeze(1), W_dec, value=-1.0)
 
 
+def onednn_allows_amx() -> bool:
+    """False when ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA) caps oneDNN below
+    AMX. torch's AMX check reads the CPU, not that cap, and under a cap such as AVX2 a
+    bfloat16 matmul runs without native support: 2.5 GFLOP/s against float32's 230 on a
+    capped AMX Xeon (2026-12-01)."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    cap = cap.strip().upper()
+    return cap in ("", "ALL", "DEFAULT") or "AMX" in cap
+
+
 def select_dtype(name: str, device: torch.device) -> torch.dtype:
     """The dtype of the TopK selection matmul; "auto" picks bfloat16 where it is fast (CUDA,
-    and CPUs with AMX tiles)."""
+    and CPUs with AMX tiles that oneDNN may use)."""
     if name != "auto":
         return getattr(torch, name)
     if device.type == "cuda":
@@ -110,7 +121,7 @@ def select_dtype(name: str, device: torch.device) -> torch.dtype:
     # AMX only: on a CPU with AVX512-BF16 but no AMX, the selection matmul (4096 x 576 by
     # 576 x 4608) took 250 ms in bfloat16 against 160 ms in float32 (measured 2026-11-30)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if amx else torch.float32
+    return torch.bfloat16 if amx and onednn_allows_amx() else torch.float32
 
 
 class Trainer:
