@@ -47,7 +47,11 @@ def input_scale(sample: torch.Tensor) -> float:
 
 @torch.no_grad()
 def encoder_scale(
-    sae: SAE, sample: torch.Tensor, max_rows: int = 2048, chunk_rows: int = 256
+    sae: SAE,
+    sample: torch.Tensor,
+    max_rows: int = 2048,
+    chunk_rows: int = 256,
+    threshold: float | None = None,
 ) -> float:
     """Least-squares c minimising ||(x - b_dec) - c * (x_hat - b_dec)||^2 over the sample.
 
@@ -55,7 +59,8 @@ def encoder_scale(
     Matryoshka, ReLU) are positively homogeneous in W_enc: scaling W_enc by c > 0 keeps the
     chosen latents and scales the codes, hence x_hat - b_dec, by c. Architectures with a k
     are fitted with per-row top-k (batch-wide ones: the same number of active latents on
-    average as their rule). One scalar
+    average as their rule). With `threshold` the codes are h * (h > threshold) instead
+    (JumpReLU's start, whose threshold is then scaled by c with the encoder). One scalar
     needs few rows: the first `max_rows` of the sample are used, to keep init cheap.
     """
     k = int(sae.cfg.k or 0) if sae.arch.uses_k else 0
@@ -65,7 +70,9 @@ def encoder_scale(
     for start in range(0, sample.shape[0], chunk_rows):
         xc = sample[start : start + chunk_rows].to(sae.W_enc.dtype) - sae.b_dec  # (rows, d_in)
         h = xc @ sae.W_enc + sae.b_enc  # (rows, d_sae)
-        if 0 < k < h.shape[1]:
+        if threshold is not None:
+            recon = (h * (h > threshold)) @ sae.W_dec
+        elif 0 < k < h.shape[1]:
             vals, idx = torch.topk(h, k, dim=-1, sorted=False)
             # (rows, d_in): x_hat - b_dec, from the k chosen decoder rows only
             recon = torch.einsum("rk,rkd->rd", torch.relu(vals), sae.W_dec[idx])

@@ -163,6 +163,9 @@ def fitted_start(
 
 
 def _fitted_start(sae: SAE, rows: torch.Tensor, l0: float, chunk_rows: int) -> tuple[float, float]:
+    # training-time code, imported on use (saescope.sae does not import the trainer)
+    from saescope.train.init import encoder_scale
+
     n_keep = max(1, int(round(l0 * rows.shape[0])))
     tops = []
     for start in range(0, rows.shape[0], chunk_rows):
@@ -171,14 +174,7 @@ def _fitted_start(sae: SAE, rows: torch.Tensor, l0: float, chunk_rows: int) -> t
     cand = torch.cat(tops)
     t = float(torch.topk(cand, min(n_keep, cand.numel()), sorted=False).values.min())
     t = max(t, 1e-6)  # a threshold is positive (it is learned as a log)
-    num = den = 0.0
-    for start in range(0, rows.shape[0], chunk_rows):
-        x = rows[start : start + chunk_rows]
-        h = sae.pre_activations(x)
-        x_hat = (h * (h > t)) @ sae.W_dec  # (rows, d_in), x_hat - b_dec
-        num += float(((x - sae.b_dec) * x_hat).sum())
-        den += float((x_hat * x_hat).sum())
-    return t, (num / den if den > 0 and num > 0 else 1.0)
+    return t, encoder_scale(sae, rows, rows.shape[0], chunk_rows, threshold=t)
 
 
 def dead_pre_act_loss(
