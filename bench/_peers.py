@@ -339,11 +339,12 @@ SPARSE_STEPS: list[bool] = []  # each `use_sparse` decision of run_saescope's tr
 
 def select_path(precision: str) -> str:
     """The dtype the trainer's TopK selection matmul used, and why (`select_dtype`)."""
-    from saescope.train.trainer import select_dtype
+    from saescope.train.trainer import onednn_allows_amx, select_dtype
 
     dtype = str(select_dtype(precision, torch.device("cpu"))).removeprefix("torch.")
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    why = f"select_precision={precision}, AMX {'present' if amx else 'absent'}"
+    cap = "" if onednn_allows_amx() else ", oneDNN capped below it (ONEDNN_MAX_CPU_ISA)"
+    why = f"select_precision={precision}, AMX {'present' if amx else 'absent'}{cap}"
     return f"{dtype} ({why}; CPU capability {torch.backends.cpu.get_cpu_capability()})"
 
 
