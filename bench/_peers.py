@@ -337,15 +337,15 @@ NOTES: dict[str, str] = {}  # run_saescope's select_path (TopK) and training_pat
 SPARSE_STEPS: list[bool] = []  # each `use_sparse` decision of run_saescope's training
 
 
-def select_path(precision: str) -> str:
-    """The dtype the trainer's TopK selection matmul used, and why (`select_dtype`)."""
-    from saescope.train.trainer import onednn_allows_amx, select_dtype
+def select_path(selection: str) -> str:
+    """The trainer's TopK selection path (`TrainResult.selection`: dtype and why), with
+    what the machine offers."""
+    from saescope.train.trainer import onednn_allows_amx
 
-    dtype = str(select_dtype(precision, torch.device("cpu"))).removeprefix("torch.")
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     cap = "" if onednn_allows_amx() else ", oneDNN capped below it (ONEDNN_MAX_CPU_ISA)"
-    why = f"select_precision={precision}, AMX {'present' if amx else 'absent'}{cap}"
-    return f"{dtype} ({why}; CPU capability {torch.backends.cpu.get_cpu_capability()})"
+    cpu = torch.backends.cpu.get_cpu_capability()
+    return f"{selection}; AMX {'present' if amx else 'absent'}{cap}; CPU capability {cpu}"
 
 
 def count_sparse_steps() -> None:
@@ -392,10 +392,11 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
         cfg = dataclasses.replace(cfg, lr=spec.adam_lr, warmup_steps=0, lr_decay="none")
     total_steps = spec.n_samples // spec.batch_size
     rows = ActivationStore(spec.store).rows_kind  # what `saescope train` reads from the store
-    sae = train_on_batches(it, cfg, total_steps=total_steps, rows=rows).saes[0]
+    result = train_on_batches(it, cfg, total_steps=total_steps, rows=rows)
+    sae = result.saes[0]
     NOTES["input_norm"] = sae.cfg.input_norm
     if spec.architecture == "topk":
-        NOTES["select_path"] = select_path(cfg.select_precision)
+        NOTES["select_path"] = select_path(result.selection)
     NOTES["training_path"] = training_path(spec.architecture)
     sae.eval()
 

@@ -336,9 +336,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--select-precision",
         default="auto",
-        choices=("auto", "float32", "bfloat16"),
-        help="saescope's TopK selection matmul (auto: bfloat16 with AMX, else float32); "
-        "float32 on an AMX machine runs the path an AVX2-only CPU gets",
+        choices=("auto", "float32", "bfloat16", "int8"),
+        help="saescope's TopK selection matmul (auto: bfloat16 with AMX, else float32 or "
+        "int8, whichever a timed trial finds faster); float32 or int8 on an AMX machine "
+        "runs a path a CPU without AMX gets",
     )
     p.add_argument(
         "--eval-fraction",

@@ -231,7 +231,7 @@ def test_auxk_through_positive_pairs_only_equals_the_dense_auxk(select, n_dead):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("select", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("select", [torch.float32, torch.bfloat16, torch.int8])
 def test_topk_selection_in_row_chunks_equals_the_whole_batch(monkeypatch, select):
     """On CPU the TopK selection matmul runs a chunk of rows at a time; loss, AuxK and every
     gradient are those of one matmul over the whole batch."""
@@ -291,10 +291,12 @@ def test_topk_loss_with_auxk_has_the_gradients_of_dense_autograd():
     ("amx", "cap", "expected"),
     [
         (True, None, torch.bfloat16),
-        (True, "AVX2", torch.float32),  # oneDNN capped below AMX: bfloat16 is emulated there
+        # oneDNN capped below AMX (bfloat16 is emulated there), or no AMX: None, the trainer
+        # times float32 against int8 (tests/test_train_selection.py)
+        (True, "AVX2", None),
         (True, "avx512_core_amx", torch.bfloat16),
         (True, "ALL", torch.bfloat16),
-        (False, None, torch.float32),
+        (False, None, None),
     ],
 )
 def test_auto_selection_takes_bfloat16_only_where_onednn_may_use_amx(
@@ -312,3 +314,4 @@ def test_auto_selection_takes_bfloat16_only_where_onednn_may_use_amx(
     assert select_dtype("auto", cpu) == expected
     assert select_dtype("float32", cpu) == torch.float32  # an explicit choice wins
     assert select_dtype("bfloat16", cpu) == torch.bfloat16
+    assert select_dtype("int8", cpu) == torch.int8

@@ -16,7 +16,7 @@ decode pays the same again. The two autograd Functions here keep everything in
 
 Both cost O(n_rows * k * d_in) in backward instead of O(n_rows * d_sae * d_in).
 `topk_indices(h, k)` picks the latents (exactly) faster than `torch.topk` for
-bfloat16 and for wide rows.
+rows from 1536 wide on CPU.
 """
 
 from __future__ import annotations
@@ -231,8 +231,20 @@ class SparseEncode(Function):
         return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None, None, None
 
 
+def quantize_int8(t: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 copy of the float matrix t (n, d): (q (n, d) int8, scale), t ~ q * scale.
+
+    scale is (n, 1) with `per_row` (each row on its own range, so a massive row does
+    not flatten the others), else one value (1, 1) for the whole matrix. Products of two
+    such copies accumulate exactly in int32 (`torch._int_mm`) up to d = 133,000.
+    """
+    amax = t.abs().amax(1, keepdim=True) if per_row else t.abs().amax().reshape(1, 1)
+    scale = amax.clamp_min(1e-30) / 127.0
+    return torch.round(t / scale).to(torch.int8), scale
+
+
 def topk_indices(
-    h: torch.Tensor, k: int, group: int = 16, min_width: int | None = None
+    h: torch.Tensor, k: int, group: int | None = None, min_width: int | None = None
 ) -> torch.Tensor:
     """(n_rows, k) column indices of the k largest entries per row of h (unordered).
 
@@ -242,15 +254,24 @@ def topk_indices(
     Wide rows use a two-stage search that is exact: the columns are cut into
     strided groups of `group`; any top-k entry lies in one of the k groups with the
     largest maxima, so the final topk only scans k * group candidates.
-    On 2 AVX-512 cores (float32, 4096 rows, k 32), `torch.topk` took 62 ms at width 3072
-    and the grouped search 104 ms; at 4608, 80 ms against 64; at 12288, 226 against 135:
-    hence `min_width` 4096 for float32 (None: 4096 for float32, 8192 for other dtypes,
-    whose ranking through int16 was measured only at 8192 and above).
+
+    On CPU (None: groups of 8 below width 8192, else 16, from width 1536) it pays on the
+    chunks `saescope.sae.archs.topk.select` hands it (~8 MiB, in cache). 2 AVX-512 cores,
+    float32, ms per chunk torch.topk -> grouped (2026-12-01): width 3072 (672 rows) k 32
+    3.31 -> 2.35, k 48 4.39 -> 2.68; 1536 (1344 rows) k 32 6.95 -> 3.12; 12288 (160 rows)
+    k 48 2.09 -> 1.31 (groups of 16); 768 (2720 rows) k 48 5.64 -> 6.47, hence the
+    minimum width; bfloat16 alike (3072, 1344 rows, k 36: 6.07 -> 3.51), and the same
+    ratios with AVX2 only. Measured on whole 4096-row matrices, out of cache, the grouped
+    search lost at 3072 (104 ms against 62), so off CPU the old rule stays: groups of 16
+    from width 4096 for float32, 8192 for other dtypes.
     """
-    if min_width is None:
-        min_width = 4096 if h.dtype == torch.float32 else 8192
     ranks = h.view(torch.int16) if h.dtype == torch.bfloat16 else h
     n_rows, width = ranks.shape
+    cpu = h.device.type == "cpu"
+    if min_width is None:
+        min_width = 1536 if cpu else (4096 if h.dtype == torch.float32 else 8192)
+    if group is None:
+        group = 8 if cpu and width < 8192 else 16
     n_groups = width // group
     if width < min_width or width % group or n_groups < k:
         return torch.topk(ranks, k, dim=1, sorted=False).indices

@@ -31,6 +31,7 @@ class TrainResult(NamedTuple):
     samples: int
     seconds: float  # wall time of the steps after the first (the first pays warm-up)
     samples_per_s: float
+    selection: str = ""  # the TopK selection matmul's dtype and why (`Trainer.selection`)
 
 
 def train_on_batches(
@@ -72,6 +73,7 @@ def train_on_batches(
         trainer.samples,
         seconds,
         done / seconds if seconds > 0 else 0.0,
+        trainer.selection,
     )
 
 

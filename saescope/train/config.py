@@ -14,6 +14,7 @@ from saescope.sae.config import ARCHITECTURES, INPUT_NORMS
 LOGGERS = ("wandb", "mlflow", "tensorboard")
 DECAYS = ("none", "linear", "cosine")
 B_DEC_INITS = ("geometric_median", "mean", "zeros")
+SELECT_PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 
 # Options that change how a run is executed or reported, not what it computes: a
 # re-run that differs only in these resumes or skips instead of refusing.
@@ -90,9 +91,10 @@ class TrainConfig(ArchOptions):
     select_precision: str = option(
         "auto",
         "topk: dtype of the encoder matmul that only chooses the k latents (their values and "
-        "all gradients stay float32); bfloat16 is several times faster on CPUs with AMX or "
-        "AVX512-BF16 and on GPUs (auto: bfloat16 there, float32 elsewhere)",
-        choices=("auto", "float32", "bfloat16"),
+        "all gradients stay float32). bfloat16 and int8 (CPU) keep k + k/4 or k + k/2 candidates a row "
+        "and take the k with the largest exact values. auto: bfloat16 on GPUs and CPUs with "
+        "AMX; elsewhere float32 or int8, whichever a timed trial on the SAE finds faster",
+        choices=SELECT_PRECISIONS,
     )
     k_aux: int = option(0, "AuxK: dead latents used to model the residual (0: d_in // 2)")
     aux_coefficient: float = option(1 / 32, "AuxK loss weight (topk, batchtopk)")
@@ -153,7 +155,7 @@ class TrainConfig(ArchOptions):
         for name, choices in (
             ("lr_decay", DECAYS),
             ("b_dec_init", B_DEC_INITS),
-            ("select_precision", ("auto", "float32", "bfloat16")),
+            ("select_precision", SELECT_PRECISIONS),
             ("input_norm", ("auto", *INPUT_NORMS)),
         ):
             if getattr(self, name) not in choices:

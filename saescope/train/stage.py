@@ -271,6 +271,7 @@ def _save(
             "samples": trainer.samples,
             "seconds": round(seconds, 2),
             "world_size": trainer.dist.world,
+            "selection": trainer.selection,
             "torch_version": torch.__version__,
             "saescope_version": __version__,
         },

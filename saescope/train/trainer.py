@@ -111,17 +111,38 @@ def onednn_allows_amx() -> bool:
     return cap in ("", "ALL", "DEFAULT") or "AMX" in cap
 
 
-def select_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype of the TopK selection matmul; "auto" picks bfloat16 where it is fast (CUDA,
-    and CPUs with AMX tiles that oneDNN may use)."""
+SELECT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
+# auto takes int8 over float32 only when its timed selection is at least this much faster
+# (close calls keep float32, whose selection needs no rerank)
+INT8_MARGIN = 0.9
+# (architecture, d_in, d_sae, k, threads) -> the dtype auto timed fastest in this process:
+# every Trainer of a process then takes the same path (runs compared in one process stay
+# comparable)
+_TIMED: dict[tuple[str, int, int, int, int], torch.dtype] = {}
+
+
+def select_dtype(name: str, device: torch.device) -> torch.dtype | None:
+    """The dtype of the TopK selection matmul, or None where "auto" has to time it.
+
+    auto: bfloat16 on CUDA and on CPUs with AMX tiles that oneDNN may use; on other CPUs
+    None, and the trainer times float32 against int8 on the SAE at hand
+    (`Trainer.selection`)."""
     if name != "auto":
-        return getattr(torch, name)
+        if name == "int8" and device.type != "cpu":
+            raise SaescopeError("select_precision int8 runs on CPU only; use bfloat16 on GPUs")
+        return SELECT_DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16
+    if device.type != "cpu":
+        return torch.float32
     # AMX only: on a CPU with AVX512-BF16 but no AMX, the selection matmul (4096 x 576 by
     # 576 x 4608) took 250 ms in bfloat16 against 160 ms in float32 (measured 2026-11-30)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if amx and onednn_allows_amx() else torch.float32
+    return torch.bfloat16 if amx and onednn_allows_amx() else None
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return str(dt).removeprefix("torch.")
 
 
 class Trainer:
@@ -143,7 +164,8 @@ class Trainer:
         self.device = torch.device(device)
         self.step = 0
         self.samples = 0
-        self.select_dtype = select_dtype(cfg.select_precision, self.device)
+        chosen = select_dtype(cfg.select_precision, self.device)
+        self.select_dtype = chosen or torch.float32
         self.arch: Architecture = archs.get(cfg.architecture)
         self.unit_norm = self.arch.unit_norm_decoder(cfg)
         variants = cfg.variants()
@@ -157,6 +179,14 @@ class Trainer:
             self._make(name, d_sae, k, sample, cfg.seed + i)
             for i, (name, (d_sae, k)) in enumerate(zip(names, variants, strict=True))
         ]
+        # which selection matmul runs and why (recorded with the trained SAE)
+        why = f"select_precision {cfg.select_precision}"
+        if cfg.select_precision == "auto":
+            why = "auto: " + ("CUDA" if self.device.type == "cuda" else "AMX")
+        self.selection = f"{_dtype_name(self.select_dtype)} ({why})"
+        self.timed_selection = chosen is None
+        if chosen is None:
+            self.select_dtype, self.selection = self._time_selection(sample)
 
     def _make(
         self, name: str, d_sae: int, k: int | None, sample: torch.Tensor, seed: int
@@ -184,6 +214,41 @@ class Trainer:
         opt = Adam(params, cfg.adam_betas)
         counters = torch.zeros(d_sae, dtype=torch.int64, device=self.device)
         return Trainee(name, sae, k, lr, opt, extra, counters)
+
+    def _time_selection(self, sample: torch.Tensor) -> tuple[torch.dtype, str]:
+        """select_precision auto on a CPU without AMX: float32 or int8, whichever selects
+        faster on the first SAE and up to a batch of sample rows (int8 needs a 10% lead;
+        int8 pays a fixed cost per step, quantizing W_enc, so fewer rows would favour
+        float32). Decided once per process and shape; under torchrun by a vote of the
+        ranks."""
+        tr = self.trainees[0]
+        d_sae, k = tr.sae.cfg.d_sae, int(tr.k or 0)
+        key = (self.arch.name, self.d_in, d_sae, k, torch.get_num_threads())
+        if key in _TIMED:
+            dt = _TIMED[key]
+            why = "auto, timed earlier in this process"
+        else:
+            # at most ~8 GFLOP per timed selection (64 rows at least)
+            cap = max(64, int(8e9 // (2 * self.d_in * d_sae)))
+            rows = min(len(sample), self.cfg.batch_size // self.dist.world, cap)
+            x = sample[:rows].to(self.device)
+            seconds: dict[torch.dtype, float | None] = {}
+            for dt in (torch.float32, torch.int8):
+                ctx = self._context(tr, rows)._replace(select_dtype=dt)
+                try:
+                    seconds[dt] = self.arch.selection_seconds(tr.sae, x, ctx)
+                except (RuntimeError, NotImplementedError):  # no int8 matmul in this torch
+                    seconds[dt] = None
+            f32, i8 = seconds[torch.float32], seconds[torch.int8]
+            if f32 is None:
+                return torch.float32, "float32 (this architecture has no selection matmul)"
+            faster = i8 is not None and i8 < INT8_MARGIN * f32
+            votes = self.dist.all_sum(torch.tensor([float(faster)], device=self.device))
+            dt = torch.int8 if 2 * float(votes[0]) > self.dist.world else torch.float32
+            _TIMED[key] = dt
+            i8_ms = "n/a" if i8 is None else f"{i8 * 1e3:.1f} ms"
+            why = f"auto: int8 {i8_ms}, float32 {f32 * 1e3:.1f} ms for {rows} rows"
+        return dt, f"{_dtype_name(dt)} ({why})"
 
     # -- one step ----------------------------------------------------------------
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -339,6 +404,7 @@ class Trainer:
             "step": self.step,
             "samples": self.samples,
             "scale": self.scale,
+            "select_dtype": _dtype_name(self.select_dtype),
             "trainees": [
                 {
                     "name": tr.name,
@@ -357,6 +423,12 @@ class Trainer:
         self.step = int(state["step"])
         self.samples = int(state["samples"])
         self.scale = float(state["scale"])
+        if self.timed_selection and state.get("select_dtype") in ("float32", "int8"):
+            # a resumed run keeps the selection path auto timed when it started
+            resumed = SELECT_DTYPES[state["select_dtype"]]
+            if resumed != self.select_dtype:
+                self.select_dtype = resumed
+                self.selection = f"{state['select_dtype']} (auto, kept from the checkpoint)"
         for tr, st in zip(self.trainees, state["trainees"], strict=True):
             with torch.no_grad():
                 for k, v in st["weights"].items():

@@ -149,6 +149,13 @@ class Architecture:
         """This rank's share of the loss on normalised inputs x (n_rows, d_in)."""
         raise NotImplementedError
 
+    def selection_seconds(self, sae: SAE, x: torch.Tensor, ctx: LossContext) -> float | None:
+        """Seconds this architecture's latent selection takes on rows x in ctx.select_dtype
+        (best of a few runs), so that `select_precision auto` can time the dtypes on the
+        machine at hand; None when the selection matmul is not a separate step (its
+        dtype then does not matter)."""
+        return None
+
     def update_running(
         self, running: float, out: LossOutput, cfg: TrainConfig, step: int, total_steps: int
     ) -> float:

@@ -1,9 +1,10 @@
 """TopK (Gao et al. 2024): z = the k largest of h per row, then relu; mse + aux * AuxK.
 
-Training picks the k latents with one dense matmul under no_grad (in bfloat16 where
-`--select-precision` says so; on CPU a chunk of rows at a time), then computes their
-values exactly and decodes and back-propagates through them only
-(`saescope.sae.kernels`); AuxK goes through the dead latents' positive pairs only.
+Training picks the k latents with one dense matmul under no_grad (in bfloat16 or int8
+where `--select-precision` says so, then reranking k + k/4 or k + k/2 candidates by
+their exact values; on CPU a chunk of rows at a time), and decodes and back-propagates
+through them only (`saescope.sae.kernels`); AuxK goes through the dead latents'
+positive pairs only.
 Inference can skip the dense codes (`encode_sparse`). SAELens: architecture "topk"
 with `k`.
 """
@@ -26,46 +27,57 @@ else:
 
 
 class Selection(NamedTuple):
-    """A step's latents, chosen without grad, and their pre-activations in the selection
-    dtype (exact when it is the inputs' dtype)."""
+    """A step's latents, chosen without grad, and their exact (float32) pre-activations."""
 
     idx: torch.Tensor  # (n_rows, k) the k largest pre-activations of each row
-    vals: torch.Tensor  # (n_rows, k) those pre-activations
+    vals: torch.Tensor  # (n_rows, k) those pre-activations, exact
     aux_idx: torch.Tensor | None  # (n_rows, m) AuxK: the largest among dead latents
-    aux_pre: torch.Tensor | None  # (n_rows, m) their pre-activations
+    aux_pre: torch.Tensor | None  # (n_rows, m) their exact pre-activations (None: not known)
 
 
 def select(sae: SAE, x: torch.Tensor, ctx: LossContext) -> Selection:
-    """The k largest pre-activations of every row, from one dense matmul (in bfloat16 if
-    asked: several times faster on CPUs with AMX and on GPUs), a chunk of rows at a time
-    on CPU so that the search reads the pre-activations while they are in cache; the
-    (n_rows, d_sae) matrix is never whole."""
-    from saescope.sae.kernels import topk_indices
+    """The k largest pre-activations of every row, from one dense matmul, a chunk of rows
+    at a time on CPU so that the search reads the pre-activations while they are in
+    cache (the (n_rows, d_sae) matrix is never whole).
+
+    In float32 the matmul's values are the exact ones. In bfloat16 or int8 (several times
+    faster on CPUs with AMX, on GPUs, and where int8 products outrun float32 ones) the
+    search keeps `rerank_width` candidates per row (k + k/4 or k + k/2), whose exact
+    pre-activations are then computed in float32 and ranked: the k chosen are the
+    exact top k unless one of them ranked below all those candidates in the approximate
+    product (in no row of the measurement in `rerank_width`).
+    """
+    from saescope.sae.kernels import gather_dots, topk_indices
 
     L = lazy_loss
     k = int(ctx.k or 0)
-    n_rows = x.shape[0]
+    n_rows, d_sae = x.shape[0], sae.cfg.d_sae
+    approx = ctx.select_dtype != x.dtype
+    m = L.rerank_width(k, d_sae, ctx.select_dtype) if approx else k
     with torch.no_grad():
-        x_aug, w_aug = L.augmented(sae, x, ctx.select_dtype)
-        w_t = w_aug.t()
-        step = L.chunk_rows(n_rows, sae.cfg.d_sae, ctx.select_dtype, x.device)
-        idx = torch.empty(n_rows, k, dtype=torch.int64, device=x.device)
-        vals = torch.empty(n_rows, k, dtype=ctx.select_dtype, device=x.device)
-        aux_parts: list[tuple[torch.Tensor, torch.Tensor]] = []
+        scores = L.selection_scores(sae, x, ctx.select_dtype)
+        step = L.chunk_rows(n_rows, d_sae, ctx.select_dtype, x.device)
+        idx = torch.empty(n_rows, m, dtype=torch.int64, device=x.device)
+        vals = None if approx else torch.empty(n_rows, k, dtype=x.dtype, device=x.device)
+        aux_parts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
         for start in range(0, n_rows, step):
             stop = min(n_rows, start + step)
-            h = x_aug[start:stop] @ w_t  # (rows, d_sae)
-            top = topk_indices(h, k)
+            h = scores(start, stop)  # (rows, d_sae)
+            top = topk_indices(h, m)
             idx[start:stop] = top
-            vals[start:stop] = h.gather(1, top)
+            if vals is not None:
+                vals[start:stop] = h.gather(1, top)
             aux_idx = L.aux_indices(h, ctx)
             if aux_idx is not None:
-                aux_parts.append((aux_idx, h.gather(1, aux_idx)))
+                aux_parts.append((aux_idx, None if approx else h.gather(1, aux_idx)))
+        if vals is None:  # rerank the candidates by their exact pre-activations
+            exact = gather_dots(x - sae.b_dec, sae.W_enc.t(), idx) + sae.b_enc[idx]
+            keep = torch.topk(exact, k, dim=1, sorted=False).indices
+            idx, vals = idx.gather(1, keep), exact.gather(1, keep)
     if not aux_parts:
         return Selection(idx, vals, None, None)
-    return Selection(
-        idx, vals, torch.cat([a for a, _ in aux_parts]), torch.cat([p for _, p in aux_parts])
-    )
+    aux_pre = None if approx else torch.cat([p for _, p in aux_parts if p is not None])
+    return Selection(idx, vals, torch.cat([a for a, _ in aux_parts]), aux_pre)
 
 
 class TopK(Architecture):
@@ -116,6 +128,17 @@ class TopK(Architecture):
             L.fired_of(sel.idx, vals.detach(), sae.cfg.d_sae),
             torch.tensor(L.INF),
         )
+
+    def selection_seconds(self, sae: SAE, x: torch.Tensor, ctx: LossContext) -> float | None:
+        import time
+
+        best = float("inf")
+        for i in range(4):  # the first run warms up (allocations, oneDNN kernel creation)
+            t0 = time.perf_counter()
+            select(sae, x, ctx)
+            if i:
+                best = min(best, time.perf_counter() - t0)
+        return best
 
     def to_saelens(self, cfg: SAEConfig) -> SaelensMapping:
         return SaelensMapping("topk", {"k": cfg.k, "rescale_acts_by_decoder_norm": False})
