@@ -396,7 +396,8 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
     sae = result.saes[0]
     NOTES["input_norm"] = sae.cfg.input_norm
     if spec.architecture == "topk":
-        NOTES["select_path"] = select_path(result.selection)
+        # a snapshot of an older saescope (PYTHONPATH) has no TrainResult.selection
+        NOTES["select_path"] = select_path(getattr(result, "selection", "") or "not reported")
     NOTES["training_path"] = training_path(spec.architecture)
     sae.eval()
 

@@ -230,7 +230,7 @@ class Trainer:
         else:
             # at most ~8 GFLOP per timed selection (64 rows at least)
             cap = max(64, int(8e9 // (2 * self.d_in * d_sae)))
-            rows = min(len(sample), self.cfg.batch_size // self.dist.world, cap)
+            rows = max(1, min(len(sample), self.cfg.batch_size // self.dist.world, cap))
             x = sample[:rows].to(self.device)
             seconds: dict[torch.dtype, float | None] = {}
             for dt in (torch.float32, torch.int8):
