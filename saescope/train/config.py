@@ -91,8 +91,8 @@ class TrainConfig(ArchOptions):
     select_precision: str = option(
         "auto",
         "topk: dtype of the encoder matmul that only chooses the k latents (their values and "
-        "all gradients stay float32). bfloat16 and int8 (CPU) keep k + k/4 or k + k/2 candidates a row "
-        "and take the k with the largest exact values. auto: bfloat16 on GPUs and CPUs with "
+        "all gradients stay float32). bfloat16 and int8 (CPU) keep a few more candidates a row "
+        "(k + max(4, k/8), k + max(8, k/2)) and take the k with the largest exact values. auto: bfloat16 on GPUs and CPUs with "
         "AMX; elsewhere float32 or int8, whichever a timed trial on the SAE finds faster",
         choices=SELECT_PRECISIONS,
     )

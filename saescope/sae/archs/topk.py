@@ -1,10 +1,10 @@
 """TopK (Gao et al. 2024): z = the k largest of h per row, then relu; mse + aux * AuxK.
 
 Training picks the k latents with one dense matmul under no_grad (in bfloat16 or int8
-where `--select-precision` says so, then reranking k + k/4 or k + k/2 candidates by
-their exact values; on CPU a chunk of rows at a time), and decodes and back-propagates
-through them only (`saescope.sae.kernels`); AuxK goes through the dead latents'
-positive pairs only.
+where `--select-precision` says so, then reranking k + max(4, k/8) or k + max(8, k/2)
+candidates by their exact values; on CPU a chunk of rows at a time), and decodes and
+back-propagates through them only (`saescope.sae.kernels`); AuxK goes through the
+dead latents' positive pairs only.
 Inference can skip the dense codes (`encode_sparse`). SAELens: architecture "topk"
 with `k`.
 """
@@ -42,7 +42,7 @@ def select(sae: SAE, x: torch.Tensor, ctx: LossContext) -> Selection:
 
     In float32 the matmul's values are the exact ones. In bfloat16 or int8 (several times
     faster on CPUs with AMX, on GPUs, and where int8 products outrun float32 ones) the
-    search keeps `rerank_width` candidates per row (k + k/4 or k + k/2), whose exact
+    search keeps `rerank_width` candidates per row (k + max(4, k/8) or k + max(8, k/2)), whose exact
     pre-activations are then computed in float32 and ranked: the k chosen are the
     exact top k unless one of them ranked below all those candidates in the approximate
     product (in no row of the measurement in `rerank_width`).
