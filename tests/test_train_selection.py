@@ -66,6 +66,19 @@ def test_cheap_selection_reranked_gives_the_exact_top_k(dt):
     torch.testing.assert_close(sel.vals, h.gather(1, sel.idx), rtol=1e-5, atol=1e-6)
 
 
+def test_int8_selection_takes_any_shape():
+    """d_in 37 (no multiple of 8) and a d_sae below the rerank width's need."""
+    g = torch.Generator().manual_seed(6)
+    sae = SAE(SAEConfig("topk", 37, 20, k=16))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(37, 20, generator=g))
+    x = torch.randn(9, 37, generator=g)
+    ctx = _ctx(9, torch.int8)._replace(dead=torch.zeros(20, dtype=torch.bool))
+    sel = topk.select(sae, x, ctx)  # 16 + 8 candidates asked of 20 latents: all 20
+    want = torch.topk(L.select_pre_acts(sae, x, torch.float32), 16, dim=1).indices
+    assert torch.equal(_as_sets(sel.idx), _as_sets(want))
+
+
 def test_int8_selection_trains_like_float32():
     """Same latents, so the same loss and gradients (to float32 rounding) as the float32
     path, AuxK included (26 dead latents, no more than k_aux: all of them are taken; with
