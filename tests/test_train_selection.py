@@ -73,7 +73,7 @@ def test_int8_selection_takes_any_shape():
     with torch.no_grad():
         sae.W_enc.copy_(torch.randn(37, 20, generator=g))
     x = torch.randn(9, 37, generator=g)
-    ctx = _ctx(9, torch.int8)._replace(dead=torch.zeros(20, dtype=torch.bool))
+    ctx = _ctx(9, torch.int8)._replace(k=16, dead=torch.zeros(20, dtype=torch.bool))
     sel = topk.select(sae, x, ctx)  # 16 + 8 candidates asked of 20 latents: all 20
     want = torch.topk(L.select_pre_acts(sae, x, torch.float32), 16, dim=1).indices
     assert torch.equal(_as_sets(sel.idx), _as_sets(want))
