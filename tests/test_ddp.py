@@ -17,9 +17,13 @@ from saescope.train import run
 from saescope.train.ddp import rank_device
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_two_gloo_processes_match_one_process(tmp_path, arch):
-    """BatchTopK too: its batch-wide selection runs over the global batch on every rank."""
+@pytest.mark.parametrize(("arch", "timed"), [("topk", False), ("topk", True), ("batchtopk", False)])
+def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch, arch, timed):
+    """BatchTopK too: its batch-wide selection runs over the global batch on every rank.
+    timed: select_precision auto times float32 against int8 (oneDNN capped below AMX, as
+    on a CPU without it), and the ranks vote on one path."""
+    if timed:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     one = make_store(tmp_path / "one", n_rows=1600)
     two = make_store(tmp_path / "two", n_rows=1600)
     flags = dict(max_steps=6, epochs=1.0, eval_at_end=False, checkpoint_every=0)
@@ -39,6 +43,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, arch):
     b = load_file(str(RunPaths(two).sae_weights))
     conf = (RunPaths(two).sae_config).read_text()
     assert '"world_size": 2' in conf
+    if timed:  # whichever path won, the selection is the exact top k on both sides
+        assert "ms for 100 rows" in read_json(RunPaths(two).sae_config)["trained"]["selection"]
     for name in a:
         assert torch.allclose(a[name], b[name], atol=2e-5, rtol=1e-4), (
             name,
