@@ -182,7 +182,7 @@ class Trainer:
         # which selection matmul runs and why (recorded with the trained SAE)
         why = f"select_precision {cfg.select_precision}"
         if cfg.select_precision == "auto":
-            why = "auto: " + ("CUDA" if self.device.type == "cuda" else "AMX")
+            why = {"cuda": "auto: CUDA", "cpu": "auto: AMX"}.get(self.device.type, "auto")
         self.selection = f"{_dtype_name(self.select_dtype)} ({why})"
         self.timed_selection = chosen is None
         if chosen is None:
@@ -232,16 +232,15 @@ class Trainer:
             cap = max(64, int(8e9 // (2 * self.d_in * d_sae)))
             rows = max(1, min(len(sample), self.cfg.batch_size // self.dist.world, cap))
             x = sample[:rows].to(self.device)
-            seconds: dict[torch.dtype, float | None] = {}
-            for dt in (torch.float32, torch.int8):
-                ctx = self._context(tr, rows)._replace(select_dtype=dt)
-                try:
-                    seconds[dt] = self.arch.selection_seconds(tr.sae, x, ctx)
-                except (RuntimeError, NotImplementedError):  # no int8 matmul in this torch
-                    seconds[dt] = None
-            f32, i8 = seconds[torch.float32], seconds[torch.int8]
+            ctx = self._context(tr, rows)
+            f32 = self.arch.selection_seconds(tr.sae, x, ctx._replace(select_dtype=torch.float32))
             if f32 is None:
                 return torch.float32, "float32 (this architecture has no selection matmul)"
+            i8: float | None
+            try:
+                i8 = self.arch.selection_seconds(tr.sae, x, ctx._replace(select_dtype=torch.int8))
+            except (RuntimeError, NotImplementedError):  # no int8 matmul in this torch build
+                i8 = None
             faster = i8 is not None and i8 < INT8_MARGIN * f32
             votes = self.dist.all_sum(torch.tensor([float(faster)], device=self.device))
             dt = torch.int8 if 2 * float(votes[0]) > self.dist.world else torch.float32
