@@ -42,10 +42,10 @@ def select(sae: SAE, x: torch.Tensor, ctx: LossContext) -> Selection:
 
     In float32 the matmul's values are the exact ones. In bfloat16 or int8 (several times
     faster on CPUs with AMX, on GPUs, and where int8 products outrun float32 ones) the
-    search keeps `rerank_width` candidates per row (k + max(4, k/8) or k + max(8, k/2)), whose exact
-    pre-activations are then computed in float32 and ranked: the k chosen are the
-    exact top k unless one of them ranked below all those candidates in the approximate
-    product (in no row of the measurement in `rerank_width`).
+    search keeps `rerank_width` candidates per row (k + max(4, k/8) or k + max(8, k/2)),
+    whose exact pre-activations are then computed in float32 and ranked: the k chosen
+    are the exact top k unless one of them ranked below all those candidates in the
+    approximate product (in no row of the measurements in `rerank_width`).
     """
     from saescope.sae.kernels import gather_dots, topk_indices
 
