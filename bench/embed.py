@@ -7,14 +7,15 @@ best time; print texts/s, the ratio (target >= 1.0) and the cosine agreement of
 the vectors (target >= 0.9999 for every row). The model load is timed apart.
 
 Then each installed CPU backend of `saescope embed --backend` (onnx, onnx-int8,
-openvino; `pip install 'saescope[fast-embed]'`) encodes the same texts through the
+openvino, openvino-bf16 where the CPU has native bfloat16; `pip install
+'saescope[fast-embed]'`) encodes the same texts through the
 same `encode` call: its texts/s, its speed over the plain torch `encode`, and the
 cosine of its vectors to the float32 torch ones (mean and min over the texts).
 Target: one backend at >= 2x the plain encode with mean cosine >= 0.99. The
 one-time export is timed apart (cached under the saescope cache after that).
 
     python bench/embed.py [--texts 5000] [--batch-size 64] [--repeats 2]
-                          [--backends onnx,onnx-int8,openvino]
+                          [--backends onnx,onnx-int8,openvino,openvino-bf16]
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument(
-        "--backends", default="onnx,onnx-int8,openvino", help="comma-separated; '' for none"
+        "--backends",
+        default="onnx,onnx-int8,openvino,openvino-bf16",
+        help="comma-separated; '' for none",
     )
     args = ap.parse_args()
 
@@ -117,6 +120,10 @@ def bench_backends(model, texts: list[str], ref: torch.Tensor, plain_s: float, a
         missing = eb.missing_modules(name)
         if missing:
             print(f"{name:15s}  skipped: {', '.join(missing)} not installed")
+            continue
+        why = eb.unsupported(name)
+        if why:
+            print(f"{name:15s}  skipped: {why}")
             continue
         t0 = time.perf_counter()
         fast = eb.wrap(model, DEFAULT_EMBED_MODEL, name)

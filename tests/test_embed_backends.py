@@ -60,6 +60,10 @@ def needs(backend: str) -> None:
         reason = f"{backend} backend: {', '.join(missing)} not installed (pip install 'saescope[fast-embed]')"
         print(reason)
         pytest.skip(reason)
+    why = eb.unsupported(backend)
+    if why:  # openvino-bf16 on a CPU without native bfloat16: test_bf16_needs_native_support
+        print(f"{backend}: {why}")
+        pytest.skip(f"{backend}: {why}")
 
 
 def test_the_option_lists_every_registered_backend():
@@ -68,7 +72,12 @@ def test_the_option_lists_every_registered_backend():
 
 @pytest.mark.parametrize(
     ("backend", "mean", "worst"),
-    [("onnx", 0.99999, 0.9999), ("onnx-int8", 0.99, 0.97), ("openvino", 0.99999, 0.9999)],
+    [
+        ("onnx", 0.99999, 0.9999),
+        ("onnx-int8", 0.99, 0.97),
+        ("openvino", 0.99999, 0.9999),
+        ("openvino-bf16", 0.9999, 0.999),
+    ],
 )
 def test_exported_backend_agrees_with_torch(cache, st, ref, backend, mean, worst):
     needs(backend)
@@ -158,3 +167,25 @@ def test_bad_backend_and_missing_extra_errors(cache, tmp_path, monkeypatch):
     msg = str(err.value)
     assert "\n" not in msg and "pip install 'saescope[fast-embed]'" in msg
     assert "onnxruntime_not_installed" in msg
+
+
+def test_bf16_needs_native_support(cache, st, monkeypatch):
+    """openvino-bf16 runs only where OpenVINO reports native bfloat16; elsewhere an
+    explicit choice is refused in one line and auto never offers it."""
+    needs("openvino")
+    import openvino as ov
+
+    native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert (eb.unsupported("openvino-bf16") is None) == native
+    assert eb.unsupported("openvino") is None
+    assert ("openvino-bf16" in eb.installed()) == native
+
+    class NoBF16Core(ov.Core):
+        def get_property(self, device, name):
+            caps = super().get_property(device, name)
+            return [c for c in caps if c != "BF16"] if name == "OPTIMIZATION_CAPABILITIES" else caps
+
+    monkeypatch.setattr(ov, "Core", NoBF16Core)
+    assert "openvino-bf16" not in eb.installed() and "openvino" in eb.installed()
+    with pytest.raises(SaescopeError, match="cannot run here: this CPU has no native bfloat16"):
+        eb.require("openvino-bf16")

@@ -9,7 +9,7 @@ from saescope.defaults import DEFAULT_EMBED_MODEL
 from saescope.paths import DEFAULT_RUN
 
 # saescope/embed_backends.py holds what each one is; a test checks the two agree
-EMBED_BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino")
+EMBED_BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,12 @@ class EmbedConfig:
     backend: str | None = option(
         None,
         "how the model runs: torch (sentence-transformers), onnx (ONNX Runtime), onnx-int8 "
-        "(ONNX Runtime, int8 weights; cosine ~0.99 to torch), openvino (OpenVINO); onnx and "
-        "openvino run on CPU and need pip install 'saescope[fast-embed]'. Unset or auto: the "
-        "fastest installed float32 one whose vectors keep cosine >= 0.999 to torch's on a fixed "
-        "sample and that runs >= 1.1x torch there, measured once per model and cached; else "
-        "torch (always on a GPU)",
+        "(ONNX Runtime, int8 weights; cosine ~0.99 to torch), openvino (OpenVINO, float32), "
+        "openvino-bf16 (OpenVINO in bfloat16, on CPUs with native bfloat16: AMX, AVX512-BF16; "
+        "cosine ~0.99998); onnx and openvino run on CPU and need pip install "
+        "'saescope[fast-embed]'. Unset or auto: the fastest installed one (not int8) whose "
+        "vectors keep cosine >= 0.999 to torch's on a fixed sample and that runs >= 1.1x torch "
+        "there, measured once per model and cached; else torch (always on a GPU)",
         choices=EMBED_BACKENDS,
     )
     batch_size: int = option(64, "texts per forward pass")
