@@ -19,11 +19,13 @@ sentence-transformers' own `backend="onnx"|"openvino"` goes through optimum, who
 releases pin transformers < 5 (sentence-transformers 6 needs >= 5), so the export
 here is torch's own ONNX exporter and the runtimes are called directly.
 
-`auto` takes the fastest installed backend (int8 ones left out) whose vectors keep
-cosine >= 0.999 to the torch vectors on a fixed sample of texts and that runs at least
-1.1x torch's speed there, measured once per model and backend and cached with the
-export; torch otherwise (and on a GPU). On an AMX Xeon (2 cores, 2,000 news texts,
-2026-12-01) openvino-bf16 ran 3.34x torch at cosine >= 0.99996, openvino 1.14x.
+`auto` takes the fastest installed float32 backend whose vectors keep cosine >= 0.999
+to the torch vectors on a fixed sample of texts and that runs at least 1.1x torch's
+speed there, measured once per model and backend and cached with the export; torch
+otherwise (and on a GPU). int8 and bfloat16 are asked for by name: on an AMX Xeon
+(2 cores, 2,000 news texts, 2026-12-01) openvino-bf16 ran 3.52x torch at cosine >=
+0.99996 (openvino 1.17x), but the query-time paths embed with torch, and a store
+in bfloat16 puts their activations 0.4% off the store's (see `choose`).
 """
 
 from __future__ import annotations
@@ -421,8 +423,15 @@ def choose(st: Any, name: str, device: str) -> tuple[str, str]:
     why, in words)."""
     if device != "cpu":
         return "torch", f"on {device}; the exported graphs run on CPU only"
-    # int8 backends are left out: their worst sample row is near 0.985, below the bar
-    others = [b for b in installed() if b != "torch" and not BACKENDS[b].int8]
+    # float32 ones only. int8: its worst sample row is near 0.985, below the bar. bfloat16
+    # (openvino-bf16, worst row 0.99996) would pass the bar, but inspect, serve and search
+    # embed their queries with torch: a bfloat16 store row and the same text embedded at
+    # query time gave activations 0.4% apart (tests/test_serve.py), where float32 agrees
+    others = [
+        b
+        for b in installed()
+        if b != "torch" and not BACKENDS[b].int8 and BACKENDS[b].precision == "f32"
+    ]
     if not others:
         return "torch", f"no other backend installed; pip install '{EXTRA}' for faster CPU ones"
     best: Check | None = None

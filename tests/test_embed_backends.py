@@ -117,7 +117,8 @@ def test_auto_falls_back_to_torch(cache, st, monkeypatch):
     assert eb.choose(st, DEFAULT_EMBED_MODEL, "cuda")[0] == "torch"
 
     # installed but not faithful enough (or not faster): torch again
-    monkeypatch.setattr(eb, "installed", lambda: ["torch", "onnx", "onnx-int8", "openvino"])
+    everything = ["torch", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
+    monkeypatch.setattr(eb, "installed", lambda: everything)
     low = eb.Check("x", 0.99, 0.98, 500.0, 100.0, 16)
     monkeypatch.setattr(eb, "check", lambda _st, _n, b: dataclasses.replace(low, backend=b))
     backend, why = eb.choose(st, DEFAULT_EMBED_MODEL, "cpu")
@@ -126,7 +127,7 @@ def test_auto_falls_back_to_torch(cache, st, monkeypatch):
     monkeypatch.setattr(eb, "check", lambda _st, _n, b: dataclasses.replace(slow, backend=b))
     assert eb.choose(st, DEFAULT_EMBED_MODEL, "cpu")[0] == "torch"
 
-    # the fastest faithful one wins; int8 is never measured
+    # the fastest faithful one wins; int8 and bfloat16 are never measured
     speeds = {"onnx": 150.0, "openvino": 200.0}
     seen = []
 

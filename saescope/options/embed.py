@@ -27,9 +27,10 @@ class EmbedConfig:
         "(ONNX Runtime, int8 weights; cosine ~0.99 to torch), openvino (OpenVINO, float32), "
         "openvino-bf16 (OpenVINO in bfloat16, on CPUs with native bfloat16: AMX, AVX512-BF16; "
         "cosine ~0.99998); onnx and openvino run on CPU and need pip install "
-        "'saescope[fast-embed]'. Unset or auto: the fastest installed one (not int8) whose "
+        "'saescope[fast-embed]'. Unset or auto: the fastest installed float32 one whose "
         "vectors keep cosine >= 0.999 to torch's on a fixed sample and that runs >= 1.1x torch "
-        "there, measured once per model and cached; else torch (always on a GPU)",
+        "there, measured once per model and cached; else torch (always on a GPU). int8 and "
+        "bfloat16 only by name: inspect, serve and search embed queries with torch",
         choices=EMBED_BACKENDS,
     )
     batch_size: int = option(64, "texts per forward pass")
