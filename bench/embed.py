@@ -108,6 +108,7 @@ def bench_backends(model, texts: list[str], ref: torch.Tensor, plain_s: float, a
     >= 2x / cosine >= 0.99 target holds (or no backend was asked for or installed)."""
     from saescope import embed_backends as eb
     from saescope.defaults import DEFAULT_EMBED_MODEL
+    from saescope.errors import SaescopeError
 
     names = [b for b in args.backends.split(",") if b]
     if not names:
@@ -117,13 +118,10 @@ def bench_backends(model, texts: list[str], ref: torch.Tensor, plain_s: float, a
     print(f"torch (plain)    {n / plain_s:8.1f}    1.00x   1.000000 / 1.000000")
     hits = []
     for name in names:
-        missing = eb.missing_modules(name)
-        if missing:
-            print(f"{name:15s}  skipped: {', '.join(missing)} not installed")
-            continue
-        why = eb.unsupported(name)
-        if why:
-            print(f"{name:15s}  skipped: {why}")
+        try:
+            eb.require(name)  # its modules installed and the CPU able to run it
+        except SaescopeError as exc:
+            print(f"{name:15s}  skipped: {exc}")
             continue
         t0 = time.perf_counter()
         fast = eb.wrap(model, DEFAULT_EMBED_MODEL, name)

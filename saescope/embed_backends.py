@@ -69,8 +69,13 @@ class Backend:
     name: str
     runtime: str  # "torch", "onnxruntime" or "openvino"
     needs: tuple[str, ...]  # modules that must import (pip names are the same); onnx: the exporter
-    int8: bool = False
-    precision: str = "f32"  # openvino: INFERENCE_PRECISION_HINT ("bf16" needs it natively)
+    # "f32"; "int8": weights quantized into a graph of its own; "bf16": OpenVINO's
+    # INFERENCE_PRECISION_HINT, on CPUs with native bfloat16 only
+    precision: str = "f32"
+
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
 
 
 BACKENDS: dict[str, Backend] = {
@@ -78,7 +83,7 @@ BACKENDS: dict[str, Backend] = {
     for b in (
         Backend("torch", "torch", ()),
         Backend("onnx", "onnxruntime", ("onnxruntime", "onnx")),
-        Backend("onnx-int8", "onnxruntime", ("onnxruntime", "onnx"), int8=True),
+        Backend("onnx-int8", "onnxruntime", ("onnxruntime", "onnx"), precision="int8"),
         Backend("openvino", "openvino", ("openvino", "onnx")),
         Backend("openvino-bf16", "openvino", ("openvino", "onnx"), precision="bf16"),
     )
@@ -427,11 +432,7 @@ def choose(st: Any, name: str, device: str) -> tuple[str, str]:
     # (openvino-bf16, worst row 0.99996) would pass the bar, but inspect, serve and search
     # embed their queries with torch: a bfloat16 store row and the same text embedded at
     # query time gave activations 0.4% apart (tests/test_serve.py), where float32 agrees
-    others = [
-        b
-        for b in installed()
-        if b != "torch" and not BACKENDS[b].int8 and BACKENDS[b].precision == "f32"
-    ]
+    others = [b for b in installed() if b != "torch" and BACKENDS[b].precision == "f32"]
     if not others:
         return "torch", f"no other backend installed; pip install '{EXTRA}' for faster CPU ones"
     best: Check | None = None

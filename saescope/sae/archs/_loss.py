@@ -184,9 +184,9 @@ def augmented(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> tuple[torch.Tensor,
 
 
 def select_pre_acts(sae: SAE, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
-    """(x - b_dec) @ W_enc + b_enc (n_rows, d_sae) in dtype dt (callers hold no_grad)."""
-    x_aug, w_aug = augmented(sae, x, dt)
-    return x_aug @ w_aug.t()
+    """(x - b_dec) @ W_enc + b_enc (n_rows, d_sae) in dtype dt, as `selection_scores`
+    computes it (callers hold no_grad)."""
+    return selection_scores(sae, x, dt)(0, x.shape[0])
 
 
 def selection_scores(
