@@ -340,12 +340,17 @@ SPARSE_STEPS: list[bool] = []  # each `use_sparse` decision of run_saescope's tr
 def select_path(selection: str) -> str:
     """The trainer's TopK selection path (`TrainResult.selection`: dtype and why), with
     what the machine offers."""
-    from saescope.train.trainer import onednn_allows_amx
+    from saescope.device import onednn_allows
 
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    cap = "" if onednn_allows_amx() else ", oneDNN capped below it (ONEDNN_MAX_CPU_ISA)"
+    cap = "" if onednn_allows("AMX") else ", oneDNN capped below it (ONEDNN_MAX_CPU_ISA)"
     cpu = torch.backends.cpu.get_cpu_capability()
-    return f"{selection}; AMX {'present' if amx else 'absent'}{cap}; CPU capability {cpu}"
+    line = f"{selection}; AMX {'present' if amx else 'absent'}{cap}; CPU capability {cpu}"
+    if selection.startswith("int8"):
+        from saescope.sae.kernels import int8_matmul_levels
+
+        line += f"; W_enc int8 within +-{int8_matmul_levels()} (the range its product keeps exact)"
+    return line
 
 
 def count_sparse_steps() -> None:

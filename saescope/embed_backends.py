@@ -24,8 +24,9 @@ to the torch vectors on a fixed sample of texts and that runs at least 1.1x torc
 speed there, measured once per model and backend and cached with the export; torch
 otherwise (and on a GPU). int8 and bfloat16 are asked for by name: on an AMX Xeon
 (2 cores, 2,000 news texts, 2026-12-01) openvino-bf16 ran 3.52x torch at cosine >=
-0.99996 (openvino 1.17x), but the query-time paths embed with torch, and a store
-in bfloat16 puts their activations 0.4% off the store's (see `choose`).
+0.99996 (openvino 1.17x), but its vectors depend on the batch a text is in, so the
+query-time paths, which embed a text alone, cannot reproduce a bfloat16 store's row
+(see `choose`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 
 from saescope.defaults import cache_dir, resolve_embed_model
+from saescope.device import onednn_allows
 from saescope.errors import SaescopeError, describe
 from saescope.io import read_json, write_json
 
@@ -121,6 +123,8 @@ def unsupported(name: str) -> str | None:
     AVX512-BF16); elsewhere it would not run bfloat16 faster than float32."""
     if backend_of(name).precision != "bf16":
         return None
+    if not onednn_allows("AMX", "BF16"):  # OpenVINO would list BF16, then fail to compile
+        return "ONEDNN_MAX_CPU_ISA caps oneDNN below bfloat16"
     import openvino as ov
 
     caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -430,8 +434,10 @@ def choose(st: Any, name: str, device: str) -> tuple[str, str]:
         return "torch", f"on {device}; the exported graphs run on CPU only"
     # float32 ones only. int8: its worst sample row is near 0.985, below the bar. bfloat16
     # (openvino-bf16, worst row 0.99996) would pass the bar, but inspect, serve and search
-    # embed their queries with torch: a bfloat16 store row and the same text embedded at
-    # query time gave activations 0.4% apart (tests/test_serve.py), where float32 agrees
+    # embed a query alone: a bfloat16 store row and the same text embedded at query time
+    # gave activations 0.4% apart (tests/test_serve.py), where float32 agrees. The store's
+    # own backend would not mend it: a text alone and in a batch of 64 came out 0.13%
+    # apart on average in openvino-bf16, 1e-6 in the float32 backends (2026-12-01)
     others = [b for b in installed() if b != "torch" and BACKENDS[b].precision == "f32"]
     if not others:
         return "torch", f"no other backend installed; pip install '{EXTRA}' for faster CPU ones"

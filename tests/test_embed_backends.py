@@ -17,6 +17,7 @@ from saescope import (
 )
 from saescope import embed_backends as eb
 from saescope.defaults import DEFAULT_EMBED_MODEL
+from saescope.device import onednn_allows
 from saescope.embed import load_sentence_model
 from saescope.io import read_json
 from saescope.options.embed import EMBED_BACKENDS
@@ -177,9 +178,18 @@ def test_bf16_needs_native_support(cache, st, monkeypatch):
     import openvino as ov
 
     native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    native = native and onednn_allows("AMX", "BF16")
     assert (eb.unsupported("openvino-bf16") is None) == native
     assert eb.unsupported("openvino") is None
     assert ("openvino-bf16" in eb.installed()) == native
+
+    # oneDNN capped below bfloat16: OpenVINO still lists BF16 but cannot compile it
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "openvino-bf16" not in eb.installed() and "openvino" in eb.installed()
+    with pytest.raises(SaescopeError, match="caps oneDNN below bfloat16"):
+        eb.require("openvino-bf16")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
 
     class NoBF16Core(ov.Core):
         def get_property(self, device, name):

@@ -1,6 +1,10 @@
 """TopK latent selection in a cheaper dtype (bfloat16, int8): the rerank by exact values,
 and `select_precision auto` timing float32 against int8 on CPUs without AMX."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -46,6 +50,10 @@ def test_quantize_int8_round_trips_within_half_a_step():
     # per row, every row uses its whole range: the small rows are not flattened to zero
     q, _ = quantize_int8(t, per_row=True)
     assert (q.abs().amax(1) == 127).all()
+    # a narrower range (the CPUs whose int8 product saturates beyond 64)
+    q, scale = quantize_int8(t, per_row=True, levels=64)
+    assert (q.abs().amax(1) == 64).all()
+    assert ((q.float() * scale - t).abs() <= scale / 2 * (1 + 1e-6)).all()
 
 
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.int8])
@@ -98,6 +106,49 @@ def test_int8_selection_trains_like_float32():
         torch.testing.assert_close(getattr(i8, field), getattr(f32, field), rtol=1e-5, atol=1e-6)
     for a, b in zip(gi8, g32, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+# Run under ONEDNN_MAX_CPU_ISA=AVX2 (oneDNN reads it at its first use, hence a new process):
+# what an AVX2-only CPU gets. Prints the levels chosen, whether the product at those levels
+# is exact, whether it is at 127, and whether the reranked int8 selection is the exact top k.
+_AVX2_CHECK = """
+import torch
+from saescope.sae import SAE, SAEConfig
+from saescope.sae.archs import _loss as L, topk
+from saescope.sae.kernels import int8_matmul_levels, quantize_int8
+
+g = torch.Generator().manual_seed(0)
+x = torch.randn(256, 384, generator=g)
+w = torch.randn(3072, 384, generator=g)
+levels = int8_matmul_levels()
+xq, _ = quantize_int8(x, per_row=True)
+def exact(wq):
+    return torch.equal(torch._int_mm(xq, wq.t()).long(), xq.long() @ wq.long().t())
+sae = SAE(SAEConfig("topk", 384, 3072, k=32))
+with torch.no_grad():
+    sae.W_enc.copy_(w.t() / 20)
+dead = torch.zeros(3072, dtype=torch.bool)
+ctx = L.LossContext(256, dead, 32, 64, 1 / 32, 0.0, 1e-3, lambda t: t, select_dtype=torch.int8)
+sel = topk.select(sae, x, ctx).idx.sort(1).values
+want = torch.topk(L.select_pre_acts(sae, x, torch.float64), 32, dim=1).indices.sort(1).values
+print(levels, exact(quantize_int8(w, True, levels)[0]), exact(quantize_int8(w, True)[0]),
+      torch.equal(sel, want))
+"""
+
+
+def test_int8_selection_is_exact_on_an_avx2_cpu():
+    """Without VNNI, oneDNN sums int8 products in int16 pairs, which saturate: W_enc's
+    int8 copy at 127 levels came out 25% off. The probe then narrows it to 64, where the
+    product is exact and the reranked selection is the exact top k."""
+    env = os.environ | {"ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _AVX2_CHECK], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    levels, exact, exact_at_127, selection_exact = out.stdout.split()
+    assert exact == "True" and selection_exact == "True"
+    # 127 wherever the full range is exact, 64 only where it is not
+    assert levels == ("127" if exact_at_127 == "True" else "64")
 
 
 @pytest.fixture

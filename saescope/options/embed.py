@@ -30,7 +30,8 @@ class EmbedConfig:
         "'saescope[fast-embed]'. Unset or auto: the fastest installed float32 one whose "
         "vectors keep cosine >= 0.999 to torch's on a fixed sample and that runs >= 1.1x torch "
         "there, measured once per model and cached; else torch (always on a GPU). int8 and "
-        "bfloat16 only by name: inspect, serve and search embed queries with torch",
+        "bfloat16 only by name (their vectors depend on the batch a text is in, so a query "
+        "embedded alone cannot reproduce its store row)",
         choices=EMBED_BACKENDS,
     )
     batch_size: int = option(64, "texts per forward pass")

@@ -21,6 +21,8 @@ rows from 1536 wide on CPU.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.autograd import Function
@@ -231,16 +233,42 @@ class SparseEncode(Function):
         return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None, None, None
 
 
-def quantize_int8(t: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 copy of the float matrix t (n, d): (q (n, d) int8, scale), t ~ q * scale.
+def quantize_int8(
+    t: torch.Tensor, per_row: bool, levels: int = 127
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 copy of the float matrix t (n, d): (q (n, d) int8, scale), t ~ q * scale,
+    with |q| <= levels (at most 127).
 
     scale is (n, 1) with `per_row` (each row on its own range, so a massive row does
     not flatten the others), else one value (1, 1) for the whole matrix. Products of two
-    such copies accumulate exactly in int32 (`torch._int_mm`) up to d = 133,000.
+    such copies accumulate exactly in int32 (`torch._int_mm`) up to d = 133,000, where
+    the CPU's int8 product is exact (`int8_matmul_levels`).
     """
     amax = t.abs().amax(1, keepdim=True) if per_row else t.abs().amax().reshape(1, 1)
-    scale = amax.clamp_min(1e-30) / 127.0
+    scale = amax.clamp_min(1e-30) / levels
     return torch.round(t / scale).to(torch.int8), scale
+
+
+@functools.cache
+def int8_matmul_levels() -> int:
+    """How far the second operand of `torch._int_mm` may range (|q| <= this) on this CPU
+    for its product to be exact: 127, or 64 where it saturates.
+
+    Without VNNI (AVX2 CPUs, AVX-512 before Cascade Lake) oneDNN multiplies int8 pairs
+    with vpmaddubsw: the first operand shifted to uint8 (0..254), pairs of products
+    summed into int16, which saturates beyond 32,767. With the second operand's entries
+    at 127, a product of 64-wide rows came out 25% off on random data (ONEDNN_MAX_CPU_ISA=
+    AVX2 on a Xeon, 2026-12-01); within 64, 2 * 254 * 64 = 32,512 fits. Probed once per
+    process with worst-case operands; RuntimeError when neither range is exact (the caller
+    then selects in float32)."""
+    a = torch.full((32, 64), 127, dtype=torch.int8)
+    a[1::2] = -127
+    for levels in (127, 64):
+        b = torch.full((64, 32), levels, dtype=torch.int8)
+        b[:, 1::2] = -levels
+        if torch.equal(torch._int_mm(a, b).long(), a.long() @ b.long()):
+            return levels
+    raise RuntimeError("torch._int_mm is not exact on this CPU even within +-64")
 
 
 def topk_indices(

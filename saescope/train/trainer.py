@@ -16,13 +16,13 @@ depends on which architecture trains: the trainer asks the registry.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from saescope.device import onednn_allows
 from saescope.errors import SaescopeError
 from saescope.sae import SAE, SAEConfig, archs
 from saescope.sae.archs import Architecture
@@ -101,16 +101,6 @@ def project_decoder_grad(W_dec: torch.Tensor) -> None:
         W_dec.grad.addcmul_(coef.unsqueeze(1), W_dec, value=-1.0)
 
 
-def onednn_allows_amx() -> bool:
-    """False when ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA) caps oneDNN below
-    AMX. torch's AMX check reads the CPU, not that cap, and under a cap such as AVX2 a
-    bfloat16 matmul runs without native support: 2.5 GFLOP/s against float32's 230 on a
-    capped AMX Xeon (2026-12-01)."""
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
-    cap = cap.strip().upper()
-    return cap in ("", "ALL", "DEFAULT") or "AMX" in cap
-
-
 SELECT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 # auto takes int8 over float32 only when its timed selection is at least this much faster
 # (close calls keep float32, whose selection needs no rerank)
@@ -138,7 +128,7 @@ def select_dtype(name: str, device: torch.device) -> torch.dtype | None:
     # AMX only: on a CPU with AVX512-BF16 but no AMX, the selection matmul (4096 x 576 by
     # 576 x 4608) took 250 ms in bfloat16 against 160 ms in float32 (measured 2026-11-30)
     amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if amx and onednn_allows_amx() else None
+    return torch.bfloat16 if amx and onednn_allows("AMX") else None
 
 
 def _dtype_name(dt: torch.dtype) -> str:

@@ -31,6 +31,7 @@ from saescope.sae.archs._ragged import (  # noqa: F401  (re-exported for the arc
 )
 from saescope.sae.kernels import (
     gather_dots,
+    int8_matmul_levels,
     quantize_int8,
     sparse_encode,
     sparse_encode_with_pairs,
@@ -196,23 +197,26 @@ def selection_scores(
     computed in the selection dtype dt (callers hold no_grad):
 
     - float32 / bfloat16: one matmul of the `augmented` operands, in dt;
-    - int8: x - b_dec quantized per row and W_enc as a whole (`quantize_int8`), one
-      exact int32 product (`torch._int_mm`), then scaled back to float32 plus b_enc. The
-      values are approximate (about as close as bfloat16's), the dtype is float32.
+    - int8: x - b_dec and W_enc quantized each row / latent on its own range
+      (`quantize_int8`; W_enc within the range this CPU's int8 product keeps exact,
+      `int8_matmul_levels`), one exact int32 product (`torch._int_mm`), then scaled back
+      to float32 plus b_enc. The values are approximate, the dtype is float32.
     """
     if dt != torch.int8:
         x_aug, w_aug = augmented(sae, x, dt)
         w_t = w_aug.t()
         return lambda start, stop: x_aug[start:stop] @ w_t
+    levels = int8_matmul_levels()
     xq, x_scale = quantize_int8(x - sae.b_dec, per_row=True)  # (n_rows, d_in), (n_rows, 1)
-    wq, w_scale = quantize_int8(sae.W_enc.t(), per_row=False)  # (d_sae, d_in), (1, 1)
-    scale = x_scale * w_scale  # (n_rows, 1)
+    wq, w_scale = quantize_int8(sae.W_enc.t(), per_row=True, levels=levels)  # (d_sae, d_in)
+    w_scale_t = w_scale.t()  # (1, d_sae)
     wq_t = wq.t()
     b_enc = sae.b_enc.detach()
 
     def scores(start: int, stop: int) -> torch.Tensor:
         acc = torch._int_mm(xq[start:stop], wq_t)  # (rows, d_sae) int32, exact
-        return torch.addcmul(b_enc, acc.to(torch.float32), scale[start:stop])
+        # int32 * float32 -> float32 in one pass, then one fused multiply-add
+        return torch.addcmul(b_enc, acc * w_scale_t, x_scale[start:stop])
 
     return scores
 
@@ -221,13 +225,14 @@ def rerank_width(k: int, d_sae: int, dt: torch.dtype) -> int:
     """Candidates an approximate selection keeps per row before the k with the largest
     exact pre-activations are taken: k + max(4, k / 8) for bfloat16, k + max(8, k / 2)
     for int8. On MiniLM embeddings (d_sae 3072, k 32, 4096 held-out rows of a trained
-    SAE) bfloat16 alone missed an exact top-k latent in 15.5% of rows and int8 (rows
-    quantized each on its own range, W_enc as a whole) in 37.9%; bfloat16 with 34
-    candidates missed one in 350 rows, with 36 none, and int8 with 40 one in 5,000,
-    with 48 none. On SmolLM2 token rows (resid_post.15, row-standardised, d_sae 4608,
-    k 32): bfloat16 alone 12.8% of rows, int8 alone 46.5%, with 36 and 48 candidates
-    none. Each extra candidate costs top-k width: on an AMX CPU 40 of them made the
-    step 9% slower than 32."""
+    SAE) bfloat16 alone missed an exact top-k latent in 15.5% of rows; bfloat16 with 34
+    candidates missed one in 350 rows, with 36 none. int8 (rows and latents each on their
+    own range; 4096 rows of the demo SAE, 2026-12-01) alone missed one in 34.9% of rows
+    with W_enc within 127, 50.4% within 64 (`int8_matmul_levels`), with 40 candidates in
+    none / 0.02%, with 48 in none. On SmolLM2 token rows (resid_post.15, row-standardised,
+    d_sae 4608, k 32): bfloat16 alone 12.8% of rows, with 36 candidates none; int8 alone
+    87%, with 40 candidates 0.3% / 0.6%, with 44 and 48 none. Each extra candidate costs
+    top-k width: on an AMX CPU 40 of them made the step 9% slower than 32."""
     extra = max(4, k // 8) if dt == torch.bfloat16 else max(8, k // 2)
     return min(d_sae, k + extra)
 
