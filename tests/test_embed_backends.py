@@ -92,6 +92,21 @@ def test_exported_backend_agrees_with_torch(cache, st, ref, backend, mean, worst
     assert torch.allclose(unit.norm(dim=1), torch.ones(3), atol=1e-5)
 
 
+def test_int8_weights_stay_within_64(cache, st):
+    """CPUs without VNNI (AVX2) sum uint8 x int8 pairs in int16, which saturates unless the
+    weights stay within 64: every int8 weight of the onnx-int8 graph does."""
+    needs("onnx-int8")
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(eb.export(st, DEFAULT_EMBED_MODEL, "onnx-int8"))).graph
+    weights = [
+        numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8
+    ]
+    assert len(weights) >= 36  # MiniLM-L6: 6 layers of q, k, v, output and two MLP matrices
+    assert max(int(abs(w.astype(int)).max()) for w in weights) <= 64
+
+
 def test_second_use_reuses_the_cached_export_and_check(cache, st, monkeypatch):
     needs("onnx")
     first = eb.export(st, DEFAULT_EMBED_MODEL, "onnx")
