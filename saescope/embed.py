@@ -16,7 +16,9 @@ auto, takes the fastest installed one whose vectors match torch's (cosine >= 0.9
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -64,6 +66,28 @@ def load_embedding_model(
         choice, why = embed_backends.choose(st, name, device)
         print(f"embed: backend {choice} ({why})", file=sys.stderr)
     return embed_backends.wrap(st, name, choice)
+
+
+def load_query_model(name: str, meta: Mapping[str, Any], device: str = "cpu"):
+    """The model that embeds queries and phrases beside a store whose manifest meta is
+    `meta`: `name` on the backend that embedded the store, when the store holds `name`'s
+    vectors and that backend is a float32 one that can run here (its vectors equal
+    torch's to ~1e-6, and it is the faster one: auto measured it so); torch otherwise.
+
+    A bfloat16 or int8 backend is not reused: its vectors depend on the batch a text is
+    in, so a query embedded alone would not reproduce its own store row either
+    (`embed_backends.choose`), and torch's float32 is the reference. A backend that
+    cannot run here (its extra missing, another CPU) falls back to torch with a note.
+    """
+    backend = str(meta.get("backend", "torch")) if meta.get("model") == name else "torch"
+    known = embed_backends.BACKENDS.get(backend)
+    if device != "cpu" or known is None or known.precision != "f32" or backend == "torch":
+        return load_sentence_model(name, device)
+    try:
+        return load_embedding_model(name, device, backend)
+    except SaescopeError as exc:
+        print(f"embed: queries run on torch ({exc})", file=sys.stderr)
+        return load_sentence_model(name, device)
 
 
 def encode_texts(

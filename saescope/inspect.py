@@ -175,7 +175,7 @@ class TextHit:
 
 def text_features(run: str | Path, text: str, n: int = 10) -> list[TextHit]:
     """Features a new text activates (strongest first), embedded the way the corpus was."""
-    from saescope.embed import encode_texts, load_sentence_model
+    from saescope.embed import encode_texts, load_query_model
     from saescope.sae import SAE
 
     rp = RunPaths(run)
@@ -192,7 +192,7 @@ def text_features(run: str | Path, text: str, n: int = 10) -> list[TextHit]:
 
     # the SAE whose features the table lists: the one the cache was encoded with
     sae = SAE.load(LatentCache(run).sae_dir()).eval()
-    model = load_sentence_model(meta["model"])
+    model = load_query_model(meta["model"], meta)
     x = encode_texts(model, [text], 1, bool(meta.get("normalize", False)))  # (1, d_in)
     with torch.inference_mode():
         codes = sae.encode(x)[0]  # (d_sae,)

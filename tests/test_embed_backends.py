@@ -107,6 +107,35 @@ def test_int8_weights_stay_within_64(cache, st):
     assert max(int(abs(w.astype(int)).max()) for w in weights) <= 64
 
 
+def test_queries_run_on_the_stores_float32_backend(cache, st, ref, monkeypatch, capsys):
+    """Queries and phrases beside a store run on the backend that embedded it when that is
+    a float32 one (the same vectors as torch, faster); torch for a bfloat16 or int8 store,
+    another model's store, or a backend that cannot run here (with a note)."""
+    needs("openvino")
+    from saescope.embed import encode_texts, load_query_model
+
+    meta = {"source": "sentence-transformers", "model": DEFAULT_EMBED_MODEL}
+    model = load_query_model(DEFAULT_EMBED_MODEL, meta | {"backend": "openvino"})
+    assert model.backend == "openvino"
+    got = encode_texts(model, TEXTS, 8, normalize=False)
+    torch.testing.assert_close(got, ref.float(), rtol=1e-4, atol=1e-5)
+
+    for other in (
+        meta,  # a torch store
+        meta | {"backend": "openvino-bf16"},
+        meta | {"backend": "onnx-int8"},
+        meta | {"backend": "openvino", "model": "some-other-model"},
+    ):
+        assert not isinstance(load_query_model(DEFAULT_EMBED_MODEL, other), eb.ExportedModel)
+    monkeypatch.setattr(eb, "missing_modules", lambda name: ["openvino"])
+    capsys.readouterr()
+    fallback = load_query_model(DEFAULT_EMBED_MODEL, meta | {"backend": "openvino"})
+    assert not isinstance(fallback, eb.ExportedModel)
+    assert "queries run on torch (the openvino embedding backend needs openvino" in (
+        capsys.readouterr().err
+    )
+
+
 def test_second_use_reuses_the_cached_export_and_check(cache, st, monkeypatch):
     needs("onnx")
     first = eb.export(st, DEFAULT_EMBED_MODEL, "onnx")

@@ -67,7 +67,7 @@ def nearest_for_run(
     half: str,
 ) -> NearestInactive:
     """`NearestInactive` over a run's store and rows, with its sentence model (or `model`)."""
-    from saescope.embed import load_sentence_model
+    from saescope.embed import load_query_model
     from saescope.examples.texts import run_model_name
     from saescope.examples.tokens import row_texts
     from saescope.interp.candidates import PhraseEmbedder
@@ -75,6 +75,6 @@ def nearest_for_run(
 
     store = ActivationStore(RunPaths(run).acts, verify=False)
     model_name = run_model_name(store, model)
-    embedder = PhraseEmbedder(load_sentence_model(model_name), 256, progress=False)
+    embedder = PhraseEmbedder(load_query_model(model_name, store.meta), 256, progress=False)
     texts = row_texts(run, ex.n_rows)
     return NearestInactive(ex, store, texts, model_name, embedder, n, pool, seed, half)

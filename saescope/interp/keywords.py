@@ -134,7 +134,7 @@ def name_features(
 @provenance.locked("keywords")
 def run(cfg: KeywordsConfig) -> Path:
     """Write `interp/keywords.parquet` for `cfg`; skip when it is already there."""
-    from saescope.embed import load_sentence_model
+    from saescope.embed import load_query_model
     from saescope.sae import SAE
 
     rp = RunPaths(cfg.run)
@@ -151,7 +151,7 @@ def run(cfg: KeywordsConfig) -> Path:
         )
     texts = row_texts(cfg.run, ex.n_rows)  # corpus texts, or token windows for LM runs
     sae = SAE.load(sae_dir)
-    model = load_sentence_model(run_model_name(store, cfg.model))
+    model = load_query_model(run_model_name(store, cfg.model), store.meta)
     embedder = PhraseEmbedder(model, cfg.batch_size, cfg.progress)
     results = name_features(cfg, ex, texts, store, embedder, sae)
     record.start()

@@ -162,7 +162,7 @@ def run(cfg: ScoreConfig) -> Path:
 
 @provenance.locked("score")
 def _run_embedding(cfg: ScoreConfig) -> Path:
-    from saescope.embed import load_sentence_model
+    from saescope.embed import load_query_model
 
     rp = RunPaths(cfg.run)
     names_kind = cfg.names or default_names(cfg.scorer)
@@ -180,7 +180,9 @@ def _run_embedding(cfg: ScoreConfig) -> Path:
     texts = row_texts(cfg.run, ex.n_rows)  # corpus texts, or token windows for LM runs
     ex.acts.check_features(sorted(names.phrases) + sorted(names.not_named))
     model_name = run_model_name(store, cfg.model)
-    embedder = PhraseEmbedder(load_sentence_model(model_name), cfg.batch_size, cfg.progress)
+    embedder = PhraseEmbedder(
+        load_query_model(model_name, store.meta), cfg.batch_size, cfg.progress
+    )
     vectors = _TextVectors(store, texts, model_name, embedder)
     scores = score_features(cfg, names.phrases, ex, vectors, embedder)
     source = names.method if names_kind == "keywords" else f"{names_kind}:{names.method}"

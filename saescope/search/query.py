@@ -170,7 +170,7 @@ class SearchSession:
 
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(n, d_in) texts embedded as the corpus was."""
-        from saescope.embed import encode_texts, load_sentence_model
+        from saescope.embed import encode_texts, load_query_model
 
         meta = self.store.meta
         name = self._model_name or meta.get("model")
@@ -180,7 +180,7 @@ class SearchSession:
                 "imported); pass --model, the model that made them, or query with --row"
             )
         if self._model is None:
-            self._model = load_sentence_model(str(name))
+            self._model = load_query_model(str(name), meta)
         x = encode_texts(self._model, list(texts), 64, bool(meta.get("normalize", False)))
         if x.shape[1] != self.store.d_in:
             raise SaescopeError(

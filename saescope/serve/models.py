@@ -100,11 +100,11 @@ class RunModels:
     def _text_hits(self, text: str, n: int) -> list[dict[str, Any]]:
         import torch
 
-        from saescope.embed import encode_texts, load_sentence_model
+        from saescope.embed import encode_texts, load_query_model
 
         meta = self.run.meta
         if self._sentence is None:
-            self._sentence = load_sentence_model(str(meta["model"]), self.device)
+            self._sentence = load_query_model(str(meta["model"]), meta, str(self.device))
         sae = self._cache_sae()
         x = encode_texts(self._sentence, [text], 1, bool(meta.get("normalize", False)))
         with torch.inference_mode():
