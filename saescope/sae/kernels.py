@@ -259,8 +259,8 @@ def int8_matmul_levels() -> int:
     summed into int16, which saturates beyond 32,767. With the second operand's entries
     at 127, a product of 64-wide rows came out 25% off on random data (ONEDNN_MAX_CPU_ISA=
     AVX2 on a Xeon, 2026-12-01); within 64, 2 * 254 * 64 = 32,512 fits. Probed once per
-    process with worst-case operands; RuntimeError when neither range is exact (the caller
-    then selects in float32)."""
+    process with worst-case operands; RuntimeError when neither range is exact (auto then
+    selects in float32; an explicit select_precision int8 fails with it)."""
     a = torch.full((32, 64), 127, dtype=torch.int8)
     a[1::2] = -127
     for levels in (127, 64):
