@@ -42,16 +42,14 @@ def _as_sets(idx: torch.Tensor) -> torch.Tensor:
 def test_quantize_int8_round_trips_within_half_a_step():
     g = torch.Generator().manual_seed(0)
     t = torch.randn(50, 30, generator=g) * torch.logspace(-3, 3, 50).unsqueeze(1)
-    for per_row in (True, False):
-        q, scale = quantize_int8(t, per_row)
-        assert q.dtype == torch.int8 and q.abs().max() == 127
-        assert scale.shape == ((50, 1) if per_row else (1, 1))
-        assert ((q.float() * scale - t).abs() <= scale / 2 * (1 + 1e-6)).all()
-    # per row, every row uses its whole range: the small rows are not flattened to zero
-    q, _ = quantize_int8(t, per_row=True)
+    q, scale = quantize_int8(t)
+    assert q.dtype == torch.int8 and q.abs().max() == 127
+    assert scale.shape == (50, 1)
+    assert ((q.float() * scale - t).abs() <= scale / 2 * (1 + 1e-6)).all()
+    # every row uses its whole range: the small rows are not flattened to zero
     assert (q.abs().amax(1) == 127).all()
     # a narrower range (the CPUs whose int8 product saturates beyond 64)
-    q, scale = quantize_int8(t, per_row=True, levels=64)
+    q, scale = quantize_int8(t, levels=64)
     assert (q.abs().amax(1) == 64).all()
     assert ((q.float() * scale - t).abs() <= scale / 2 * (1 + 1e-6)).all()
 
@@ -121,7 +119,7 @@ g = torch.Generator().manual_seed(0)
 x = torch.randn(256, 384, generator=g)
 w = torch.randn(3072, 384, generator=g)
 levels = int8_matmul_levels()
-xq, _ = quantize_int8(x, per_row=True)
+xq, _ = quantize_int8(x)
 def exact(wq):
     return torch.equal(torch._int_mm(xq, wq.t()).long(), xq.long() @ wq.long().t())
 sae = SAE(SAEConfig("topk", 384, 3072, k=32))
@@ -131,7 +129,7 @@ dead = torch.zeros(3072, dtype=torch.bool)
 ctx = L.LossContext(256, dead, 32, 64, 1 / 32, 0.0, 1e-3, lambda t: t, select_dtype=torch.int8)
 sel = topk.select(sae, x, ctx).idx.sort(1).values
 want = torch.topk(L.select_pre_acts(sae, x, torch.float64), 32, dim=1).indices.sort(1).values
-print(levels, exact(quantize_int8(w, True, levels)[0]), exact(quantize_int8(w, True)[0]),
+print(levels, exact(quantize_int8(w, levels)[0]), exact(quantize_int8(w)[0]),
       torch.equal(sel, want))
 """
 

@@ -233,19 +233,14 @@ class SparseEncode(Function):
         return grad_x, grad_b_dec, grad_W, grad_b_enc, None, None, None, None, None
 
 
-def quantize_int8(
-    t: torch.Tensor, per_row: bool, levels: int = 127
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 copy of the float matrix t (n, d): (q (n, d) int8, scale), t ~ q * scale,
-    with |q| <= levels (at most 127).
-
-    scale is (n, 1) with `per_row` (each row on its own range, so a massive row does
-    not flatten the others), else one value (1, 1) for the whole matrix. Products of two
-    such copies accumulate exactly in int32 (`torch._int_mm`) up to d = 133,000, where
-    the CPU's int8 product is exact (`int8_matmul_levels`).
+def quantize_int8(t: torch.Tensor, levels: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 copy of the float matrix t (n, d), each row on its own range (so a
+    massive row does not flatten the others): (q (n, d) int8, scale (n, 1)),
+    t ~ q * scale, |q| <= levels (at most 127). Products of two such copies accumulate
+    exactly in int32 (`torch._int_mm`) up to d = 133,000, where the CPU's int8 product
+    is exact (`int8_matmul_levels`).
     """
-    amax = t.abs().amax(1, keepdim=True) if per_row else t.abs().amax().reshape(1, 1)
-    scale = amax.clamp_min(1e-30) / levels
+    scale = t.abs().amax(1, keepdim=True).clamp_min(1e-30) / levels
     return torch.round(t / scale).to(torch.int8), scale
 
 

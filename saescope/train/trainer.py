@@ -229,7 +229,7 @@ class Trainer:
             i8: float | None
             try:
                 i8 = self.arch.selection_seconds(tr.sae, x, ctx._replace(select_dtype=torch.int8))
-            except (RuntimeError, NotImplementedError):  # no int8 matmul in this torch build
+            except (RuntimeError, NotImplementedError):  # no int8 matmul here, or no exact one
                 i8 = None
             faster = i8 is not None and i8 < INT8_MARGIN * f32
             votes = self.dist.all_sum(torch.tensor([float(faster)], device=self.device))

@@ -207,8 +207,8 @@ def selection_scores(
         w_t = w_aug.t()
         return lambda start, stop: x_aug[start:stop] @ w_t
     levels = int8_matmul_levels()
-    xq, x_scale = quantize_int8(x - sae.b_dec, per_row=True)  # (n_rows, d_in), (n_rows, 1)
-    wq, w_scale = quantize_int8(sae.W_enc.t(), per_row=True, levels=levels)  # (d_sae, d_in)
+    xq, x_scale = quantize_int8(x - sae.b_dec)  # (n_rows, d_in), (n_rows, 1)
+    wq, w_scale = quantize_int8(sae.W_enc.t(), levels)  # (d_sae, d_in), (d_sae, 1)
     w_scale_t = w_scale.t()  # (1, d_sae)
     wq_t = wq.t()
     b_enc = sae.b_enc.detach()
