@@ -384,7 +384,11 @@ def test_jumprelu_starts_at_the_asked_l0_with_a_fitted_encoder_scale() -> None:
 
     def start(l0: float) -> tuple[SAE, torch.Tensor]:
         cfg = TrainConfig(
-            architecture="jumprelu", d_sae=[D_SAE], jumprelu_init_l0=l0, scale_inputs=False
+            architecture="jumprelu",
+            d_sae=[D_SAE],
+            jumprelu_init_l0=l0,
+            scale_inputs=False,
+            input_norm="none",  # the threshold is checked on `sample` as it is
         )
         tr = Trainer(cfg, D_IN, sample, total_steps=10).trainees[0]
         assert tr.extra is not None

@@ -66,7 +66,8 @@ def relative_errors(sae, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_token_rows_are_standardised_by_default():
-    """input_norm "auto": row_standardize for tokens, none for texts; an explicit value wins.
+    """input_norm "auto" (TopK): row_standardize for tokens, none for texts; an explicit
+    value wins.
     Standardised, a massive row weighs in the loss as one row, not as thousands: ordinary
     rows are reconstructed much better (on SmolLM2's token store both kinds got better:
     bench/README.md, "On an LM token store"). Here the massive direction is a rare feature

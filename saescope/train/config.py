@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from saescope.config import option
 from saescope.errors import SaescopeError
@@ -10,6 +11,9 @@ from saescope.paths import DEFAULT_RUN
 from saescope.sae import archs
 from saescope.sae.archs import ArchOptions
 from saescope.sae.config import ARCHITECTURES, INPUT_NORMS
+
+if TYPE_CHECKING:
+    import torch
 
 LOGGERS = ("wandb", "mlflow", "tensorboard")
 DECAYS = ("none", "linear", "cosine")
@@ -56,8 +60,9 @@ class TrainConfig(ArchOptions):
     input_norm: str = option(
         "auto",
         "per-row input normalisation inside the SAE (auto: row_standardize on LM token "
-        "stores, whose rare massive-activation rows otherwise dominate training; none on "
-        "embeddings)",
+        "stores, whose rare massive rows otherwise dominate training, and for batchtopk, "
+        "matryoshka_batchtopk and jumprelu on rows not all of one norm, where big rows "
+        "would take their latents; none otherwise, e.g. on L2-normalised embeddings)",
         choices=("auto", *INPUT_NORMS),
     )
     batch_size: int = option(4096, "rows per optimiser step (the global batch under torchrun)")
@@ -180,20 +185,52 @@ class TrainConfig(ArchOptions):
                     out.append((int(d), k))
         return out
 
-    def resolved_input_norm(self, rows: str) -> str:
+    def resolved_input_norm(self, rows: str, sample: torch.Tensor) -> str:
         """The input norm this config trains with on a store whose rows are `rows`
-        ("texts" or "tokens", `ActivationStore.rows_kind`): `input_norm` unless "auto".
+        ("texts" or "tokens", `ActivationStore.rows_kind`), judged on `sample` (the
+        init sample, raw rows): `input_norm` unless "auto".
 
-        auto is row_standardize on tokens. An LM residual stream holds a few rows of
-        10-160x the median norm (attention sinks); trained on as they are, they hold most
-        of the variance, are seen about once each, and every Adam step that fits one
-        overshoots, so their held-out error swings from seed to seed. Standardised, they
-        are ordinary rows (OpenAI's code for Gao et al. 2024 offers the same option).
-        Embedding rows are already of one norm, so auto leaves them as they are.
+        auto is row_standardize on tokens, and for the architectures whose rule compares
+        activations across rows (`rows_compete`: batchtopk, matryoshka_batchtopk,
+        jumprelu) on rows not of one norm already (`rows_of_one_norm`: L2-normalised
+        embeddings are); none otherwise. Both measured:
+        - An LM residual stream holds a few rows of 10-160x the median norm (attention
+          sinks); trained on as they are, they hold most of the variance, are seen about
+          once each, and every Adam step that fits one overshoots, so their held-out
+          error swings from seed to seed. Standardised, they are ordinary rows (OpenAI's
+          code for Gao et al. 2024 offers the same option).
+        - Where a row's norm grows with the number of features in it, a batch-wide
+          budget or a fixed threshold hands latents to the big, busy rows, and the small
+          rows that show one direction alone get none. On bench/recovery.py's synthetic
+          dictionary BatchTopK recovered 0.6% of the true directions from the rows as
+          they came and 59.7% standardised, JumpReLU 0% and 51.6%. TopK picks k per row
+          whatever the row's norm, and standardising helped it there (48% -> 59%) but
+          not on other such data, so auto leaves its rows alone (docs/training.md).
         """
         if self.input_norm != "auto":
             return self.input_norm
-        return "row_standardize" if rows == "tokens" else "none"
+        if rows == "tokens":
+            return "row_standardize"
+        if archs.get(self.architecture).rows_compete and not rows_of_one_norm(sample):
+            return "row_standardize"
+        return "none"
 
     def learning_rate(self, d_sae: int) -> float:
         return self.lr if self.lr > 0 else 2.4e-3 / (d_sae / 16384) ** 0.5
+
+
+# Row norms within this fraction of their median count as one norm: unit vectors stored in
+# float16 or bfloat16 come back up to ~0.5% off.
+ONE_NORM_TOLERANCE = 0.02
+
+
+def rows_of_one_norm(sample: torch.Tensor) -> bool:
+    """Whether the rows of `sample` (n_rows, d_in) have one norm, as L2-normalised
+    embeddings do: the 1st to 99th percentile of their norms within `ONE_NORM_TOLERANCE`
+    of the median (percentiles, so that a few empty texts' zero rows do not count)."""
+    norms = sample.float().norm(dim=1)
+    median = norms.median()
+    if not bool(median > 0):
+        return False
+    low, high = (norms.quantile(q) / median for q in (0.01, 0.99))
+    return bool(low >= 1 - ONE_NORM_TOLERANCE and high <= 1 + ONE_NORM_TOLERANCE)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -160,7 +160,8 @@ class Trainer:
         self.unit_norm = self.arch.unit_norm_decoder(cfg)
         variants = cfg.variants()
         names = names or [f"sae-{d}-k{k}" if k else f"sae-{d}" for d, k in variants]
-        self.input_norm = cfg.resolved_input_norm(rows)  # rows: "texts" or "tokens"
+        self.rows = rows  # "texts" or "tokens"
+        self.input_norm = cfg.resolved_input_norm(rows, init_sample)
         probe = SAE(SAEConfig("relu", d_in, 1, input_norm=self.input_norm))
         normed, _, _ = probe._standardize(init_sample.float())
         self.scale = input_scale(normed) if cfg.scale_inputs else 1.0
@@ -388,11 +389,19 @@ class Trainer:
             if not bool(ok):
                 raise NonFiniteTraining(self.step, tr.name, "weight", "nothing was saved")
 
+    def _input_norm_before_row_rule(self) -> str:
+        """What input_norm auto resolved to before it looked at the rows, for checkpoints
+        written before the trainer recorded it: row_standardize on tokens, else none."""
+        if self.cfg.input_norm != "auto":
+            return self.cfg.input_norm
+        return "row_standardize" if self.rows == "tokens" else "none"
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
             "samples": self.samples,
             "scale": self.scale,
+            "input_norm": self.input_norm,
             "select_dtype": _dtype_name(self.select_dtype),
             "trainees": [
                 {
@@ -412,6 +421,13 @@ class Trainer:
         self.step = int(state["step"])
         self.samples = int(state["samples"])
         self.scale = float(state["scale"])
+        # the input norm the run started with, even if auto's rule changed since; a
+        # checkpoint without one predates auto's rule for the batch-wide rules and jumprelu
+        started = state.get("input_norm") or self._input_norm_before_row_rule()
+        if started != self.input_norm:
+            self.input_norm = started
+            for tr in self.trainees:
+                tr.sae.cfg = replace(tr.sae.cfg, input_norm=started)
         if self.timed_selection and state.get("select_dtype") in ("float32", "int8"):
             # a resumed run keeps the selection path auto timed when it started
             resumed = SELECT_DTYPES[state["select_dtype"]]

@@ -200,6 +200,7 @@ class BatchTopK(Architecture):
     options = BatchTopKOptions
     uses_k = True
     has_threshold = True
+    rows_compete = True
     saelens_names = ("batchtopk",)
     saelens_training = "batchtopk"
 
