@@ -197,11 +197,12 @@ def train_saelens(
     batch_size: int,
     lr: float,
     variant: str = "default",
+    matryoshka_groups: list[float] | None = None,
 ) -> Any:
     """SAELens's training SAE of architecture `arch` (`sae_lens.registry`, its defaults or
     the `SAELENS_VARIANTS` entry of `variant`; Matryoshka with saescope's default group
-    widths), fitted by its `SAETrainer` on `batches` at a constant lr. Also used by
-    bench/recovery.py."""
+    widths or `matryoshka_groups`), fitted by its `SAETrainer` on `batches` at a constant
+    lr. Also used by bench/recovery.py."""
     from sae_lens.config import LoggingConfig, SAETrainerConfig
     from sae_lens.registry import get_sae_training_class
     from sae_lens.training.sae_trainer import SAETrainer
@@ -213,7 +214,7 @@ def train_saelens(
     if arch in ("topk", "batchtopk", "matryoshka_batchtopk"):
         extra["k"] = k
     if arch == "matryoshka_batchtopk":
-        extra["matryoshka_widths"] = prefix_widths(d_sae, DEFAULT_GROUPS)
+        extra["matryoshka_widths"] = prefix_widths(d_sae, matryoshka_groups or DEFAULT_GROUPS)
     if variant != "default":
         fields = SAELENS_VARIANTS[(arch, variant)]
         extra.update({f: k if v == "k" else v for f, v in fields.items()})

@@ -32,7 +32,16 @@ back through their inference files. Printed per SAE, on held-out rows:
 
     python bench/recovery.py [--d-in 32] [--n-features 320] [--steps 1000]
                              [--archs relu topk ...] [--no-saelens] [--seed 0] [--threads 1]
-                             [--lr LR] [--reference] [--reference-from-truth]
+                             [--lr LR] [--input-norm row_standardize none]
+                             [--matryoshka-groups F ...] [--reference] [--reference-from-truth]
+
+Every SAE trains once per `--input-norm` value: rows standardised inside the SAE
+(`input_norm` row_standardize; for SAELens the bench standardises the rows it is given,
+see `run_saelens`), which is what `saescope train`'s auto takes on these rows for the
+batch-wide rules and JumpReLU (the rows' norm grows with the number of features that
+fire), and rows as they come (none). The batch-wide rules and JumpReLU
+need the first: they hand out latents by activation size, so without it the big, busy
+rows take them and the rows that show one direction alone get none.
 
 `--reference` adds TopK and BatchTopK written in plain torch (`run_reference`, no
 saescope or SAELens code), to tell a rule's behaviour from an implementation's;
@@ -41,8 +50,8 @@ saescope or SAELens code), to tell a rule's behaviour from an implementation's;
 The default run takes a few minutes on one thread (the matrices are small: more
 threads only add synchronisation). ReLU and JumpReLU get sparsity coefficients
 (l1 0.4, l0 0.03) picked by hand in a few short runs to bring their L0 towards k
-on this data (JumpReLU also starts at L0 k: `jumprelu_init_l0`); their L0 is
-printed, so compare at similar L0.
+on this data (JumpReLU also starts at L0 k: `jumprelu_init_l0`; its l0 is 0.02 on
+standardised rows); their L0 is printed, so compare at similar L0.
 """
 
 from __future__ import annotations
@@ -149,12 +158,23 @@ def batches(truth: Truth, steps: int, batch: int, seed: int) -> list[torch.Tenso
     return [sample(truth, batch, g)[0] for _ in range(steps)]
 
 
-def run_ours(arch: str, data: list[torch.Tensor], d_sae: int, k: int, lr: float):
-    extra: dict = {}
+def run_ours(
+    arch: str,
+    data: list[torch.Tensor],
+    d_sae: int,
+    k: int,
+    lr: float,
+    input_norm: str = "auto",
+    groups: list[float] | None = None,
+):
+    extra: dict = {"input_norm": input_norm}
+    if arch == "matryoshka_batchtopk" and groups:
+        extra["matryoshka_groups"] = groups
     if arch == "relu":
-        extra = {"l1_coefficient": 0.4}
-    if arch == "jumprelu":
-        extra = {"l0_coefficient": 0.03, "jumprelu_init_l0": float(k)}  # start at the data's L0
+        extra["l1_coefficient"] = 0.4
+    if arch == "jumprelu":  # starts at the data's L0; each coefficient ends near L0 k
+        l0 = 0.02 if input_norm == "row_standardize" else 0.03
+        extra.update(l0_coefficient=l0, jumprelu_init_l0=float(k))
     cfg = TrainConfig(
         architecture=arch, d_sae=[d_sae], k=[k], batch_size=data[0].shape[0], lr=lr, **extra
     )
@@ -168,17 +188,37 @@ def run_ours(arch: str, data: list[torch.Tensor], d_sae: int, k: int, lr: float)
     return sae.W_dec, apply
 
 
-def run_saelens(arch: str, data: list[torch.Tensor], d_sae: int, k: int, lr: float):
+def run_saelens(
+    arch: str,
+    data: list[torch.Tensor],
+    d_sae: int,
+    k: int,
+    lr: float,
+    input_norm: str = "none",
+    groups: list[float] | None = None,
+):
     from _peers import saelens_for_use, train_saelens  # bench/, the script's folder
 
+    # Standardised rows are standardised here, before SAELens sees them, so that its
+    # loss is on the standardised rows as saescope's is. SAELens's own option for it,
+    # `normalize_activations` "layer_norm", only standardises inside the SAE (its loss
+    # stays on the raw rows), and its Matryoshka cannot train with it: the per-prefix
+    # decode calls the inverse norm once per prefix, and the first call deletes the
+    # stored std (AttributeError: no attribute 'ln_std'; sae-lens 6.54).
+    scaled = input_norm == "row_standardize"
+    if scaled:
+        data = [standardize(x)[0] for x in data]
     batch, d_in = data[0].shape
-    sae = train_saelens(arch, d_in, d_sae, k, iter(data), batch * len(data), batch, lr)
+    sae = train_saelens(
+        arch, d_in, d_sae, k, iter(data), batch * len(data), batch, lr, matryoshka_groups=groups
+    )
     inf = saelens_for_use(sae, arch)  # jumprelu with the learned threshold
 
     def apply(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            codes = inf.encode(x)
-            return codes, inf.decode(codes)
+            xs, mean, std = standardize(x) if scaled else (x, 0, 1)
+            codes = inf.encode(xs)
+            return codes, inf.decode(codes) * std + mean
 
     return inf.W_dec, apply
 
@@ -189,6 +229,8 @@ def run_reference(
     d_sae: int,
     k: int,
     lr: float,
+    input_norm: str = "none",
+    groups: list[float] | None = None,
     start: torch.Tensor | None = None,
 ):
     """TopK or BatchTopK in plain torch, written apart from saescope and SAELens so that a
@@ -196,8 +238,12 @@ def run_reference(
     decoder rows, or `start`'s rows), b_enc 0, b_dec the first batch's mean, mse summed over
     dims and averaged over rows, torch's Adam at `lr`, decoder rows renormalised after each
     step, no AuxK, no schedule. BatchTopK keeps the k * rows largest relu'd pre-activations
-    of the batch and infers with the running mean (rate 0.01) of the smallest kept one."""
+    of the batch and infers with the running mean (rate 0.01) of the smallest kept one.
+    With `input_norm` row_standardize each row is standardised first, (x - mean) / std,
+    and the reconstruction mapped back."""
     gen = torch.Generator().manual_seed(12345)  # not the truth's seed: its first draw is the truth
+    if input_norm == "row_standardize":
+        data = [standardize(x)[0] for x in data]
     d_in = data[0].shape[1]
     rows = start if start is not None else torch.randn(d_sae, d_in, generator=gen)
     W_dec = torch.nn.Parameter(torch.nn.functional.normalize(rows.clone(), dim=1))
@@ -230,10 +276,16 @@ def run_reference(
 
     def apply(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            codes = encode(x, False)
-            return codes, codes @ W_dec + b_dec
+            xs, mean, std = standardize(x) if input_norm == "row_standardize" else (x, 0, 1)
+            codes = encode(xs, False)
+            return codes, (codes @ W_dec + b_dec) * std + mean
 
     return W_dec.detach(), apply
+
+
+def standardize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    mean, std = x.mean(1, keepdim=True), x.std(1, keepdim=True)
+    return (x - mean) / (std + 1e-5), mean, std
 
 
 def main() -> None:
@@ -251,6 +303,22 @@ def main() -> None:
     )
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads (these matrices are small)"
+    )
+    ap.add_argument(
+        "--input-norm",
+        nargs="+",
+        default=["row_standardize", "none"],
+        choices=("row_standardize", "none"),
+        help="train every SAE once per value: rows standardised (saescope: inside the SAE; "
+        "SAELens: before it sees them) or as they come",
+    )
+    ap.add_argument(
+        "--matryoshka-groups",
+        nargs="+",
+        type=float,
+        default=None,
+        help="Matryoshka group sizes as fractions of d_sae, ours and SAELens's "
+        "(default saescope's, 1/16 1/16 1/8 1/4 1/2)",
     )
     ap.add_argument(
         "--reference",
@@ -295,33 +363,42 @@ def main() -> None:
         label = "ref-truth" if start is not None else "reference"
         for rule in ("topk", "batchtopk"):
             runs.append((label, rule, partial(run_reference, start=start)))
+    autos: dict[str, list[str]] = {}
+    for a in ARCHITECTURES:
+        chosen = TrainConfig(architecture=a).resolved_input_norm("texts", data[0])
+        autos.setdefault(chosen, []).append(a)
+    norms = data[0].norm(dim=1)
+    print(
+        f"row norms: 1st/50th/99th percentile {norms.quantile(0.01):.2f} / "
+        f"{norms.median():.2f} / {norms.quantile(0.99):.2f}; saescope train's input_norm "
+        "auto takes " + "; ".join(f"{v} for {', '.join(a)}" for v, a in autos.items()),
+        flush=True,
+    )
     header = (
-        f"{'library':9s} {'architecture':21s} {'recovered':>9s} {'mean cos':>8s} "
+        f"{'library':9s} {'architecture':21s} {'input norm':15s} {'recovered':>9s} {'mean cos':>8s} "
         f"{'absorption':>10s} {'parent miss':>11s} {'L0':>6s} {'NMSE':>7s} {'dead':>6s} {'s':>5s}"
     )
     print(header)
     print("-" * len(header))
-    for lib, arch, fn in runs:
-        t0 = time.perf_counter()
-        try:
-            W_dec, apply = fn(arch, data, d_sae, k, lr)
-        except Exception as exc:  # a peer that cannot train here is reported, not fatal
-            print(f"{lib:9s} {arch:21s} not run: {type(exc).__name__}: {exc}")
-            continue
-        secs = time.perf_counter() - t0
-        codes, x_hat = apply(x_eval)
-        m = score(truth, W_dec, codes, x_eval, x_hat, fired_eval)
-        print(
-            f"{lib:9s} {arch:21s} {m['recovered']:9.3f} {m['mean_cos']:8.3f} "
-            f"{m['absorption']:10.3f} {m['parent_miss']:11.3f} {m['l0']:6.2f} "
-            f"{m['nmse']:7.4f} {m['dead']:6.3f} {secs:5.0f}"
-            + (
-                f"  ({m['merged_pairs']} parent/child pairs share a latent)"
-                if m["merged_pairs"]
-                else ""
-            ),
-            flush=True,
-        )
+    for norm in args.input_norm:
+        for lib, arch, fn in runs:
+            t0 = time.perf_counter()
+            try:
+                W_dec, apply = fn(arch, data, d_sae, k, lr, norm, args.matryoshka_groups)
+            except Exception as exc:  # a peer that cannot train here is reported, not fatal
+                print(f"{lib:9s} {arch:21s} {norm:15s} not run: {type(exc).__name__}: {exc}")
+                continue
+            secs = time.perf_counter() - t0
+            codes, x_hat = apply(x_eval)
+            m = score(truth, W_dec, codes, x_eval, x_hat, fired_eval)
+            merged = m["merged_pairs"]
+            print(
+                f"{lib:9s} {arch:21s} {norm:15s} {m['recovered']:9.3f} {m['mean_cos']:8.3f} "
+                f"{m['absorption']:10.3f} {m['parent_miss']:11.3f} {m['l0']:6.2f} "
+                f"{m['nmse']:7.4f} {m['dead']:6.3f} {secs:5.0f}"
+                + (f"  ({merged} parent/child pairs share a latent)" if merged else ""),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
