@@ -160,13 +160,20 @@ def test_saelens_checkpoint_with_activation_scaler(tmp_path: Path, norm: str) ->
 
 @pytest.mark.parametrize(
     ("arch", "input_norm"),
-    [("relu", "none"), ("topk", "none"), ("jumprelu", "row_standardize"), ("batchtopk", "none")],
+    [
+        ("relu", "none"),
+        ("topk", "none"),
+        ("jumprelu", "row_standardize"),
+        ("batchtopk", "none"),
+        # what input_norm auto gives the batch-wide rules on rows of unequal norm
+        ("batchtopk", "row_standardize"),
+        ("matryoshka_batchtopk", "row_standardize"),
+    ],
 )
 def test_export_loads_in_saelens(tmp_path: Path, arch: str, input_norm: str) -> None:
     g = torch.Generator().manual_seed(3)
-    cfg = SAEConfig(
-        arch, D_IN, D_SAE, k=K if arch in ("topk", "batchtopk") else None, input_norm=input_norm
-    )
+    uses_k = arch in ("topk", "batchtopk", "matryoshka_batchtopk")
+    cfg = SAEConfig(arch, D_IN, D_SAE, k=K if uses_k else None, input_norm=input_norm)
     ours = SAE.from_tensors(cfg, random_sae_weights(g, arch, D_IN, D_SAE, 0.3, 0.4))
     out = export_saelens(ours, tmp_path / "export")
     x = inputs()
