@@ -29,6 +29,14 @@ WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
 ROW_STD_EPS = 1e-5
 
 
+def row_standardize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x - mean) / (std + ROW_STD_EPS) per row over the last dim, with the mean and the
+    (unbiased, as the BatchTopK repo and SAELens's layer_norm take it) std to undo it."""
+    mean = x.mean(dim=-1, keepdim=True)
+    std = x.std(dim=-1, keepdim=True)
+    return (x - mean) / (std + ROW_STD_EPS), mean, std
+
+
 class Encoding(NamedTuple):
     codes: torch.Tensor  # (n_rows, d_sae) dense, zeros where inactive
     pre_acts: torch.Tensor  # (n_rows, d_sae) h before the sparsity rule
@@ -59,9 +67,7 @@ class SAE(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         if self.cfg.input_norm != "row_standardize":
             return x, None, None
-        mean = x.mean(dim=-1, keepdim=True)
-        std = x.std(dim=-1, keepdim=True)  # unbiased, as the BatchTopK repo does
-        return (x - mean) / (std + ROW_STD_EPS), mean, std
+        return row_standardize(x)
 
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
         """h = (x - b_dec) @ W_enc + b_enc on already-normalised input; (n_rows, d_sae)."""

@@ -43,10 +43,11 @@ def train_on_batches(
 ) -> TrainResult:
     """Train every SAE of `cfg` on `batches` (raw rows), one step per batch.
 
-    `init_sample` (n_rows, d_in) sets b_dec and the input scale; by default the first
-    batch. `total_steps` sets the LR schedule; by default len(batches) if it has one.
-    `rows` says what a row is, "texts" (embeddings) or "tokens" (an LM's activations),
-    for the options whose default depends on it (`input_norm="auto"`).
+    `init_sample` (n_rows, d_in) sets b_dec and the input scale, and whether
+    `input_norm="auto"` standardises the rows (`TrainConfig.resolved_input_norm`); by
+    default the first batch. `total_steps` sets the LR schedule; by default len(batches)
+    if it has one. `rows` says what a row is, "texts" (embeddings) or "tokens" (an LM's
+    activations), for the options whose default depends on it (`input_norm="auto"`).
     """
     from saescope.train.trainer import Trainer
 

@@ -185,10 +185,12 @@ class TrainConfig(ArchOptions):
                     out.append((int(d), k))
         return out
 
-    def resolved_input_norm(self, rows: str, sample: torch.Tensor) -> str:
+    def resolved_input_norm(self, rows: str, sample: torch.Tensor | None = None) -> str:
         """The input norm this config trains with on a store whose rows are `rows`
         ("texts" or "tokens", `ActivationStore.rows_kind`), judged on `sample` (the
-        init sample, raw rows): `input_norm` unless "auto".
+        init sample, raw rows): `input_norm` unless "auto". Without a sample, auto is
+        judged on `rows` alone, as it was before it looked at the rows (what a resumed
+        checkpoint that does not record its norm was trained with).
 
         auto is row_standardize on tokens, and for the architectures whose rule compares
         activations across rows (`rows_compete`: batchtopk, matryoshka_batchtopk,
@@ -211,7 +213,9 @@ class TrainConfig(ArchOptions):
             return self.input_norm
         if rows == "tokens":
             return "row_standardize"
-        if archs.get(self.architecture).rows_compete and not rows_of_one_norm(sample):
+        if sample is None or not archs.get(self.architecture).rows_compete:
+            return "none"
+        if not rows_of_one_norm(sample):
             return "row_standardize"
         return "none"
 
@@ -226,11 +230,15 @@ ONE_NORM_TOLERANCE = 0.02
 
 def rows_of_one_norm(sample: torch.Tensor) -> bool:
     """Whether the rows of `sample` (n_rows, d_in) have one norm, as L2-normalised
-    embeddings do: the 1st to 99th percentile of their norms within `ONE_NORM_TOLERANCE`
-    of the median (percentiles, so that a few empty texts' zero rows do not count)."""
+    embeddings do: the 1st to 99th percentile of the norms of its non-zero, finite rows
+    within `ONE_NORM_TOLERANCE` of their median (zero rows, such as empty texts', and
+    rows with a NaN or inf are left out; a stray row or two among thousands does not
+    count). False when no such row is left."""
     norms = sample.float().norm(dim=1)
-    median = norms.median()
-    if not bool(median > 0):
+    norms = norms[norms.isfinite() & (norms > 0)].sort().values
+    n = len(norms)
+    if n == 0:
         return False
-    low, high = (norms.quantile(q) / median for q in (0.01, 0.99))
+    median = norms[(n - 1) // 2]
+    low, high = norms[int(0.01 * (n - 1))] / median, norms[int(0.99 * (n - 1))] / median
     return bool(low >= 1 - ONE_NORM_TOLERANCE and high <= 1 + ONE_NORM_TOLERANCE)

@@ -26,6 +26,7 @@ from saescope.device import onednn_allows
 from saescope.errors import SaescopeError
 from saescope.sae import SAE, SAEConfig, archs
 from saescope.sae.archs import Architecture
+from saescope.sae.model import row_standardize
 from saescope.train import losses
 from saescope.train.config import TrainConfig
 from saescope.train.ddp import Dist
@@ -162,8 +163,9 @@ class Trainer:
         names = names or [f"sae-{d}-k{k}" if k else f"sae-{d}" for d, k in variants]
         self.rows = rows  # "texts" or "tokens"
         self.input_norm = cfg.resolved_input_norm(rows, init_sample)
-        probe = SAE(SAEConfig("relu", d_in, 1, input_norm=self.input_norm))
-        normed, _, _ = probe._standardize(init_sample.float())
+        normed = init_sample.float()
+        if self.input_norm == "row_standardize":
+            normed = row_standardize(normed)[0]
         self.scale = input_scale(normed) if cfg.scale_inputs else 1.0
         sample = normed * self.scale
         self.trainees = [
@@ -389,13 +391,6 @@ class Trainer:
             if not bool(ok):
                 raise NonFiniteTraining(self.step, tr.name, "weight", "nothing was saved")
 
-    def _input_norm_before_row_rule(self) -> str:
-        """What input_norm auto resolved to before it looked at the rows, for checkpoints
-        written before the trainer recorded it: row_standardize on tokens, else none."""
-        if self.cfg.input_norm != "auto":
-            return self.cfg.input_norm
-        return "row_standardize" if self.rows == "tokens" else "none"
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,
@@ -422,8 +417,8 @@ class Trainer:
         self.samples = int(state["samples"])
         self.scale = float(state["scale"])
         # the input norm the run started with, even if auto's rule changed since; a
-        # checkpoint without one predates auto's rule for the batch-wide rules and jumprelu
-        started = state.get("input_norm") or self._input_norm_before_row_rule()
+        # checkpoint without one predates auto's look at the rows (no sample: that rule)
+        started = state.get("input_norm") or self.cfg.resolved_input_norm(self.rows)
         if started != self.input_norm:
             self.input_norm = started
             for tr in self.trainees:
