@@ -127,3 +127,23 @@ def test_a_resumed_run_keeps_the_input_norm_it_started_with() -> None:
     tokens = Trainer(cfg, D_IN, x, total_steps=8, rows="tokens")
     tokens.load_state_dict(state)
     assert tokens.input_norm == "row_standardize"
+
+
+def test_train_says_when_auto_standardised_the_rows(tmp_path, capsys) -> None:
+    """`saescope train` says so on stderr when auto standardised rows it left alone
+    before (a batch-wide rule on a store of unequal norms), and the SAE records it; TopK
+    on the same store keeps the rows and says nothing."""
+    from test_train_stage import make_store, small
+
+    from saescope.io import read_json
+    from saescope.paths import RunPaths
+    from saescope.train import run
+
+    run_dir = make_store(tmp_path / "run")
+    run(small(run_dir, architecture="batchtopk", epochs=0.5))
+    err = capsys.readouterr().err
+    assert "train: rows standardised (input_norm auto: batchtopk" in err
+    assert read_json(RunPaths(run_dir).sae / "config.json")["input_norm"] == "row_standardize"
+    run(small(run_dir, epochs=0.5, overwrite=True))
+    assert "rows standardised" not in capsys.readouterr().err
+    assert read_json(RunPaths(run_dir).sae / "config.json")["input_norm"] == "none"

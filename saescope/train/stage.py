@@ -18,6 +18,7 @@ import dataclasses
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -155,6 +156,14 @@ def _train(
     ckpt = latest_checkpoint(folders[0]) if cfg.resume else None
     if ckpt is not None:
         trainer.load_state_dict(load_checkpoint(ckpt))
+    auto_standardised = trainer.input_norm == "row_standardize" and cfg.input_norm == "auto"
+    if dist.is_main and auto_standardised and store.rows_kind != "tokens":
+        print(
+            f"train: rows standardised (input_norm auto: {cfg.architecture} hands out "
+            "latents across rows, and these rows are not all of one norm; "
+            "--input-norm none keeps them as they are)",
+            file=sys.stderr,
+        )
     resume_step = trainer.step if ckpt is not None else None
     loggers: list[list[MetricLogger]] = []
     extra: list[MetricLogger] = []
