@@ -37,9 +37,8 @@ back through their inference files. Printed per SAE, on held-out rows:
 
 Every SAE trains once per `--input-norm` value: rows standardised inside the SAE
 (`input_norm` row_standardize; for SAELens the bench standardises the rows it is given,
-see `run_saelens`), which is what `saescope train`'s auto takes on these rows for the
-batch-wide rules and JumpReLU (the rows' norm grows with the number of features that
-fire), and rows as they come (none). The batch-wide rules and JumpReLU
+see `run_saelens`), which is what `saescope train`'s auto takes on these rows (their
+norm grows with the number of features that fire), and rows as they come (none). The batch-wide rules and JumpReLU
 need the first: they hand out latents by activation size, so without it the big, busy
 rows take them and the rows that show one direction alone get none. A caveat of the
 measure: standardised rows have their mean over d_in removed, so decoder rows learned

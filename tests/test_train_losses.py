@@ -119,8 +119,8 @@ def test_decoder_gradient_parallel_component_removed():
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
 def test_saved_sae_on_raw_inputs_equals_training_sae_on_scaled_inputs(arch):
-    # rows as they come (input_norm auto would standardise them for batchtopk and
-    # jumprelu): what is checked is the scaling alone
+    # rows as they come (input_norm auto would standardise these): what is checked is
+    # the scaling alone
     cfg = TrainConfig(
         architecture=arch, d_sae=[40], k=[4], batch_size=128, lr=3e-3, input_norm="none"
     )

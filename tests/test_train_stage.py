@@ -67,7 +67,8 @@ def test_train_writes_every_sae_and_skips_a_rerun(store_run, tmp_path):
     for folder, k in ((rp.sae, 4), (rp.sae_variant(64, 8), 8)):
         sae = SAE.load(folder)
         assert sae.cfg.k == k and sae.cfg.d_sae == 64
-        assert sae.cfg.input_norm == "none"  # input_norm "auto" on a store of text embeddings
+        # input_norm "auto" on a store whose rows are not all of one norm
+        assert sae.cfg.input_norm == "row_standardize"
         conf = read_json(folder / "config.json")
         assert conf["training"]["k"] == [4, 8] and conf["trained"]["steps"] == 22
         metrics = read_json(folder / "metrics.json")

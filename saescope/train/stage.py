@@ -159,9 +159,8 @@ def _train(
     auto_standardised = trainer.input_norm == "row_standardize" and cfg.input_norm == "auto"
     if dist.is_main and auto_standardised and store.rows_kind != "tokens":
         print(
-            f"train: rows standardised (input_norm auto: {cfg.architecture} hands out "
-            "latents across rows, and these rows are not all of one norm; "
-            "--input-norm none keeps them as they are)",
+            "train: rows standardised (input_norm auto: these rows are not all of one "
+            "norm; --input-norm none keeps them as they are)",
             file=sys.stderr,
         )
     resume_step = trainer.step if ckpt is not None else None

@@ -85,10 +85,6 @@ class Architecture:
     has_threshold: ClassVar[bool] = False
     # codes scale linearly with W_enc when b_enc = 0 (init fits one encoder scale)
     homogeneous: ClassVar[bool] = True
-    # the rule compares activations across rows (a batch-wide budget, fixed thresholds),
-    # so rows of larger norm take more latents: `input_norm` auto standardises rows whose
-    # norms spread (`TrainConfig.resolved_input_norm`)
-    rows_compete: ClassVar[bool] = False
     # SAELens `architecture` values of training checkpoints loaded as this architecture
     saelens_names: ClassVar[tuple[str, ...]] = ()
     # SAELens `metadata.training_architecture` of an inference (jumprelu) file that is

@@ -200,7 +200,6 @@ class BatchTopK(Architecture):
     options = BatchTopKOptions
     uses_k = True
     has_threshold = True
-    rows_compete = True
     saelens_names = ("batchtopk",)
     saelens_training = "batchtopk"
 

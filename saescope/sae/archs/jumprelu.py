@@ -64,7 +64,6 @@ class JumpReLU(Architecture):
     summary = "z = relu(h) * (h > t), t learned per latent; mse + l0 * L0 (straight-through)"
     options = JumpReLUOptions
     has_threshold = True
-    rows_compete = True
     homogeneous = False  # the threshold breaks the scaling of codes with W_enc
     saelens_names = ("jumprelu",)
 
