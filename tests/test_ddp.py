@@ -28,7 +28,8 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch, arch, timed
     two = make_store(tmp_path / "two", n_rows=1600)
     flags = dict(max_steps=6, epochs=1.0, eval_at_end=False, checkpoint_every=0)
     run(small(one, architecture=arch, **flags))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # TMPDIR: torchrun leaves a torchelastic_* log folder in the temp dir
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "saescope", "--", "train", "--run", str(two), "--architecture", arch,

@@ -262,7 +262,8 @@ def test_torchrun_two_processes_give_the_single_process_store(tiny_lm_run, tiny_
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(rp.corpus, run / rp.corpus.name)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # TMPDIR: torchrun leaves a torchelastic_* log folder in the temp dir
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "saescope", "--", "acts", "--run", str(run), "--model", str(tiny_lm_dir),
