@@ -159,6 +159,32 @@ def test_export_loads_in_saelens_and_back(tmp_path: Path) -> None:
     torch.testing.assert_close(back.encode(x), codes, atol=1e-6, rtol=0)
 
 
+def test_train_stage_saves_the_widths_and_export_keeps_them(tmp_path: Path) -> None:
+    """`saescope train` writes the prefix widths beside its own metadata, so that the
+    saved folder exports to SAELens with its groups (it once kept one prefix, [d_sae])."""
+    from test_train_stage import make_store, small
+
+    from saescope.paths import RunPaths
+    from saescope.train import run
+
+    store = make_store(tmp_path / "run", n_rows=600)
+    run(
+        small(
+            store,
+            architecture="matryoshka_batchtopk",
+            matryoshka_groups=[0.25, 0.25, 0.5],
+            max_steps=2,
+            eval_at_end=False,
+        )
+    )
+    saved = json.loads(RunPaths(store).sae_config.read_text())["metadata"]
+    assert saved["matryoshka_widths"] == [16, 32, 64]
+    assert saved["source"] == "saescope" and "input_scale" in saved  # the stage's own keys
+    out = export_saelens(load_sae(RunPaths(store).sae), tmp_path / "export")
+    details = json.loads((out / "cfg.json").read_text())["metadata"]
+    assert details["training_architecture_details"]["matryoshka_widths"] == [16, 32, 64]
+
+
 def test_saelens_trained_matryoshka_files_load(tmp_path: Path) -> None:
     """SAELens trains a Matryoshka BatchTopK SAE; its inference file (jumprelu) and its
     training checkpoint (matryoshka_batchtopk, topk_threshold) load with SAELens' codes."""

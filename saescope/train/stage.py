@@ -271,7 +271,9 @@ def _save(
         "store_meta": store.meta,
         "input_scale": trainer.scale,
     }
-    sae = SAE.from_tensors(dataclasses.replace(sae.cfg, metadata=meta), sae.state_tensors())
+    # added to the architecture's own metadata (Matryoshka's prefix widths), not in its place
+    merged = {**sae.cfg.metadata, **meta}
+    sae = SAE.from_tensors(dataclasses.replace(sae.cfg, metadata=merged), sae.state_tensors())
     extra = {
         "training": config_to_dict(cfg),
         "trained": {
