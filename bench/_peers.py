@@ -28,7 +28,9 @@ Runners (each uses the library's own model, forward and loss code):
   saescope  `saescope.train.train_on_batches` with the `TrainConfig` defaults
             (Adam with warm-up and decay; on a token store the inputs are
             standardised per row, as `saescope train` does there: `input_norm`
-            "auto"); adam = the peers' constant-lr Adam. The
+            "auto"; JumpReLU also as `variant` "target_l0", aimed at L0 k by
+            `--jumprelu-target-l0`, see SAESCOPE_VARIANTS); adam = the peers'
+            constant-lr Adam. The
             result says which training path ran: how many steps took the sparse
             backward (`use_sparse`; TopK always does).
 """
@@ -64,7 +66,7 @@ class Spec:
     adam_lr: float
     seed: int = 0
     architecture: str = "topk"  # a saescope architecture name (SAELens spells them alike)
-    variant: str = "default"  # SAELens: "default" (its defaults) or a key of SAELENS_VARIANTS
+    variant: str = "default"  # "default" or a key of SAELENS_VARIANTS / SAESCOPE_VARIANTS
     select_precision: str = "auto"  # saescope's TopK selection matmul (TrainConfig option)
 
 
@@ -184,6 +186,15 @@ SAELENS_VARIANTS: dict[tuple[str, str], dict[str, Any]] = {
         "target_l0": "k",
         "jumprelu_ste_to_input": True,
     },
+}
+
+
+# saescope configurations other than its defaults, by (architecture, variant): TrainConfig
+# fields, with `k` standing for the run's k. JumpReLU "target_l0": aimed at L0 k by
+# `--jumprelu-target-l0` (the quadratic term on the batch's mean L0), beside SAELens's
+# own target_l0 run.
+SAESCOPE_VARIANTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("jumprelu", "target_l0"): {"jumprelu_target_l0": "k"},
 }
 
 
@@ -394,6 +405,11 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
         progress=False,
         select_precision=spec.select_precision,
     )
+    if spec.variant != "default":
+        fields = SAESCOPE_VARIANTS[(spec.architecture, spec.variant)]
+        cfg = dataclasses.replace(
+            cfg, **{f: float(spec.k) if v == "k" else v for f, v in fields.items()}
+        )
     if spec.optimizer == "adam":  # the peers' common Adam: constant lr, no warm-up
         cfg = dataclasses.replace(cfg, lr=spec.adam_lr, warmup_steps=0, lr_decay="none")
     total_steps = spec.n_samples // spec.batch_size

@@ -34,9 +34,10 @@ its samples/s, held-out NMSE no worse, dead < 1%. L0 (mean active latents per he
 row) is printed beside NMSE: JumpReLU's is set by its L0 penalty, not by k, so its NMSE
 is comparable only where the L0s are close. SAELens's JumpReLU therefore trains twice:
 with its defaults (it stays dense in a run this short: L0 ~2,500 of 3,072) and aimed at
-L0 k by its own options (`target_l0`, bench/_peers.py SAELENS_VARIANTS); the targets
-are checked against the SAELens run whose L0 is nearest saescope's. The FLOP model
-stays TopK's.
+L0 k by its own options (`target_l0`, bench/_peers.py SAELENS_VARIANTS), and so does
+saescope's (its defaults, and `--jumprelu-target-l0` k: SAESCOPE_VARIANTS); each saescope
+run's targets are checked against the SAELens run whose L0 is nearest its own. The FLOP
+model stays TopK's.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ TARGET_SPEEDUP = 2.0
 TARGET_DEAD = 0.01
 QUALITY = ("nmse", "dead", "l0", "nmse_ordinary", "dead_any")  # averaged over --seeds
 MANIFEST = "manifest.json"  # saescope.paths.MANIFEST (see find_store)
-# SAELens runs of an architecture with --architectures (variants: bench/_peers.py
-# SAELENS_VARIANTS); the targets are checked against the one whose L0 is nearest saescope's
+# Runs of an architecture with --architectures, per library (variants: bench/_peers.py
+# SAELENS_VARIANTS, SAESCOPE_VARIANTS); each saescope run's targets are checked against the
+# SAELens run whose L0 is nearest its own
 VARIANTS = {"jumprelu": ("default", "target_l0")}
 ARCH_WIDTH = 30  # the library/architecture column of an --architectures table
 NOTE_LINES = {  # notes of saescope's run (bench/_peers.py NOTES) printed above the table
@@ -267,21 +269,25 @@ def report_architectures(results: list[dict[str, Any]], peak: float) -> list[str
     lines = [HEADER.replace(f"{'library':<9}", f"{'library/architecture':<{ARCH_WIDTH}}")]
     lines += [fmt_row(r, peak, ref["samples_per_s"] if ref else 0.0, ARCH_WIDTH) for r in results]
     lines.append("  (vs_fast: samples/s over sparsify's TopK, the speed reference)")
-    for arch in dict.fromkeys(r["architecture"] for r in results if r["lib"] == "saescope"):
-        ours = first(ok, lib="saescope", architecture=arch)
+    runs = dict.fromkeys(
+        (r["architecture"], r.get("variant", "default")) for r in results if r["lib"] == "saescope"
+    )
+    for arch, variant in runs:
+        label = arch if variant == "default" else f"{arch}({variant})"
+        ours = first(ok, lib="saescope", architecture=arch, variant=variant)
         lenses = [r for r in ok if r["lib"] == "saelens" and r["architecture"] == arch]
         if ours is None or not lenses:
-            lines.append(f"  {arch}: targets not checked (a run failed)")
+            lines.append(f"  {label}: targets not checked (a run failed)")
             continue
-        lines.append(f"  {arch}: saescope training path {ours.get('training_path', '?')}")
+        lines.append(f"  {label}: saescope training path {ours.get('training_path', '?')}")
         lens = nearest_l0(lenses, ours["l0"])
         name = "SAELens" if lens["variant"] == "default" else f"SAELens ({lens['variant']})"
         if len(lenses) > 1:
             lines.append(
-                f"  {arch}: checked against {name}, the SAELens run whose L0 ({lens['l0']:.1f}) "
-                f"is nearest saescope's ({ours['l0']:.1f})"
+                f"  {label}: checked against {name}, the SAELens run whose L0 "
+                f"({lens['l0']:.1f}) is nearest saescope's ({ours['l0']:.1f})"
             )
-        lines += target_lines(f"{arch} ", ours, lens, name, lens, name)
+        lines += target_lines(f"{label} ", ours, lens, name, lens, name)
     return lines
 
 
@@ -423,9 +429,7 @@ def main(argv: list[str] | None = None) -> int:
                 for arch in archs
                 for lib in ("saescope", "saelens")
                 if lib in libs
-                for variant in (
-                    VARIANTS.get(arch, ("default",)) if lib == "saelens" else ["default"]
-                )
+                for variant in VARIANTS.get(arch, ("default",))
             ]
         else:
             order = [(lib, opt, "topk", "default") for lib in libs for opt in optimizers]

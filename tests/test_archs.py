@@ -169,6 +169,7 @@ def _grads(arch: str, path: str, options: TrainConfig, eps: float = 0.05):
         ("batchtopk", {}),
         ("matryoshka_batchtopk", {}),
         ("jumprelu", {}),
+        ("jumprelu", {"jumprelu_target_l0": 5.0}),
         ("relu", {"relu_l1": "unit_decoder"}),
         ("relu", {"relu_l1": "decoder_norm", "unit_norm_decoder": False}),
     ],
@@ -225,6 +226,75 @@ def test_jumprelu_pre_act_loss_reaches_dead_latents_only(path: str) -> None:
     lowered = on["log_threshold"][silent] - off["log_threshold"][silent]
     assert bool((lowered > 0).all())  # and descent lowers their thresholds
     assert dead_pre_act_loss(sae, x, t, torch.zeros(D_SAE, dtype=torch.bool)) is None
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_jumprelu_target_term_by_hand(world: int) -> None:
+    """With a target T the L0 term is n_global * (m / T - 1)^2, m the global batch's mean
+    L0, with d/dl0 = 2 (m / T - 1) / T on this rank's L0 sum: negative below the target
+    (descent raises L0), positive above it. Two ranks: each holds half of the batch."""
+    from saescope.sae.archs.jumprelu import target_l0_penalty
+
+    ctx = LossContext(
+        n_global=10 * world,
+        dead=torch.zeros(D_SAE, dtype=torch.bool),
+        k=None,
+        k_aux=8,
+        aux_coefficient=0.0,
+        sparsity_coefficient=1.0,
+        bandwidth=0.05,
+        all_sum=lambda t: t * world,  # every rank holds the same L0 sum here
+    )
+    for l0_sum, target in ((40.0, 5.0), (70.0, 5.0), (50.0, 5.0)):
+        l0 = torch.tensor(l0_sum, dtype=torch.float64, requires_grad=True)
+        term = target_l0_penalty(l0, 10, target, ctx)
+        term.backward()
+        m = l0_sum / 10
+        assert float(term.detach()) * world == pytest.approx(10 * world * (m / target - 1) ** 2)
+        assert l0.grad is not None
+        assert float(l0.grad) == pytest.approx(2 * (m / target - 1) / target)
+    # through the loss: the logged sparsity term is (m / T - 1)^2
+    cfg = TrainConfig(
+        architecture="jumprelu", d_sae=[D_SAE], jumprelu_target_l0=5.0, pre_act_coefficient=0.0
+    )
+    out, _ = _grads("jumprelu", "never", cfg)
+    m = float(out.active) / 96
+    assert float(out.aux) == pytest.approx((m / 5.0 - 1) ** 2, rel=1e-9)
+    torch.testing.assert_close(
+        out.loss.double(), (out.sq_err + 0.05 * 96 * (m / 5.0 - 1) ** 2).double() / 96
+    )
+
+
+def test_jumprelu_training_reaches_its_target_l0() -> None:
+    """--jumprelu-target-l0: two targets end near their own L0 on held-out rows (the
+    linear penalty at its default coefficient ends near dense on this small dictionary)."""
+
+    def held_l0(target: float) -> float:
+        cfg = TrainConfig(
+            architecture="jumprelu",
+            d_sae=[64],
+            batch_size=256,
+            lr=3e-3,
+            jumprelu_target_l0=target,
+            progress=False,
+        )
+        sae = train_on_batches(_data(300, n=256), cfg).saes[0]
+        with torch.no_grad():
+            return float((sae.encode(_data(1, n=2000, seed=9)[0]) != 0).sum(1).float().mean())
+
+    for target in (4.0, 12.0):
+        assert held_l0(target) == pytest.approx(target, rel=0.2)
+    assert held_l0(0.0) > 40  # off: the linear term
+
+
+def test_jumprelu_target_options_are_checked() -> None:
+    for bad in (
+        {"jumprelu_target_l0": -1.0},
+        {"jumprelu_target_l0": float(D_SAE)},
+        {"jumprelu_target_l0": 4.0, "jumprelu_target_coefficient": 0.0},
+    ):
+        with pytest.raises(SaescopeError, match="jumprelu_target"):
+            TrainConfig(architecture="jumprelu", d_sae=[D_SAE], **bad)
 
 
 def test_jumprelu_sparse_path_covers_the_kernel_window() -> None:
