@@ -17,16 +17,23 @@ from saescope.train import run
 from saescope.train.ddp import rank_device
 
 
-@pytest.mark.parametrize(("arch", "timed"), [("topk", False), ("topk", True), ("batchtopk", False)])
+@pytest.mark.parametrize(
+    ("arch", "timed"),
+    [("topk", False), ("topk", True), ("batchtopk", False), ("jumprelu", False)],
+)
 def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch, arch, timed):
     """BatchTopK too: its batch-wide selection runs over the global batch on every rank.
     timed: select_precision auto times float32 against int8 (oneDNN capped below AMX, as
-    on a CPU without it), and the ranks vote on one path."""
+    on a CPU without it), and the ranks vote on one path. JumpReLU aimed at an L0: its
+    term takes the global batch's mean L0 (an all-reduce)."""
     if timed:
         monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
     one = make_store(tmp_path / "one", n_rows=1600)
     two = make_store(tmp_path / "two", n_rows=1600)
     flags = dict(max_steps=6, epochs=1.0, eval_at_end=False, checkpoint_every=0)
+    target = ["--jumprelu-target-l0", "6"] if arch == "jumprelu" else []
+    if target:
+        flags["jumprelu_target_l0"] = 6.0
     run(small(one, architecture=arch, **flags))
     # TMPDIR: torchrun leaves a torchelastic_* log folder in the temp dir
     env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
@@ -36,7 +43,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, monkeypatch, arch, timed
         "--d-sae", "64", "--k", "4",
         "--batch-size", "200", "--epochs", "1", "--lr", "0.003", "--dead-after-samples", "400",
         "--checkpoint-every", "0", "--progress", "false", "--log-every", "3",
-        "--max-steps", "6", "--eval-at-end", "false",
+        "--max-steps", "6", "--eval-at-end", "false", *target,
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
