@@ -128,16 +128,71 @@ def build_config(cls: type[T], values: dict[str, Any]) -> T:
             f"known: {', '.join(sorted(names))}"
         )
     hints = typing.get_type_hints(cls)
-    fixed = {}
-    for k, v in values.items():
-        tp, _ = _base_type(hints[k])
-        if typing.get_origin(tp) is tuple and isinstance(v, list):
-            v = tuple(v)
-        fixed[k] = v
+    fixed = {k: coerce(k, hints[k], v) for k, v in values.items()}
     try:
         return cls(**fixed)
     except (TypeError, ValueError) as exc:
         raise SaescopeError(f"invalid {cls.__name__}: {exc}") from exc
+
+
+def coerce(name: str, annotation: Any, value: Any) -> Any:
+    """`value` (from a config file, or already typed by the command line) as the field's
+    type: "1e-3" -> 0.001 for a float (YAML reads 1e-3 as a string), "false" -> False, 3.0
+    -> 3 for an int, one value -> a one-value list; anything else is refused naming the
+    option, rather than reaching the stage as a string that compares wrongly."""
+    tp, optional = _base_type(annotation)
+    if value is None:
+        if optional:
+            return None
+        raise SaescopeError(f"option {name}: a value is needed, got nothing (null)")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        inner = typing.get_args(tp)[0]
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        out = [_scalar(name, inner, v) for v in items]
+        return tuple(out) if origin is tuple else out
+    return _scalar(name, tp, value)
+
+
+def _scalar(name: str, tp: Any, value: Any) -> Any:
+    def bad(expected: str) -> SaescopeError:
+        return SaescopeError(f"option {name}: expected {expected}, got {value!r}")
+
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return _parse_bool(value)
+            except argparse.ArgumentTypeError:
+                raise bad("true or false") from None
+        raise bad("true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad("a whole number")
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value) if isinstance(value, str | float) else None
+        except ValueError:
+            number = None
+        if number is None or not number.is_integer():
+            raise bad("a whole number")
+        return int(number)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise bad("a number")
+        try:
+            return float(value)
+        except ValueError:
+            raise bad("a number") from None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        raise bad("a string")
+    return value
 
 
 def config_from_args(cls: type[T], ns: argparse.Namespace) -> T:

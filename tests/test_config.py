@@ -1,0 +1,80 @@
+"""Config files (`--config FILE.yaml`): values are read as their option's type, and a value
+that is not of it is refused naming the option (YAML reads `1e-3` as a string and
+`"false"` stays a string; both used to reach the stages as strings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from test_train_stage import make_store
+
+from saescope.config import build_config, load_config_file
+from saescope.errors import SaescopeError
+from saescope.options.corpus import CorpusConfig
+from saescope.paths import RunPaths
+from saescope.train import TrainConfig
+
+
+def _load(tmp_path: Path, cls: type, text: str):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    return build_config(cls, load_config_file(f))
+
+
+def test_values_take_their_option_types(tmp_path: Path) -> None:
+    cfg = _load(
+        tmp_path,
+        TrainConfig,
+        'lr: 1e-3\nd_sae: 256\nk: "16"\nunit_norm_decoder: "false"\nmax_steps: 3.0\n'
+        "adam_betas: [0.9, 0.99]\n",
+    )
+    assert cfg.lr == 0.001 and isinstance(cfg.lr, float)
+    assert cfg.d_sae == [256] and cfg.k == [16]  # one value where the flag takes several
+    assert cfg.unit_norm_decoder is False
+    assert cfg.max_steps == 3 and isinstance(cfg.max_steps, int)
+    assert cfg.adam_betas == [0.9, 0.99]
+    corpus = _load(tmp_path, CorpusConfig, 'limit: "100"\nshuffle: "no"\nmin_chars: 1e1\n')
+    assert corpus.limit == 100 and corpus.shuffle is False and corpus.min_chars == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_steps: 3.7", "option max_steps: expected a whole number, got 3.7"),
+        ("max_steps: three", "option max_steps: expected a whole number, got 'three'"),
+        ("lr: fast", "option lr: expected a number, got 'fast'"),
+        ("lr: true", "option lr: expected a number, got True"),
+        ("unit_norm_decoder: maybe", "option unit_norm_decoder: expected true or false"),
+        ("d_sae: [256, big]", "option d_sae: expected a whole number, got 'big'"),
+        ("lr: null", "option lr: a value is needed"),
+        ("architecture: [topk]", "option architecture: expected a string"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_by_name(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(SaescopeError, match=message.replace("[", r"\[")):
+        _load(tmp_path, TrainConfig, text + "\n")
+
+
+def test_train_reads_a_yaml_learning_rate_as_a_number(tmp_path: Path) -> None:
+    """Through the command line: `lr: 1e-3` trains at 0.001 (it used to end in a
+    TypeError traceback), and a bad value exits 2 with one line naming the option."""
+    run = make_store(tmp_path / "run", n_rows=600)
+    good = tmp_path / "good.yaml"
+    good.write_text("lr: 1e-3\nd_sae: 64\nk: 4\nbatch_size: 200\nmax_steps: 2\n")
+    run_cli(
+        "train", "--run", str(run), "--config", str(good), "--progress", "false",
+        "--eval-at-end", "false", "--checkpoint-every", "0",
+    )  # fmt: skip
+    saved = json.loads(RunPaths(run).sae_config.read_text())["training"]
+    assert saved["lr"] == 0.001 and saved["d_sae"] == [64] and saved["max_steps"] == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_steps: three\n")
+    proc = run_cli("train", "--run", str(run), "--config", str(bad), check=False)
+    assert proc.returncode == 2
+    assert "option max_steps: expected a whole number, got 'three'" in proc.stderr
+    assert "Traceback" not in proc.stderr
