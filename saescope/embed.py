@@ -351,7 +351,29 @@ def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
             table.to_parquet(tmp, index=False)
     # the import and the store are marked complete in one manifest write
     writer.imports = [r | {"complete": True} if r["sha256"] == sha else r for r in writer.imports]
-    return writer.close()
+    out = writer.close()
+    _say_if_rows_are_not_the_corpus(rp, writer.rows_done)
+    return out
+
+
+def _say_if_rows_are_not_the_corpus(rp: RunPaths, n_rows: int) -> None:
+    """A run with a corpus shows store row i as text i (inspect, keywords, score...): say
+    so when the imported rows cannot be one per text (a later --append may still fill
+    them, so this is a note, not an error)."""
+    if not rp.corpus.exists():
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        n_texts = pq.ParquetFile(rp.corpus).metadata.num_rows
+    except Exception:  # an unreadable corpus is reported by the stages that read it
+        return
+    if n_texts != n_rows:
+        print(
+            f"embed: note: {rp.acts} now holds {n_rows} rows and {rp.corpus} {n_texts} texts; "
+            "the stages that show texts need one row per text, in corpus order",
+            file=sys.stderr,
+        )
 
 
 @provenance.locked("embed")

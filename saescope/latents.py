@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from saescope import paths, provenance
 from saescope._version import __version__
 from saescope.config import config_to_dict
+from saescope.corpus import corpus_column
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
 from saescope.examples.activations import Activations, csc_from_triples
@@ -458,9 +459,9 @@ def write_index(rp: RunPaths, store: ActivationStore, tokens: bool = False) -> N
     else:
         doc = pd.Series([None] * n, dtype="object")
         if rp.corpus.exists():
-            corpus = pd.read_parquet(rp.corpus, columns=["doc"])
-            if len(corpus) == n:
-                doc = corpus["doc"].astype(str)
+            corpus_doc = corpus_column(rp.root, "doc")
+            if len(corpus_doc) == n:
+                doc = corpus_doc.astype(str)
         table = pa.table(
             {
                 "row": pa.array(np.arange(n, dtype=np.int64)),

@@ -259,3 +259,26 @@ def test_float16_store_refuses_vectors_beyond_its_range(tmp_path):
     assert ActivationStore(tmp_path / "r" / "acts").rows([11])[0, 0] == pytest.approx(
         -7e4, rel=1e-2
     )
+
+
+def test_importing_rows_that_cannot_be_one_per_corpus_text_says_so(tmp_path, capsys):
+    """A run with a corpus of 12 texts: an import of 5 rows notes the mismatch on stderr
+    (an --append may still fill them), the stages that read texts then refuse naming
+    both counts, and a second file that brings the rows to 12 ends the note."""
+    from saescope.examples.tokens import row_texts
+
+    run = tmp_path / "run"
+    run.mkdir()
+    pd.DataFrame(
+        {"id": [str(i) for i in range(12)], "text": [f"text {i}" for i in range(12)]}
+    ).to_parquet(run / "corpus.parquet")
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "a.npy", rng.normal(size=(5, 6)).astype(np.float32))
+    np.save(tmp_path / "b.npy", rng.normal(size=(7, 6)).astype(np.float32))
+    _import(run, tmp_path / "a.npy")
+    assert "now holds 5 rows and" in capsys.readouterr().err
+    with pytest.raises(SaescopeError, match="holds 5 rows but its corpus.parquet 12 texts"):
+        row_texts(run)
+    _import(run, tmp_path / "b.npy", append=True)
+    assert "now holds" not in capsys.readouterr().err
+    assert row_texts(run)[11] == "text 11"

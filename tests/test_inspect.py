@@ -102,3 +102,39 @@ def test_user_mistakes_are_one_line_errors(run_dir: Path, tmp_path: Path, capsys
         assert cli(args) == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_corpus_remade_after_embed_is_refused_everywhere_texts_are_read(
+    run_dir: Path, tmp_path: Path
+) -> None:
+    """A new corpus.parquet of the same length (another shuffle) no longer lines up with
+    the store's rows: the stages that show, name or report rows by their texts refuse
+    and say to re-embed (they used to pair the new texts with the old rows), and a file
+    that is not Parquet is one clear line too."""
+    import shutil
+
+    from saescope import CorpusConfig, make_corpus
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    make_corpus(
+        CorpusConfig(run=str(run), source="news", shuffle=True, seed=7, limit=600, overwrite=True)
+    )
+    assert len(pd.read_parquet(RunPaths(run).corpus)) == ActivationStore(run / "acts").count
+    for args in (["inspect", "3"], ["keywords"], ["report"]):
+        proc = run_cli(*args, "--run", str(run), check=False)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert "was made from another corpus" in proc.stderr, args
+        assert f"saescope embed --run {run} --overwrite" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    (run / "corpus.parquet").write_text("not a parquet file")
+    proc = run_cli("inspect", "3", "--run", str(run), check=False)
+    assert proc.returncode == 2 and "was made from another corpus" in proc.stderr
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "corpus.parquet").write_text("not a parquet file")
+    proc = run_cli("embed", "--run", str(fresh), check=False)
+    assert proc.returncode == 2 and "cannot read" in proc.stderr and "Traceback" not in proc.stderr
+    pd.DataFrame({"body": ["a text"]}).to_parquet(fresh / "corpus.parquet")
+    proc = run_cli("embed", "--run", str(fresh), check=False)
+    assert proc.returncode == 2 and "has no column 'text'" in proc.stderr

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from test_keywords import pure_features
 from test_keywords_fixture import topic_run
 
+from saescope import EmbedConfig, embed_corpus
 from saescope.errors import SaescopeError
 from saescope.examples import open_examples
 from saescope.interp.keywords import KeywordsConfig
@@ -115,6 +116,8 @@ def doc_run(tmp_path_factory):
     lab = pd.Series(labels)
     corpus["doc"] = [f"{t}-{i // 6}" for t, i in zip(lab, lab.groupby(lab).cumcount(), strict=True)]
     corpus.to_parquet(rp.corpus)
+    # the store records the corpus file it embedded: embed the edited one (same texts)
+    embed_corpus(EmbedConfig(run=str(run_dir), batch_size=64, overwrite=True))
     return run_dir, corpus["doc"].to_numpy()
 
 

@@ -28,6 +28,7 @@ from conftest import record_hand_made_names, run_cli
 from test_latents import CFG, new_run
 from test_report import chromium_page
 
+from saescope.io import read_json, sha256_file, write_json
 from saescope.latents import LatentCache, LatentsConfig
 from saescope.latents import run as latents
 from saescope.paths import RunPaths
@@ -118,6 +119,12 @@ def runs(news_run: Path, tiny_lm_run: Path, tmp_path_factory) -> Runs:
     top = list(table.at[hostile, "top_rows"][:2])
     corpus.loc[top[0], "text"], corpus.loc[top[1], "text"] = HOSTILE_TAG, HOSTILE_QUOTES
     corpus.to_parquet(rp.corpus, index=False)
+    # the store stands in for one made from the hostile corpus: it records that corpus
+    # (else every page refuses it as made from another), and the latents follow the store
+    manifest = read_json(rp.acts_manifest)
+    manifest["meta"]["corpus_sha256"] = sha256_file(rp.corpus)
+    write_json(rp.acts_manifest, manifest)
+    latents(LatentsConfig(run=str(news), overwrite=True, **CFG))
     _name_features(news, mark, hostile, [int(f) for f in alive[2:6]])
     families(FamiliesConfig(run=str(news), progress=False))
     index_stage.run(IndexConfig(run=str(news), progress=False))

@@ -104,8 +104,12 @@ def make_split(docs: Any, n_rows: int, seed: int, kind: str = "doc") -> Split:
 def run_docs(run: str | Path, n_rows: int) -> pd.Series | None:
     """Each row's document id: from the latent index, else the token index of an LM run, else
     the corpus; None when none fits."""
+    from saescope.corpus import check_store_corpus
+
     rp = RunPaths(run)
     for path in (rp.latent_index, rp.acts_index, rp.corpus):
+        if path == rp.corpus:
+            check_store_corpus(run)
         if path.exists() and "doc" in pq.read_schema(path).names:
             col = pd.read_parquet(path, columns=["doc"])["doc"]
             if len(col) == n_rows:

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 from safetensors.numpy import load_file as load_numpy
 
@@ -177,13 +176,23 @@ def row_texts(run: str | Path, n_rows: int | None = None) -> Sequence[str]:
 
     `n_rows`: the number of rows the caller's activations have; a mismatch is an error.
     """
-    rp = RunPaths(run)
-    if store_rows_kind(run) == "tokens":
+    kind = store_rows_kind(run)
+    if kind == "tokens":
         texts: Sequence[str] = TokenTexts(TokenRows(run))
     else:
-        if not rp.corpus.exists():
-            raise SaescopeError(f"no corpus at {rp.corpus}; run `saescope corpus --run {run}`")
-        texts = pd.read_parquet(rp.corpus, columns=["text"])["text"].astype(str).tolist()
+        from saescope.corpus import corpus_column
+
+        texts = corpus_column(run, "text").astype(str).tolist()
+    manifest = RunPaths(run).acts_manifest
+    store_rows = None
+    if kind != "tokens" and manifest.exists():
+        store_rows = read_json(manifest).get("count")
+    if store_rows is not None and len(texts) != store_rows:
+        raise SaescopeError(
+            f"the store of {run} holds {store_rows} rows but its corpus.parquet {len(texts)} "
+            "texts, so its rows are not one per text (vectors imported from another set?); "
+            "re-make the corpus or the store so that they match"
+        )
     if n_rows is not None and len(texts) != n_rows:
         raise SaescopeError(
             f"the run {run} has {len(texts)} rows of text but the activations have {n_rows}; "

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from saescope import provenance
+from saescope.corpus import corpus_column
 from saescope.errors import SaescopeError
 from saescope.examples.tokens import TokenRows, store_rows_kind
 from saescope.paths import RunPaths
@@ -163,7 +164,7 @@ class RowTexts:
                     self.tokens = tokens
             self.missing = "no token context for this row under acts/"
         elif rp.corpus.exists():
-            texts = pd.read_parquet(rp.corpus, columns=["text"])["text"].to_numpy()
+            texts = corpus_column(run, "text").to_numpy()
             if len(texts) == n_rows:
                 self.texts = texts
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from saescope import provenance
+from saescope.corpus import corpus_column
 from saescope.edits import Edit, apply_edits, resolve, typical_activation
 from saescope.errors import SaescopeError
 from saescope.io import read_json, sha256_file
@@ -327,6 +327,6 @@ class SearchSession:
 
     def _corpus_ids(self) -> np.ndarray | None:
         if self._ids is None and self.paths.corpus.exists():
-            ids = pd.read_parquet(self.paths.corpus, columns=["id"])["id"].astype(str).to_numpy()
+            ids = corpus_column(self.run, "id").astype(str).to_numpy()
             self._ids = ids if len(ids) == self.store.count else None
         return self._ids
