@@ -10,6 +10,7 @@ unique: rows that share one are an error naming them, never dropped in silence.
 
 from __future__ import annotations
 
+import difflib
 import re
 import zipfile
 from pathlib import Path
@@ -134,6 +135,12 @@ def load_texts(cfg: CorpusConfig) -> pd.DataFrame:
         raise SaescopeError(f"corpus file {src} does not exist")
     if src in BUILTIN_CORPORA:  # pragma: no cover - handled above
         raise AssertionError
+    near = difflib.get_close_matches(src, BUILTIN_CORPORA, n=1, cutoff=0.7)
+    if near and "/" not in src:  # a typo of a built-in name, not a hub dataset
+        raise SaescopeError(
+            f"unknown corpus source {src!r}: did you mean {near[0]!r}? (a Hugging Face "
+            f"dataset of that name: --source hf:{src})"
+        )
     return _load_hf(src, cfg)
 
 
@@ -225,8 +232,8 @@ def read_corpus(run_dir: str | Path, columns: list[str] | None = None) -> pd.Dat
         raise
     except Exception as exc:  # not a Parquet file, truncated, ...
         raise SaescopeError(
-            f"cannot read {path}: {describe(exc)}; re-make it with "
-            f"`saescope corpus --run {run_dir} --overwrite`"
+            f"cannot read {path}: {describe(exc)}; remove it and re-run "
+            f"`saescope corpus --run {run_dir}` to make it again"
         ) from exc
 
 

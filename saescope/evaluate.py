@@ -193,11 +193,22 @@ def load_for_eval(folder: Path, device: torch.device) -> tuple[SAE, Path, str]:
 
 def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
     """The held-out fraction: the option, else the one the SAE was trained with (foreign: 0)."""
-    if cfg.eval_fraction >= 0:
-        return cfg.eval_fraction
-    if fmt != "saescope":
-        return 0.0
-    return float(read_json(folder.config).get("training", {}).get("eval_fraction", 0.0))
+    trained = None
+    if fmt == "saescope":
+        trained = read_json(folder.config).get("training", {}).get("eval_fraction")
+    if cfg.eval_fraction < 0:
+        return float(trained or 0.0)
+    if cfg.eval_fraction >= 1:
+        raise SaescopeError(f"eval_fraction must lie in [0, 1), got {cfg.eval_fraction}")
+    if trained is not None and cfg.eval_fraction > float(trained):
+        # the held-out rows of a fraction are the row ids whose hash falls under it, so a
+        # larger fraction takes rows the SAE trained on as well
+        raise SaescopeError(
+            f"eval_fraction {cfg.eval_fraction} is larger than the {trained} this SAE was "
+            f"trained with: rows it trained on would count as held out; use at most {trained} "
+            "(or leave it out for that one)"
+        )
+    return cfg.eval_fraction
 
 
 def _check_width(sae: SAE, store: ActivationStore, where: Path) -> None:

@@ -451,7 +451,19 @@ def format_hits(hits: list[TextHit], text: str, width: int) -> str:
     return "\n".join(lines)
 
 
+def _check_args(ns: argparse.Namespace) -> None:
+    if ns.text is not None and ns.feature is not None:
+        raise SaescopeError("give a FEATURE id or --text TEXT, not both")
+    if ns.text is not None and not ns.text.strip():
+        raise SaescopeError("the --text to inspect is empty")
+    if ns.n < 1:
+        raise SaescopeError(f"-n must be >= 1, got {ns.n}")
+    if ns.width and ns.width < 60:
+        raise SaescopeError(f"--width must be at least 60 (0: the terminal's), got {ns.width}")
+
+
 def main(ns: argparse.Namespace) -> int:
+    _check_args(ns)
     width = ns.width or max(60, shutil.get_terminal_size((100, 24)).columns)
     if ns.text is not None and store_rows_kind(ns.run) == "tokens":
         th = token_text_features(ns.run, ns.text, ns.n)

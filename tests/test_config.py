@@ -78,3 +78,57 @@ def test_train_reads_a_yaml_learning_rate_as_a_number(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "option max_steps: expected a whole number, got 'three'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lr": -0.1}, "lr must be a finite number >= 0"),
+        ({"lr": float("nan")}, "lr must be a finite number >= 0"),
+        ({"max_steps": -3}, "max_steps must be >= 0"),
+        ({"warmup_steps": -5}, "warmup_steps must be >= 0, or -1"),
+        ({"grad_clip": -1.0}, "grad_clip must be a finite number >= 0"),
+        ({"threads": -4}, "threads must be >= 0"),
+        ({"epochs": -1.0, "max_steps": 5}, "epochs must be a finite number >= 0"),
+        ({"adam_betas": [1.5, 2.0]}, r"adam_betas must lie in \[0, 1\)"),
+        ({"lr_end_fraction": 2.0}, "lr_end_fraction must be between 0 and 1"),
+    ],
+)
+def test_train_options_out_of_range_are_refused(options: dict, message: str) -> None:
+    """They used to train on a fallback (a negative or NaN lr took the automatic rate) or
+    fail later blaming the data (betas above 1 gave a non-finite loss)."""
+    with pytest.raises(SaescopeError, match=message):
+        TrainConfig(**options)
+
+
+def test_embed_batch_size_and_shards_must_be_positive() -> None:
+    from saescope.options.embed import EmbedConfig
+
+    for bad in ({"batch_size": 0}, {"batch_size": -4}, {"shard_rows": 0}, {"max_seq_length": 0}):
+        with pytest.raises(SaescopeError, match="must be >= 1"):
+            EmbedConfig(**bad)
+
+
+def test_score_counts_a_scorer_needs_are_checked() -> None:
+    """--max-pos 0 or --n-neg -5 scored no feature and replaced the scores there were."""
+    from saescope.options.score import ScoreConfig
+
+    for bad, message in (
+        ({"max_pos": 0}, "max_pos must be >= 1"),
+        ({"n_neg": -5}, "n_neg must be >= 1"),
+        ({"group_size": 1}, "group_size must be >= 2"),
+    ):
+        with pytest.raises(SaescopeError, match=message):
+            ScoreConfig(**bad)
+
+
+def test_corpus_limit_and_a_mistyped_source_are_refused(tmp_path: Path) -> None:
+    """--limit -1 dropped the last text and --limit 0 blamed the filters; a typo of a
+    built-in source went to the hub (about 20 s of retries offline) before failing."""
+    from saescope.corpus import load_texts
+
+    for bad in (0, -1):
+        with pytest.raises(SaescopeError, match="limit must be >= 1"):
+            CorpusConfig(limit=bad)
+    with pytest.raises(SaescopeError, match="did you mean 'news'"):
+        load_texts(CorpusConfig(run=str(tmp_path), source="newz"))

@@ -64,3 +64,35 @@ def test_recall_at_k():
     noise = torch.randn(200, 16, generator=torch.Generator().manual_seed(2))
     assert evaluate.recall_at_k(x, noise, 10) < 0.2
     assert 0.3 < evaluate.recall_at_k(x, x + 0.3 * noise, 10) < 1.0
+
+
+def test_a_fraction_that_would_take_training_rows_is_refused(run_dir):
+    """Held-out rows are the row ids whose hash falls under the fraction, so a fraction
+    above the training one takes rows the SAE trained on: refused (it used to report
+    them as held out). A smaller one is a subset of the held-out rows and is evaluated."""
+    from saescope.errors import SaescopeError
+
+    run, _ = run_dir
+    assert split_mask(torch.arange(900).numpy(), 0.2)[
+        split_mask(torch.arange(900).numpy(), 0.1)
+    ].all()
+    _save(SAE(SAEConfig("topk", 12, 8, k=2)), RunPaths(run).root / "fractions")
+    for bad, message in ((0.5, "larger than the 0.2"), (2.0, r"must lie in \[0, 1\)")):
+        with pytest.raises(SaescopeError, match=message):
+            evaluate.run(evaluate.EvalConfig(run=str(run), sae="fractions", eval_fraction=bad))
+    m = read_json(
+        evaluate.run(evaluate.EvalConfig(run=str(run), sae="fractions", eval_fraction=0.1))
+    )
+    assert m["n_rows"] == int(split_mask(torch.arange(900).numpy(), 0.1).sum())
+
+
+def test_a_run_with_no_trained_sae_is_told_to_train_first(run_dir):
+    from saescope.errors import SaescopeError
+    from saescope.sae import SAE
+
+    run, _ = run_dir
+    hint = f"no SAE was trained there yet: run `saescope train --run {run}` first"
+    with pytest.raises(SaescopeError, match=hint.replace("`", ".").replace("(", ".")):
+        evaluate.run(evaluate.EvalConfig(run=str(run)))  # sae/ is missing
+    with pytest.raises(SaescopeError, match="no SAE was trained there yet"):
+        SAE.load(RunPaths(run).sae)

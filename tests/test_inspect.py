@@ -138,3 +138,19 @@ def test_a_corpus_remade_after_embed_is_refused_everywhere_texts_are_read(
     pd.DataFrame({"body": ["a text"]}).to_parquet(fresh / "corpus.parquet")
     proc = run_cli("embed", "--run", str(fresh), check=False)
     assert proc.returncode == 2 and "has no column 'text'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["3", "--text", "hello"], "not both"),
+        (["--text", "   "], "is empty"),
+        (["3", "-n", "0"], "-n must be >= 1"),
+        (["3", "--width", "5"], "--width must be at least 60"),
+    ],
+)
+def test_inspect_arguments_that_mean_nothing_are_one_line_errors(
+    run_dir: Path, args: list[str], message: str
+) -> None:
+    proc = run_cli("inspect", "--run", str(run_dir), *args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

@@ -22,5 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument(
-        "--width", type=int, default=0, help="line width (default: the terminal's, at least 60)"
+        "--width",
+        type=int,
+        default=0,
+        help="line width, at least 60 (default 0: the terminal's, at least 60)",
     )

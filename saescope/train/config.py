@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,30 @@ EXECUTION_FIELDS = (
     "device",
     "eval_at_end",
 )
+
+
+# option: (lowest, highest, what it may be) for the numeric options checked in range;
+# a value outside, or NaN, is refused instead of training on a fallback
+RANGES: dict[str, tuple[float, float, str]] = {
+    "lr": (0.0, math.inf, "a finite number >= 0 (0: the automatic rate)"),
+    "epochs": (0.0, math.inf, "a finite number >= 0"),
+    "max_steps": (0, math.inf, ">= 0"),
+    "stop_after_steps": (0, math.inf, ">= 0"),
+    "warmup_steps": (-1, math.inf, ">= 0, or -1 for the automatic warm-up"),
+    "lr_decay_start": (0.0, 1.0, "between 0 and 1"),
+    "lr_end_fraction": (0.0, 1.0, "between 0 and 1"),
+    "grad_clip": (0.0, math.inf, "a finite number >= 0 (0: no clipping)"),
+    "init_rows": (1, math.inf, ">= 1"),
+    "k_aux": (0, math.inf, ">= 0"),
+    "aux_coefficient": (0.0, math.inf, "a finite number >= 0"),
+    "dead_after_samples": (-1, math.inf, ">= 0, or -1 for the automatic window"),
+    "sparsity_warmup_steps": (0, math.inf, ">= 0"),
+    "shuffle_buffer": (1, math.inf, ">= 1"),
+    "threads": (0, math.inf, ">= 0 (0: all cores)"),
+    "log_every": (1, math.inf, ">= 1"),
+    "checkpoint_every": (0, math.inf, ">= 0"),
+    "keep_checkpoints": (1, math.inf, ">= 1"),
+}
 
 
 @dataclass(frozen=True)
@@ -166,11 +191,21 @@ class TrainConfig(ArchOptions):
                 raise SaescopeError(f"{name} must be one of {', '.join(choices)}")
         if len(self.adam_betas) != 2:
             raise SaescopeError(f"adam_betas needs two values, got {self.adam_betas}")
+        self._check_ranges()
         if self.sparse_backward not in archs.base.SPARSE_PATHS:
             raise SaescopeError(
                 f"sparse_backward must be one of {', '.join(archs.base.SPARSE_PATHS)}"
             )
         arch.check_train(self)
+
+    def _check_ranges(self) -> None:
+        for name, (low, high, what) in RANGES.items():
+            value = float(getattr(self, name))
+            if not (low <= value <= high and math.isfinite(value)):
+                raise SaescopeError(f"{name} must be {what}, got {getattr(self, name)}")
+        for beta in self.adam_betas:
+            if not 0 <= float(beta) < 1:
+                raise SaescopeError(f"adam_betas must lie in [0, 1), got {self.adam_betas}")
 
     def variants(self) -> list[tuple[int, int | None]]:
         """(d_sae, k) of every SAE trained in this pass, first one first."""
