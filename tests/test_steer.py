@@ -263,3 +263,22 @@ def test_packaged_smollm2_steering_raises_the_concept_and_ablation_lowers_it(tmp
         for i in pd.read_parquet(rp.features).set_index("feature").loc[f, "promoted_ids"][:10]
     ]
     assert output_score(lm, hp, sae, ids, Edit(f, "zero"), lens).score < 0
+
+
+def test_a_refused_feature_leaves_no_record_that_blocks_the_next_call(steer_run, tmp_path):
+    """A feature with no typical activation is refused before steer/ is marked as being
+    made, so the corrected call runs without --overwrite (it used to find a 'running'
+    record of the refused options and refuse in turn)."""
+    run = tmp_path / "run"
+    shutil.copytree(steer_run, run)
+    rp = RunPaths(run)
+    shutil.rmtree(rp.steer, ignore_errors=True)
+    table = pd.read_parquet(rp.features)
+    table.loc[3, "max_act"] = 0.0  # feature 3 never fires, as far as the table knows
+    table.to_parquet(rp.features, index=False)
+    proc = run_cli("steer", "--run", str(run), "--features", "3", check=False)
+    assert proc.returncode == 2 and "has no typical activation" in proc.stderr, proc.stderr
+    assert not rp.steer_record.exists()
+    alive = int(table.loc[table["max_act"] > 0, "feature"].iloc[0])
+    run_cli("steer", "--run", str(run), "--features", str(alive), "--max-new-tokens", "4")
+    assert json.loads(rp.steer_summary.read_text())["groups"][0]["features"] == [alive]

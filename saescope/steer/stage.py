@@ -211,6 +211,8 @@ def run(cfg: SteerConfig, *, lm: LM | None = None) -> Path:
     sae = sae.to(lm.device)
     table = pd.read_parquet(rp.features) if rp.features.exists() else None
     st = _Steering(cfg, lm, hp, sae, table)
+    if cfg.features:  # checked before the record says "running": a refused call leaves none
+        resolve(_edits(cfg, sorted(set(cfg.features)), cfg.strength), st.typical, sae.cfg.d_sae)
     if decision is provenance.Decision.FRESH and rp.steer.exists():
         shutil.rmtree(rp.steer)
     rp.steer.mkdir(parents=True, exist_ok=True)
