@@ -329,19 +329,25 @@ class ActivationStore:
         """(len(ids),) bool: which rows are in the held-out split (`split_mask` of their keys)."""
         return split_mask(self.split_keys(np.asarray(ids, dtype=np.int64)), eval_fraction)
 
+    @property
+    def _remake(self) -> str:
+        """How a damaged store is made again (a re-run with the same options keeps it)."""
+        stage = {"tokens": "acts"}.get(str(self.meta.get("rows")), "embed")
+        return f"remove {self.dir} and re-run `saescope {stage}` to make it again"
+
     def _check(self, shard: ShardInfo) -> Path:
         path = self.dir / shard.file
         if shard.file in self._verified:
             return path
         if not path.exists():
-            raise SaescopeError(f"shard {path} listed in the manifest is missing")
+            raise SaescopeError(f"shard {path} listed in the manifest is missing; {self._remake}")
         if path.stat().st_size != shard.nbytes:
             raise SaescopeError(
                 f"shard {path} is truncated or altered ({path.stat().st_size} bytes, "
-                f"manifest says {shard.nbytes}); re-create the store"
+                f"manifest says {shard.nbytes}); {self._remake}"
             )
         if self._verify and sha256_file(path) != shard.sha256:
-            raise SaescopeError(f"shard {path} fails its sha256 checksum; re-create the store")
+            raise SaescopeError(f"shard {path} fails its sha256 checksum; {self._remake}")
         self._verified.add(shard.file)
         return path
 

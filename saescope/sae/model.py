@@ -158,13 +158,19 @@ class SAE(nn.Module):
         d = Path(directory)
         cfg_path, w_path = d / "config.json", d / "sae.safetensors"
         if not cfg_path.exists() or not w_path.exists():
+            from saescope.sae.formats import untrained_hint
+
+            hint = untrained_hint(d)
             raise SaescopeError(
-                f"{d} is not a saescope SAE folder (needs config.json and sae.safetensors); "
-                "for other libraries' files use `saescope convert`"
+                f"{d} is not a saescope SAE folder (needs config.json and sae.safetensors)"
+                + (hint or "; for other libraries' files use `saescope convert`")
             )
         cfg = SAEConfig.from_dict(json.loads(cfg_path.read_text()))
         try:
             tensors = load_file(str(w_path), device=device)
         except Exception as exc:
-            raise SaescopeError(f"cannot read {w_path}: {describe(exc)}") from exc
+            raise SaescopeError(
+                f"cannot read {w_path}: {describe(exc)}; if it was trained here, remove {d} "
+                "and re-run `saescope train` to make it again"
+            ) from exc
         return cls.from_tensors(cfg, tensors, str(w_path)).to(device)

@@ -60,11 +60,21 @@ def _folder_format(folder: Path) -> str | None:
     return None
 
 
+def untrained_hint(folder: Path) -> str:
+    """ "; run `saescope train` ..." when `folder` is where a run's trained SAE would be (an
+    empty or missing sae/ or sae-*/ beside the run's acts/), else ""."""
+    folder = Path(folder)
+    is_run_sae = folder.name == "sae" or folder.name.startswith("sae-")
+    if is_run_sae and (folder.parent / "acts").is_dir() and not any(folder.glob("*.safetensors")):
+        return f"; no SAE was trained there yet: run `saescope train --run {folder.parent}` first"
+    return ""
+
+
 def detect_format(path: str | Path, hookpoint: str | None = None) -> Located:
     """Which supported format `path` (or `path/hookpoint`) holds, or a SaescopeError."""
     p = Path(path) / hookpoint if hookpoint else Path(path)
     if not p.exists():
-        raise SaescopeError(f"{p} does not exist")
+        raise SaescopeError(f"{p} does not exist{untrained_hint(p)}")
     if p.is_file():
         if p.name in _FOLDER_FILES:
             p = p.parent
