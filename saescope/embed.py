@@ -40,14 +40,20 @@ from saescope.store import StoreWriter, bad_rows_error, find_bad_rows
 def load_sentence_model(name: str, device: str = "cpu"):
     """A SentenceTransformer by name or path, with a clear error when it cannot load."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
     path = resolve_embed_model(name)
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # its "Loading weights" bar on every query is noise
     try:
         return SentenceTransformer(path, device=device)
     except Exception as exc:  # hub, IO and config errors all mean "cannot load this model"
         raise SaescopeError(
             f"cannot load sentence-transformers model {name!r}: {describe(exc)}"
         ) from exc
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def load_embedding_model(
