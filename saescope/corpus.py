@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 import zipfile
 from pathlib import Path
 
@@ -112,9 +113,36 @@ def _frame_from_columns(df: pd.DataFrame, cfg: CorpusConfig, where: str) -> pd.D
         )
     if cfg.id_column is not None and cfg.id_column not in df.columns:
         raise SaescopeError(f"{where} has no id column {cfg.id_column!r}")
-    ids = df[cfg.id_column].astype(str) if cfg.id_column else pd.Series(range(len(df))).astype(str)
+    nested = df[cfg.text_column].map(lambda v: isinstance(v, list | dict | tuple))
+    if nested.any():
+        raise SaescopeError(
+            f"{where}: column {cfg.text_column!r} holds lists or mappings, not texts, at rows "
+            f"{_rows(nested)} (counted from 0)"
+        )
+    if cfg.id_column:
+        raw = df[cfg.id_column]
+        if raw.isna().any():
+            raise SaescopeError(
+                f"{where}: id column {cfg.id_column!r} is empty at rows {_rows(raw.isna())} "
+                "(counted from 0); give every row an id, or leave --id-column unset"
+            )
+        ids = raw.map(_id_text)
+    else:
+        ids = pd.Series(range(len(df))).astype(str)
     text = df[cfg.text_column].fillna("").astype(str)
     return pd.DataFrame({"id": ids.to_numpy(), "doc": ids.to_numpy(), "text": text.to_numpy()})
+
+
+def _id_text(value: object) -> str:
+    """An id as text: 3 and 3.0 both "3" (a JSON column with a gap reads as floats)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _rows(mask: pd.Series) -> str:
+    rows = [int(i) for i in mask.to_numpy().nonzero()[0]]
+    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
 
 
 def load_texts(cfg: CorpusConfig) -> pd.DataFrame:
@@ -166,17 +194,29 @@ def _refuse_duplicate_ids(df: pd.DataFrame, source: str) -> None:
 def build_corpus(cfg: CorpusConfig) -> pd.DataFrame:
     """Load, filter, de-duplicate, shuffle and limit the texts of `cfg`."""
     df = load_texts(cfg)
+    loaded = len(df)
     df["text"] = df["text"].str.strip()
     n = df["text"].str.len()
+    short, long = int((n < cfg.min_chars).sum()), int((n > cfg.max_chars).sum())
     df = df[(n >= cfg.min_chars) & (n <= cfg.max_chars)]
+    kept = len(df)
     if cfg.dedupe:
         df = df.drop_duplicates("text", keep="first")
+    dupes = kept - len(df)
     _refuse_duplicate_ids(df, cfg.source)
     if cfg.shuffle:
         df = df.sample(frac=1.0, random_state=cfg.seed)
     if cfg.limit is not None:
         df = df.head(cfg.limit)
     df = df.reset_index(drop=True)
+    if short or long or dupes:
+        print(
+            f"corpus: {loaded:,} texts read; dropped {short:,} shorter than {cfg.min_chars} "
+            f"characters (--min-chars), {long:,} longer than {cfg.max_chars} (--max-chars), "
+            f"{dupes:,} duplicates (--dedupe); {len(df):,} kept"
+            + (f" (--limit {cfg.limit})" if cfg.limit is not None else ""),
+            file=sys.stderr,
+        )
     if df.empty:
         raise SaescopeError(
             f"the corpus from {cfg.source!r} is empty after filtering "

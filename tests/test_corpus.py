@@ -37,7 +37,7 @@ def test_tweets_builtin_and_shuffle_limit_are_seeded():
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".csv", ".parquet"])
-def test_local_files_with_text_column_length_filter_and_dedupe(tmp_path, suffix):
+def test_local_files_with_text_column_length_filter_and_dedupe(tmp_path, suffix, capsys):
     texts = [
         "a short one",
         "the first real document here",
@@ -58,6 +58,9 @@ def test_local_files_with_text_column_length_filter_and_dedupe(tmp_path, suffix)
     col = "text" if suffix == ".txt" else "body"
     out = build_corpus(CorpusConfig(source=str(path), text_column=col, min_chars=12, max_chars=40))
     assert out["text"].tolist() == ["the first real document here", "another real document here"]
+    said = capsys.readouterr().err  # every dropped text is counted, by its reason
+    assert "5 texts read; dropped 1 shorter than 12 characters (--min-chars), 1 longer" in said
+    assert "1 duplicates (--dedupe); 2 kept" in said
     if suffix != ".txt":
         keyed = build_corpus(
             CorpusConfig(source=str(path), text_column=col, id_column="key", min_chars=12)
@@ -147,3 +150,25 @@ def test_duplicate_ids_are_an_error_naming_them_never_a_silent_drop(tmp_path):
     datasets.Dataset.from_pandas(df).save_to_disk(str(saved))
     with pytest.raises(SaescopeError, match=r"'a' at rows 0, 2; 'b' at rows 1, 4"):
         build_corpus(CorpusConfig(source=str(saved), id_column="key"))
+
+
+def test_json_ids_with_a_gap_and_texts_that_are_lists_are_read_or_refused(tmp_path):
+    """A JSON id column with a null read as floats: the null is an error naming its row
+    (it became the id "NaN"), and the other ids stay "3", not "3.0". A text that is a
+    list is an error (it was stored as its Python repr)."""
+    rows = [{"id": 1, "text": "the first real text here"}, {"id": None, "text": "another real text"},
+            {"id": 3, "text": "a third real text here"}]  # fmt: skip
+    path = tmp_path / "gap.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(SaescopeError, match="id column 'id' is empty at rows 1"):
+        build_corpus(CorpusConfig(source=str(path), id_column="id"))
+    del rows[1]
+    rows.append({"id": 4.0, "text": "a fourth real text here"})
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    assert build_corpus(CorpusConfig(source=str(path), id_column="id"))["id"].tolist() == [
+        "1", "3", "4"
+    ]  # fmt: skip
+    rows.append({"id": 5, "text": ["a", "list"]})
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(SaescopeError, match="holds lists or mappings, not texts, at rows 3"):
+        build_corpus(CorpusConfig(source=str(path), id_column="id"))
