@@ -29,6 +29,7 @@ import enum
 import functools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -170,7 +171,14 @@ class Record:
                 "Pass --overwrite to redo it, or use another --run"
             )
         # same inputs and options: --overwrite has nothing different to replace
-        return Decision.SKIP if saved.get("status") == "complete" else Decision.RESUME
+        if saved.get("status") != "complete":
+            return Decision.RESUME
+        print(
+            f"{self.stage}: {output} is up to date (made from these options and inputs); "
+            "kept as it is",
+            file=sys.stderr,
+        )
+        return Decision.SKIP
 
     def start(self) -> None:
         """Mark the output as being made from this record (before its first file changes)."""

@@ -49,7 +49,7 @@ def small_train(run_dir: Path, **kw) -> TrainConfig:
     return TrainConfig(**(base | kw))
 
 
-def test_record_changes_name_what_differs(tmp_path: Path) -> None:
+def test_record_changes_name_what_differs(tmp_path: Path, capsys) -> None:
     up = {"acts": "a" * 64}
     path, out = tmp_path / "p.json", tmp_path / "out"
     ignore = ("run", "device")
@@ -61,8 +61,10 @@ def test_record_changes_name_what_differs(tmp_path: Path) -> None:
     assert rec.decide(False, out) is D.RESUME
     rec.finish({"seconds": 1.0})
     assert read_json(path)["result"] == {"seconds": 1.0}
+    capsys.readouterr()
     for overwrite in (False, True):  # --overwrite replaces other output, not the same
         assert rec.decide(overwrite, out) is D.SKIP
+        assert f"x: {out} is up to date" in capsys.readouterr().err  # said, not silent
     assert rec.decide(False, out, exists=False) is D.FRESH  # output removed by hand: redo
     # execution-only options change nothing
     same = provenance.Record.make(path, "x", {"k": 4, "run": "q", "device": "cuda"}, up, ignore)
