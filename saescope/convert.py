@@ -80,7 +80,9 @@ def _convert(cfg: ConvertConfig) -> Path:
     )
     present = all((out / name).exists() for name in _OUTPUT_FILES[cfg.to])
     holds = out.exists() and any(out.iterdir())  # another conversion, or other data
-    if record.decide(cfg.overwrite, out, exists=holds) is provenance.Decision.SKIP and present:
+    decision = record.decide(cfg.overwrite, out, exists=holds, quiet=True)
+    if decision is provenance.Decision.SKIP and present:
+        record.up_to_date(out)
         return out
     sae = load_sae(cfg.src, hookpoint=cfg.hookpoint, k=cfg.k)
     if out.exists():  # --overwrite: clear SAE files of either target, nothing else

@@ -349,8 +349,10 @@ def run(cfg: LatentsConfig) -> Path:
     sae_weights = sae_dir / paths.NATIVE_SAE_WEIGHTS
     up = provenance.upstream_ids({"acts": rp.acts_manifest, "sae": sae_weights})
     record = provenance.Record.make(rp.latents_record, "latents", cfg, up, _IGNORED)
-    decision = record.decide(cfg.overwrite, rp.latents, exists=rp.latents_manifest.exists())
+    exists = rp.latents_manifest.exists()
+    decision = record.decide(cfg.overwrite, rp.latents, exists=exists, quiet=True)
     if decision is provenance.Decision.SKIP and _outputs_present(rp, cfg):
+        record.up_to_date(rp.latents)
         return rp.latents
     source = _source(rp, store, sae, sae_dir, record.upstream["sae"], cfg.shard_rows)
     tokens = store_rows_kind(rp.root) == "tokens"

@@ -25,6 +25,7 @@ or is killed, so a lock is never stuck.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import functools
 import json
@@ -32,7 +33,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +90,9 @@ class Record:
     stage: str
     config: dict[str, Any]
     upstream: dict[str, str]
+    # the options' default values (a config dataclass's), as saved: an option a record
+    # from an older saescope lacks is unchanged when it is at its default now
+    defaults: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
     def make(
@@ -106,7 +110,15 @@ class Record:
         cfg = json.loads(
             json.dumps({k: v for k, v in fields.items() if k not in skip}, default=str)
         )
-        return cls(Path(path), stage, cfg, dict(upstream))
+        defaults: dict[str, Any] = {}
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            for f in dataclasses.fields(config):
+                if f.name in cfg and f.default is not dataclasses.MISSING:
+                    defaults[f.name] = f.default
+                elif f.name in cfg and f.default_factory is not dataclasses.MISSING:
+                    defaults[f.name] = f.default_factory()
+            defaults = json.loads(json.dumps(defaults, default=str))
+        return cls(Path(path), stage, cfg, dict(upstream), defaults)
 
     def to_json(self, status: str, result: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -124,12 +136,22 @@ class Record:
         return self.option_changes(saved) + self.input_changes(saved)
 
     def option_changes(self, saved: Mapping[str, Any]) -> list[str]:
+        """Options whose saved value differs from this call's. An option the saved record
+        lacks (added to saescope since) is unchanged at its default, and one this call
+        lacks (removed since) cannot be set any more: neither counts."""
         old_cfg = saved.get("config", {})
-        return [
-            f"option {key}: {old_cfg.get(key)!r} -> {self.config.get(key)!r}"
-            for key in sorted(set(old_cfg) | set(self.config))
-            if old_cfg.get(key) != self.config.get(key)
-        ]
+        missing = object()
+        changed = []
+        for key in sorted(set(old_cfg) | set(self.config)):
+            if key not in self.config:
+                continue
+            before = old_cfg.get(key, missing)
+            if before is missing and self.defaults.get(key, missing) == self.config[key]:
+                continue
+            if before != self.config[key]:
+                shown = None if before is missing else before
+                changed.append(f"option {key}: {shown!r} -> {self.config[key]!r}")
+        return changed
 
     def input_changes(self, saved: Mapping[str, Any]) -> list[str]:
         out = []
@@ -145,11 +167,15 @@ class Record:
                 )
         return out
 
-    def decide(self, overwrite: bool, output: Path, exists: bool | None = None) -> Decision:
+    def decide(
+        self, overwrite: bool, output: Path, exists: bool | None = None, quiet: bool = False
+    ) -> Decision:
         """SKIP, RESUME or FRESH for this call; raises when it would replace other output.
 
         `output` names the stage's output in messages; `exists` says whether it is on
-        disk now, finished or partial (default: whether `output` exists).
+        disk now, finished or partial (default: whether `output` exists). A SKIP says so
+        on stderr unless `quiet` (callers that may still redo the work say it themselves,
+        with `up_to_date`, when they do skip).
         """
         exists = Path(output).exists() if exists is None else exists
         saved = read_record(self.path)
@@ -173,12 +199,18 @@ class Record:
         # same inputs and options: --overwrite has nothing different to replace
         if saved.get("status") != "complete":
             return Decision.RESUME
-        print(
-            f"{self.stage}: {output} is up to date (made from these options and inputs); "
-            "kept as it is",
-            file=sys.stderr,
-        )
+        if not quiet:
+            self.up_to_date(output)
         return Decision.SKIP
+
+    def up_to_date(self, output: Path) -> None:
+        """Say on stderr that the stage keeps `output` (once, from rank 0 under torchrun)."""
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(
+                f"{self.stage}: {output} is up to date (made from these options and inputs); "
+                "kept as it is",
+                file=sys.stderr,
+            )
 
     def start(self) -> None:
         """Mark the output as being made from this record (before its first file changes)."""

@@ -276,3 +276,39 @@ def test_converting_over_a_trained_sae_removes_what_claimed_it_was_trained_here(
     # training here again does not take the converted SAE for its own finished work
     with pytest.raises(SaescopeError, match="no provenance record"):
         train(small_train(rd))
+
+
+def test_an_option_added_since_a_record_was_made_is_unchanged_at_its_default(
+    tmp_path: Path,
+) -> None:
+    """A record from an older saescope lacks options added since: at their default they
+    change nothing (re-running such a run, or resuming its training, used to be refused
+    as 'option new: None -> 0.0'); set to anything else they are a change."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Old:
+        k: int = 4
+
+    @dataclasses.dataclass(frozen=True)
+    class New:
+        k: int = 4
+        target: float = 0.0
+        groups: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.5])
+
+    path, out = tmp_path / "p.json", tmp_path / "out"
+    old = provenance.Record.make(path, "x", Old(), {})
+    old.start()
+    out.write_text("done")
+    old.finish()
+    D = provenance.Decision
+    assert provenance.Record.make(path, "x", New(), {}).decide(False, out) is D.SKIP
+    moved = provenance.Record.make(path, "x", New(target=32.0), {})
+    with pytest.raises(SaescopeError, match=r"option target: None -> 32.0"):
+        moved.decide(False, out)
+    with pytest.raises(SaescopeError, match=r"option groups: None -> \[0.25"):
+        provenance.Record.make(path, "x", New(groups=[0.25, 0.75]), {}).decide(False, out)
+    # an option removed since cannot be set any more: the newer record still matches
+    newer = provenance.Record.make(path, "x", New(), {})
+    newer.finish()
+    assert provenance.Record.make(path, "x", Old(), {}).decide(False, out) is D.SKIP

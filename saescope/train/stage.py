@@ -66,9 +66,12 @@ def _decide(
     """
     first = folders[0]
     exists = first.config.exists() or latest_checkpoint(first) is not None
-    decision = record.decide(cfg.overwrite, first.dir, exists=exists)
+    decision = record.decide(cfg.overwrite, first.dir, exists=exists, quiet=True)
     if decision is provenance.Decision.SKIP:
-        return all(f.config.exists() and f.weights.exists() for f in folders)
+        done = all(f.config.exists() and f.weights.exists() for f in folders)
+        if done:
+            record.up_to_date(first.dir)
+        return done
     if decision is provenance.Decision.FRESH and dist.is_main:
         for f in folders:
             if f.dir.exists():
