@@ -128,18 +128,20 @@ def build_config(cls: type[T], values: dict[str, Any]) -> T:
             f"known: {', '.join(sorted(names))}"
         )
     hints = typing.get_type_hints(cls)
-    fixed = {k: coerce(k, hints[k], v) for k, v in values.items()}
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fixed = {k: coerce(k, hints[k], v, choices.get(k)) for k, v in values.items()}
     try:
         return cls(**fixed)
     except (TypeError, ValueError) as exc:
         raise SaescopeError(f"invalid {cls.__name__}: {exc}") from exc
 
 
-def coerce(name: str, annotation: Any, value: Any) -> Any:
+def coerce(name: str, annotation: Any, value: Any, choices: tuple[str, ...] | None = None) -> Any:
     """`value` (from a config file, or already typed by the command line) as the field's
     type: "1e-3" -> 0.001 for a float (YAML reads 1e-3 as a string), "false" -> False, 3.0
-    -> 3 for an int, one value -> a one-value list; anything else is refused naming the
-    option, rather than reaching the stage as a string that compares wrongly."""
+    -> 3 for an int, 0 / 1 -> a bool, one value -> a one-value list, YAML's off / on
+    (booleans) -> "off" / "on" for a choice that has them; anything else is refused
+    naming the option, rather than reaching the stage as a string that compares wrongly."""
     tp, optional = _base_type(annotation)
     if value is None:
         if optional:
@@ -149,18 +151,20 @@ def coerce(name: str, annotation: Any, value: Any) -> Any:
     if origin in (list, tuple):
         inner = typing.get_args(tp)[0]
         items = list(value) if isinstance(value, list | tuple) else [value]
-        out = [_scalar(name, inner, v) for v in items]
+        out = [_scalar(name, inner, v, choices) for v in items]
         return tuple(out) if origin is tuple else out
-    return _scalar(name, tp, value)
+    return _scalar(name, tp, value, choices)
 
 
-def _scalar(name: str, tp: Any, value: Any) -> Any:
+def _scalar(name: str, tp: Any, value: Any, choices: tuple[str, ...] | None = None) -> Any:
     def bad(expected: str) -> SaescopeError:
         return SaescopeError(f"option {name}: expected {expected}, got {value!r}")
 
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
         if isinstance(value, str):
             try:
                 return _parse_bool(value)
@@ -189,6 +193,12 @@ def _scalar(name: str, tp: Any, value: Any) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
+            said = [w for w in (("on", "yes", "true") if value else ("off", "no", "false"))
+                    if w in (choices or ())]  # fmt: skip
+            if said:
+                return said[0]
+            raise bad("a string")
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
         raise bad("a string")

@@ -16,6 +16,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -113,7 +114,7 @@ def _frame_from_columns(df: pd.DataFrame, cfg: CorpusConfig, where: str) -> pd.D
         )
     if cfg.id_column is not None and cfg.id_column not in df.columns:
         raise SaescopeError(f"{where} has no id column {cfg.id_column!r}")
-    nested = df[cfg.text_column].map(lambda v: isinstance(v, list | dict | tuple))
+    nested = df[cfg.text_column].map(lambda v: isinstance(v, list | dict | tuple | np.ndarray))
     if nested.any():
         raise SaescopeError(
             f"{where}: column {cfg.text_column!r} holds lists or mappings, not texts, at rows "
@@ -164,7 +165,8 @@ def load_texts(cfg: CorpusConfig) -> pd.DataFrame:
     if src in BUILTIN_CORPORA:  # pragma: no cover - handled above
         raise AssertionError
     near = difflib.get_close_matches(src, BUILTIN_CORPORA, n=1, cutoff=0.7)
-    if near and "/" not in src:  # a typo of a built-in name, not a hub dataset
+    if near and abs(len(near[0]) - len(src)) <= 1:  # a typo of a built-in name ('newz'),
+        # not a hub dataset whose name holds one ('ag_news', 'tweets_hate')
         raise SaescopeError(
             f"unknown corpus source {src!r}: did you mean {near[0]!r}? (a Hugging Face "
             f"dataset of that name: --source hf:{src})"

@@ -193,14 +193,18 @@ def load_for_eval(folder: Path, device: torch.device) -> tuple[SAE, Path, str]:
 
 def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
     """The held-out fraction: the option, else the one the SAE was trained with (foreign: 0)."""
-    trained = None
+    trained, store = None, None
     if fmt == "saescope":
-        trained = read_json(folder.config).get("training", {}).get("eval_fraction")
+        saved = read_json(folder.config)
+        trained = saved.get("training", {}).get("eval_fraction")
+        store = saved.get("metadata", {}).get("store")
     if cfg.eval_fraction < 0:
         return float(trained or 0.0)
     if cfg.eval_fraction >= 1:
         raise SaescopeError(f"eval_fraction must lie in [0, 1), got {cfg.eval_fraction}")
-    if trained is not None and cfg.eval_fraction > float(trained):
+    here = RunPaths(cfg.run).acts.resolve()
+    same_store = store is None or Path(store).resolve() == here  # another run's: none trained
+    if trained is not None and same_store and cfg.eval_fraction > float(trained):
         # the held-out rows of a fraction are the row ids whose hash falls under it, so a
         # larger fraction takes rows the SAE trained on as well
         raise SaescopeError(

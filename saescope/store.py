@@ -332,6 +332,8 @@ class ActivationStore:
     @property
     def _remake(self) -> str:
         """How a damaged store is made again (a re-run with the same options keeps it)."""
+        if self.meta.get("source") == "vectors":
+            return f"remove {self.dir} and import the vectors again (`saescope embed --vectors`)"
         stage = {"tokens": "acts"}.get(str(self.meta.get("rows")), "embed")
         return f"remove {self.dir} and re-run `saescope {stage}` to make it again"
 

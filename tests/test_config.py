@@ -38,6 +38,12 @@ def test_values_take_their_option_types(tmp_path: Path) -> None:
     assert cfg.adam_betas == [0.9, 0.99]
     corpus = _load(tmp_path, CorpusConfig, 'limit: "100"\nshuffle: "no"\nmin_chars: 1e1\n')
     assert corpus.limit == 100 and corpus.shuffle is False and corpus.min_chars == 10
+    # YAML reads off / on as booleans: a choice that has them takes them back; 0 / 1 are bools
+    from saescope.options.evaluate import EvalConfig
+
+    assert _load(tmp_path, EvalConfig, "retrieval: off\n").retrieval == "off"
+    assert _load(tmp_path, EvalConfig, "retrieval: on\n").retrieval == "on"
+    assert _load(tmp_path, TrainConfig, "progress: 0\n").progress is False
 
 
 @pytest.mark.parametrize(
@@ -51,6 +57,8 @@ def test_values_take_their_option_types(tmp_path: Path) -> None:
         ("d_sae: [256, big]", "option d_sae: expected a whole number, got 'big'"),
         ("lr: null", "option lr: a value is needed"),
         ("architecture: [topk]", "option architecture: expected a string"),
+        ("architecture: yes", "option architecture: expected a string, got True"),
+        ("progress: 2", "option progress: expected true or false, got 2"),
     ],
 )
 def test_values_of_the_wrong_type_are_refused_by_name(
@@ -132,3 +140,21 @@ def test_corpus_limit_and_a_mistyped_source_are_refused(tmp_path: Path) -> None:
             CorpusConfig(limit=bad)
     with pytest.raises(SaescopeError, match="did you mean 'news'"):
         load_texts(CorpusConfig(run=str(tmp_path), source="newz"))
+    with pytest.raises(SaescopeError, match="did you mean 'tweets'"):
+        load_texts(CorpusConfig(run=str(tmp_path), source="tweet"))
+
+
+def test_hub_datasets_whose_names_hold_a_built_in_one_go_to_the_hub(monkeypatch) -> None:
+    import saescope.corpus as corpus
+
+    asked: list[str] = []
+
+    def hub(name: str, cfg: CorpusConfig) -> None:
+        asked.append(name)
+        raise SaescopeError("offline")
+
+    monkeypatch.setattr(corpus, "_load_hf", hub)
+    for name in ("ag_news", "tweets_hate"):
+        with pytest.raises(SaescopeError, match="offline"):
+            corpus.load_texts(CorpusConfig(source=name))
+    assert asked == ["ag_news", "tweets_hate"]

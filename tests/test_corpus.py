@@ -172,3 +172,7 @@ def test_json_ids_with_a_gap_and_texts_that_are_lists_are_read_or_refused(tmp_pa
     path.write_text("\n".join(json.dumps(r) for r in rows))
     with pytest.raises(SaescopeError, match="holds lists or mappings, not texts, at rows 3"):
         build_corpus(CorpusConfig(source=str(path), id_column="id"))
+    lists = tmp_path / "lists.parquet"  # Parquet gives list cells as numpy arrays
+    pd.DataFrame({"text": [["a long enough text"], ["and another one here"]]}).to_parquet(lists)
+    with pytest.raises(SaescopeError, match="holds lists or mappings, not texts, at rows 0, 1"):
+        build_corpus(CorpusConfig(source=str(lists)))

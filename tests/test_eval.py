@@ -84,6 +84,13 @@ def test_a_fraction_that_would_take_training_rows_is_refused(run_dir):
         evaluate.run(evaluate.EvalConfig(run=str(run), sae="fractions", eval_fraction=0.1))
     )
     assert m["n_rows"] == int(split_mask(torch.arange(900).numpy(), 0.1).sum())
+    # an SAE trained on another run's store trained on none of these rows: any fraction
+    elsewhere = SAE(SAEConfig("topk", 12, 8, k=2, metadata={"store": "/elsewhere/acts"}))
+    _save(elsewhere, RunPaths(run).root / "elsewhere")
+    m = read_json(
+        evaluate.run(evaluate.EvalConfig(run=str(run), sae="elsewhere", eval_fraction=0.5))
+    )
+    assert m["n_rows"] == int(split_mask(torch.arange(900).numpy(), 0.5).sum())
 
 
 def test_a_run_with_no_trained_sae_is_told_to_train_first(run_dir):
