@@ -220,10 +220,3 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     out = dataclasses.asdict(cfg)
     out["saescope_version"] = __version__
     return out
-
-
-def same_config(saved: dict[str, Any], cfg: Any, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Names of fields whose saved value differs from `cfg` (for 'different run' checks)."""
-    now = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    skip = set(ignore) | {"saescope_version"}
-    return sorted(k for k in now if k not in skip and saved.get(k) != now[k])
