@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -203,6 +205,17 @@ def _scalar(name: str, tp: Any, value: Any, choices: tuple[str, ...] | None = No
             return str(value)
         raise bad("a string")
     return value
+
+
+def check_ranges(cfg: Any, ranges: Mapping[str, tuple[float, float, str]]) -> None:
+    """Refuse a numeric option of `cfg` outside its (lowest, highest, what it may be) in
+    `ranges`, or NaN: "{name} must be {what}, got {value}". Unset (None) options pass."""
+    for name, (low, high, what) in ranges.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if not (low <= float(value) <= high and math.isfinite(float(value))):
+            raise SaescopeError(f"{name} must be {what}, got {value}")
 
 
 def config_from_args(cls: type[T], ns: argparse.Namespace) -> T:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_ranges, option
 from saescope.errors import SaescopeError
 from saescope.paths import DEFAULT_RUN
 
@@ -35,10 +36,13 @@ class CorpusConfig:
     overwrite: bool = option(False, "replace a corpus.parquet made with other options")
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise SaescopeError(f"limit must be >= 1 (or unset: every text), got {self.limit}")
-        if self.sentences_per_chunk < 1:
-            raise SaescopeError(f"sentences_per_chunk must be >= 1, got {self.sentences_per_chunk}")
+        check_ranges(
+            self,
+            {
+                "limit": (1, math.inf, ">= 1 (or unset: every text)"),
+                "sentences_per_chunk": (1, math.inf, ">= 1"),
+            },
+        )
         if not 0 <= self.min_chars <= self.max_chars:
             raise SaescopeError(
                 f"need 0 <= min_chars <= max_chars, got {self.min_chars} and {self.max_chars}"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_ranges, option
 from saescope.defaults import DEFAULT_EMBED_MODEL
-from saescope.errors import SaescopeError
 from saescope.paths import DEFAULT_RUN
 
 # saescope/embed_backends.py holds what each one is; a test checks the two agree
@@ -54,8 +54,7 @@ class EmbedConfig:
     overwrite: bool = option(False, "replace an existing store made with other options")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "shard_rows"):
-            if getattr(self, name) < 1:
-                raise SaescopeError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_seq_length is not None and self.max_seq_length < 1:
-            raise SaescopeError(f"max_seq_length must be >= 1, got {self.max_seq_length}")
+        at_least_one = (1, math.inf, ">= 1")
+        check_ranges(
+            self, dict.fromkeys(("batch_size", "shard_rows", "max_seq_length"), at_least_one)
+        )

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
-from saescope.config import option
-from saescope.errors import SaescopeError
+from saescope.config import check_ranges, option
 from saescope.options.examples import activations_option
 from saescope.options.llm import LLMOptions
 from saescope.paths import DEFAULT_RUN
@@ -97,14 +97,11 @@ class ScoreConfig(LLMOptions):
     def __post_init__(self) -> None:
         # counts a scorer cannot work without (0 or less scored no feature and replaced
         # the scores that were there)
-        for name in ("max_pos", "n_neg", "min_pos", "n_texts", "llm_pos", "llm_neg",
-                     "per_prompt", "n_groups", "batch_size"):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise SaescopeError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.group_size < 2:
-            raise SaescopeError(
-                f"group_size must be >= 2 (the intruder and one more), got {self.group_size}"
-            )
+        counts = ("max_pos", "n_neg", "min_pos", "n_texts", "llm_pos", "llm_neg",
+                  "per_prompt", "n_groups", "batch_size")  # fmt: skip
+        ranges = dict.fromkeys(counts, (1, math.inf, ">= 1"))
+        ranges["group_size"] = (2, math.inf, ">= 2 (the intruder and one more)")
+        check_ranges(self, ranges)
 
 
 # options only the LLM scorers read: the embedding scorers' records leave them out

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from saescope.config import option
+from saescope.config import check_ranges, option
 from saescope.errors import SaescopeError
 from saescope.paths import DEFAULT_RUN
 from saescope.sae import archs
@@ -199,10 +199,7 @@ class TrainConfig(ArchOptions):
         arch.check_train(self)
 
     def _check_ranges(self) -> None:
-        for name, (low, high, what) in RANGES.items():
-            value = float(getattr(self, name))
-            if not (low <= value <= high and math.isfinite(value)):
-                raise SaescopeError(f"{name} must be {what}, got {getattr(self, name)}")
+        check_ranges(self, RANGES)
         for beta in self.adam_betas:
             if not 0 <= float(beta) < 1:
                 raise SaescopeError(f"adam_betas must lie in [0, 1), got {self.adam_betas}")
