@@ -300,9 +300,12 @@ def check_store_corpus(run_dir: str | Path) -> None:
     rp = RunPaths(run_dir)
     if not (rp.acts_manifest.exists() and rp.corpus.exists()):
         return
-    made_from = read_json(rp.acts_manifest).get("meta", {}).get("corpus_sha256")
+    meta = read_json(rp.acts_manifest).get("meta", {})
+    made_from = meta.get("corpus_sha256")
     if made_from and corpus_sha256(rp.corpus) != made_from:
-        remake = "acts" if read_json(rp.acts_manifest)["meta"].get("rows") == "tokens" else "embed"
+        from saescope.store import making_stage  # torch: only for the error
+
+        remake = making_stage(meta)
         raise SaescopeError(
             f"{rp.acts} was made from another corpus than {rp.corpus} (the corpus was "
             f"re-made after `saescope {remake}`), so its rows are not these texts; re-run "

@@ -68,6 +68,12 @@ def find_bad_rows(rows: torch.Tensor, dtype: str) -> BadRows | None:
     return BadRows(torch.nonzero(bad).squeeze(1).tolist(), what, hint)
 
 
+def making_stage(meta: dict[str, Any]) -> str:
+    """The stage that fills a store whose manifest meta is `meta`: acts for an LM's token
+    rows, embed otherwise."""
+    return "acts" if meta.get("rows") == "tokens" else "embed"
+
+
 def bad_rows_error(bad: BadRows, first_row: int, where: str) -> SaescopeError:
     """The error for `bad`, numbering rows from `first_row` (the row of the block's start)."""
     shown = first_rows([first_row + i for i in bad.rows])
@@ -333,8 +339,7 @@ class ActivationStore:
         """How a damaged store is made again (a re-run with the same options keeps it)."""
         if self.meta.get("source") == "vectors":
             return f"remove {self.dir} and import the vectors again (`saescope embed --vectors`)"
-        stage = {"tokens": "acts"}.get(str(self.meta.get("rows")), "embed")
-        return f"remove {self.dir} and re-run `saescope {stage}` to make it again"
+        return f"remove {self.dir} and re-run `saescope {making_stage(self.meta)}` to make it again"
 
     def _check(self, shard: ShardInfo) -> Path:
         path = self.dir / shard.file
