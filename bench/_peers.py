@@ -198,6 +198,12 @@ SAESCOPE_VARIANTS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+def variant_fields(fields: dict[str, Any], k: float) -> dict[str, Any]:
+    """A variant's config fields (`SAELENS_VARIANTS`, `SAESCOPE_VARIANTS`), "k" standing
+    for the run's k."""
+    return {f: k if v == "k" else v for f, v in fields.items()}
+
+
 def train_saelens(
     arch: str,
     d_in: int,
@@ -227,8 +233,7 @@ def train_saelens(
     if arch == "matryoshka_batchtopk":
         extra["matryoshka_widths"] = prefix_widths(d_sae, matryoshka_groups or DEFAULT_GROUPS)
     if variant != "default":
-        fields = SAELENS_VARIANTS[(arch, variant)]
-        extra.update({f: k if v == "k" else v for f, v in fields.items()})
+        extra.update(variant_fields(SAELENS_VARIANTS[(arch, variant)], k))
     sae = sae_cls(cfg_cls(d_in=d_in, d_sae=d_sae, **extra))
     cfg = SAETrainerConfig(
         total_training_samples=n_samples,
@@ -407,9 +412,7 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
     )
     if spec.variant != "default":
         fields = SAESCOPE_VARIANTS[(spec.architecture, spec.variant)]
-        cfg = dataclasses.replace(
-            cfg, **{f: float(spec.k) if v == "k" else v for f, v in fields.items()}
-        )
+        cfg = dataclasses.replace(cfg, **variant_fields(fields, float(spec.k)))
     if spec.optimizer == "adam":  # the peers' common Adam: constant lr, no warm-up
         cfg = dataclasses.replace(cfg, lr=spec.adam_lr, warmup_steps=0, lr_decay="none")
     total_steps = spec.n_samples // spec.batch_size
