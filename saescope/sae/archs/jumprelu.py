@@ -177,7 +177,7 @@ class JumpReLU(Architecture):
     @staticmethod
     def _penalty(l0: torch.Tensor, x: torch.Tensor, ctx: LossContext) -> torch.Tensor:
         """This rank's L0 term (the trainer weighs it by the sparsity coefficient and
-        divides by the global batch): l0 itself, or with a target `_target_l0_penalty`."""
+        divides by the global batch): l0 itself, or with a target `target_l0_penalty`."""
         target = float(getattr(ctx.options, "jumprelu_target_l0", 0.0) or 0.0)
         return l0 if target <= 0 else target_l0_penalty(l0, x.shape[0], target, ctx)
 
