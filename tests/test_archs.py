@@ -114,6 +114,33 @@ def test_unknown_architecture_is_refused() -> None:
         TrainConfig(architecture="gated")
 
 
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_another_architectures_option_is_refused_not_ignored(arch: str) -> None:
+    """Each architecture accepts its own options away from their defaults and refuses
+    every option only other architectures read (it would train without it)."""
+    own = archs.option_names(REGISTRY[arch])
+    changed = {
+        "l1_coefficient": 0.5,
+        "relu_l1": "decoder_norm",
+        "batchtopk_threshold_rate": 0.5,
+        "jumprelu_bandwidth": 0.01,
+        "jumprelu_init_l0": 8.0,
+        "jumprelu_init_threshold": 0.1,
+        "jumprelu_target_coefficient": 2.0,
+        "jumprelu_target_l0": 8.0,
+        "l0_coefficient": 0.1,
+        "pre_act_coefficient": 0.0,
+        "matryoshka_groups": [0.5, 0.5],
+    }
+    every = set().union(*(archs.option_names(a) for a in REGISTRY.values()))
+    assert set(changed) == every  # a new option needs a value here
+    base = {"architecture": arch, "d_sae": [D_SAE], "k": [4]}
+    TrainConfig(**base, **{name: changed[name] for name in own})
+    for name in sorted(every - own):
+        with pytest.raises(SaescopeError, match=f"{name} is an option of .*{arch}"):
+            TrainConfig(**base, **{name: changed[name]})
+
+
 # -- sparse vs dense training paths ------------------------------------------------
 
 

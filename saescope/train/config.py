@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -197,6 +198,23 @@ class TrainConfig(ArchOptions):
                 f"sparse_backward must be one of {', '.join(archs.base.SPARSE_PATHS)}"
             )
         arch.check_train(self)
+        self._check_foreign_options(arch)
+
+    def _check_foreign_options(self, arch: archs.Architecture) -> None:
+        """Refuse another architecture's option set away from its default: the chosen
+        architecture would train without reading it (`--l0-coefficient` with relu)."""
+        own = archs.option_names(arch)
+        for other in archs.REGISTRY.values():
+            for f in dataclasses.fields(other.options):
+                if f.name in own or f.name not in archs.option_names(other):
+                    continue
+                default = f.default_factory() if callable(f.default_factory) else f.default
+                if getattr(self, f.name) != default:
+                    raise SaescopeError(
+                        f"{f.name} is an option of {other.name}; the {arch.name} architecture "
+                        f"does not read it (set --architecture {other.name}, or leave "
+                        f"{f.name} at its default {default!r})"
+                    )
 
     def _check_ranges(self) -> None:
         check_ranges(self, RANGES)
