@@ -304,6 +304,11 @@ def evaluate_lm(job: LMJob, sae: SAE, batch_size: int) -> dict[str, Any]:
     }
 
 
+# below this many rows the summary line says its figures are not steady (one row has no
+# variance, so its NMSE is err / 0; a few rows leave most latents unseen)
+FEW_ROWS = 100
+
+
 def _fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
@@ -314,6 +319,12 @@ def summary_line(folder: Path, metrics: dict[str, Any]) -> str:
         f"eval {folder}: nmse {_fmt(metrics['nmse'])}, l0 {_fmt(metrics['l0'])}, "
         f"dead {_fmt(metrics['dead_fraction'])} on {metrics['n_rows']:,} {metrics['split']} rows"
     )
+    if metrics["n_rows"] < FEW_ROWS:
+        line += (
+            " (too few for steady figures: NMSE divides by these rows' variance, and "
+            "a latent silent on them counts as dead; hold out more rows, e.g. with a "
+            "larger --eval-fraction in training)"
+        )
     lm = metrics.get("lm")
     if lm:
         line += (

@@ -103,3 +103,16 @@ def test_a_run_with_no_trained_sae_is_told_to_train_first(run_dir):
         evaluate.run(evaluate.EvalConfig(run=str(run)))  # sae/ is missing
     with pytest.raises(SaescopeError, match="no SAE was trained there yet"):
         SAE.load(RunPaths(run).sae)
+
+
+def test_a_split_of_few_rows_is_called_unsteady(run_dir, capsys):
+    """One held-out row has no variance: its NMSE divides by ~0. The summary line says the
+    figures are not steady below FEW_ROWS rows, and says nothing on a full split."""
+    run, _ = run_dir
+    sae = SAE(SAEConfig("topk", 12, 24, k=3))
+    _save(sae, RunPaths(run).root / "few")
+    for max_rows, warned in ((1, True), (evaluate.FEW_ROWS - 1, True), (0, False)):
+        m = read_json(evaluate.run(evaluate.EvalConfig(run=str(run), sae="few", max_rows=max_rows)))
+        line = capsys.readouterr().err
+        assert f"on {m['n_rows']:,} eval rows" in line and (m["n_rows"] == max_rows or not max_rows)
+        assert ("too few for steady figures" in line) is warned, line
