@@ -86,14 +86,18 @@ def test_train_writes_every_sae_and_skips_a_rerun(store_run, tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "jumprelu"])
-def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(store_run, tmp_path, arch):
+def test_resume_ends_with_exactly_the_weights_of_an_uninterrupted_run(
+    store_run, tmp_path, arch, capsys
+):
     kw = dict(architecture=arch, eval_at_end=False, epochs=1.5)
     a = _copy_run(store_run, tmp_path / "a")
     run(small(a, **kw))
     b = _copy_run(store_run, tmp_path / "b")
     run(small(b, stop_after_steps=7, **kw))  # mid-epoch, between checkpoints
     assert not RunPaths(b).sae_weights.exists()
+    assert "resuming" not in capsys.readouterr().err
     run(small(b, stop_after_steps=13, **kw))  # into the second epoch
+    assert "train: resuming from step 7 of " in capsys.readouterr().err
     run(small(b, **kw))
     wa = load_file(str(RunPaths(a).sae_weights))
     wb = load_file(str(RunPaths(b).sae_weights))

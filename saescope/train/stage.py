@@ -159,6 +159,12 @@ def _train(
     ckpt = latest_checkpoint(folders[0]) if cfg.resume else None
     if ckpt is not None:
         trainer.load_state_dict(load_checkpoint(ckpt))
+        if dist.is_main:
+            print(
+                f"train: resuming from step {trainer.step:,} of {total:,} ({ckpt.name}; "
+                "--resume false starts again)",
+                file=sys.stderr,
+            )
     auto_standardised = trainer.input_norm == "row_standardize" and cfg.input_norm == "auto"
     if dist.is_main and auto_standardised and store.rows_kind != "tokens":
         print(
