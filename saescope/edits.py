@@ -72,8 +72,9 @@ def resolve(edits: Sequence[Edit], typical: np.ndarray | None, d_sae: int) -> li
         if e.unit == "typical" and e.op != "zero":
             if typical is None:
                 raise SaescopeError(
-                    "edits in units of the typical activation need latents/features.parquet; "
-                    "run `saescope latents` or give absolute strengths"
+                    "edits in units of the typical activation need the features.parquet of a "
+                    "latent cache made with this SAE; run `saescope latents` with it, or give "
+                    "absolute strengths (--unit absolute)"
                 )
             scale = float(typical[e.feature])
             if not math.isfinite(scale) or scale <= 0:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saescope import paths, provenance
+from saescope import provenance
 from saescope.config import config_to_dict
 from saescope.device import pick_device
 from saescope.errors import SaescopeError
@@ -52,16 +52,10 @@ from saescope.io import read_json, write_json
 from saescope.options.evaluate import EvalConfig
 from saescope.paths import RunPaths, SAEPaths
 from saescope.sae import SAE, detect_format, load_sae
+from saescope.sae.fit import check_fits_store
 from saescope.store import ActivationStore, split_mask
 
 EMBEDDING_SOURCES = ("sentence-transformers", "vectors")
-# the file of each SAE folder format whose sha256 identifies the SAE
-_WEIGHTS = {
-    "saescope": paths.NATIVE_SAE_WEIGHTS,
-    "saelens": paths.SAELENS_WEIGHTS,
-    "sparsify": paths.SPARSIFY_WEIGHTS,
-    "batchtopk_repo": paths.BATCHTOPK_WEIGHTS,
-}
 
 
 def sae_dir(cfg: EvalConfig) -> Path:
@@ -182,13 +176,13 @@ _IGNORED = ("run", "batch_size", "device", "lm_batch_size")
 def load_for_eval(folder: Path, device: torch.device) -> tuple[SAE, Path, str]:
     """(SAE, its weights file, format) of an SAE folder of any folder format."""
     where = detect_format(folder)
-    if where.format not in _WEIGHTS:
+    if where.format == "saerch":
         raise SaescopeError(
             f"{where.path} is a single {where.format} file; eval writes metrics.json beside the "
             f"SAE: convert it into a folder first (saescope convert --src {where.path} --out DIR)"
         )
     sae = load_sae(where.path, device=str(device))
-    return sae, where.path / _WEIGHTS[where.format], where.format
+    return sae, where.weights, where.format
 
 
 def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
@@ -213,20 +207,6 @@ def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
             "(or leave it out for that one)"
         )
     return cfg.eval_fraction
-
-
-def _check_width(sae: SAE, store: ActivationStore, where: Path) -> None:
-    if sae.cfg.d_in == store.d_in:
-        return
-    if store.rows_kind == "tokens":
-        raise SaescopeError(
-            f"the SAE in {where} takes d_in={sae.cfg.d_in}, but hookpoint "
-            f"{store.meta.get('hookpoint')} of {store.meta.get('model')} gives {store.d_in}-d "
-            f"activations (store {store.dir}); use an SAE trained at this hookpoint of this model"
-        )
-    raise SaescopeError(
-        f"the SAE in {where} takes d_in={sae.cfg.d_in}, the store {store.dir} has {store.d_in}"
-    )
 
 
 def lm_contexts(n_contexts: int, want: int, split: str, fraction: float) -> tuple[np.ndarray, str]:
@@ -349,12 +329,8 @@ def run(cfg: EvalConfig) -> Path:
         raise SaescopeError(
             f"the SAE in {folder.dir} has NaN or inf in {', '.join(bad)}; retrain or reconvert it"
         )
-    _check_width(sae, store, folder.dir)
+    check_fits_store(sae, store.meta, store.d_in, str(folder.dir))
     with_lm = store.rows_kind == "tokens" and cfg.lm_contexts > 0
-    if store.rows_kind == "tokens":
-        from saescope.lm.metrics import check_hookpoint, sae_hookpoint
-
-        check_hookpoint(sae_hookpoint(sae), store.meta, str(folder.dir))
     fraction = _fraction(cfg, folder, fmt)
     split = "eval" if fraction > 0 else "all"
     rp = RunPaths(cfg.run)

@@ -478,6 +478,9 @@ def main(ns: argparse.Namespace) -> int:
     elif ns.feature is None:
         raise SaescopeError("give a FEATURE id or --text TEXT (see `saescope inspect --help`)")
     else:
+        from saescope.latents import LatentCache
+
+        LatentCache(ns.run).sae_dir()  # refuses a cache of a store or an SAE changed since
         v = feature_view(ns.run, ns.feature, ns.n)
         out = (
             json.dumps(_as_json(asdict(v)), indent=2)

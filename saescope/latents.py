@@ -64,6 +64,7 @@ from saescope.io import (
 from saescope.options.latents import LatentsConfig
 from saescope.paths import RunPaths
 from saescope.sae import SAE
+from saescope.sae.fit import check_fits_store
 from saescope.sae.sparse import encode_sparse, one_thread
 from saescope.store import ActivationStore
 
@@ -125,12 +126,28 @@ class LatentCache:
             finish=f"re-run `saescope latents --run {run_dir}`",
         )
         self.manifest = m
+        self._check_store()
         self.d_sae: int = m["d_sae"]
         self.n_rows: int = m["n_rows"]
         self.nnz: int = m["nnz"]
         self.shards: list[dict[str, Any]] = m["shards"]
         self._verify = verify
         self._acts: Activations | None = None
+
+    def _check_store(self) -> None:
+        """Refuse a cache whose run's store was re-made since (another model, hookpoint or
+        corpus): its rows, statistics and examples would be of the old rows."""
+        acts = self.paths.acts_manifest
+        made_from = self.manifest["source"].get("store_sha256")
+        if made_from is None or not acts.exists():
+            return
+        shards = read_json(acts).get("shards") or []
+        if sha256_text(json.dumps([s.get("sha256") for s in shards])) != made_from:
+            raise SaescopeError(
+                f"the latent cache at {self.dir} was made from another activation store than "
+                f"the one {self.paths.acts} holds now (re-made since); re-run "
+                f"`saescope latents --run {self.paths.root} --overwrite`"
+            )
 
     @property
     def sae_sha256(self) -> str:
@@ -181,6 +198,16 @@ class LatentCache:
                 f"{self.paths.features} is missing; re-run `saescope latents --run {self.paths.root}`"
             )
         return pd.read_parquet(self.paths.features)
+
+
+def cache_describes(run_dir: str | Path, weights: Path) -> bool:
+    """Whether the run has a latent cache encoded with the SAE whose weights file is
+    `weights`, so that its features.parquet (typical activations, logit lens) and the
+    names made from it describe that SAE."""
+    rp = RunPaths(run_dir)
+    if not rp.latents_manifest.exists() or not weights.is_file():
+        return False
+    return sha256_file(weights) == LatentCache(run_dir).sae_sha256
 
 
 def read_shard(path: Path, info: dict[str, Any], verify: bool = False) -> LatentShard:
@@ -341,11 +368,7 @@ def run(cfg: LatentsConfig) -> Path:
     store = ActivationStore(rp.acts)
     device = str(pick_device(cfg.device))
     sae = SAE.load(sae_dir, device=device).eval()  # names a missing or foreign folder
-    if sae.cfg.d_in != store.d_in:
-        raise SaescopeError(
-            f"the SAE in {sae_dir} takes d_in={sae.cfg.d_in} but the store at {rp.acts} "
-            f"holds {store.d_in}-d rows; train an SAE on this store"
-        )
+    check_fits_store(sae, store.meta, store.d_in, str(sae_dir))
     sae_weights = sae_dir / paths.NATIVE_SAE_WEIGHTS
     up = provenance.upstream_ids({"acts": rp.acts_manifest, "sae": sae_weights})
     record = provenance.Record.make(rp.latents_record, "latents", cfg, up, _IGNORED)

@@ -98,6 +98,35 @@ def test_saelens_cfg_written_for_sae_lens(tmp_path: Path) -> None:
     )
 
 
+def test_an_exported_sae_still_says_which_rows_it_reads(tmp_path: Path) -> None:
+    """A native SAE trained on an LM store exports its model and hookpoint as SAELens's
+    model_name and hook_name (with context_size, prepend_bos), so the copy is refused on
+    another hookpoint or model as the original is."""
+    from saescope.sae.fit import check_fits_store
+
+    store_meta = {"rows": "tokens", "model": "SmolLM2-135M-Instruct", "hookpoint": "resid_post.6",
+                  "ctx_len": 64, "bos": True}  # fmt: skip
+    sae = native_sae()
+    sae = SAE.from_tensors(
+        SAEConfig("topk", D_IN, D_SAE, k=5, metadata={"store_meta": store_meta}),
+        sae.state_tensors(),
+    )
+    meta = json.loads((export_saelens(sae, tmp_path / "lens") / "cfg.json").read_text())["metadata"]
+    assert meta["model_name"] == "SmolLM2-135M-Instruct"
+    assert meta["hook_name"] == "blocks.6.hook_resid_post"
+    assert (meta["context_size"], meta["prepend_bos"]) == (64, True)
+    copy = load_sae(tmp_path / "lens")
+    check_fits_store(copy, store_meta, D_IN, "lens")  # its own rows
+    for other, message in (
+        ({"hookpoint": "resid_post.10"}, "hookpoint"),
+        ({"model": "HuggingFaceTB/SmolLM2-360M"}, "trained on SmolLM2-135M-Instruct"),
+    ):
+        with pytest.raises(SaescopeError, match=message):
+            check_fits_store(copy, store_meta | other, D_IN, "lens")
+    # the hub id of the same model by another owner/path is the same model
+    check_fits_store(copy, store_meta | {"model": "/models/SmolLM2-135M-Instruct/"}, D_IN, "x")
+
+
 def test_not_an_sae(tmp_path: Path) -> None:
     with pytest.raises(SaescopeError, match="does not exist"):
         load_sae(tmp_path / "missing")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from saescope.io import read_json, write_json
 from saescope.latents import FEATURES_SCHEMA, LatentCache, LatentsConfig, run
 from saescope.paths import RunPaths
 from saescope.sae import SAE, SAEConfig
-from saescope.store import ActivationStore
+from saescope.store import ActivationStore, StoreWriter
 
 D_SAE = 256
 
@@ -243,6 +244,42 @@ def test_errors_name_the_problem(news_run: Path, tmp_path: Path) -> None:
     SAE(SAEConfig("topk", 16, 32, k=4)).save(tmp_path / "small")
     with pytest.raises(SaescopeError, match="d_in=16"):
         run(LatentsConfig(run=str(rd), sae=str(tmp_path / "small")))
+
+
+def test_an_sae_of_another_model_is_refused(news_run: Path, tmp_path: Path) -> None:
+    """Same width, another embedding model: the SAE says so (its training store's meta),
+    and latents refuses it instead of encoding these rows with it."""
+    rd = new_run(news_run, tmp_path / "r", "topk")
+    sae = SAE.load(rd / "sae")
+    meta = read_json(RunPaths(rd).acts_manifest)["meta"]
+    other = {**sae.cfg.metadata, "store_meta": {**meta, "model": "BAAI/bge-small-en-v1.5"}}
+    SAE.from_tensors(dataclasses.replace(sae.cfg, metadata=other), sae.state_tensors()).save(
+        tmp_path / "bge"
+    )
+    with pytest.raises(SaescopeError, match="trained on BAAI/bge-small-en-v1.5"):
+        run(LatentsConfig(run=str(rd), sae=str(tmp_path / "bge"), **CFG))
+    # the same model by a local path is the same model
+    same = {**sae.cfg.metadata, "store_meta": {**meta, "model": f"/models/{meta['model']}"}}
+    SAE.from_tensors(dataclasses.replace(sae.cfg, metadata=same), sae.state_tensors()).save(
+        tmp_path / "local"
+    )
+    run(LatentsConfig(run=str(rd), sae=str(tmp_path / "local"), **CFG))
+
+
+def test_a_cache_of_a_remade_store_is_refused(news_run: Path, tmp_path: Path) -> None:
+    """The store re-made with other rows (same width and count): the cache's rows and
+    statistics are of the old ones, so reading it is refused, naming the re-run."""
+    rd = new_run(news_run, tmp_path / "r", "topk")
+    run(LatentsConfig(run=str(rd), **CFG))
+    LatentCache(rd)  # fresh
+    store = ActivationStore(rd / "acts")
+    rows = store.rows(np.arange(store.count))
+    shutil.rmtree(rd / "acts")
+    w = StoreWriter(rd / "acts", store.d_in, meta=store.meta)
+    w.append(-rows)
+    w.close()
+    with pytest.raises(SaescopeError, match="made from another activation store"):
+        LatentCache(rd)
 
 
 def test_sparse_cooccurrence_path_equals_dense(cached, monkeypatch) -> None:

@@ -270,8 +270,9 @@ def test_sparsify_sae_at_layers_1_is_evaluated_and_layers_0_refused(
 
 def test_saelens_hooks_are_mapped_or_refused(lm_run, tmp_path, one_torch_thread):
     sae = random_sae()
+    model = read_json(RunPaths(lm_run).acts_manifest)["meta"]["model"]
     for hook, ok in (("blocks.1.hook_resid_post", True), ("blocks.1.hook_z", False)):
-        meta = {"hook_name": hook, "model_name": "tiny"}
+        meta = {"hook_name": hook, "model_name": model}
         lens = SAE.from_tensors(SAEConfig("topk", D, 128, k=16, metadata=meta), sae.state_tensors())
         folder = export_saelens(lens, tmp_path / hook)
         cfg = evaluate.EvalConfig(run=str(lm_run), sae=str(folder), lm_contexts=2)
@@ -280,6 +281,12 @@ def test_saelens_hooks_are_mapped_or_refused(lm_run, tmp_path, one_torch_thread)
         else:
             with pytest.raises(SaescopeError, match="hook_z.*no single Hugging Face module"):
                 evaluate.run(cfg)
+    # a SAELens file of another model (its model_name) is refused, not evaluated here
+    meta = {"hook_name": "blocks.1.hook_resid_post", "model_name": "gpt2"}
+    lens = SAE.from_tensors(SAEConfig("topk", D, 128, k=16, metadata=meta), sae.state_tensors())
+    folder = export_saelens(lens, tmp_path / "gpt2")
+    with pytest.raises(SaescopeError, match="trained on gpt2's activations"):
+        evaluate.run(evaluate.EvalConfig(run=str(lm_run), sae=str(folder), lm_contexts=2))
 
 
 def test_check_hookpoint_spellings(tiny):

@@ -180,6 +180,8 @@ def test_steering_a_feature_raises_its_activation_in_the_text(steer_run, parts):
         (["--features", "1", "--positions", "middle"], "unknown positions"),
         (["--features", "1", "--max-new-tokens", "250"], "exceeds the model's 256 positions"),
         (["--features", "1", "--op", "ablate", "--sweep"], "ablation has none"),
+        (["--rank", "5", "--lens-tokens", "0"], "lens_tokens must be >= 1"),
+        (["--features", "1", "--sample", "--temperature", "0"], "temperature must be > 0"),
     ],
 )
 def test_bad_steering_input_is_a_one_line_error(steer_run, flags, message):
@@ -201,12 +203,12 @@ def test_an_sae_from_another_hookpoint_is_refused(steer_run, tmp_path):
     proc = run_cli("steer", "--run", str(steer_run), "--sae", str(tmp_path / "other"),
                    "--features", "1", "--overwrite", check=False)  # fmt: skip
     assert proc.returncode == 2 and "hookpoint" in proc.stderr
-    meta["store_meta"] = dict(sae.cfg.metadata["store_meta"], model="another/model")
+    meta["store_meta"] = dict(sae.cfg.metadata["store_meta"], model="another/llama-b")
     other = SAE.from_tensors(dataclasses.replace(sae.cfg, metadata=meta), sae.state_tensors())
     other.save(tmp_path / "other-model")
     proc = run_cli("steer", "--run", str(steer_run), "--sae", str(tmp_path / "other-model"),
                    "--features", "1", "--overwrite", check=False)  # fmt: skip
-    assert proc.returncode == 2 and "trained on another/model" in proc.stderr
+    assert proc.returncode == 2 and "trained on another/llama-b" in proc.stderr
 
 
 def test_embedding_runs_are_refused(news_run):
@@ -282,3 +284,49 @@ def test_a_refused_feature_leaves_no_record_that_blocks_the_next_call(steer_run,
     alive = int(table.loc[table["max_act"] > 0, "feature"].iloc[0])
     run_cli("steer", "--run", str(run), "--features", str(alive), "--max-new-tokens", "4")
     assert json.loads(rp.steer_summary.read_text())["groups"][0]["features"] == [alive]
+
+
+def test_another_sae_is_steered_with_its_own_inputs_and_units(steer_run, tmp_path):
+    """`--sae` with a SAELens folder: the record hashes its weights, so a re-export with
+    other weights is a change, not 'up to date'; typical units, which the run's
+    features.parquet gives for the cache's SAE only, are refused for it."""
+    from saescope.sae import export_saelens
+
+    run = tmp_path / "run"
+    shutil.copytree(steer_run, run)
+    shutil.rmtree(RunPaths(run).steer, ignore_errors=True)
+    sae = SAE.load(RunPaths(run).sae)
+    lens = tmp_path / "lens"
+    export_saelens(sae, lens)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The weather today\n")
+    args = ("steer", "--run", str(run), "--sae", str(lens), "--features", "1",
+            "--prompts", str(prompts), "--max-new-tokens", "2", "--overwrite")  # fmt: skip
+    proc = run_cli(*args, check=False)
+    assert proc.returncode == 2 and "latent cache made with this SAE" in proc.stderr
+    absolute = (*args[:-1], "--unit", "absolute", "--strength", "5")
+    run_cli(*absolute)
+    with torch.no_grad():
+        sae.W_dec.mul_(2.0)
+    export_saelens(sae, lens)
+    proc = run_cli(*absolute, check=False)
+    assert proc.returncode == 2 and "other inputs" in proc.stderr, proc.stderr
+
+
+def test_a_sweep_needs_two_prompts_and_says_when_no_strength_passed(steer_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(steer_run, run)
+    one, two = tmp_path / "one.txt", tmp_path / "two.txt"
+    one.write_text("The weather today\n")
+    two.write_text("The weather today\nMarkets fell as\n")
+    args = ("steer", "--run", str(run), "--features", "1", "--sweep", "--strengths", "1",
+            "--max-new-tokens", "2", "--overwrite")  # fmt: skip
+    proc = run_cli(*args, "--prompts", str(one), check=False)
+    assert proc.returncode == 2 and "give 2 prompts or more" in proc.stderr, proc.stderr
+    proc = run_cli(*args, "--prompts", str(two), "--max-ppl-ratio", "0.001")
+    assert "found no strength that kept the perplexity within x0.001" in proc.stderr
+    summary = json.loads(RunPaths(run).steer_summary.read_text())["groups"][0]
+    assert summary["chosen_strength"] is None and summary["strength"] == 1.0
+    proc = run_cli("steer", "--run", str(run), "--features", "1", "--op", "ablate",
+                   "--prompts", str(two), "--max-new-tokens", "2", "--overwrite")  # fmt: skip
+    assert "feature 1, ablate: concept" in proc.stderr, proc.stderr

@@ -89,6 +89,13 @@ def normalise(spec: str) -> tuple[str, int] | None:
     return None
 
 
+def saelens_name(spec: str) -> str:
+    """SAELens's (TransformerLens's) spelling of a site, `blocks.L.hook_SITE`; a module
+    name stays as it is."""
+    site_layer = normalise(spec)
+    return spec.strip() if site_layer is None else f"blocks.{site_layer[1]}.hook_{site_layer[0]}"
+
+
 def resolve(model: nn.Module, spec: str) -> Hookpoint:
     """The `Hookpoint` of `spec` in `model`, or a one-line error naming what exists.
 

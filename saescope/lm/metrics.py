@@ -249,6 +249,6 @@ def check_hookpoint(
     if not same:
         raise SaescopeError(
             f"the SAE in {where} was trained at hookpoint {sae_hook!r}, but the store holds "
-            f"{store_hook!r} of {model_name}; evaluate it on a run made with "
+            f"{store_hook!r} of {model_name}; use it on a run made with "
             f"`saescope acts --hookpoint {sae_hook}`"
         )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_ranges, option
 from saescope.paths import DEFAULT_RUN
 
 OPS = ("add", "clamp", "ablate")
@@ -69,3 +70,15 @@ class SteerConfig:
         "float32", "dtype the model runs in", choices=("float32", "bfloat16", "float16")
     )
     overwrite: bool = option(False, "replace steer/ made with other options")
+
+    def __post_init__(self) -> None:
+        at_least_one = (1, math.inf, ">= 1")
+        check_ranges(
+            self,
+            dict.fromkeys(("pick", "lens_tokens", "max_new_tokens", "batch_size"), at_least_one)
+            | {
+                "rank": (0, math.inf, ">= 0 (0: rank none)"),
+                "temperature": (1e-6, math.inf, "> 0 (greedy decoding: leave --sample off)"),
+                "max_ppl_ratio": (1e-9, math.inf, "> 0"),
+            },
+        )

@@ -33,8 +33,9 @@ from saescope.edits import Edit, apply_edits, resolve, typical_activation
 from saescope.errors import SaescopeError
 from saescope.io import read_json, sha256_file
 from saescope.options.search import DEFAULT_STRENGTH, UNITS
-from saescope.paths import NATIVE_SAE_WEIGHTS, RunPaths
+from saescope.paths import RunPaths
 from saescope.report.data import Annotations, RowTexts, load_annotations, read_features
+from saescope.sae.fit import check_fits_store
 from saescope.search.index import ExactIndex, Hits, IvfIndex, open_index
 from saescope.search.select import EditRequest, FeatureNames, to_edit
 from saescope.search.stage import refuse_token_runs
@@ -121,8 +122,8 @@ class SearchSession:
         sae: str | Path | None = None,
         model: str | None = None,
     ) -> None:
-        from saescope.latents import LatentCache
-        from saescope.sae import SAE, load_sae
+        from saescope.latents import LatentCache, cache_describes
+        from saescope.sae import SAE, detect_format, load_sae
 
         self.run = str(run)
         rp = RunPaths(run)
@@ -137,16 +138,10 @@ class SearchSession:
             described = True
         else:
             self.sae = load_sae(sae).eval()
-            weights = Path(sae) / NATIVE_SAE_WEIGHTS
-            self.sae_id = sha256_file(weights) if weights.is_file() else None
-            described = rp.latents_manifest.exists() and (
-                self.sae_id == LatentCache(run).sae_sha256
-            )
-        if self.sae.cfg.d_in != self.store.d_in:
-            raise SaescopeError(
-                f"the SAE takes d_in={self.sae.cfg.d_in} but the store at {rp.acts} holds "
-                f"{self.store.d_in}-d rows"
-            )
+            weights = detect_format(sae).weights
+            self.sae_id = sha256_file(weights)
+            described = cache_describes(run, weights)
+        check_fits_store(self.sae, self.store.meta, self.store.d_in, str(sae or "the run's SAE"))
         # typical activations and names describe the latent cache's SAE only
         self.typical: np.ndarray | None = None
         self.names = FeatureNames(Annotations())
@@ -216,6 +211,14 @@ class SearchSession:
         if unit not in UNITS:
             raise SaescopeError(f"unknown unit {unit!r}; choose {' or '.join(UNITS)}")
         default = self.default_strength if strength is None else float(strength)
+        if unit == "absolute" and strength is None:
+            bare = [r for r in requests if r.strength is None and r.op != "zero"]
+            if bare:
+                raise SaescopeError(
+                    f"{bare[0].op} {bare[0].target} has no strength: the default one "
+                    f"({default:g}) is in units of each feature's typical activation; with "
+                    "--unit absolute give one (--strength S, or FEATURE:STRENGTH)"
+                )
         out = []
         for req in requests:
             f = (

@@ -39,10 +39,10 @@ from saescope.edits import Edit, check_features, resolve, typical_activation
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path, write_json
 from saescope.lm import hooks
-from saescope.lm.metrics import check_hookpoint, sae_hookpoint
 from saescope.lm.model import LM, load_lm
 from saescope.options.steer import SteerConfig
-from saescope.paths import NATIVE_SAE_WEIGHTS, STAGE_CONFIG, RunPaths
+from saescope.paths import STAGE_CONFIG, RunPaths
+from saescope.sae.fit import check_fits_store
 from saescope.steer.generate import Generations, generate, prompt_ids
 from saescope.steer.hook import Positions, Steerer
 from saescope.steer.measure import TextMeasures, measure_texts, output_score
@@ -167,21 +167,25 @@ def run(cfg: SteerConfig, *, lm: LM | None = None) -> Path:
             f"{rp.acts} holds sentence embeddings; steering generation needs an LM run "
             "(`saescope acts`)"
         )
-    if cfg.max_new_tokens < 1 or cfg.batch_size < 1:
-        raise SaescopeError("--max-new-tokens and --batch-size must be >= 1")
     if cfg.sweep and cfg.op == "ablate":
         raise SaescopeError("--sweep chooses a strength; ablation has none (use --op add or clamp)")
-    if cfg.max_ppl_ratio <= 0 or not cfg.strengths:
-        raise SaescopeError("--max-ppl-ratio must be > 0 and --strengths non-empty")
+    if not cfg.strengths:
+        raise SaescopeError("--strengths must name one strength or more")
     Positions.parse(cfg.positions)  # a bad spelling fails before any loading
     _edits(cfg, [0], cfg.strength)  # a strength that is not finite, too
     folder = _sae_folder(cfg, rp)
-    from saescope.sae import SAE, load_sae
+    from saescope.latents import cache_describes
+    from saescope.sae import SAE, detect_format, load_sae
 
-    sae = (SAE.load(folder) if (folder / NATIVE_SAE_WEIGHTS).exists() else load_sae(folder)).eval()
+    where = detect_format(folder)
+    sae = (SAE.load(folder) if where.format == "saescope" else load_sae(folder)).eval()
     sae.requires_grad_(False)
     check_features(_edits(cfg, list(cfg.features), cfg.strength), sae.cfg.d_sae)
-    up = {"acts": rp.acts_manifest, "sae": folder / NATIVE_SAE_WEIGHTS, "features": rp.features}
+    # features.parquet (typical activations, logit lens) describes the latent cache's SAE
+    described = cache_describes(rp.root, where.weights)
+    up = {"acts": rp.acts_manifest, "sae": where.weights}
+    if described:
+        up["features"] = rp.features
     upstream = provenance.upstream_ids({k: p for k, p in up.items() if p.exists()})
     if cfg.prompts:
         upstream |= provenance.upstream_ids({"prompts": Path(cfg.prompts)})
@@ -194,23 +198,17 @@ def run(cfg: SteerConfig, *, lm: LM | None = None) -> Path:
     device = pick_device(cfg.device)
     lm = lm if lm is not None else load_lm(str(meta["model"]), device, cfg.model_dtype)
     hp = hooks.resolve(lm.model, str(meta["hookpoint"]))
-    check_hookpoint(sae_hookpoint(sae), meta, str(folder), lm.model)
-    trained_on = (sae.cfg.metadata.get("store_meta") or {}).get("model")
-    if trained_on is not None and str(trained_on) != str(meta["model"]):
-        raise SaescopeError(
-            f"the SAE in {folder} was trained on {trained_on}'s activations, but this run's "
-            f"model is {meta['model']}; steer it on a run made with that model"
-        )
     probe = torch.tensor([[int(lm.tokenizer.eos_token_id or 0)]], device=lm.device)
     width = int(hooks.capture(lm.model, hp, probe).shape[-1])
-    if sae.cfg.d_in != width:
-        raise SaescopeError(
-            f"the SAE in {folder} takes d_in={sae.cfg.d_in}, but {meta['hookpoint']} of "
-            f"{meta['model']} has {width} dimensions"
-        )
+    check_fits_store(sae, meta, width, str(folder), lm.model)
     sae = sae.to(lm.device)
-    table = pd.read_parquet(rp.features) if rp.features.exists() else None
+    table = pd.read_parquet(rp.features) if described and rp.features.exists() else None
     st = _Steering(cfg, lm, hp, sae, table)
+    if cfg.sweep and len(st.prompts) < 2:
+        raise SaescopeError(
+            "--sweep chooses the strength on half of the prompts and reports it on the other "
+            f"half; give 2 prompts or more (the prompts file has {len(st.prompts)})"
+        )
     if cfg.features:  # checked before the record says "running": a refused call leaves none
         resolve(_edits(cfg, sorted(set(cfg.features)), cfg.strength), st.typical, sae.cfg.d_sae)
     if decision is provenance.Decision.FRESH and rp.steer.exists():
@@ -251,6 +249,7 @@ def run(cfg: SteerConfig, *, lm: LM | None = None) -> Path:
             curves[label] = [(r.strength, r.ppl_ratio, r.concept_gain)
                              for r in result.rows if r.half == "choose"]  # fmt: skip
             entry["chosen_strength"] = result.chosen
+            entry["max_ppl_ratio"] = cfg.max_ppl_ratio
             entry["report_half"] = asdict(result.report) if result.report else None
             strength = result.chosen if result.chosen is not None else min(cfg.strengths)
             steered, measured = gens_at[strength], by_strength[strength]
@@ -306,9 +305,17 @@ def _print_side_by_side(rp: RunPaths, n: int = 3, width: int = 48) -> None:
     summary = read_json(rp.steer_summary)
     for g in summary["groups"]:
         label = "+".join(map(str, g["features"]))
-        chosen = f" (chosen by the sweep: {g['chosen_strength']})" if "chosen_strength" in g else ""
+        chosen = ""
+        if "chosen_strength" in g and g["chosen_strength"] is None:
+            chosen = (
+                " (the sweep found no strength that kept the perplexity within "
+                f"x{g.get('max_ppl_ratio', '?')}: the smallest tried is shown)"
+            )
+        elif "chosen_strength" in g:
+            chosen = " (chosen by the sweep)"
+        edit = "ablate" if g["op"] == "ablate" else f"{g['op']} {g['strength']:g} ({g['unit']})"
         print(
-            f"steer: feature {label}, {g['op']} {g['strength']} ({g['unit']}){chosen}: concept "
+            f"steer: feature {label}, {edit}{chosen}: concept "
             f"{g['concept_unsteered']:.3g} -> {g['concept_steered']:.3g}, perplexity x"
             f"{g['ppl_ratio']:.2f}"
             + (f", output score {g['output_score']:.3f}" if "output_score" in g else "")

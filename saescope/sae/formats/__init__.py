@@ -44,6 +44,23 @@ class Located(NamedTuple):
     format: str  # one of FORMATS
     path: Path  # the SAE's folder, or the .pth file for saerch
 
+    @property
+    def weights(self) -> Path:
+        """The file that holds the SAE's weights: what provenance records hash to tell
+        whether the SAE changed (a saerch SAE is its one file)."""
+        if self.format == "saerch":
+            return self.path
+        return self.path / _WEIGHTS[self.format]
+
+
+# the weights file of each folder format
+_WEIGHTS = {
+    "saescope": paths.NATIVE_SAE_WEIGHTS,
+    "saelens": paths.SAELENS_WEIGHTS,
+    "sparsify": paths.SPARSIFY_WEIGHTS,
+    "batchtopk_repo": paths.BATCHTOPK_WEIGHTS,
+}
+
 
 def _folder_format(folder: Path) -> str | None:
     def has(name: str) -> bool:

@@ -225,6 +225,27 @@ def load_saelens(folder: Path, device: str = "cpu") -> SAE:
     return build_sae(cfg, weights, w_path, device)
 
 
+def _training_store(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The SAELens metadata a native SAE's training store gives: `model_name`, and for LM
+    token stores `hook_name` (SAELens's spelling), `context_size` and `prepend_bos`, so
+    that the exported file still says which rows it reads (a loader checks them)."""
+    store = metadata.get("store_meta")
+    if not isinstance(store, dict):
+        return {}
+    out: dict[str, Any] = {}
+    if store.get("model"):
+        out["model_name"] = str(store["model"])
+    if store.get("rows") == "tokens" and store.get("hookpoint"):
+        from saescope.lm.hooks import saelens_name
+
+        out["hook_name"] = saelens_name(str(store["hookpoint"]))
+        if store.get("ctx_len"):
+            out["context_size"] = int(store["ctx_len"])
+        if "bos" in store:
+            out["prepend_bos"] = bool(store["bos"])
+    return out
+
+
 def saelens_config(sae: SAE) -> dict[str, Any]:
     """The `cfg.json` SAELens 6 needs to load `sae` with the same inference rule."""
     cfg = sae.cfg
@@ -232,6 +253,7 @@ def saelens_config(sae: SAE) -> dict[str, Any]:
     source_meta = cfg.metadata.get("saelens_metadata") or {}
     meta: dict[str, Any] = dict(source_meta) if isinstance(source_meta, dict) else {}
     meta |= {key: cfg.metadata[key] for key in CARRIED_METADATA if key in cfg.metadata}
+    meta = _training_store(cfg.metadata) | meta
     # the cfg.json layout is SAELens 6's; without a 6.x version SAELens takes it for a pre-6 file
     if (
         not str(meta.get("sae_lens_version", "")).split(".")[0].isdigit()
