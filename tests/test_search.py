@@ -22,7 +22,7 @@ from saescope.options.search import IndexConfig, SearchEvalConfig
 from saescope.paths import RunPaths
 from saescope.report.data import Annotations, Explanation, Keywords
 from saescope.search import stage as index_stage
-from saescope.search.evaluate import knee_strength
+from saescope.search.evaluate import format_summary, knee_strength, summarize
 from saescope.search.evaluate import run as search_eval
 from saescope.search.index import ExactIndex, open_index
 from saescope.search.query import SearchSession
@@ -382,6 +382,34 @@ def test_the_knee_is_where_the_share_of_success_most_exceeds_the_drift():
     assert knee_strength(flat) is None
 
 
+@pytest.mark.parametrize(
+    ("strengths", "edge", "knee"),
+    [
+        ([0.5, 1.0], "largest", 1.0),
+        ([0.5], "largest", 0.5),
+        ([4.0, 8.0], "smallest", 4.0),
+        ([1.0, 2.0, 8.0], None, 2.0),
+    ],
+)
+def test_a_knee_at_the_end_of_the_sweep_is_called_so(strengths, edge, knee):
+    """Success and drift that rise with the strength up to a knee at 2 (beyond it only drift
+    grows): a sweep that stops short of 2, or starts past it, reports its own end as the
+    knee, and says that the knee may lie beyond it."""
+    records = []
+    for s in [0.0, *strengths]:
+        fires = min(s, 2.0) / 2.0 * 0.8 + 0.1
+        cosine = 1.0 - 0.02 * min(s, 2.0) - 0.2 * max(s - 2.0, 0.0)
+        for op, f in (("boost", fires), ("suppress", 1.0 - fires)):
+            records.append({"op": op, "strength": s, "query": 0, "fires": f, "cosine": cosine,
+                            "overlap": cosine, "relevance": 1.0})  # fmt: skip
+    summary = summarize(pd.DataFrame.from_records(records))
+    assert summary["recommended_strength"] == knee
+    assert summary["recommended_at_edge"] == edge
+    text = format_summary(summary)
+    assert ("the knee may lie above it" in text) is (edge == "largest")
+    assert ("the knee may lie below it" in text) is (edge == "smallest")
+
+
 def test_the_cli_prints_results_before_and_after_side_by_side(topics_run):
     topic = topic_of(topics_run)
     f = topic_features(topics_run)["astronomy"]
@@ -446,6 +474,14 @@ def test_bad_input_is_one_line_each(topics_run, tmp_path, capsys):
         s.search(q, exclude=list(range(s.store.count)))
     assert "leaves no row" in _error(capsys, "search-eval", "--run", run, "--n-queries", "300")
     assert "positive" in _error(capsys, "search-eval", "--run", run, "--strengths", "0", "1")
+    # the default strength is in typical units: an absolute edit must give its own
+    f = str(topic_features(topics_run)["astronomy"])
+    args = ("search", q, "--run", run, "--unit", "absolute")
+    assert "has no strength" in _error(capsys, *args, "--boost", f)
+    assert "has no strength" not in _error(capsys, *args, "--boost", f"{f}:nan")
+    assert "zero takes no strength" in _error(capsys, "search", q, "--run", run, "--zero", "3:1")
+    exact = ("search", q, "--run", run, "--index", "exact", "--nprobe", "4")
+    assert "--nprobe is for the ivf index" in _error(capsys, *exact)
 
 
 def test_a_query_model_of_another_dimension_is_refused(topics_run, tmp_path, capsys):

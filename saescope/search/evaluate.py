@@ -265,6 +265,12 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
         row["drift"] = float(1 - np.mean(cosines)) if cosines else float("nan")
     knee = knee_strength(rows)
     at = next((r for r in rows if r["strength"] == knee), None)
+    edited = sorted(r["strength"] for r in rows if r["strength"] > 0)
+    edge = None  # a knee at an end of the sweep may lie beyond it
+    if knee is not None and knee == edited[-1]:
+        edge = "largest"
+    elif knee is not None and knee == edited[0]:
+        edge = "smallest"
     return {
         "unit": "max_act",
         "n_queries": int(table["query"].nunique()),
@@ -272,6 +278,7 @@ def summarize(table: pd.DataFrame) -> dict[str, Any]:
         "per_strength": rows,
         "recommended_strength": knee,
         "at_recommended": at,
+        "recommended_at_edge": edge,
     }
 
 
@@ -423,4 +430,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         if knee is not None
         else "no recommended strength: no strength raised success"
     )
+    edge = summary.get("recommended_at_edge")
+    if edge:
+        beyond = "above" if edge == "largest" else "below"
+        lines.append(
+            f"  {knee:g} is the {edge} strength tried: the knee may lie {beyond} it; "
+            "sweep wider --strengths to place it"
+        )
     return "\n".join(lines)

@@ -269,6 +269,11 @@ def open_index(
     assert m is not None  # choose_kind saw it finished
     check_store(rp, m)
     folder = rp.index_dir(kind)
+    if kind == "exact" and nprobe is not None:
+        raise SaescopeError(
+            "--nprobe is for the ivf index, but this search uses the exact one (it visits "
+            "every row); build one with `saescope index --kind ivf`, or drop --nprobe"
+        )
     if kind == "exact":
         out = torch.empty(int(m["count"]), int(m["d_in"]), dtype=torch.float32)
         for entry in m["files"]:

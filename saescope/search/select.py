@@ -62,6 +62,11 @@ def parse_spec(op: str, spec: str) -> EditRequest:
     """`FEATURE[:STRENGTH]` (FEATURE: an id or a word of a feature's name) -> EditRequest."""
     text = spec.strip()
     target, strength = text, None
+    if op == "zero" and re.fullmatch(r"[^:]+:\s*[-+.\deE]+\s*", text):
+        raise SaescopeError(
+            f"--zero {spec!r}: zero takes no strength (it removes the feature); "
+            "write --zero FEATURE, or --clamp FEATURE:VALUE to set it"
+        )
     if op != "zero" and ":" in text:
         target, _, number = text.rpartition(":")
         try:
