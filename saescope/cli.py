@@ -14,13 +14,14 @@ import importlib
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
 from saescope._version import __version__
 from saescope.config import add_config_args, config_from_args
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, SaescopeWarning
 
 DEBUG_HELP = "on an error, print the traceback and its cause (also: SAESCOPE_DEBUG=1)"
 
@@ -226,6 +227,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(ns, "handler", None):
         parser.print_help()
         return 1
+    showwarning = warnings.showwarning
+
+    def one_line(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        if issubclass(category, SaescopeWarning):
+            print(f"saescope {ns.command}: warning: {message}", file=sys.stderr)
+        else:
+            showwarning(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
     try:
         return int(ns.handler(ns) or 0)
     except SaescopeError as exc:
@@ -241,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        warnings.showwarning = showwarning
 
 
 if __name__ == "__main__":

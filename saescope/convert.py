@@ -78,6 +78,13 @@ def _convert(cfg: ConvertConfig) -> Path:
     record = provenance.Record.make(
         out / paths.CONVERT_RECORD, "convert", cfg, sources, ignore=("overwrite",)
     )
+    trained = SAEPaths(out)
+    if trained.train_record.exists() and not cfg.overwrite:
+        raise SaescopeError(
+            f"{out} holds an SAE trained by `saescope train` ({trained.train_record.name}); "
+            "--overwrite replaces it with the converted SAE and removes its training record, "
+            "metrics and checkpoints; or choose another --out"
+        )
     present = all((out / name).exists() for name in _OUTPUT_FILES[cfg.to])
     holds = out.exists() and any(out.iterdir())  # another conversion, or other data
     decision = record.decide(cfg.overwrite, out, exists=holds, quiet=True)
@@ -88,7 +95,6 @@ def _convert(cfg: ConvertConfig) -> Path:
     if out.exists():  # --overwrite: clear SAE files of either target, nothing else
         # ... and what described an SAE trained here (its records, metrics, checkpoints):
         # left beside converted weights they would claim those weights as trained here
-        trained = SAEPaths(out)
         own = (*_OUTPUT_FILES["native"], *_OUTPUT_FILES["saelens"], paths.CONVERT_RECORD)
         for target in [out / name for name in own] + [
             trained.train_record,

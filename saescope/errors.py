@@ -9,6 +9,11 @@ class SaescopeError(Exception):
     """A problem with the user's input, files or environment (not a bug)."""
 
 
+class SaescopeWarning(UserWarning):
+    """Something the user should know that does not stop the work (an approximation made
+    on loading, say); the CLI prints it as one line, without the source line."""
+
+
 def first_rows(rows: list[int], shown: int = 5) -> str:
     """ "3, 8, 9, 12, 40 and 7 more": the first `shown` of `rows`, for messages."""
     more = f" and {len(rows) - shown} more" if len(rows) > shown else ""

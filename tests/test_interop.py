@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import random_sae_weights
+from conftest import random_sae_weights, run_cli
 from torch import nn
 
 from saescope import export_saelens, load_sae
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, SaescopeWarning
 from saescope.sae import SAE, SAEConfig
 
 sae_lens = pytest.importorskip("sae_lens")
@@ -271,6 +271,11 @@ def test_saerch_pth(tmp_path: Path) -> None:
     with pytest.raises(SaescopeError, match="pass k"):
         load_sae(plain)
     assert_same_codes(load_sae(plain, k=8).encode(x), want)
+    # a name that carries k takes the same k, and refuses another (its codes would not be
+    # saerch's)
+    assert load_sae(path, k=8).cfg.k == 8
+    with pytest.raises(SaescopeError, match="the file name says k=8"):
+        load_sae(path, k=16)
 
 
 # -- BatchTopK repo --------------------------------------------------------------------
@@ -335,8 +340,12 @@ def test_batchtopk_repo(tmp_path: Path, sae_type: str, unit_norm: bool) -> None:
     torch.save(ref.state_dict(), folder / "sae.pt")
     (folder / "config.json").write_text(json.dumps(cfg))
     if sae_type == "batchtopk":
-        with pytest.warns(UserWarning, match="per-row topk"):
+        with pytest.warns(SaescopeWarning, match="per-row topk"):
             sae = load_sae(folder)
+        # the command line says it in one line, not with Python's source line
+        err = run_cli("convert", "--src", str(folder), "--out", str(tmp_path / "n")).stderr
+        warned = [x for x in err.splitlines() if x.startswith("saescope convert: warning:")]
+        assert len(warned) == 1 and "per-row topk" in warned[0] and "warnings.warn" not in err
     else:
         sae = load_sae(folder)
     assert sae.cfg.metadata["source_format"] == "batchtopk_repo"

@@ -269,7 +269,7 @@ def test_converting_over_a_trained_sae_removes_what_claimed_it_was_trained_here(
     shutil.copytree(RunPaths(rd).acts, RunPaths(other).acts)
     train(small_train(other, seed=7))
     sae = RunPaths(rd).sae
-    with pytest.raises(SaescopeError, match="no provenance record"):
+    with pytest.raises(SaescopeError, match="holds an SAE trained by `saescope train`"):
         convert(ConvertConfig(src=str(RunPaths(other).sae), out=str(sae)))
     convert(ConvertConfig(src=str(RunPaths(other).sae), out=str(sae), overwrite=True))
     assert not RunPaths(rd).checkpoints.exists() and not (sae / "provenance.json").exists()

@@ -23,4 +23,8 @@ class ConvertConfig:
         None, "sub-folder of a checkpoint with one SAE per hookpoint (sparsify)"
     )
     k: int | None = option(None, "active latents of a saerch .pth whose name does not carry k")
-    overwrite: bool = option(False, "replace what --out holds (another conversion or other files)")
+    overwrite: bool = option(
+        False,
+        "replace what --out holds: another conversion's SAE files, or a trained SAE with its "
+        "training record, metrics and checkpoints",
+    )

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from saescope import paths
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, SaescopeWarning
 from saescope.sae.config import SAEConfig
 from saescope.sae.formats.common import (
     build_sae,
@@ -80,7 +80,7 @@ def load_batchtopk_repo(folder: Path, device: str = "cpu") -> SAE:
         notes.append("scalar inference threshold found: loaded as batchtopk")
     elif sae_type == "batchtopk":
         notes.append(BATCHTOPK_NOTE)
-        warnings.warn(f"{w_path}: {BATCHTOPK_NOTE}", UserWarning, stacklevel=3)
+        warnings.warn(f"{w_path}: {BATCHTOPK_NOTE}", SaescopeWarning, stacklevel=3)
     if sae_type == "jumprelu":
         known.add("jumprelu.log_threshold")
         threshold = take(tensors, "jumprelu.log_threshold", (d_sae,), w_path).exp().to(f64)

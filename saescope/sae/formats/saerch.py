@@ -34,6 +34,11 @@ def load_saerch(path: Path, k: int | None = None, device: str = "cpu") -> SAE:
             f"{path.name}: cannot read k from the file name (expected "
             "{domain}_{k}_{n}_{batch}.pth); pass k explicitly (--k)"
         )
+    if k is not None and match is not None and int(k) != int(match["k"]):
+        raise SaescopeError(
+            f"{path.name}: the file name says k={match['k']}, which its SAE was trained with; "
+            f"k={k} is only for names that carry no k (drop --k)"
+        )
     tensors = read_torch_state_dict(path)
     if "encoder.weight" not in tensors:
         raise SaescopeError(f"{path} lacks the tensor 'encoder.weight' (not a saerch TopK SAE)")
