@@ -97,6 +97,22 @@ def test_window_activations_equal_the_codes_of_their_rows(lm_run: Path, dense) -
         assert w.marked().count("<<") == 1 and f"<<{w.tokens[w.center]}>>" in w.marked()
 
 
+def test_windows_stay_within_the_tokens_own_text(lm_run: Path) -> None:
+    """Packed contexts join texts (EOS between, which is no row): a window shows only
+    the tokens of its token's text, though the span around it holds others."""
+    tokens = TokenRows(lm_run)
+    idx = pd.read_parquet(RunPaths(lm_run).acts_index)
+    text_of, ctx, pos = (idx[c].to_numpy() for c in ("text_row", "context", "position"))
+    near_a_boundary = 0
+    for row in range(0, len(idx), 5):
+        w = tokens.window(row)
+        assert w.rows[w.center] == row
+        assert {int(text_of[r]) for r in w.rows if r >= 0} == {int(text_of[row])}
+        span = (ctx == ctx[row]) & (pos >= pos[row] - 24) & (pos <= pos[row] + 7)
+        near_a_boundary += len(set(text_of[span].tolist())) > 1
+    assert near_a_boundary > 10  # the rule was tested where it cuts
+
+
 def test_logit_lens_is_the_decoder_through_the_norm_gain_and_unembedding(
     lm_run: Path, tiny_lm_dir: Path
 ) -> None:

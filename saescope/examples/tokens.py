@@ -9,7 +9,9 @@ In: a run directory. The store's manifest says what its rows are (`rows`:
                    a row's window with one feature's activation on every token
                    (source: the run's `Activations` or its `LatentCache`)
 
-Token windows never cross their context and leave out BOS and padding. The
+Token windows never cross their context, nor, in packed contexts, the text of the
+token (the texts before and after it were other documents: joined without their EOS
+they read as one), and leave out BOS and padding. The
 default window is delphi's 32 tokens (24 before the token, the token, 7 after);
 `text()` joins a window into a string, optionally marking the token `<<like this>>`.
 For naming and scoring, a token row stands for the short window before and at it
@@ -119,7 +121,8 @@ class TokenRows:
         return self.token_strings([self.input_ids[self.context[row], self.position[row]]])[0]
 
     def window(self, row: int, before: int = WINDOW_BEFORE, after: int = WINDOW_AFTER) -> Window:
-        """The tokens around store row `row` within its context (no BOS, no padding)."""
+        """The tokens around store row `row` within its context and its text (no BOS, no
+        padding; a special token that is a row keeps the tokens of the texts around it)."""
         if not 0 <= row < len(self.context):
             raise SaescopeError(f"row {row} is out of range: the store has rows 0..{len(self) - 1}")
         c, p = int(self.context[row]), int(self.position[row])
@@ -127,6 +130,9 @@ class TokenRows:
         span = np.arange(lo, hi)
         # keep text tokens and tokens that are rows (a kept special token); never padding
         ok = self.attention[c, span] & ((self.text_row[c, span] >= 0) | (self.row_at[c, span] >= 0))
+        own = int(self.text_row[c, p])
+        if own >= 0:  # the token's own text only
+            ok &= self.text_row[c, span] == own
         ok |= span == p
         span = span[ok]
         return Window(

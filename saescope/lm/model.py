@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from saescope.defaults import DEFAULT_LM, cache_dir, smollm2_gguf
+from saescope.defaults import DEFAULT_EMBED_MODEL, DEFAULT_LM, cache_dir, smollm2_gguf
 from saescope.errors import SaescopeError, describe
 
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -101,7 +101,19 @@ def resolve_lm(name: str) -> str:
         if not path.is_file():
             raise SaescopeError(f"GGUF file {path} does not exist")
         return str(_gguf_cache_folder(path))
-    return name
+    if name in (DEFAULT_EMBED_MODEL, f"sentence-transformers/{DEFAULT_EMBED_MODEL}"):
+        raise SaescopeError(
+            f"{name!r} is the packaged sentence-embedding model, not a causal language model "
+            f"(for an LM run, leave --model at its default, {DEFAULT_LM}; embeddings: "
+            "`saescope embed`)"
+        )
+    looks_local = name.startswith(("/", "./", "../", "~")) or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise SaescopeError(
+            f"model folder {name} does not exist (a local model is a folder with config.json, "
+            "or a .gguf file)"
+        )
+    return str(Path(name).expanduser()) if looks_local else name
 
 
 def load_lm(

@@ -51,5 +51,14 @@ class ActsConfig:
         choices=("float32", "float16", "bfloat16"),
     )
     shard_rows: int = option(16384, "tokens per store shard (the unit of resume)")
-    max_tokens: int | None = option(None, "stop after this many stored tokens (whole contexts)")
+    max_tokens: int | None = option(
+        None,
+        "store at most this many tokens: whole contexts only, so the stage stops before the "
+        "context that would pass it",
+    )
     overwrite: bool = option(False, "replace an existing store made with other options")
+
+    def __post_init__(self) -> None:
+        # a stray space ("resid_post.6 ") would be kept in the store's meta and record
+        object.__setattr__(self, "hookpoint", self.hookpoint.strip())
+        object.__setattr__(self, "model", self.model.strip())
