@@ -255,6 +255,11 @@ def test_not_a_causal_lm_is_refused():
 
     with pytest.raises(SaescopeError, match="not a causal language model"):
         load_lm(str(minilm_path()))
+    # by its name (which would go to the hub), and a folder that is not there
+    with pytest.raises(SaescopeError, match="packaged sentence-embedding model"):
+        load_lm("all-MiniLM-L6-v2")
+    with pytest.raises(SaescopeError, match="model folder /nonexistent/llm does not exist"):
+        load_lm("/nonexistent/llm")
 
 
 def test_torchrun_two_processes_give_the_single_process_store(tiny_lm_run, tiny_lm_dir, tmp_path):
