@@ -1,6 +1,6 @@
 """Does an SAE fit a store: the width it takes, the model and the hookpoint it was trained on.
 
-One check for every stage that runs an SAE on a run's rows (eval, latents, steer): a
+One check for every stage that runs an SAE on a run's rows (eval, latents, steer, search): a
 native SAE knows its training store's meta (`metadata.store_meta`), a SAELens one its
 `model_name` and `hook_name`, a sparsify one its hookpoint (the folder's name). What an
 SAE does not say passes; what it says and the store contradicts is refused in one line.
