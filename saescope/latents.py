@@ -203,11 +203,16 @@ class LatentCache:
 def cache_describes(run_dir: str | Path, weights: Path) -> bool:
     """Whether the run has a latent cache encoded with the SAE whose weights file is
     `weights`, so that its features.parquet (typical activations, logit lens) and the
-    names made from it describe that SAE."""
+    names made from it describe that SAE (an unfinished cache, or one of a store re-made
+    since, describes nothing)."""
     rp = RunPaths(run_dir)
     if not rp.latents_manifest.exists() or not weights.is_file():
         return False
-    return sha256_file(weights) == LatentCache(run_dir).sae_sha256
+    try:
+        cache = LatentCache(run_dir)
+    except SaescopeError:
+        return False
+    return sha256_file(weights) == cache.sae_sha256
 
 
 def read_shard(path: Path, info: dict[str, Any], verify: bool = False) -> LatentShard:
