@@ -34,7 +34,7 @@ import torch
 from saescope.errors import SaescopeError
 from saescope.examples import from_features_row
 from saescope.examples.tokens import feature_column, feature_window, store_rows_kind
-from saescope.families.tables import FamilyRef, SplitRef, read_families
+from saescope.families.tables import FamilyRef, SplitRef, read_families, stale_note
 from saescope.io import read_json
 from saescope.paths import RunPaths
 from saescope.report.data import (
@@ -77,6 +77,8 @@ class FeatureView:
     logit_lens: LensTokens | None = None  # token runs: tokens the decoder direction promotes
     families: list[FamilyRef] = field(default_factory=list)  # `saescope families`
     splits: list[SplitRef] = field(default_factory=list)  # features of other SAE widths
+    # names, scores and families of the run left out: made from other activations or names
+    stale: list[str] = field(default_factory=list)
 
 
 _TOKEN_FIELDS = ("tokens", "acts", "center", "logit_lens")
@@ -134,6 +136,7 @@ def feature_view(
         logit_lens=logit_lens(r),
         families=fams.families_of(feature) if fams else [],
         splits=fams.splits_of(feature) if fams else [],
+        stale=[*ann.stale, *filter(None, [stale_note(RunPaths(run))])],
     )
 
 
@@ -384,6 +387,9 @@ def format_feature(v: FeatureView, run: str, width: int) -> str:
         shuffled = f"   (shuffled {s['shuffled_score']:.3f})" if "shuffled_score" in s else ""
         lines.append(f"  score {name}: {s['score']:.3f}{shuffled}")
     lines += _family_lines(v, width)
+    if v.stale:
+        why = "; ".join(v.stale) + " (re-run the stages that made them)"
+        lines.append("  left out: " + _clip(why, width - 12))
     if v.logit_lens is not None:
         for side, pairs in (
             ("promotes", v.logit_lens.promoted),

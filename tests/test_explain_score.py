@@ -148,7 +148,7 @@ def test_budget_stops_cleanly_and_the_rerun_does_only_the_rest(oracle, tmp_path)
     before = o.requests
     out = run_cli("explain", *llm_args(run, url, "--max-requests", "2", "--concurrency", "1"))
     assert o.requests - before == 2
-    assert "not done" in out.stdout
+    assert "not done" in out.stdout and "most often: budget" in out.stdout
     res = ResultsFile(RunPaths(run).explanations).load()
     statuses = [r["status"] for r in res.values()]
     assert statuses.count("ok") == 2 and statuses.count("budget") == len(res) - 2
@@ -246,6 +246,8 @@ def test_server_faults_are_retried_recorded_and_a_rerun_does_only_the_missing(or
     usage = json.loads(RunPaths(run).explanations_usage.read_text())
     assert usage["failed"] == 1 and usage["failures"] == {"server": 1}
     assert "not done" in out.stdout
+    # the summary says why: the commonest reasons, with their counts
+    assert "most often: server" in out.stdout and "(1 feature)" in out.stdout
     # the faults are over: the re-run asks only for the feature the server failed
     mid = server.requests
     run_cli("explain", *args)
@@ -297,3 +299,27 @@ def test_detection_one_example_a_request_asks_yes_or_no(explained):
         assert ok.loc[f, "score"] > 0.8 and json.loads(ok.loc[f, "metrics"])["auc"] > 0.8
     assert ok["score"].mean() > ok["shuffled_score"].mean() + 0.2
     assert "Answer Yes or No" in server.bodies[-1]["messages"][-1]["content"]
+
+
+@pytest.mark.parametrize(
+    ("stage", "flags", "message"),
+    [
+        ("explain", ["--n-top", "0", "--n-examples", "0"], "would show no example"),
+        ("explain", ["--n-examples", "15"], "not a multiple of --n-quantiles 10"),
+        ("explain", ["--max-chars", "0"], "max_chars must be >= 1"),
+        ("explain", ["--answer-tokens", "0"], "answer_tokens must be >= 1"),
+        ("explain", ["--n-features", "0"], "n_features must be >= 1"),
+        ("explain", ["--features", "1", "--n-features", "3"], "not both"),
+        ("score", ["--scorer", "detection", "--max-chars", "-5"], "max_chars must be >= 1"),
+        ("score", ["--scorer", "detection", "--max-failed", "-1"], "max_failed must be a fraction"),
+        ("score", ["--scorer", "detection", "--answer-tokens", "0"], "answer_tokens must be >= 1"),
+        ("score", ["--scorer", "embedding", "--features", "1", "2"], "scores every named feature"),
+    ],
+)
+def test_values_that_would_change_results_in_silence_are_refused(oracle, stage, flags, message):
+    """Each of these used to run: with no example in the prompts (explanations 'ok' from
+    nothing), with fewer examples than asked, with texts cut to '…', or, for the embedding
+    scorer, on every feature while the user asked for some."""
+    run, _, _, url = oracle
+    proc = run_cli(stage, *llm_args(run, url), *flags, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr

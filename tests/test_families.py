@@ -503,3 +503,29 @@ def test_families_of_real_embeddings_through_the_cli(news_run: Path, tmp_path: P
         run_cli("inspect", str(int(fams["parent"][0])), "--run", str(run), "--json").stdout
     )
     assert shown["families"][0]["depth"] == 0 and shown["families"][0]["family"] == 0
+
+
+def test_families_of_other_names_are_left_out_and_said_so(found: Planted, tmp_path) -> None:
+    """Names made after the families (they named them, and with some methods chose who
+    joins) make the families stale: inspect and the report leave them out and say so,
+    until `families` runs again."""
+    from saescope.inspect import feature_view, format_feature
+    from saescope.report import ReportConfig
+    from saescope.report import run as report
+
+    run = tmp_path / "run"
+    shutil.copytree(found.run, run, ignore=shutil.ignore_patterns("report"))
+    rp = RunPaths(run)
+    assert read_families(run) is not None
+    _write_keywords(rp, [found.topic[0]], [["renamed", "topic"]], [[1.0, 0.5]])
+    record_hand_made_names(run)
+    assert read_families(run) is None
+    v = feature_view(run, found.topic[0])
+    assert v.families == [] and any("families/" in s for s in v.stale)
+    assert "left out: families/" in format_feature(v, str(run), 120)
+    report(ReportConfig(run=str(run)))
+    assert "families/ (made from another latent cache or other names)" in (
+        rp.report_index.read_text()
+    )
+    families(FamiliesConfig(run=str(run), splits=False, progress=False, overwrite=True))
+    assert read_families(run) is not None and feature_view(run, found.topic[0]).stale == []

@@ -154,19 +154,35 @@ def test_rerun_skips_until_an_input_changes(run_dir: Path) -> None:
     assert rp.report_index.stat().st_mtime_ns == before
     extra = rp.score("extra")
     pd.DataFrame({"feature": [0], "score": [0.5]}).to_parquet(extra, index=False)
+    plot = rp.scores / "extra.png"
+    shutil.copyfile(rp.plots / "density.png", plot)
     try:
-        # scores with no record of the names they scored are left out, and the page says so
+        # scores with no record of the names they scored are left out, their plot too, and
+        # the page says so
         report(ReportConfig(run=str(run_dir)))
         assert page_blob(run_dir)["scorers"] == ["embedding"]
         assert "scores/extra.parquet (scores of other names)" in rp.report_index.read_text()
+        assert "score-extra.png" not in rp.report_index.read_text()
         record_hand_made_names(run_dir, scorers=("extra",))
         report(ReportConfig(run=str(run_dir)))
         assert page_blob(run_dir)["scorers"] == ["embedding", "extra"]
+        assert "score-extra.png" in rp.report_index.read_text()
     finally:
         extra.unlink()
+        plot.unlink()
         rp.score_record("extra").unlink(missing_ok=True)
         report(ReportConfig(run=str(run_dir)))
     assert page_blob(run_dir)["scorers"] == ["embedding"]
+    # the texts the page shows are an input: a corpus put back re-makes the page
+    hidden = rp.corpus.with_name("corpus.hidden")
+    rp.corpus.rename(hidden)
+    try:
+        report(ReportConfig(run=str(run_dir)))
+        assert "no text for this row" in rp.report_index.read_text()
+    finally:
+        hidden.rename(rp.corpus)
+    report(ReportConfig(run=str(run_dir)))
+    assert "no text for this row" not in rp.report_index.read_text()
 
 
 def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:

@@ -441,6 +441,7 @@ def test_run_files_the_pages_link_are_served(server: Server) -> None:
         ("POST", "/api/runs/news/search", b'{"query": "q", "strength": Infinity}', 422, "strength"),
         ("POST", "/api/runs/news/search", {"query": "q", "edits": [{"feature": "zzzunknownword"}]}, 400, "no feature name"),
         ("POST", "/api/runs/news/search", {"query": "q", "edits": [{"feature": 99999}]}, 400, "out of range"),
+        ("POST", "/api/runs/news/search", {"query": "q", "edits": [{"feature": True}]}, 422, "feature"),
         ("POST", "/api/runs/tinylm/search", {"query": "q"}, 400, "sentence-embedding runs"),
         ("POST", "/api/runs/news/generate", {"prompt": "Hello"}, 400, "LM run"),
         ("POST", "/api/runs/tinylm/generate", {"prompt": "Hi", "positions": "nowhere"}, 400, "unknown positions"),

@@ -36,7 +36,7 @@ from saescope.examples.shown import RowShower
 from saescope.explain.explainers import ExplainPrompt, build
 from saescope.io import write_json
 from saescope.llm import jobs, make_client
-from saescope.llm.jobs import FINAL, TRANSIENT, ResultsFile, run_features
+from saescope.llm.jobs import FINAL, TRANSIENT, ResultsFile, failure_reasons, run_features
 from saescope.llm.types import Client, LLMError, Usage
 from saescope.options.explain import ExplainConfig
 from saescope.options.llm import LLM_RUNTIME_FIELDS
@@ -183,10 +183,12 @@ def run(cfg: ExplainConfig) -> Path:
         print(
             f"explain: {len(unfinished)} of {len(results)} features are not done "
             f"({', '.join(f'{k} {v}' for k, v in summary['statuses'].items())}); "
-            "run the same command again to do only those"
+            f"run the same command again to do only those{failure_reasons(results)}"
         )
     else:
         record.finish(summary)
+        if summary["statuses"].get("failed"):
+            print(f"explain: {summary['statuses']['failed']} failed{failure_reasons(results)}")
     _print(summary, client.usage)
     return rp.explanations
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from saescope import provenance
-from saescope.io import read_json
+from saescope.io import read_json, sha256_file
 from saescope.paths import RunPaths
 
 if TYPE_CHECKING:  # readers (inspect, the report) need none of the stage's modules
@@ -180,13 +180,30 @@ class FamilyTables:
 
 
 def is_current(rp: RunPaths) -> bool:
-    """True when families/ was made from the latent cache that is there now."""
-    made_from = provenance.saved_upstream(rp.families_record).get("latents")
-    return (
+    """True when families/ was made from the latent cache that is there now, and from the
+    names there now (keywords and explanations name the families and, with some methods,
+    decide which features join)."""
+    saved = provenance.saved_upstream(rp.families_record)
+    made_from = saved.get("latents")
+    if not (
         made_from is not None
         and rp.latents_manifest.exists()
         and made_from == provenance.artifact_id(rp.latents_manifest)
-    )
+    ):
+        return False
+    for name, path in (("keywords", rp.keywords), ("explanations", rp.explanations)):
+        now = sha256_file(path) if path.exists() else None
+        if saved.get(name) != now:
+            return False
+    return True
+
+
+def stale_note(rp: RunPaths) -> str | None:
+    """ "families/ (made from ...)" when the run has families that are not shown because
+    they no longer describe its latent cache and names; else None."""
+    if rp.families_table.exists() and not is_current(rp):
+        return "families/ (made from another latent cache or other names)"
+    return None
 
 
 def read_families(run: str | Path) -> FamilyTables | None:

@@ -28,6 +28,23 @@ RETRY = ("error", "budget")  # not done: the next run does them again
 TRANSIENT = ("timeout", "connection", "rate_limit", "server")  # LLMError kinds that mean "error"
 
 
+def failure_reasons(results: dict[int, dict[str, Any]], shown: int = 2) -> str:
+    """ "; most often: connection: cannot reach ... (3 features)": the commonest reasons of
+    the features that failed or were left for another run, for the summary line ('' when
+    none did)."""
+    from collections import Counter
+
+    why = Counter(
+        str(r.get("reason") or "no reason given")
+        for r in results.values()
+        if r.get("status") in ("failed", "error", "budget")
+    )
+    if not why:
+        return ""
+    top = [f"{reason} ({n} feature{'s' if n > 1 else ''})" for reason, n in why.most_common(shown)]
+    return "; most often: " + "; ".join(top)
+
+
 class ResultsFile:
     """A JSONL file of per-feature results, appended to as features finish."""
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_ranges, option
+from saescope.errors import SaescopeError
 from saescope.options.examples import SPLIT_KINDS, activations_option
 from saescope.options.llm import LLMOptions
 from saescope.paths import DEFAULT_RUN
@@ -35,7 +37,9 @@ class ExplainConfig(LLMOptions):
     )
     n_top: int = option(10, "top activating examples shown")
     n_quantiles: int = option(10, "activation quantiles the other examples come from")
-    n_examples: int = option(40, "examples drawn from the quantiles (evenly)")
+    n_examples: int = option(
+        40, "examples drawn from the quantiles, n_examples / n_quantiles from each (a multiple)"
+    )
     min_examples: int = option(3, "features with fewer naming-half examples are not explained")
     n_negatives: int = option(10, "contrastive: nearest non-activating examples shown")
     contrastive_pool: int = option(
@@ -48,3 +52,32 @@ class ExplainConfig(LLMOptions):
     )
     progress: bool = option(True, "show progress bars")
     overwrite: bool = option(False, "replace explanations made with other options")
+
+    def __post_init__(self) -> None:
+        at_least_one = (1, math.inf, ">= 1")
+        check_ranges(
+            self,
+            dict.fromkeys(
+                (
+                    "n_quantiles",
+                    "min_examples",
+                    "contrastive_pool",
+                    "max_chars",
+                    "answer_tokens",
+                    "n_features",
+                ),
+                at_least_one,
+            )  # fmt: skip
+            | dict.fromkeys(("n_top", "n_examples", "n_negatives"), (0, math.inf, ">= 0")),
+        )
+        if self.n_top + self.n_examples < 1:
+            raise SaescopeError(
+                "--n-top and --n-examples are both 0: the prompts would show no example"
+            )
+        if self.n_examples % self.n_quantiles:
+            raise SaescopeError(
+                f"--n-examples {self.n_examples} is not a multiple of --n-quantiles "
+                f"{self.n_quantiles}: each quantile gives the same number of examples"
+            )
+        if self.features is not None and self.n_features is not None:
+            raise SaescopeError("give --features or --n-features, not both")

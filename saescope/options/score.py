@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from saescope.config import check_ranges, option
+from saescope.errors import SaescopeError
 from saescope.options.examples import activations_option
 from saescope.options.llm import LLMOptions
 from saescope.paths import DEFAULT_RUN
@@ -99,9 +100,20 @@ class ScoreConfig(LLMOptions):
         # the scores that were there)
         counts = ("max_pos", "n_neg", "min_pos", "n_texts", "llm_pos", "llm_neg",
                   "per_prompt", "n_groups", "batch_size")  # fmt: skip
-        ranges = dict.fromkeys(counts, (1, math.inf, ">= 1"))
+        ranges: dict[str, tuple[float, float, str]] = dict.fromkeys(counts, (1, math.inf, ">= 1"))
         ranges["group_size"] = (2, math.inf, ">= 2 (the intruder and one more)")
+        ranges |= {
+            "max_chars": (1, math.inf, ">= 1"),
+            "answer_tokens": (1, math.inf, ">= 1"),
+            "max_failed": (0.0, 1.0, "a fraction between 0 and 1"),
+            "n_features": (1, math.inf, ">= 1"),
+        }
         check_ranges(self, ranges)
+        if self.scorer in EMBEDDING_SCORERS and (self.features or self.n_features):
+            raise SaescopeError(
+                f"--features and --n-features choose the features of the LLM scorers; the "
+                f"{self.scorer} scorer scores every named feature (drop them)"
+            )
 
 
 # options only the LLM scorers read: the embedding scorers' records leave them out

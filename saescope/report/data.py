@@ -78,6 +78,14 @@ def _ok(row: dict[str, Any]) -> bool:
     return row.get("status") in (None, "ok")
 
 
+def score_plots(rp: RunPaths, ann: Annotations) -> list[Path]:
+    """The plots of `scores/` whose scores are current (in `ann.scores`): a plot of scores
+    of other names is left out with them."""
+    if not rp.scores.exists():
+        return []
+    return [p for p in sorted(rp.scores.glob("*.png")) if p.stem in ann.scores]
+
+
 def load_annotations(run: str | Path) -> Annotations:
     """Names, explanations and scores of a run's features: only those made from the
     activations of the current latent cache (and scores of the current names); the

@@ -33,7 +33,7 @@ from saescope.config import config_to_dict
 from saescope.errors import SaescopeError
 from saescope.examples import Activations, from_features_row, load_activations
 from saescope.examples.tokens import Window, values_at
-from saescope.families.tables import FamilyTables, read_families
+from saescope.families.tables import FamilyTables, read_families, stale_note
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
 from saescope.options.report import ReportConfig
 from saescope.paths import RunPaths, SAEPaths
@@ -44,6 +44,7 @@ from saescope.report.data import (
     load_annotations,
     logit_lens,
     read_features,
+    score_plots,
 )
 
 MAX_FAMILIES = 300  # family trees on the page (the largest); cards name every family
@@ -69,6 +70,8 @@ def _inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:
     files += [rp.plots / name for name in PLOT_TITLES]
     files += [rp.families_table, rp.family_members, rp.family_splits, rp.families_summary]
     files += [rp.families_record]  # which latent cache the families describe
+    # the texts the page shows: the corpus, and for token runs the contexts
+    files += [rp.corpus, rp.acts_tokens, rp.acts_index]
     if rp.scores.exists():
         files += sorted(rp.scores.glob("*.parquet")) + sorted(rp.scores.glob("*.png"))
         files += sorted(rp.scores.glob("*.provenance.json"))  # which names they scored
@@ -109,7 +112,7 @@ def run(cfg: ReportConfig) -> Path:
     acts = load_activations(cfg.run, "latents") if texts.tokens is not None else None
     fams = read_families(cfg.run)  # None until `saescope families` ran on this cache
     data = page_data(cfg, df, ann, texts, acts, fams)
-    plots = _copy_plots(rp)
+    plots = _copy_plots(rp, ann)
     title = cfg.title or f"saescope report: {rp.root.resolve().name}"
     summary = _summary(rp, sae_dir, df, manifest, lat_cfg, ann, len(data["features"]), fams)
     page = (
@@ -281,13 +284,10 @@ def _family_trees(fams: FamilyTables) -> list[dict[str, Any]]:
     return out
 
 
-def _copy_plots(rp: RunPaths) -> str:
+def _copy_plots(rp: RunPaths, ann: Annotations) -> str:
     """Copy the PNGs beside the page; return their <figure> elements."""
     sources = [(rp.plots / name, name, title) for name, title in PLOT_TITLES.items()]
-    if rp.scores.exists():
-        sources += [
-            (p, f"score-{p.name}", f"Scores: {p.stem}") for p in sorted(rp.scores.glob("*.png"))
-        ]
+    sources += [(p, f"score-{p.name}", f"Scores: {p.stem}") for p in score_plots(rp, ann)]
     if rp.report_plots.exists():
         shutil.rmtree(rp.report_plots)
     figures = []
@@ -415,8 +415,9 @@ def _summary(
         if shuf:
             line += f" (shuffled {np.mean(shuf):.3f})"
         interp[f"{name} score"] = line
-    if ann.stale:
-        interp["left out"] = "; ".join(ann.stale) + ": re-run keywords and score"
+    left_out = [*ann.stale, *filter(None, [stale_note(rp)])]
+    if left_out:
+        interp["left out"] = "; ".join(left_out) + ": re-run the stages that made them"
     if interp:
         boxes.append(_box("Names and scores", interp))
     if fams is not None:

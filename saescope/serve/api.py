@@ -22,7 +22,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from saescope.serve.app import SafeJSON, Served
 from saescope.serve.limits import (
@@ -53,7 +53,7 @@ class Strict(BaseModel):
 class EditBody(Strict):
     """One feature edit: the feature by id, or by a word of its name."""
 
-    feature: int | Annotated[str, Field(min_length=1, max_length=100)]
+    feature: StrictInt | Annotated[str, Field(min_length=1, max_length=100)]  # true is no id
     op: str = Field("boost", max_length=20, description="search: boost, suppress, clamp, zero; "
                     "generation: add, clamp, ablate")  # fmt: skip
     strength: float | None = Field(

@@ -25,12 +25,12 @@ import numpy as np
 from saescope.errors import SaescopeError
 from saescope.examples import from_features_row
 from saescope.examples.tokens import NAME_AFTER, NAME_BEFORE, TokenRows, store_rows_kind
-from saescope.families.tables import read_families
+from saescope.families.tables import read_families, stale_note
 from saescope.inspect import Example, FeatureView
 from saescope.io import read_json
 from saescope.options.search import KINDS
 from saescope.paths import RunPaths
-from saescope.report.data import RowTexts, load_annotations, logit_lens
+from saescope.report.data import RowTexts, load_annotations, logit_lens, score_plots
 from saescope.report.stage import PLOT_TITLES
 from saescope.search.select import FeatureNames
 from saescope.serve.decoder import Decoder
@@ -161,11 +161,10 @@ class ServedRun:
             for name, title in PLOT_TITLES.items()
             if (rp.plots / name).exists()
         ]
-        if rp.scores.exists():
-            plots += [
-                {"title": f"Scores: {p.stem}", "url": self.file_url(p)}
-                for p in sorted(rp.scores.glob("*.png"))
-            ]
+        plots += [
+            {"title": f"Scores: {p.stem}", "url": self.file_url(p)}
+            for p in score_plots(rp, self.ann)
+        ]
         return {
             "id": self.id,
             "name": self.path.resolve().name,
@@ -180,7 +179,7 @@ class ServedRun:
             "scorers": sorted(t.scores),
             "n_keywords": len(self.ann.keywords),
             "n_explanations": len(self.ann.explanations),
-            "stale": list(self.ann.stale),
+            "stale": [*self.ann.stale, *filter(None, [stale_note(rp)])],
             "families": len(self.families.families) if self.families is not None else 0,
             "index": self.index_kinds(),
             "missing": self.missing(),

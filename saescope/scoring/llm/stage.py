@@ -37,7 +37,7 @@ from saescope.examples.activations import activation_source
 from saescope.examples.shown import RowShower
 from saescope.io import atomic_path, write_json
 from saescope.llm import jobs, make_client
-from saescope.llm.jobs import FINAL, ResultsFile, run_features
+from saescope.llm.jobs import FINAL, ResultsFile, failure_reasons, run_features
 from saescope.llm.types import LLMRequest, LLMResponse
 from saescope.options.llm import LLM_RUNTIME_FIELDS
 from saescope.options.score import ScoreConfig, score_key
@@ -249,6 +249,7 @@ def run(cfg: ScoreConfig) -> Path:
         print(
             f"score: {len(unfinished)} of {len(results)} features are not done (server errors "
             "or the budget); run the same command again to do only those"
+            f"{failure_reasons(results)}"
         )
     else:
         record.finish({k: summary[k] for k in ("n_scored", "mean", "shuffled_mean")})
