@@ -37,7 +37,9 @@ def test_marks_wrap_runs_of_active_tokens():
 
 
 def test_explain_prompts_show_token_windows_with_active_tokens_marked(lm_run):
-    cfg = ExplainConfig(run=str(lm_run), features=[busiest(lm_run)], n_top=4, n_examples=4)
+    cfg = ExplainConfig(
+        run=str(lm_run), features=[busiest(lm_run)], n_top=4, n_quantiles=4, n_examples=4
+    )
     ex = open_examples(lm_run, "latents", cfg.split_seed, cfg.split)
     p = prompts(cfg, ex, cfg.features)[busiest(lm_run)]
     user = p.request.messages[1][1]
