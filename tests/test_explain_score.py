@@ -158,6 +158,12 @@ def test_budget_stops_cleanly_and_the_rerun_does_only_the_rest(oracle, tmp_path)
     assert o.requests - mid == len(res) - 2
     res = ResultsFile(RunPaths(run).explanations).load()
     assert all(r["status"] == "ok" for r in res.values())
+    # the usage file counts what both runs spent, and a finished stage's re-run keeps it
+    usage = RunPaths(run).explanations_usage
+    assert json.loads(usage.read_text())["requests"] == len(res)
+    out = run_cli("explain", *llm_args(run, url, "--cache", "false"))
+    assert o.requests - mid == len(res) - 2 and "up to date" in out.stderr
+    assert json.loads(usage.read_text())["requests"] == len(res)
 
 
 def test_dry_run_sends_nothing(oracle, tmp_path):

@@ -20,7 +20,6 @@ sends nothing.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -156,8 +155,12 @@ def run(cfg: ExplainConfig) -> Path:
         rp.explanations_record, "explain", cfg, upstream, ignore=_IGNORED
     )
     results_file = ResultsFile(rp.explanations)
-    if record.decide(cfg.overwrite, rp.explanations) is provenance.Decision.FRESH:
+    decision = record.decide(cfg.overwrite, rp.explanations)
+    if decision is provenance.Decision.SKIP:
+        return rp.explanations
+    if decision is provenance.Decision.FRESH:
         results_file.reset()
+        rp.explanations_usage.unlink(missing_ok=True)
     record.start()
 
     async def go() -> dict[int, dict[str, Any]]:
@@ -175,7 +178,7 @@ def run(cfg: ExplainConfig) -> Path:
             await client.aclose()
 
     results = jobs.run(go())
-    write_json(rp.explanations_usage, dataclasses.asdict(client.usage))
+    write_json(rp.explanations_usage, client.usage.plus_saved(rp.explanations_usage))
     write_json(rp.explanations_config, config_to_dict(cfg))
     summary = summarize(results)
     unfinished = [f for f, r in results.items() if r.get("status") not in FINAL]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from saescope.errors import SaescopeError
 
@@ -70,6 +71,20 @@ class Usage:
     def fail(self, kind: str) -> None:
         self.failed += 1
         self.failures[kind] = self.failures.get(kind, 0) + 1
+
+    def plus_saved(self, path: Path) -> dict[str, Any]:
+        """This usage plus the one saved at `path` by the earlier runs of a resumed stage
+        (a JSON `Usage`; missing or unreadable: nothing to add), as a dict to save."""
+        out = asdict(self)
+        try:
+            saved = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            return out
+        for name in ("requests", "cached", "failed", "prompt_tokens", "completion_tokens"):
+            out[name] += int(saved.get(name) or 0)
+        for kind, n in (saved.get("failures") or {}).items():
+            out["failures"][kind] = out["failures"].get(kind, 0) + int(n)
+        return out
 
 
 class LLMError(SaescopeError):

@@ -19,7 +19,6 @@ run, which requests nothing for the features already done.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -219,6 +218,7 @@ def run(cfg: ScoreConfig) -> Path:
         return out_path
     if decision is provenance.Decision.FRESH:
         results_file.reset()
+        rp.score_usage(key).unlink(missing_ok=True)
     client = make_client(cfg, rp.llm_cache) if cfg.scorer != "surprisal" else None
     ctx = _context(cfg, client, shower)
     record.start()
@@ -242,7 +242,7 @@ def run(cfg: ScoreConfig) -> Path:
 
     results = jobs.run(go())
     if client is not None:
-        write_json(rp.score_usage(key), dataclasses.asdict(client.usage))
+        write_json(rp.score_usage(key), client.usage.plus_saved(rp.score_usage(key)))
     summary = _write(cfg, rp, key, names, results)
     unfinished = [f for f, r in results.items() if r.get("status") not in FINAL]
     if unfinished:
