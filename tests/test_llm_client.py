@@ -281,7 +281,9 @@ def test_budget_of_requests_stops_cleanly(fault: FaultServer, tmp_path: Path) ->
     out, b = through(fault, lambda c: Budget(CachedClient(c, cache), max_requests=2), reqs)
     assert [type(r).__name__ for r in out] == ["LLMResponse"] * 2 + ["BudgetExceeded"] * 2
     assert fault.requests == 2 and b.spent
-    assert (b.usage.requests, b.usage.failed, b.usage.failures) == (2, 2, {"budget": 2})
+    # the two refused were never sent: held back, not failed
+    assert (b.usage.requests, b.usage.failed, b.usage.failures) == (2, 0, {})
+    assert b.usage.held_back == 2
     assert (b.usage.prompt_tokens, b.usage.completion_tokens) == (20, 4)
     # the next run, same budget: cache hits cost nothing, so two more get done
     out, b = through(fault, lambda c: Budget(CachedClient(c, cache), max_requests=2), reqs)

@@ -200,6 +200,8 @@ def _print(summary: dict[str, Any], u: Usage) -> None:
     parts = ", ".join(f"{v} {k}" for k, v in summary["statuses"].items())
     print(
         f"explain: {summary['n_features']} features ({parts}); {u.requests} requests, "
-        f"{u.cached} from the cache, {u.failed} failed; "
+        f"{u.cached} from the cache, {u.failed} failed"
+        + (f", {u.held_back} held back by the budget" if u.held_back else "")
+        + "; "
         f"{u.prompt_tokens:,} prompt + {u.completion_tokens:,} answer tokens"
     )

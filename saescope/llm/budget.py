@@ -2,7 +2,7 @@
 
 In: a `Client` (usually a `CachedClient`) and the stage's `--max-requests` /
 `--max-tokens`. Out: the same `Client` interface plus `usage` (requests,
-tokens in and out, cache hits, failures by kind). A request that would start
+tokens in and out, cache hits, failures by kind, requests held back). A request that would start
 once the budget is spent raises `BudgetExceeded` before anything is sent; a
 request the cache can answer costs nothing and is always allowed.
 
@@ -93,7 +93,7 @@ class Budget:
         reserve = prompt_tokens(request) + request.max_tokens
         why = self._refusal(reserve)
         if why is not None:
-            self.usage.fail("budget")
+            self.usage.held_back += 1  # not sent: no failure of the server
             raise BudgetExceeded(why)
         self._flying += 1
         self._flying_tokens += reserve

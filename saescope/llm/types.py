@@ -59,6 +59,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     failures: dict[str, int] = field(default_factory=dict)  # kind -> count
+    held_back: int = 0  # requests not sent because the budget was spent (not failures)
 
     def add(self, r: LLMResponse) -> None:
         if r.cached:
@@ -80,7 +81,8 @@ class Usage:
             saved = json.loads(Path(path).read_text())
         except (OSError, ValueError):
             return out
-        for name in ("requests", "cached", "failed", "prompt_tokens", "completion_tokens"):
+        for name in ("requests", "cached", "failed", "prompt_tokens", "completion_tokens",
+                     "held_back"):  # fmt: skip
             out[name] += int(saved.get(name) or 0)
         for kind, n in (saved.get("failures") or {}).items():
             out["failures"][kind] = out["failures"].get(kind, 0) + int(n)
