@@ -222,12 +222,19 @@ def _run_embedding(cfg: ScoreConfig) -> Path:
     return out_path
 
 
+def _names_label(source: str) -> str:
+    """ "contrastive keywords" or "default explanations", from a score table's source."""
+    kind, _, method = source.partition(":")
+    return f"{method} {kind}" if method else f"{source} keywords"
+
+
 def _print_summary(s: dict) -> None:
     def fmt(x) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
     print(
-        f"{s['scorer']} ({s['source']} keywords), {s['n_scored']} of {s['n_features']} features: "
+        f"{s['scorer']} ({_names_label(s['source'])}), {s['n_scored']} of {s['n_features']} "
+        "features: "
         f"mean {fmt(s['mean'])} (shuffled {fmt(s['shuffled_mean'])}), "
         f"median {fmt(s['median'])} (shuffled {fmt(s['shuffled_median'])}); "
         f"scored with {s['model']}"
@@ -254,13 +261,11 @@ def plot_scores(
     bins: Any = (
         np.linspace(both.min(), both.max(), 31) if len(both) and both.min() < both.max() else 30
     )
-    ax.hist(
-        shuffled[~np.isnan(shuffled)], bins=bins, alpha=0.6, label="shuffled keywords (control)"
-    )
-    ax.hist(real[~np.isnan(real)], bins=bins, alpha=0.6, label="the feature's keywords")
+    ax.hist(shuffled[~np.isnan(shuffled)], bins=bins, alpha=0.6, label="shuffled names (control)")
+    ax.hist(real[~np.isnan(real)], bins=bins, alpha=0.6, label="the feature's own names")
     ax.set_xlabel(f"{scorer} score")
     ax.set_ylabel("features")
-    ax.set_title(f"{scorer} scores of {source} keywords")
+    ax.set_title(f"{scorer} scores of {_names_label(source)}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:

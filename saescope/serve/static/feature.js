@@ -128,7 +128,7 @@ function examples(v, list, withBin) {
   if (v.top.length) ex.appendChild(examples(v, v.top, false)); else ex.appendChild(el("div", "empty", "no examples"));
   box.appendChild(ex);
   if (v.quantiles.length) {
-    const q = section("Across the activation range (q0 = weakest tenth of active rows)");
+    const q = section("Across the activation range (q0 = the weakest quantile of active rows)");
     q.id = "quantile-examples";
     q.appendChild(examples(v, v.quantiles.slice().sort((a, b) => b.bin - a.bin || b.act - a.act), true));
     box.appendChild(q);
