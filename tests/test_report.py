@@ -19,6 +19,7 @@ from test_latents import CFG, new_run
 
 from saescope.latents import LatentsConfig
 from saescope.latents import run as latents
+from saescope.errors import SaescopeError
 from saescope.paths import RunPaths
 from saescope.report import ReportConfig
 from saescope.report import run as report
@@ -226,3 +227,12 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     assert problems == []
     assert all(u.startswith(("file://", "data:")) for u in requests), requests
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_features", 0), ("top_examples", 0), ("max_text_chars", 0), ("quantile_examples", -1)],
+)
+def test_counts_out_of_range_are_refused(run_dir: Path, option: str, value: int) -> None:
+    with pytest.raises(SaescopeError, match=option.replace("_", "-")):
+        report(ReportConfig(run=str(run_dir), **{option: value}))
