@@ -17,9 +17,9 @@ import pytest
 from conftest import record_hand_made_names
 from test_latents import CFG, new_run
 
+from saescope.errors import SaescopeError
 from saescope.latents import LatentsConfig
 from saescope.latents import run as latents
-from saescope.errors import SaescopeError
 from saescope.paths import RunPaths
 from saescope.report import ReportConfig
 from saescope.report import run as report
