@@ -2,9 +2,10 @@
 
 In: a `Client` (usually a `CachedClient`) and the stage's `--max-requests` /
 `--max-tokens`. Out: the same `Client` interface plus `usage` (requests,
-tokens in and out, cache hits, failures by kind, requests held back). A request that would start
-once the budget is spent raises `BudgetExceeded` before anything is sent; a
-request the cache can answer costs nothing and is always allowed.
+tokens in and out, cache hits, failures by kind, requests held back). A request
+that would start once the budget is spent raises `BudgetExceeded` before anything
+is sent (held back, not failed); a request the cache can answer costs nothing and
+is always allowed.
 
 What counts: every request handed to the server (answered or failed) counts
 against `max_requests`; prompt plus completion tokens, as the server reports
