@@ -316,6 +316,7 @@ def test_detection_one_example_a_request_asks_yes_or_no(explained):
         ("explain", ["--answer-tokens", "0"], "answer_tokens must be >= 1"),
         ("explain", ["--n-features", "0"], "n_features must be >= 1"),
         ("explain", ["--features", "1", "--n-features", "3"], "not both"),
+        ("explain", ["--n-negatives", "5"], "is an option of --method contrastive"),
         ("score", ["--scorer", "detection", "--max-chars", "-5"], "max_chars must be >= 1"),
         ("score", ["--scorer", "detection", "--max-failed", "-1"], "max_failed must be a fraction"),
         ("score", ["--scorer", "detection", "--answer-tokens", "0"], "answer_tokens must be >= 1"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ from saescope.options.llm import LLMOptions
 from saescope.paths import DEFAULT_RUN
 
 EXPLAINERS = ("default", "contrastive")
+CONTRASTIVE_ONLY = ("n_negatives", "contrastive_pool", "model")  # read by that explainer only
 
 
 @dataclass(frozen=True)
@@ -81,3 +83,10 @@ class ExplainConfig(LLMOptions):
             )
         if self.features is not None and self.n_features is not None:
             raise SaescopeError("give --features or --n-features, not both")
+        if self.method != "contrastive":
+            for f in dataclasses.fields(self):
+                if f.name in CONTRASTIVE_ONLY and getattr(self, f.name) != f.default:
+                    raise SaescopeError(
+                        f"--{f.name.replace('_', '-')} is an option of --method contrastive; "
+                        f"the {self.method} explainer shows no non-activating examples"
+                    )
