@@ -34,7 +34,7 @@ import torch
 from saescope.errors import SaescopeError
 from saescope.examples import from_features_row
 from saescope.examples.tokens import feature_column, feature_window, store_rows_kind
-from saescope.families.tables import FamilyRef, SplitRef, read_families, stale_note
+from saescope.families.tables import FamilyRef, SplitRef, read_families
 from saescope.io import read_json
 from saescope.paths import RunPaths
 from saescope.report.data import (
@@ -136,7 +136,7 @@ def feature_view(
         logit_lens=logit_lens(r),
         families=fams.families_of(feature) if fams else [],
         splits=fams.splits_of(feature) if fams else [],
-        stale=[*ann.stale, *filter(None, [stale_note(RunPaths(run))])],
+        stale=list(ann.stale),
     )
 
 

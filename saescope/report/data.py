@@ -22,6 +22,7 @@ from saescope import provenance
 from saescope.corpus import corpus_column
 from saescope.errors import SaescopeError
 from saescope.examples.tokens import TokenRows, store_rows_kind
+from saescope.families.tables import stale_note
 from saescope.paths import RunPaths
 
 
@@ -46,6 +47,7 @@ class Annotations:
     # scorer -> feature -> {"score": x, "shuffled_score": y}
     scores: dict[str, dict[int, dict[str, float]]] = field(default_factory=dict)
     # files left out because they describe other activations or other names than these
+    # (the families made from other names too: `families.tables.stale_note`)
     stale: list[str] = field(default_factory=list)
 
 
@@ -89,7 +91,8 @@ def score_plots(rp: RunPaths, ann: Annotations) -> list[Path]:
 def load_annotations(run: str | Path) -> Annotations:
     """Names, explanations and scores of a run's features: only those made from the
     activations of the current latent cache (and scores of the current names); the
-    others are listed in `stale`, never shown as if they described these features."""
+    others, and families made from other names, are listed in `stale`, never shown as if
+    they described these features."""
     rp = RunPaths(run)
     keywords: dict[int, Keywords] = {}
     stale: list[str] = []
@@ -143,6 +146,7 @@ def load_annotations(run: str | Path) -> Annotations:
                     entry["shuffled_score"] = float(row["shuffled_score"])
                 by_feature[int(row["feature"])] = entry
             scores[path.stem] = by_feature
+    stale += filter(None, [stale_note(rp)])
     return Annotations(keywords, explanations, scores, stale)
 
 

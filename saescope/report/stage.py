@@ -33,7 +33,7 @@ from saescope.config import config_to_dict
 from saescope.errors import SaescopeError
 from saescope.examples import Activations, from_features_row, load_activations
 from saescope.examples.tokens import Window, values_at
-from saescope.families.tables import FamilyTables, read_families, stale_note
+from saescope.families.tables import FamilyTables, read_families
 from saescope.io import atomic_path, read_json, sha256_file, sha256_text, write_json
 from saescope.options.report import ReportConfig
 from saescope.paths import RunPaths, SAEPaths
@@ -417,9 +417,8 @@ def _summary(
         if shuf:
             line += f" (shuffled {np.mean(shuf):.3f})"
         interp[f"{name} score"] = line
-    left_out = [*ann.stale, *filter(None, [stale_note(rp)])]
-    if left_out:
-        interp["left out"] = "; ".join(left_out) + ": re-run the stages that made them"
+    if ann.stale:
+        interp["left out"] = "; ".join(ann.stale) + ": re-run the stages that made them"
     if interp:
         boxes.append(_box("Names and scores", interp))
     if fams is not None:

@@ -25,7 +25,7 @@ import numpy as np
 from saescope.errors import SaescopeError
 from saescope.examples import from_features_row
 from saescope.examples.tokens import NAME_AFTER, NAME_BEFORE, TokenRows, store_rows_kind
-from saescope.families.tables import read_families, stale_note
+from saescope.families.tables import read_families
 from saescope.inspect import Example, FeatureView
 from saescope.io import read_json
 from saescope.options.search import KINDS
@@ -179,7 +179,7 @@ class ServedRun:
             "scorers": sorted(t.scores),
             "n_keywords": len(self.ann.keywords),
             "n_explanations": len(self.ann.explanations),
-            "stale": [*self.ann.stale, *filter(None, [stale_note(rp)])],
+            "stale": list(self.ann.stale),
             "families": len(self.families.families) if self.families is not None else 0,
             "index": self.index_kinds(),
             "missing": self.missing(),
