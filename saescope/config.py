@@ -14,7 +14,7 @@ import json
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -205,6 +205,23 @@ def _scalar(name: str, tp: Any, value: Any, choices: tuple[str, ...] | None = No
             return str(value)
         raise bad("a string")
     return value
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """The default value of a config field (a fresh one for list and dict options);
+    dataclasses.MISSING when it has none."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def changed_options(cfg: Any, names: Collection[str]) -> list[str]:
+    """The options among `names` that `cfg` sets away from their defaults, in field order."""
+    return [
+        f.name
+        for f in dataclasses.fields(cfg)
+        if f.name in names and getattr(cfg, f.name) != field_default(f)
+    ]
 
 
 def check_ranges(cfg: Any, ranges: Mapping[str, tuple[float, float, str]]) -> None:

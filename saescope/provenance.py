@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from saescope._version import __version__
-from saescope.config import config_to_dict
+from saescope.config import config_to_dict, field_default
 from saescope.errors import SaescopeError
 from saescope.io import read_json, sha256_file, sha256_text, write_json
 from saescope.paths import MANIFEST
@@ -113,10 +113,9 @@ class Record:
         defaults: dict[str, Any] = {}
         if dataclasses.is_dataclass(config) and not isinstance(config, type):
             for f in dataclasses.fields(config):
-                if f.name in cfg and f.default is not dataclasses.MISSING:
-                    defaults[f.name] = f.default
-                elif f.name in cfg and f.default_factory is not dataclasses.MISSING:
-                    defaults[f.name] = f.default_factory()
+                default = field_default(f)
+                if f.name in cfg and default is not dataclasses.MISSING:
+                    defaults[f.name] = default
             defaults = json.loads(json.dumps(defaults, default=str))
         return cls(Path(path), stage, cfg, dict(upstream), defaults)
 

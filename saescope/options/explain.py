@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
-from saescope.config import check_ranges, option
+from saescope.config import changed_options, check_ranges, option
 from saescope.errors import SaescopeError
 from saescope.options.examples import SPLIT_KINDS, activations_option
 from saescope.options.llm import LLMOptions
@@ -83,10 +82,9 @@ class ExplainConfig(LLMOptions):
             )
         if self.features is not None and self.n_features is not None:
             raise SaescopeError("give --features or --n-features, not both")
-        if self.method != "contrastive":
-            for f in dataclasses.fields(self):
-                if f.name in CONTRASTIVE_ONLY and getattr(self, f.name) != f.default:
-                    raise SaescopeError(
-                        f"--{f.name.replace('_', '-')} is an option of --method contrastive; "
-                        f"the {self.method} explainer shows no non-activating examples"
-                    )
+        changed = changed_options(self, CONTRASTIVE_ONLY) if self.method != "contrastive" else []
+        if changed:
+            raise SaescopeError(
+                f"--{changed[0].replace('_', '-')} is an option of --method contrastive; "
+                f"the {self.method} explainer shows no non-activating examples"
+            )

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from saescope.config import check_ranges, option
+from saescope.config import changed_options, check_ranges, field_default, option
 from saescope.errors import SaescopeError
 from saescope.paths import DEFAULT_RUN
 from saescope.sae import archs
@@ -205,16 +204,13 @@ class TrainConfig(ArchOptions):
         architecture would train without reading it (`--l0-coefficient` with relu)."""
         own = archs.option_names(arch)
         for other in archs.REGISTRY.values():
-            for f in dataclasses.fields(other.options):
-                if f.name in own or f.name not in archs.option_names(other):
-                    continue
-                default = f.default_factory() if callable(f.default_factory) else f.default
-                if getattr(self, f.name) != default:
-                    raise SaescopeError(
-                        f"{f.name} is an option of {other.name}; the {arch.name} architecture "
-                        f"does not read it (set --architecture {other.name}, or leave "
-                        f"{f.name} at its default {default!r})"
-                    )
+            for name in changed_options(self, archs.option_names(other) - own):
+                default = field_default(self.__dataclass_fields__[name])
+                raise SaescopeError(
+                    f"{name} is an option of {other.name}; the {arch.name} architecture "
+                    f"does not read it (set --architecture {other.name}, or leave "
+                    f"{name} at its default {default!r})"
+                )
 
     def _check_ranges(self) -> None:
         check_ranges(self, RANGES)
