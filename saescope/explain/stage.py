@@ -56,7 +56,7 @@ def choose_features(ex: Examples, cfg: ExplainConfig) -> list[int]:
 
 
 def example_options(cfg: ExplainConfig) -> ExampleOptions:
-    per_q = max(1, cfg.n_examples // max(1, cfg.n_quantiles)) if cfg.n_examples else 0
+    per_q = cfg.n_examples // cfg.n_quantiles  # ExplainConfig: a multiple, n_quantiles >= 1
     return ExampleOptions(
         n_top=cfg.n_top, n_quantiles=cfg.n_quantiles, per_quantile=per_q, n_random=0, seed=cfg.seed
     )
