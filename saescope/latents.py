@@ -200,19 +200,17 @@ class LatentCache:
         return pd.read_parquet(self.paths.features)
 
 
-def cache_describes(run_dir: str | Path, weights: Path) -> bool:
-    """Whether the run has a latent cache encoded with the SAE whose weights file is
-    `weights`, so that its features.parquet (typical activations, logit lens) and the
-    names made from it describe that SAE (an unfinished cache, or one of a store re-made
-    since, describes nothing)."""
-    rp = RunPaths(run_dir)
-    if not rp.latents_manifest.exists() or not weights.is_file():
+def cache_describes(run_dir: str | Path, sae_sha256: str) -> bool:
+    """Whether the run has a latent cache encoded with the SAE whose weights file has this
+    sha256, so that its features.parquet (typical activations, logit lens) and the names
+    made from it describe that SAE (an unfinished cache, or one of a store re-made since,
+    describes nothing)."""
+    if not RunPaths(run_dir).latents_manifest.exists():
         return False
     try:
-        cache = LatentCache(run_dir)
+        return LatentCache(run_dir).sae_sha256 == sae_sha256
     except SaescopeError:
         return False
-    return sha256_file(weights) == cache.sae_sha256
 
 
 def read_shard(path: Path, info: dict[str, Any], verify: bool = False) -> LatentShard:

@@ -138,9 +138,8 @@ class SearchSession:
             described = True
         else:
             self.sae = load_sae(sae).eval()
-            weights = detect_format(sae).weights
-            self.sae_id = sha256_file(weights)
-            described = cache_describes(run, weights)
+            self.sae_id = sha256_file(detect_format(sae).weights)
+            described = cache_describes(run, self.sae_id)
         check_fits_store(self.sae, self.store.meta, self.store.d_in, str(sae or "the run's SAE"))
         # typical activations and names describe the latent cache's SAE only
         self.typical: np.ndarray | None = None

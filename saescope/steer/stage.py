@@ -181,12 +181,11 @@ def run(cfg: SteerConfig, *, lm: LM | None = None) -> Path:
     sae = (SAE.load(folder) if where.format == "saescope" else load_sae(folder)).eval()
     sae.requires_grad_(False)
     check_features(_edits(cfg, list(cfg.features), cfg.strength), sae.cfg.d_sae)
+    upstream = provenance.upstream_ids({"acts": rp.acts_manifest, "sae": where.weights})
     # features.parquet (typical activations, logit lens) describes the latent cache's SAE
-    described = cache_describes(rp.root, where.weights)
-    up = {"acts": rp.acts_manifest, "sae": where.weights}
-    if described:
-        up["features"] = rp.features
-    upstream = provenance.upstream_ids({k: p for k, p in up.items() if p.exists()})
+    described = cache_describes(rp.root, upstream["sae"])
+    if described and rp.features.exists():
+        upstream |= provenance.upstream_ids({"features": rp.features})
     if cfg.prompts:
         upstream |= provenance.upstream_ids({"prompts": Path(cfg.prompts)})
     record = provenance.Record.make(rp.steer_record, "steer", cfg, upstream, _IGNORED)
