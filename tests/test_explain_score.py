@@ -177,6 +177,14 @@ def test_dry_run_sends_nothing(oracle, tmp_path):
     assert not RunPaths(run).explanations.exists()
 
 
+def test_more_features_than_there_are_is_said(oracle, tmp_path):
+    src, _, o, url = oracle
+    run = tmp_path / "run"
+    shutil.copytree(src, run, ignore=shutil.ignore_patterns("explanations*", "llm-cache", "scores"))
+    out = run_cli("explain", *llm_args(run, url, "--dry-run", "true", "--n-features", "99999"))
+    assert "--n-features 99999: there are only" in out.stderr and "taking all" in out.stderr
+
+
 def test_fuzzing_needs_token_rows(explained):
     run, _, _, url = explained
     proc = run_cli("score", "--scorer", "fuzzing", *llm_args(run, url), check=False)

@@ -17,7 +17,8 @@ import pytest
 from conftest import record_hand_made_names
 from test_latents import CFG, new_run
 
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, SaescopeWarning
+from saescope.io import read_json
 from saescope.latents import LatentsConfig
 from saescope.latents import run as latents
 from saescope.paths import RunPaths
@@ -236,3 +237,11 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
 def test_counts_out_of_range_are_refused(run_dir: Path, option: str, value: int) -> None:
     with pytest.raises(SaescopeError, match=option.replace("_", "-")):
         report(ReportConfig(run=str(run_dir), **{option: value}))
+
+
+def test_more_examples_than_the_cache_keeps_are_said(run_dir: Path) -> None:
+    kept = read_json(RunPaths(run_dir).latents_config)["top_n"]
+    with pytest.warns(
+        SaescopeWarning, match=f"--top-examples {kept + 1}: the latent cache keeps {kept}"
+    ):
+        report(ReportConfig(run=str(run_dir), top_examples=kept + 1))

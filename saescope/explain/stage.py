@@ -23,8 +23,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from saescope import provenance
 from saescope.config import config_to_dict
 from saescope.errors import SaescopeError
@@ -35,7 +33,14 @@ from saescope.examples.shown import RowShower
 from saescope.explain.explainers import ExplainPrompt, build
 from saescope.io import write_json
 from saescope.llm import jobs, make_client
-from saescope.llm.jobs import FINAL, TRANSIENT, ResultsFile, failure_reasons, run_features
+from saescope.llm.jobs import (
+    FINAL,
+    TRANSIENT,
+    ResultsFile,
+    failure_reasons,
+    run_features,
+    sample_features,
+)
 from saescope.llm.types import Client, LLMError, Usage
 from saescope.options.explain import ExplainConfig
 from saescope.options.llm import LLM_RUNTIME_FIELDS
@@ -49,10 +54,9 @@ def choose_features(ex: Examples, cfg: ExplainConfig) -> list[int]:
     """The features to explain: `--features`, else a seeded sample of `--n-features` alive
     features, else every alive feature."""
     ids = ex.acts.check_features(cfg.features)
-    if cfg.features is None and cfg.n_features is not None and cfg.n_features < len(ids):
-        rng = np.random.default_rng(cfg.seed)
-        ids = np.sort(rng.choice(ids, size=cfg.n_features, replace=False))
-    return [int(f) for f in ids]
+    if cfg.features is not None:
+        return [int(f) for f in ids]
+    return sample_features(ids, cfg.n_features, cfg.seed, "alive features")
 
 
 def example_options(cfg: ExplainConfig) -> ExampleOptions:

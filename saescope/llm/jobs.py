@@ -17,15 +17,36 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
+
+from saescope.errors import SaescopeWarning
 
 FINAL = ("ok", "failed", "too_few_examples", "no_name")  # done; never requested again
 RETRY = ("error", "budget")  # not done: the next run does them again
 TRANSIENT = ("timeout", "connection", "rate_limit", "server")  # LLMError kinds that mean "error"
+
+
+def sample_features(ids: Iterable[int], n: int | None, seed: int, what: str) -> list[int]:
+    """A seeded sample of `n` of `ids` (sorted), or all of them when `n` is None. An `n`
+    above what there is takes them all and says so (`what`: "alive features", say)."""
+    pool = sorted(int(f) for f in ids)
+    if n is None:
+        return pool
+    if n > len(pool):
+        warnings.warn(
+            f"--n-features {n}: there are only {len(pool)} {what}; taking all of them",
+            SaescopeWarning,
+            stacklevel=2,
+        )
+        return pool
+    rng = np.random.default_rng(seed)
+    return sorted(int(f) for f in rng.choice(pool, size=n, replace=False))
 
 
 def failure_reasons(results: dict[int, dict[str, Any]], shown: int = 2) -> str:

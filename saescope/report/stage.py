@@ -22,6 +22,7 @@ import html
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import pandas as pd
 
 from saescope import provenance
 from saescope.config import config_to_dict
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, SaescopeWarning
 from saescope.examples import Activations, from_features_row, load_activations
 from saescope.examples.tokens import Window, values_at
 from saescope.families.tables import FamilyTables, read_families
@@ -84,6 +85,23 @@ def _name(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path.resolve())
 
 
+def _warn_trimmed(cfg: ReportConfig, lat_cfg: dict[str, Any]) -> None:
+    """Say so when the cards ask for more examples than the latent cache keeps."""
+    for ours, theirs, flag in (
+        ("top_examples", "top_n", "--top-n"),
+        ("quantile_examples", "examples_per_quantile", "--examples-per-quantile"),
+    ):
+        kept = lat_cfg.get(theirs)
+        if kept is not None and getattr(cfg, ours) > kept:
+            warnings.warn(
+                f"--{ours.replace('_', '-')} {getattr(cfg, ours)}: the latent cache keeps "
+                f"{kept}, so cards show at most {kept} (`saescope latents {flag} N "
+                "--overwrite` keeps more)",
+                SaescopeWarning,
+                stacklevel=3,
+            )
+
+
 @provenance.locked("report")
 def run(cfg: ReportConfig) -> Path:
     """Write `report/index.html` for `cfg`; return its path."""
@@ -99,6 +117,7 @@ def run(cfg: ReportConfig) -> Path:
             f"the latent cache of {cfg.run} is unfinished; re-run `saescope latents`"
         )
     lat_cfg = read_json(rp.latents_config)
+    _warn_trimmed(cfg, lat_cfg)
     from saescope.latents import LatentCache
 
     sae_dir = LatentCache(cfg.run).sae_dir()  # the SAE the cache was encoded with

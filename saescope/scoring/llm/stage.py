@@ -36,7 +36,13 @@ from saescope.examples.activations import activation_source
 from saescope.examples.shown import RowShower
 from saescope.io import atomic_path, write_json
 from saescope.llm import jobs, make_client
-from saescope.llm.jobs import FINAL, ResultsFile, failure_reasons, run_features
+from saescope.llm.jobs import (
+    FINAL,
+    ResultsFile,
+    failure_reasons,
+    run_features,
+    sample_features,
+)
 from saescope.llm.types import LLMRequest, LLMResponse
 from saescope.options.llm import LLM_RUNTIME_FIELDS
 from saescope.options.score import ScoreConfig, score_key
@@ -98,11 +104,7 @@ def _features(cfg: ScoreConfig, names: Names) -> list[int]:
                 f"{names.path}; name them first"
             )
         return sorted(set(cfg.features))
-    feats = sorted(set(named))
-    if cfg.n_features is not None and cfg.n_features < len(feats):
-        rng = np.random.default_rng(cfg.seed)
-        feats = sorted(int(f) for f in rng.choice(feats, size=cfg.n_features, replace=False))
-    return feats
+    return sample_features(set(named), cfg.n_features, cfg.seed, f"features with {names.kind}")
 
 
 def _nearest(cfg: ScoreConfig, ex: Examples):
