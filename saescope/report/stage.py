@@ -31,6 +31,7 @@ import pandas as pd
 
 from saescope import provenance
 from saescope.config import config_to_dict
+from saescope.corpus import corpus_sha256
 from saescope.errors import SaescopeError, SaescopeWarning
 from saescope.examples import Activations, from_features_row, load_activations
 from saescope.examples.tokens import Window, values_at
@@ -76,7 +77,12 @@ def _inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:
     if rp.scores.exists():
         files += sorted(rp.scores.glob("*.parquet")) + sorted(rp.scores.glob("*.png"))
         files += sorted(rp.scores.glob("*.provenance.json"))  # which names they scored
-    out = {_name(p, rp.root): sha256_file(p) for p in files if p.exists()}
+    # the corpus's hash is remembered from the store check (`corpus_sha256`)
+    out = {
+        _name(p, rp.root): corpus_sha256(p) if p == rp.corpus else sha256_file(p)
+        for p in files
+        if p.exists()
+    }
     return out | {"page template": sha256_text(HTML + CSS + JS)}
 
 
