@@ -207,6 +207,36 @@ def _scalar(name: str, tp: Any, value: Any, choices: tuple[str, ...] | None = No
     return value
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def check_fields(cfg: Any) -> None:
+    """Every field of the frozen config `cfg` as its declared type (`coerce`: 64 -> [64] for
+    a list, "1e-3" -> 0.001 for a float) and within its choices, or a `SaescopeError` naming
+    the option. Each config's `__post_init__` calls it first, so a config made in Python is
+    held to what the command line and `--config` files are."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        fixed = coerce(f.name, hints[f.name], value, choices)
+        if choices:
+            bad = [v for v in (fixed if isinstance(fixed, list | tuple) else [fixed])
+                   if v is not None and v not in choices]  # fmt: skip
+            if bad:
+                raise SaescopeError(
+                    f"unknown {f.name} {bad[0]!r}; choose one of {', '.join(map(str, choices))}"
+                )
+        if fixed is not value:
+            object.__setattr__(cfg, f.name, fixed)
+
+
 def field_default(f: dataclasses.Field) -> Any:
     """The default value of a config field (a fresh one for list and dict options);
     dataclasses.MISSING when it has none."""

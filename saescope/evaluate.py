@@ -122,7 +122,7 @@ def evaluate_sae(
         cfg.batch_size, shuffle=False, split=split, eval_fraction=eval_fraction
     )
     with torch.no_grad():
-        for x in tqdm(batches, desc="eval", unit="batch", leave=False):
+        for x in tqdm(batches, desc="eval", unit="batch", leave=False, disable=not cfg.progress):
             if cfg.max_rows and sums.n >= cfg.max_rows:
                 break
             if cfg.max_rows:
@@ -170,7 +170,7 @@ def evaluate_sae(
 
 
 # options that change no output
-_IGNORED = ("run", "batch_size", "device", "lm_batch_size")
+_IGNORED = ("run", "batch_size", "device", "lm_batch_size", "progress")
 
 
 def load_for_eval(folder: Path, device: torch.device) -> tuple[SAE, Path, str]:
@@ -194,8 +194,6 @@ def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
         store = saved.get("metadata", {}).get("store")
     if cfg.eval_fraction < 0:
         return float(trained or 0.0)
-    if cfg.eval_fraction >= 1:
-        raise SaescopeError(f"eval_fraction must lie in [0, 1), got {cfg.eval_fraction}")
     here = RunPaths(cfg.run).acts.resolve()
     same_store = store is None or Path(store).resolve() == here  # another run's: none trained
     if trained is not None and same_store and cfg.eval_fraction > float(trained):
@@ -318,8 +316,6 @@ def summary_line(folder: Path, metrics: dict[str, Any]) -> str:
 @provenance.locked("eval")
 def run(cfg: EvalConfig) -> Path:
     """Write `<sae folder>/metrics.json`; returns its path."""
-    if cfg.lm_contexts < 0 or cfg.lm_batch_size < 1:
-        raise SaescopeError("--lm-contexts must be >= 0 and --lm-batch-size >= 1")
     folder = SAEPaths(sae_dir(cfg))
     store = ActivationStore(RunPaths(cfg.run).acts)
     sae, weights, fmt = load_for_eval(folder.dir, pick_device(cfg.device))

@@ -14,6 +14,8 @@ from test_train_stage import make_store
 from saescope.config import build_config, load_config_file
 from saescope.errors import SaescopeError
 from saescope.options.corpus import CorpusConfig
+from saescope.options.evaluate import EvalConfig
+from saescope.options.keywords import KeywordsConfig
 from saescope.paths import RunPaths
 from saescope.train import TrainConfig
 
@@ -158,3 +160,18 @@ def test_hub_datasets_whose_names_hold_a_built_in_one_go_to_the_hub(monkeypatch)
         with pytest.raises(SaescopeError, match="offline"):
             corpus.load_texts(CorpusConfig(source=name))
     assert asked == ["ag_news", "tweets_hate"]
+
+
+def test_configs_made_in_python_are_held_to_what_the_cli_is() -> None:
+    """A config built in Python used to skip the CLI's types and choices: one size failed
+    with a TypeError, a seed 'abc' was written to the run, an unknown method was first
+    blamed on the provenance record."""
+    assert TrainConfig(d_sae=64, k=8, batch_size="1024", lr="1e-3").d_sae == [64]  # type: ignore[arg-type]
+    assert TrainConfig(batch_size="1024").batch_size == 1024  # type: ignore[arg-type]
+    assert CorpusConfig(limit="100").limit == 100  # type: ignore[arg-type]
+    with pytest.raises(SaescopeError, match="option seed: expected a whole number, got 'abc'"):
+        CorpusConfig(seed="abc")  # type: ignore[arg-type]
+    with pytest.raises(SaescopeError, match="unknown method 'bogus'; choose one of contrastive"):
+        KeywordsConfig(method="bogus")
+    with pytest.raises(SaescopeError, match="retrieval_k must be >= 1"):
+        EvalConfig(retrieval_k=-3)

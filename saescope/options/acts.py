@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_fields, option
 from saescope.defaults import DEFAULT_LM
 from saescope.paths import DEFAULT_RUN
 
@@ -59,6 +59,7 @@ class ActsConfig:
     overwrite: bool = option(False, "replace an existing store made with other options")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         # a stray space ("resid_post.6 ") would be kept in the store's meta and record
         object.__setattr__(self, "hookpoint", self.hookpoint.strip())
         object.__setattr__(self, "model", self.model.strip())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_fields, option
 
 TARGETS = ("native", "saelens")
 
@@ -28,3 +28,6 @@ class ConvertConfig:
         "replace what --out holds: another conversion's SAE files, or a trained SAE with its "
         "training record, metrics and checkpoints",
     )
+
+    def __post_init__(self) -> None:
+        check_fields(self)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from saescope.config import check_ranges, option
+from saescope.config import check_fields, check_ranges, option
 from saescope.errors import SaescopeError
 from saescope.paths import DEFAULT_RUN
 
@@ -36,6 +36,7 @@ class CorpusConfig:
     overwrite: bool = option(False, "replace a corpus.parquet made with other options")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         check_ranges(
             self,
             {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from saescope.config import check_ranges, option
+from saescope.config import check_fields, check_ranges, option
 from saescope.defaults import DEFAULT_EMBED_MODEL
 from saescope.paths import DEFAULT_RUN
 
@@ -54,6 +54,7 @@ class EmbedConfig:
     overwrite: bool = option(False, "replace an existing store made with other options")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         at_least_one = (1, math.inf, ">= 1")
         check_ranges(
             self, dict.fromkeys(("batch_size", "shard_rows", "max_seq_length"), at_least_one)

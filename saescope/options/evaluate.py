@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_fields, check_ranges, option
+from saescope.errors import SaescopeError
 from saescope.paths import DEFAULT_RUN
 
 
@@ -37,3 +39,23 @@ class EvalConfig:
     )
     lm_batch_size: int = option(8, "LM runs: contexts per forward pass of the LM metrics")
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    progress: bool = option(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        at_least_one = (1, math.inf, ">= 1")
+        check_ranges(
+            self,
+            {
+                "batch_size": at_least_one,
+                "max_rows": (0, math.inf, ">= 0 (0: all)"),
+                "retrieval_rows": (0, math.inf, ">= 0"),
+                "retrieval_k": at_least_one,
+                "lm_contexts": (0, math.inf, ">= 0 (0: no LM metrics)"),
+                "lm_batch_size": at_least_one,
+            },
+        )
+        if not self.eval_fraction < 1:
+            raise SaescopeError(
+                f"eval_fraction must lie in [0, 1) (negative: as trained), got {self.eval_fraction}"
+            )

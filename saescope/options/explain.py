@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from saescope.config import changed_options, check_ranges, option
+from saescope.config import changed_options, check_fields, check_ranges, option
 from saescope.errors import SaescopeError
 from saescope.options.examples import SPLIT_KINDS, activations_option
 from saescope.options.llm import LLMOptions
@@ -55,6 +55,7 @@ class ExplainConfig(LLMOptions):
     overwrite: bool = option(False, "replace explanations made with other options")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         at_least_one = (1, math.inf, ">= 1")
         check_ranges(
             self,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_fields, option
 from saescope.paths import DEFAULT_RUN
 
 # the name of each family-finding method in saescope/families/methods.py (a test checks)
@@ -75,3 +75,6 @@ class FamiliesConfig:
     batch_size: int = option(4096, "store rows encoded per batch by the other SAEs")
     progress: bool = option(True, "show progress bars")
     overwrite: bool = option(False, "replace families made from other inputs or options")
+
+    def __post_init__(self) -> None:
+        check_fields(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_fields, option
 from saescope.options.examples import SPLIT_KINDS, activations_option
 from saescope.paths import DEFAULT_RUN
 
@@ -43,3 +43,6 @@ class KeywordsConfig:
     mmr_lambda: float = option(0.7, "contrastive: relevance versus diversity in MMR (0..1)")
     progress: bool = option(True, "show progress bars")
     overwrite: bool = option(False, "replace keywords made with other options")
+
+    def __post_init__(self) -> None:
+        check_fields(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_fields, option
 from saescope.paths import DEFAULT_RUN
 
 
@@ -30,3 +30,6 @@ class LatentsConfig:
         "more are spilled to a temporary folder in latents/)",
     )
     overwrite: bool = option(False, "replace a cache made from another SAE or store")
+
+    def __post_init__(self) -> None:
+        check_fields(self)

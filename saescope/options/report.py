@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_fields, option
 from saescope.paths import DEFAULT_RUN
 
 
@@ -22,3 +22,6 @@ class ReportConfig:
     quantile_examples: int = option(2, "examples per activation quantile bin per card")
     max_text_chars: int = option(400, "texts are cut to this many characters")
     title: str | None = option(None, "page title (default: the run directory's name)")
+
+    def __post_init__(self) -> None:
+        check_fields(self)

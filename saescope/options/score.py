@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from saescope.config import check_ranges, option
+from saescope.config import check_fields, check_ranges, option
 from saescope.errors import SaescopeError
 from saescope.options.examples import activations_option
 from saescope.options.llm import LLMOptions
@@ -96,6 +96,7 @@ class ScoreConfig(LLMOptions):
     overwrite: bool = option(False, "replace scores made with other options")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         # counts a scorer cannot work without (0 or less scored no feature and replaced
         # the scores that were there)
         counts = ("max_pos", "n_neg", "min_pos", "n_texts", "llm_pos", "llm_neg",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from saescope.config import option
+from saescope.config import check_fields, option
 from saescope.paths import DEFAULT_RUN
 
 KINDS = ("exact", "ivf")  # the index kinds `saescope index` builds
@@ -40,6 +40,9 @@ class IndexConfig:
     seed: int = option(0, "ivf: seed of the training sample and of k-means")
     progress: bool = option(True, "show a progress bar")
     overwrite: bool = option(False, "replace an index built from another store or other options")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class SearchEvalConfig:
     seed: int = option(0, "seed of the queries and of the features edited")
     progress: bool = option(True, "show a progress bar")
     overwrite: bool = option(False, "replace search/eval.* made from other inputs or options")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

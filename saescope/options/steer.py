@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from saescope.config import check_ranges, option
+from saescope.config import check_fields, check_ranges, option
 from saescope.paths import DEFAULT_RUN
 
 OPS = ("add", "clamp", "ablate")
@@ -72,6 +72,7 @@ class SteerConfig:
     overwrite: bool = option(False, "replace steer/ made with other options")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         at_least_one = (1, math.inf, ">= 1")
         check_ranges(
             self,

@@ -6,11 +6,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from saescope.config import coerce
 from saescope.errors import SaescopeError
 from saescope.sae import archs
 from saescope.sae.archs import ARCHITECTURES
 
 INPUT_NORMS = ("none", "row_standardize")
+SAE_DTYPES = ("float32", "float16", "bfloat16", "float64")  # torch dtypes by name
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class SAEConfig:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name, tp in (("d_in", int), ("d_sae", int), ("k", int | None), ("dtype", str)):
+            object.__setattr__(self, name, coerce(name, tp, getattr(self, name)))
+        if self.dtype not in SAE_DTYPES:
+            raise SaescopeError(
+                f"unknown SAE dtype {self.dtype!r}; choose one of {', '.join(SAE_DTYPES)}"
+            )
         if self.architecture not in ARCHITECTURES:
             raise SaescopeError(
                 f"unknown SAE architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}"

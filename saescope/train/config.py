@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from saescope.config import changed_options, check_ranges, field_default, option
+from saescope.config import changed_options, check_fields, check_ranges, field_default, option
 from saescope.errors import SaescopeError
 from saescope.paths import DEFAULT_RUN
 from saescope.sae import archs
@@ -62,6 +62,9 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "checkpoint_every": (0, math.inf, ">= 0"),
     "keep_checkpoints": (1, math.inf, ">= 1"),
 }
+
+
+ROW_KINDS = ("texts", "tokens")  # what a store row is: an embedded text, or a token
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class TrainConfig(ArchOptions):
     eval_at_end: bool = option(True, "run `saescope eval` on each trained SAE at the end")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.architecture not in ARCHITECTURES:
             raise SaescopeError(
                 f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
