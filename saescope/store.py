@@ -375,8 +375,19 @@ class ActivationStore:
         return out
 
     def rows(self, row_ids: Sequence[int] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """(len(row_ids), d_in) float32 rows by id, reading only the rows asked for."""
-        ids = np.asarray(row_ids, dtype=np.int64).reshape(-1)
+        """(len(row_ids), d_in) float32 rows by id, reading only the rows asked for.
+
+        `row_ids` is a 1-D sequence of whole numbers; a boolean mask is refused (it would
+        read as ids 0 and 1), as are fractions and nested lists."""
+        given = row_ids.cpu().numpy() if isinstance(row_ids, torch.Tensor) else np.asarray(row_ids)
+        if given.ndim != 1 or (len(given) and given.dtype.kind not in "iu"):
+            kind = "a boolean mask" if given.dtype.kind == "b" else f"{given.dtype} values"
+            raise SaescopeError(
+                "row ids must be a 1-D sequence of whole numbers, got "
+                + (f"shape {given.shape}" if given.ndim != 1 else kind)
+                + (" (np.flatnonzero(mask) gives the ids)" if given.dtype.kind == "b" else "")
+            )
+        ids = given.astype(np.int64)
         if len(ids) and (ids.min() < 0 or ids.max() >= self.count):
             raise SaescopeError(
                 f"row ids must lie in [0, {self.count}); got {ids.min()}..{ids.max()}"
@@ -434,6 +445,13 @@ class ActivationStore:
             raise SaescopeError(f"split must be all, train or eval, not {split!r}")
         if batch_size < 1:
             raise SaescopeError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= eval_fraction < 1:
+            raise SaescopeError(f"eval_fraction must lie in [0, 1), got {eval_fraction}")
+        if split == "eval" and eval_fraction == 0:
+            raise SaescopeError(
+                "split='eval' with eval_fraction 0 holds no rows; pass the held-out fraction "
+                "(the SAE's TrainConfig.eval_fraction)"
+            )
 
         def out(x: torch.Tensor, i: np.ndarray) -> Any:
             return (x, torch.from_numpy(i)) if with_ids else x

@@ -145,3 +145,23 @@ def test_float16_store_refuses_values_beyond_its_range(tmp_path):
         StoreWriter(tmp_path / "f16", 2, "float16").append(rows)
     for dtype in ("bfloat16", "float32"):
         StoreWriter(tmp_path / dtype, 2, dtype).append(rows)
+
+
+def test_row_ids_of_the_wrong_kind_and_an_empty_eval_split_are_refused(tmp_path):
+    """A boolean mask read as ids 0 and 1, fractions were cut to whole ids, and the eval
+    split of fraction 0 was an empty stream: all silently wrong."""
+    data = make_store(tmp_path / "s", n=200)
+    store = ActivationStore(tmp_path / "s")
+    with pytest.raises(SaescopeError, match="boolean mask.*flatnonzero"):
+        store.rows(np.arange(200) < 3)
+    with pytest.raises(SaescopeError, match="whole numbers, got float64"):
+        store.rows([1.7])
+    with pytest.raises(SaescopeError, match=r"shape \(2, 2\)"):
+        store.rows([[1, 2], [3, 4]])
+    assert torch.equal(store.rows(torch.tensor([3, 1])), data[[3, 1]])
+    assert store.rows([]).shape == (0, 8)
+    with pytest.raises(SaescopeError, match="eval_fraction 0 holds no rows"):
+        next(store.iter_batches(10, split="eval"))
+    for bad in (1.5, -0.5):
+        with pytest.raises(SaescopeError, match=r"eval_fraction must lie in \[0, 1\)"):
+            next(store.iter_batches(10, split="train", eval_fraction=bad))
