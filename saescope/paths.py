@@ -57,8 +57,8 @@ SAELENS_SCALER = "activation_scaler.json"  # SAELens trainer checkpoints: norm s
 SAELENS_WHITENING = "activation_whitening.safetensors"
 NATIVE_SAE_CONFIG = "config.json"  # saescope's own SAE folder (SAE.save / SAE.load)
 NATIVE_SAE_WEIGHTS = "sae.safetensors"
-CONVERT_RECORD = "convert.json"
-PROVENANCE = "provenance.json"  # a stage's provenance record (saescope.provenance)  # `saescope convert`: options and source of a converted SAE
+CONVERT_RECORD = "convert.json"  # `saescope convert`: options and source of a converted SAE
+PROVENANCE = "provenance.json"  # a stage's provenance record (saescope.provenance)
 
 
 # Files inside one SAE folder (sae/ or sae-<d_sae>-k<k>/).

@@ -297,3 +297,37 @@ def test_saelens_log_threshold(tmp_path: Path) -> None:
         got = sae.encode(x)
     assert torch.equal(got != 0, want != 0)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_loaded_saes_are_ready_for_inference_and_say_what_input_they_take(
+    tmp_path: Path,
+) -> None:
+    sae = native_sae("topk", input_norm="row_standardize")
+    sae.save(tmp_path / "run" / "sae")
+    (tmp_path / "run" / "acts").mkdir()
+    back = load_sae(tmp_path / "run" / "sae")
+    assert not back.training and not any(p.requires_grad for p in back.parameters())
+    assert back.cfg.metadata["source_format"] == "saescope"
+    x = x_rows(8)
+    # numpy rows are taken, and the result is a plain tensor with no graph
+    assert torch.equal(back.encode(x.numpy()), back.encode(x))
+    assert back.encode(x).numpy().shape == (8, D_SAE)
+    with pytest.raises(SaescopeError, match=rf"rows of {D_IN} values.*got shape \(2, 5\)"):
+        back.encode(torch.zeros(2, 5))
+    # the reconstruction is in the input's space; decode alone is the standardised one
+    full = back(x).x_hat
+    torch.testing.assert_close(back.reconstruct(x), full)
+    assert (back.decode(back.encode(x)) - full).abs().max() > 0.1
+    with pytest.raises(SaescopeError, match="unknown device 'tpu'"):
+        load_sae(tmp_path / "run" / "sae", device="tpu")
+    with pytest.raises(SaescopeError, match="is a run directory, not an SAE"):
+        load_sae(tmp_path / "run")
+
+
+def test_a_cast_sae_is_written_in_its_own_dtype(tmp_path: Path) -> None:
+    sae = native_sae("topk").to(torch.float16)
+    cfg = json.loads((export_saelens(sae, tmp_path / "lens") / "cfg.json").read_text())
+    assert cfg["dtype"] == "float16"
+    assert load_sae(tmp_path / "lens").W_enc.dtype == torch.float16
+    sae.save(tmp_path / "native")
+    assert load_sae(tmp_path / "native").W_enc.dtype == torch.float16

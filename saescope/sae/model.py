@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -49,6 +50,15 @@ class ForwardOutput(NamedTuple):
 
 
 class SAE(nn.Module):
+    """A sparse autoencoder of any architecture (`SAEConfig`; the rule is the architecture's).
+
+    `encode(x)` -> codes (n_rows, d_sae), `reconstruct(x)` -> x_hat in the input's space,
+    `forward(x)` -> both with the pre-activations (`ForwardOutput`); x is (..., d_in), a
+    tensor, numpy array or list. `load_sae` and `train_on_batches` return it ready for
+    inference (eval mode, no gradients: `sae.requires_grad_(True)` to train it further).
+    `save(dir)` / `SAE.load(dir)` write and read the native folder.
+    """
+
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -77,31 +87,65 @@ class SAE(nn.Module):
         """Apply the architecture's inference rule to pre-activations h (n_rows, d_sae)."""
         return self.arch.sparsify(self, h)
 
+    def _rows(self, x: Any) -> torch.Tensor:
+        """`x` (..., d_in) as a tensor on the SAE's device and in its dtype (numpy arrays and
+        lists are taken too), or a `SaescopeError` naming the shape it needs."""
+        if not isinstance(x, torch.Tensor):
+            try:
+                x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+            except (TypeError, ValueError) as exc:
+                raise SaescopeError(
+                    f"the SAE takes a tensor or array of rows, got {type(x).__name__}: "
+                    f"{describe(exc)}"
+                ) from exc
+        if x.ndim == 0 or x.shape[-1] != self.cfg.d_in:
+            raise SaescopeError(
+                f"the SAE takes rows of {self.cfg.d_in} values, shape (n_rows, {self.cfg.d_in}) "
+                f"or (..., {self.cfg.d_in}); got shape {tuple(x.shape)}"
+            )
+        return x.to(self.W_enc.device, self.W_enc.dtype)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Codes (n_rows, d_sae) of inputs (n_rows, d_in)."""
         return self.encode_full(x).codes
 
     def encode_full(self, x: torch.Tensor) -> Encoding:
-        xs, _, _ = self._standardize(x.to(self.W_enc.dtype))
+        xs, _, _ = self._standardize(self._rows(x))
         h = self.pre_activations(xs)
         return Encoding(self.sparsify(h), h)
 
     def decode(
         self, codes: torch.Tensor, mean: torch.Tensor | None = None, std: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Reconstruction (n_rows, d_in) of codes; mean/std undo row standardisation."""
+        """Reconstruction (n_rows, d_in) of codes; mean/std undo row standardisation.
+
+        An SAE with `input_norm="row_standardize"` encodes each row standardised, so
+        `decode(codes)` alone is in that standardised space; `reconstruct(x)` (or
+        `forward(x).x_hat`) maps back to the input's, as does passing the row's mean and
+        std (`saescope.sae.model.row_standardize(x)[1:]`).
+        """
         x_hat = codes @ self.W_dec + self.b_dec
         if mean is not None and std is not None:
             x_hat = x_hat * std + mean  # as SAELens layer_norm and the BatchTopK repo map back
         return x_hat
 
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x_hat (..., d_in) of inputs x, in the input's space whatever the `input_norm`."""
+        return self.forward(x).x_hat
+
     def forward(self, x: torch.Tensor) -> ForwardOutput:
-        xs, mean, std = self._standardize(x.to(self.W_enc.dtype))
+        xs, mean, std = self._standardize(self._rows(x))
         h = self.pre_activations(xs)
         z = self.sparsify(h)
         return ForwardOutput(self.decode(z, mean, std), z, h)
 
     # -- weights ---------------------------------------------------------------
+    @property
+    def dtype_name(self) -> str:
+        """The weights' dtype by name ("float32"): `cfg.dtype` unless the module was cast
+        since (`sae.to(torch.float16)`), which is what `save` and the exports write."""
+        return str(self.W_enc.dtype).removeprefix("torch.")
+
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Scale decoder rows to unit norm (the encoder is left as it is)."""
@@ -147,7 +191,8 @@ class SAE(nn.Module):
         d.mkdir(parents=True, exist_ok=True)
         with atomic_path(d / "sae.safetensors") as tmp:
             save_file(self.state_tensors(), str(tmp))
-        cfg = self.cfg.to_dict() | {"saescope_version": __version__} | (extra_config or {})
+        cfg = self.cfg.to_dict() | {"dtype": self.dtype_name, "saescope_version": __version__}
+        cfg |= extra_config or {}
         with atomic_path(d / paths.STAGE_CONFIG) as tmp:
             tmp.write_text(json.dumps(cfg, indent=2, default=str) + "\n")
         return d
@@ -155,6 +200,9 @@ class SAE(nn.Module):
     @classmethod
     def load(cls, directory: str | Path, device: str = "cpu") -> SAE:
         """Load a native saescope SAE folder (config.json + sae.safetensors)."""
+        from saescope.device import pick_device
+
+        device = str(pick_device(device))  # an unknown device is named as such
         d = Path(directory)
         cfg_path, w_path = d / "config.json", d / "sae.safetensors"
         if not cfg_path.exists() or not w_path.exists():

@@ -18,6 +18,7 @@ The loaded SAE's `cfg.metadata["source_format"]` names the format and
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import NamedTuple
 
@@ -108,6 +109,10 @@ def detect_format(path: str | Path, hookpoint: str | None = None) -> Located:
     if len(pth) > 1:
         raise SaescopeError(f"{p} holds several .pth SAEs ({', '.join(pth)}); give one file")
     subs = sorted(d.name for d in p.iterdir() if d.is_dir() and _folder_format(d) is not None)
+    if subs and paths.RunPaths(p).acts.is_dir():
+        raise SaescopeError(
+            f"{p} is a run directory, not an SAE; its SAEs: " + ", ".join(str(p / s) for s in subs)
+        )
     if subs:
         raise SaescopeError(
             f"{p} is a checkpoint with one SAE per hookpoint ({', '.join(subs)}); "
@@ -131,7 +136,17 @@ def load_sae(
 
     hookpoint: the sub-folder of a sparsify (or any) checkpoint with one SAE per hookpoint.
     k: active latents for a saerch file whose name does not carry k.
+    device: cpu, cuda, cuda:N or auto.
+    The SAE comes ready for inference: eval mode, no gradients
+    (`sae.requires_grad_(True)` to train it further).
     """
+    from saescope.device import pick_device
+
+    device = str(pick_device(device))  # an unknown device is named as such, not as a bad file
+    return _load(path, hookpoint, k, device).eval().requires_grad_(False)
+
+
+def _load(path: str | Path, hookpoint: str | None, k: int | None, device: str) -> SAE:
     where = detect_format(path, hookpoint)
     if k is not None and where.format != "saerch":
         raise SaescopeError(
@@ -139,7 +154,11 @@ def load_sae(
             "and stores its own k"
         )
     if where.format == "saescope":
-        return SAE.load(where.path, device=device)
+        sae = SAE.load(where.path, device=device)
+        sae.cfg = dataclasses.replace(
+            sae.cfg, metadata={**sae.cfg.metadata, "source_format": "saescope"}
+        )
+        return sae
     if where.format == "saelens":
         return load_saelens(where.path, device)
     if where.format == "sparsify":

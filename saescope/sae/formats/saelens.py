@@ -268,7 +268,7 @@ def saelens_config(sae: SAE) -> dict[str, Any]:
         "architecture": mapping.architecture,
         "d_in": cfg.d_in,
         "d_sae": cfg.d_sae,
-        "dtype": cfg.dtype,
+        "dtype": sae.dtype_name,
         "device": "cpu",
         "apply_b_dec_to_input": True,
         # SAELens' layer_norm is saescope's row_standardize (unbiased std, eps 1e-5)
@@ -287,7 +287,7 @@ def export_saelens(sae: SAE, out_dir: str | Path) -> Path:
     keys = ["W_enc", "b_enc", "W_dec", "b_dec"]
     if config["architecture"] == "jumprelu":
         keys.append("threshold")
-    dt = getattr(torch, sae.cfg.dtype)
+    dt = sae.W_enc.dtype  # the SAE's own, also when it was cast after it was made
     tensors = {n: getattr(sae, n).detach().to("cpu", dt).contiguous() for n in keys}
     with atomic_path(out / paths.SAELENS_WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
