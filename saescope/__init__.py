@@ -39,6 +39,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "build_corpus": ("saescope.corpus", "build_corpus"),
     "cache_latents": ("saescope.latents", "run"),
     "embed_corpus": ("saescope.embed", "run"),
+    "evaluate_sae": ("saescope.evaluate", "run"),
     "export_saelens": ("saescope.sae", "export_saelens"),
     "find_families": ("saescope.families.stage", "run"),
     "load_sae": ("saescope.sae", "load_sae"),
@@ -49,6 +50,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "read_families": ("saescope.families.tables", "read_families"),
     "score_names": ("saescope.scoring.stage", "run"),
     "train_on_batches": ("saescope.train", "train_on_batches"),
+    "train_sae": ("saescope.train.stage", "run"),
     # steerable semantic search (saescope/search/)
     "EditRequest": ("saescope.search.select", "EditRequest"),
     "IndexConfig": ("saescope.options.search", "IndexConfig"),
@@ -71,6 +73,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from saescope.embed import run as embed_corpus
     from saescope.errors import SaescopeError
     from saescope.evaluate import EvalConfig
+    from saescope.evaluate import run as evaluate_sae
     from saescope.families.stage import run as find_families
     from saescope.families.tables import read_families
     from saescope.interp.keywords import KeywordsConfig
@@ -93,6 +96,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from saescope.serve.app import create_app as create_dashboard
     from saescope.store import ActivationStore, StoreWriter
     from saescope.train import TrainConfig, TrainResult, train_on_batches
+    from saescope.train.stage import run as train_sae
 
 __all__ = [
     "__version__",
@@ -118,6 +122,7 @@ __all__ = [
     "create_dashboard",
     "export_saelens",
     "embed_corpus",
+    "evaluate_sae",
     "find_families",
     "load_sae",
     "make_corpus",
@@ -127,6 +132,7 @@ __all__ = [
     "read_families",
     "score_names",
     "train_on_batches",
+    "train_sae",
     "EditRequest",
     "IndexConfig",
     "SearchEvalConfig",

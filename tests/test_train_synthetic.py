@@ -5,6 +5,7 @@ import time
 import pytest
 import torch
 
+from saescope.errors import SaescopeError
 from saescope.train import TrainConfig, train_on_batches
 
 N_FEATURES, D_IN, ACTIVE = 512, 128, 5
@@ -42,3 +43,21 @@ def test_topk_sae_recovers_the_true_dictionary():
     recovered = (best >= 0.9).float().mean().item()
     assert recovered >= 0.9, f"only {recovered:.1%} of the true directions recovered"
     assert time.perf_counter() - start < 120
+
+
+def test_a_stream_without_a_length_needs_its_steps_and_every_batch_is_checked():
+    """A generator with no total_steps trained with max_steps 0: no warm-up or decay and a
+    dead-latent window of one row, a worse SAE without a word."""
+    cfg = TrainConfig(d_sae=[64], k=[4], batch_size=32, progress=False)
+    _, stream = synthetic_batches(4, 32)
+    with pytest.raises(SaescopeError, match="pass total_steps="):
+        train_on_batches(stream, cfg)
+    _, stream = synthetic_batches(4, 32)
+    arrays = [b.numpy() for b in stream]  # numpy batches are taken as they are
+    result = train_on_batches(arrays, cfg)
+    assert result.steps == 4
+    sae = result.saes[0]
+    assert not sae.training and not any(p.requires_grad for p in sae.parameters())
+    bad = [torch.from_numpy(a) for a in arrays[:2]] + [torch.zeros(32, D_IN - 1)]
+    with pytest.raises(SaescopeError, match=rf"batch 2 has shape \(32, {D_IN - 1}\); expected"):
+        train_on_batches(bad, cfg)

@@ -106,7 +106,11 @@ def run(cfg: TrainConfig) -> Path:
             from saescope import evaluate
 
             for f in folders:  # eval's own record decides whether metrics.json is current
-                evaluate.run(evaluate.EvalConfig(run=cfg.run, sae=f.dir.name, device=str(device)))
+                evaluate.run(
+                    evaluate.EvalConfig(
+                        run=cfg.run, sae=f.dir.name, device=str(device), progress=cfg.progress
+                    )
+                )
         # the other ranks wait on a gloo group with a long timeout (ddp.MAIN_WAIT): the
         # default group's barrier would time out if evaluating took over 10 minutes
         dist.wait_for_main()
