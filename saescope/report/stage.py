@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from saescope import provenance
-from saescope.config import config_to_dict
+from saescope.config import changed_options, config_to_dict
 from saescope.corpus import corpus_sha256
 from saescope.errors import SaescopeError, SaescopeWarning
 from saescope.examples import Activations, from_features_row, load_activations
@@ -92,13 +92,15 @@ def _name(path: Path, root: Path) -> str:
 
 
 def _warn_trimmed(cfg: ReportConfig, lat_cfg: dict[str, Any]) -> None:
-    """Say so when the cards ask for more examples than the latent cache keeps."""
+    """Say so when the cards are asked for more examples than the latent cache keeps
+    (asked: set away from the default)."""
+    asked = changed_options(cfg, ("top_examples", "quantile_examples"))
     for ours, theirs, flag in (
         ("top_examples", "top_n", "--top-n"),
         ("quantile_examples", "examples_per_quantile", "--examples-per-quantile"),
     ):
         kept = lat_cfg.get(theirs)
-        if kept is not None and getattr(cfg, ours) > kept:
+        if ours in asked and kept is not None and getattr(cfg, ours) > kept:
             warnings.warn(
                 f"--{ours.replace('_', '-')} {getattr(cfg, ours)}: the latent cache keeps "
                 f"{kept}, so cards show at most {kept} (`saescope latents {flag} N "
