@@ -185,17 +185,23 @@ def load_for_eval(folder: Path, device: torch.device) -> tuple[SAE, Path, str]:
     return sae, where.weights, where.format
 
 
+def _trained_store(folder: SAEPaths, fmt: str) -> Path | None:
+    """The store a native SAE was trained on, where it says so."""
+    store = read_json(folder.config).get("metadata", {}).get("store") if fmt == "saescope" else None
+    return Path(store).resolve() if store else None
+
+
 def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
     """The held-out fraction: the option, else the one the SAE was trained with (foreign: 0)."""
-    trained, store = None, None
+    trained = None
     if fmt == "saescope":
-        saved = read_json(folder.config)
-        trained = saved.get("training", {}).get("eval_fraction")
-        store = saved.get("metadata", {}).get("store")
+        trained = read_json(folder.config).get("training", {}).get("eval_fraction")
     if cfg.eval_fraction < 0:
         return float(trained or 0.0)
-    here = RunPaths(cfg.run).acts.resolve()
-    same_store = store is None or Path(store).resolve() == here  # another run's: none trained
+    store = _trained_store(folder, fmt)
+    same_store = (
+        store is None or store == RunPaths(cfg.run).acts.resolve()
+    )  # another run's: none trained
     if trained is not None and same_store and cfg.eval_fraction > float(trained):
         # the held-out rows of a fraction are the row ids whose hash falls under it, so a
         # larger fraction takes rows the SAE trained on as well
@@ -349,9 +355,18 @@ def run(cfg: EvalConfig) -> Path:
         "eval_fraction": fraction,
         **metrics,
         "sae_sha256": upstream["sae"],
+        "store_id": upstream["acts"],  # which store they describe (`report.data.sae_metrics`)
         "config": config_to_dict(cfg),
     }
     write_json(folder.metrics, result)
     record.finish()
     print(summary_line(folder.dir, result), file=sys.stderr)
+    trained_on = _trained_store(folder, fmt)
+    if trained_on is not None and trained_on != rp.acts.resolve():
+        print(
+            f"eval: note: {folder.metrics} now holds metrics on the store of {cfg.run}, not on "
+            f"{trained_on}, which the SAE was trained on; reports of that run leave them out "
+            "until `saescope eval` runs there again",
+            file=sys.stderr,
+        )
     return folder.metrics

@@ -116,3 +116,31 @@ def test_a_split_of_few_rows_is_called_unsteady(run_dir, capsys):
         line = capsys.readouterr().err
         assert f"on {m['n_rows']:,} eval rows" in line and (m["n_rows"] == max_rows or not max_rows)
         assert ("too few for steady figures" in line) is warned, line
+
+
+def test_metrics_measured_on_another_runs_store_are_left_out_of_this_runs_pages(
+    run_dir, tmp_path, capsys
+):
+    """`eval --run B --sae A/sae` writes A's SAE folder's metrics.json; A's report showed
+    B's figures as its SAE's held-out metrics."""
+    from saescope.report.data import sae_metrics
+
+    run, rows = run_dir
+    other = tmp_path / "other"
+    w = StoreWriter(RunPaths(other).acts, 12, shard_rows=300, meta={"source": "vectors"})
+    w.append(rows[:400] * 2)
+    w.close()
+    own = str(RunPaths(run).acts.resolve())
+    folder = RunPaths(run).root / "own"
+    _save(SAE(SAEConfig("topk", 12, 24, k=3, metadata={"store": own})), folder)
+    evaluate.run(evaluate.EvalConfig(run=str(run), sae="own"))
+    mine, note = sae_metrics(run, folder)
+    assert mine["n_rows"] > 0 and note is None
+    assert "now holds metrics" not in capsys.readouterr().err
+    evaluate.run(evaluate.EvalConfig(run=str(other), sae=str(folder)))
+    assert f"now holds metrics on the store of {other}" in capsys.readouterr().err
+    left, note = sae_metrics(run, folder)
+    assert left == {} and note == f"own/metrics.json (measured on the store of {other})"
+    assert sae_metrics(other, folder)[1] is None
+    evaluate.run(evaluate.EvalConfig(run=str(run), sae="own"))  # measured here again
+    assert sae_metrics(run, folder)[0]["n_rows"] == mine["n_rows"]

@@ -23,7 +23,8 @@ from saescope.corpus import corpus_column
 from saescope.errors import SaescopeError
 from saescope.examples.tokens import TokenRows, store_rows_kind
 from saescope.families.tables import stale_note
-from saescope.paths import RunPaths
+from saescope.io import read_json
+from saescope.paths import RunPaths, SAEPaths
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,20 @@ def score_plots(rp: RunPaths, ann: Annotations) -> list[Path]:
     if not rp.scores.exists():
         return []
     return [p for p in sorted(rp.scores.glob("*.png")) if p.stem in ann.scores]
+
+
+def sae_metrics(run: str | Path, sae_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """The SAE's held-out metrics (`metrics.json`) when they describe this run's store; ({},
+    a note for the left-out list) when `saescope eval` of another run wrote them since."""
+    sp, acts = SAEPaths(sae_dir), RunPaths(run).acts_manifest
+    if not sp.metrics.exists():
+        return {}, None
+    metrics = read_json(sp.metrics)
+    said = metrics.get("store_id")  # absent in files of older saescopes: taken as they are
+    if said is None or not acts.exists() or said == provenance.artifact_id(acts):
+        return metrics, None
+    other = (metrics.get("config") or {}).get("run") or "another run"
+    return {}, f"{sp.dir.name}/{sp.metrics.name} (measured on the store of {other})"
 
 
 def load_annotations(run: str | Path) -> Annotations:

@@ -46,6 +46,7 @@ from saescope.report.data import (
     load_annotations,
     logit_lens,
     read_features,
+    sae_metrics,
     score_plots,
 )
 
@@ -397,8 +398,11 @@ def _summary(
             },
         )
     )
-    if sp.metrics.exists():
-        metrics = read_json(sp.metrics)
+    metrics, left_out = sae_metrics(rp.root, sae_dir)
+    if left_out:
+        note = f"{left_out}; `saescope eval --run {rp.root}` measures them on this run"
+        boxes.append(_box("SAE metrics", {"left out": note}))
+    if metrics:
         flat = {
             k: v
             for k, v in metrics.items()

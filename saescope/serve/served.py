@@ -30,7 +30,13 @@ from saescope.inspect import Example, FeatureView
 from saescope.io import read_json
 from saescope.options.search import KINDS
 from saescope.paths import RunPaths
-from saescope.report.data import RowTexts, load_annotations, logit_lens, score_plots
+from saescope.report.data import (
+    RowTexts,
+    load_annotations,
+    logit_lens,
+    sae_metrics,
+    score_plots,
+)
 from saescope.report.stage import PLOT_TITLES
 from saescope.search.select import FeatureNames
 from saescope.serve.decoder import Decoder
@@ -155,7 +161,7 @@ class ServedRun:
     def summary(self) -> dict[str, Any]:
         rp, t = self.paths, self.table
         sae_cfg = {k: self.decoder.config.get(k) for k in ("architecture", "d_in", "d_sae", "k")}
-        metrics = read_json(rp.sae_metrics) if rp.sae_metrics.exists() else {}
+        metrics, left_out = sae_metrics(rp.root, rp.sae)  # {} when measured on another store
         plots = [
             {"title": title, "url": self.file_url(rp.plots / name)}
             for name, title in PLOT_TITLES.items()
@@ -179,7 +185,7 @@ class ServedRun:
             "scorers": sorted(t.scores),
             "n_keywords": len(self.ann.keywords),
             "n_explanations": len(self.ann.explanations),
-            "stale": list(self.ann.stale),
+            "stale": [*self.ann.stale, *filter(None, [left_out])],
             "families": len(self.families.families) if self.families is not None else 0,
             "index": self.index_kinds(),
             "missing": self.missing(),
