@@ -219,8 +219,9 @@ def _hints(cls: type) -> dict[str, Any]:
 def check_fields(cfg: Any) -> None:
     """Every field of the frozen config `cfg` as its declared type (`coerce`: 64 -> [64] for
     a list, "1e-3" -> 0.001 for a float) and within its choices, or a `SaescopeError` naming
-    the option. Each config's `__post_init__` calls it first, so a config made in Python is
-    held to what the command line and `--config` files are."""
+    the option; a seed (`seed`, `*_seed`) must lie in [0, 2**32). Each config's
+    `__post_init__` calls it first, so a config made in Python is held to what the command
+    line and `--config` files are."""
     hints = _hints(type(cfg))
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
@@ -233,6 +234,10 @@ def check_fields(cfg: Any) -> None:
                 raise SaescopeError(
                     f"unknown {f.name} {bad[0]!r}; choose one of {', '.join(map(str, choices))}"
                 )
+        seed = f.name == "seed" or f.name.endswith("_seed")
+        if seed and fixed is not None and not 0 <= fixed < 2**32:
+            # numpy and torch take seeds in [0, 2**32): a negative one was a traceback
+            raise SaescopeError(f"{f.name} must lie in [0, 2**32), got {fixed}")
         if fixed is not value:
             object.__setattr__(cfg, f.name, fixed)
 

@@ -175,3 +175,6 @@ def test_configs_made_in_python_are_held_to_what_the_cli_is() -> None:
         KeywordsConfig(method="bogus")
     with pytest.raises(SaescopeError, match="retrieval_k must be >= 1"):
         EvalConfig(retrieval_k=-3)
+    for make in (lambda: CorpusConfig(seed=-1), lambda: KeywordsConfig(split_seed=2**32)):
+        with pytest.raises(SaescopeError, match=r"seed must lie in \[0, 2\*\*32\)"):
+            make()
