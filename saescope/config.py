@@ -259,6 +259,18 @@ def changed_options(cfg: Any, names: Collection[str]) -> list[str]:
     ]
 
 
+def refuse_unread(cfg: Any, names: Collection[str], by: str) -> None:
+    """Refuse an option among `names` set away from its default: `by` ("--method thesis")
+    does not read it, and the run would go on without it as if it had."""
+    changed = changed_options(cfg, names)
+    if changed:
+        name = changed[0]
+        default = field_default(next(f for f in dataclasses.fields(cfg) if f.name == name))
+        raise SaescopeError(
+            f"--{name.replace('_', '-')} is not read by {by}; leave it at its default {default!r}"
+        )
+
+
 def check_ranges(cfg: Any, ranges: Mapping[str, tuple[float, float, str]]) -> None:
     """Refuse a numeric option of `cfg` outside its (lowest, highest, what it may be) in
     `ranges`, or NaN: "{name} must be {what}, got {value}". Unset (None) options pass."""

@@ -178,3 +178,18 @@ def test_configs_made_in_python_are_held_to_what_the_cli_is() -> None:
     for make in (lambda: CorpusConfig(seed=-1), lambda: KeywordsConfig(split_seed=2**32)):
         with pytest.raises(SaescopeError, match=r"seed must lie in \[0, 2\*\*32\)"):
             make()
+
+
+def test_options_another_scorer_reads_are_refused() -> None:
+    from saescope.options.score import ScoreConfig
+
+    for kw, message in (
+        ({"llm_pos": 3}, "--llm-pos is not read by --scorer embedding"),
+        ({"scorer": "keyword-relevance", "max_pos": 3}, "--max-pos is not read by"),
+        ({"scorer": "detection", "n_groups": 3}, "--n-groups is not read by --scorer detection"),
+        ({"n_texts": 3}, "--n-texts is not read by --scorer embedding; leave it at its default 10"),
+    ):
+        with pytest.raises(SaescopeError, match=message):
+            ScoreConfig(**kw)
+    # the LLM client's options may be shared between scorers (one config file)
+    assert ScoreConfig(llm="http://127.0.0.1:1/v1", concurrency=2).scorer == "embedding"

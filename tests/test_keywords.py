@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -188,3 +189,44 @@ def test_mmr_skips_near_duplicates():
     unit = np.array([[1.0, 0.0], [0.999, 0.0447], [0.0, 1.0]])
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
     assert mmr(np.array([1.0, 0.95, 0.6]), unit, k=2, lam=0.5) == [0, 2]
+
+
+def test_phrases_are_ranked_without_an_sae_of_another_space(planted, tmp_path, capsys):
+    """On imported vectors the phrases (embedded by MiniLM) were pushed through an SAE of
+    another space, and the names changed without a word."""
+    import json
+    import shutil
+
+    src, _ = planted
+    run_dir = tmp_path / "imported"
+    shutil.copytree(src, run_dir, ignore=shutil.ignore_patterns("interp", "latents"))
+    manifest = RunPaths(run_dir).acts_manifest
+    data = json.loads(manifest.read_text())
+    data["meta"] = {"source": "vectors", "rows": "texts"}  # as `embed --vectors` records
+    manifest.write_text(json.dumps(data))
+
+    def names(**kw):
+        cfg = KeywordsConfig(run=str(run_dir), activations="sae", progress=False, overwrite=True)
+        out = pd.read_parquet(run(dataclasses.replace(cfg, **kw)))
+        return out.set_index("feature")["keywords"].map(list).to_dict()
+
+    default = names()
+    assert "ranked without the SAE (--sae-weight unused)" in capsys.readouterr().err
+    assert names(sae_weight=0.0) == default
+    assert "--sae-weight unused" not in capsys.readouterr().err
+
+
+def test_options_of_the_other_method_and_out_of_range_values_are_refused():
+    with pytest.raises(SaescopeError, match="--max-texts is not read by --method thesis"):
+        KeywordsConfig(method="thesis", max_texts=3)
+    with pytest.raises(SaescopeError, match="--n-texts is not read by --method contrastive"):
+        KeywordsConfig(n_texts=3)
+    for bad, message in (
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"sae_weight": 2.0}, "sae_weight must be between 0 and 1"),
+        ({"confidence": float("nan")}, "confidence must be >= 0"),
+        ({"n_keywords": 0}, "n_keywords must be >= 1"),
+        ({"min_df": 0}, "min_df must be >= 1"),
+    ):
+        with pytest.raises(SaescopeError, match=message):
+            KeywordsConfig(**bad)

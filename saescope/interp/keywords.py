@@ -18,6 +18,7 @@ rows those are (by document by default: `--split doc`) is decided by
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from saescope.examples import (
     Examples,
     open_examples,
     run_model_name,
+    store_is_text_embedding,
     text_vectors,
 )
 from saescope.examples.activations import activation_source
@@ -125,6 +127,17 @@ def name_features(
             n_keywords=cfg.n_keywords or 5,
         )
         naming = ex.half_rows("naming")
+        model_name = run_model_name(store, cfg.model)
+        if sae is not None and not store_is_text_embedding(store, model_name):
+            # the SAE reads the store's space; phrases embedded by another model (imported
+            # vectors, an LM's residual stream, --model) would be read as if they were in it
+            if cfg.sae_weight > 0:
+                print(
+                    f"keywords: note: the store does not hold {model_name} sentence "
+                    "embeddings, so phrases are ranked without the SAE (--sae-weight unused)",
+                    file=sys.stderr,
+                )
+            sae = None
         out = contrastive_keywords(rows, naming, texts, embedder, sae, copts, cfg.progress)
     for f in dead:
         out[f] = failed("dead", "the feature never fires on this corpus", 0)

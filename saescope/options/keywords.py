@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from saescope.config import check_fields, option
+from saescope.config import check_fields, check_ranges, option, refuse_unread
 from saescope.options.examples import SPLIT_KINDS, activations_option
 from saescope.paths import DEFAULT_RUN
 
 METHODS = ("contrastive", "thesis")
+THESIS_ONLY = ("n_texts", "top_n")
+CONTRASTIVE_ONLY = ("max_texts", "min_df", "prior", "confidence", "shortlist", "sae_weight",
+                    "mmr_lambda")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,3 +50,17 @@ class KeywordsConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        at_least_one = (1, math.inf, ">= 1")
+        counts = ("batch_size", "n_keywords", "ngram_max", "n_texts", "top_n", "max_texts",
+                  "min_df", "shortlist")  # fmt: skip
+        share = (0, 1, "between 0 and 1")
+        check_ranges(
+            self,
+            dict.fromkeys(counts, at_least_one)
+            | {"sae_weight": share, "mmr_lambda": share}
+            | {"prior": (1e-9, math.inf, "> 0"), "confidence": (0, math.inf, ">= 0")},
+        )
+        own = THESIS_ONLY if self.method == "thesis" else CONTRASTIVE_ONLY
+        refuse_unread(
+            self, set(THESIS_ONLY + CONTRASTIVE_ONLY) - set(own), f"--method {self.method}"
+        )

@@ -6,7 +6,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from saescope.config import check_fields, check_ranges, option
+from saescope.config import check_fields, check_ranges, option, refuse_unread
 from saescope.errors import SaescopeError
 from saescope.options.examples import activations_option
 from saescope.options.llm import LLMOptions
@@ -115,6 +115,28 @@ class ScoreConfig(LLMOptions):
                 f"--features and --n-features choose the features of the LLM scorers; the "
                 f"{self.scorer} scorer scores every named feature (drop them)"
             )
+        refuse_unread(self, unread_options(self.scorer), f"--scorer {self.scorer}")
+
+
+# the options only some scorers read (beyond the LLM client's, which a config file may well
+# share between scorers): another scorer's set away from its default is refused
+SCORER_ONLY = {
+    "max_pos": ("embedding",),
+    "n_neg": ("embedding",),
+    "n_texts": ("keyword-relevance",),
+    "examples": ("keyword-relevance",),
+    "per_prompt": ("detection", "fuzzing", "simulation"),
+    "n_groups": ("intruder",),
+    "group_size": ("intruder",),
+    "surprisal_model": ("surprisal",),
+} | dict.fromkeys(
+    ("llm_pos", "llm_neg", "negatives", "max_chars", "answer_tokens", "max_failed"), LLM_SCORERS
+)
+
+
+def unread_options(scorer: str) -> tuple[str, ...]:
+    """The options of `SCORER_ONLY` that `scorer` does not read."""
+    return tuple(name for name, readers in SCORER_ONLY.items() if scorer not in readers)
 
 
 # options only the LLM scorers read: the embedding scorers' records leave them out
