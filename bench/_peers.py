@@ -408,7 +408,8 @@ def run_saescope(spec: Spec, it: Iterator[torch.Tensor]) -> Recon:
         threads=THREADS,
         device="cpu",
         progress=False,
-        select_precision=spec.select_precision,
+        # only TopK has a separate selection matmul; the others refuse the option
+        select_precision=spec.select_precision if spec.architecture == "topk" else "auto",
     )
     if spec.variant != "default":
         fields = SAESCOPE_VARIANTS[(spec.architecture, spec.variant)]

@@ -193,3 +193,20 @@ def test_options_another_scorer_reads_are_refused() -> None:
             ScoreConfig(**kw)
     # the LLM client's options may be shared between scorers (one config file)
     assert ScoreConfig(llm="http://127.0.0.1:1/v1", concurrency=2).scorer == "embedding"
+
+
+@pytest.mark.parametrize(
+    ("arch", "option", "value"),
+    [
+        ("relu", "aux_coefficient", 0.1),
+        ("jumprelu", "k_aux", 5),
+        ("relu", "select_precision", "int8"),
+        ("topk", "sparsity_warmup_steps", 10),
+        ("topk", "sparse_backward", "always"),
+        ("batchtopk", "select_precision", "float32"),
+    ],
+)
+def test_a_training_option_the_architecture_does_not_read_is_refused(arch, option, value) -> None:
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(SaescopeError, match=f"{flag} is not read by the {arch} architecture"):
+        TrainConfig(architecture=arch, **{option: value})

@@ -224,7 +224,7 @@ def test_auto_times_the_real_selection_and_reports_it(no_amx):
     assert "auto: int8 " in result.selection and " ms for 64 rows" in result.selection  # a batch
     # an architecture without a selection matmul is not timed
     relu = TrainConfig(architecture="relu", d_sae=[128], batch_size=64)
-    assert train_on_batches(list(x.split(64)), relu).selection.startswith("float32 (this")
+    assert train_on_batches(list(x.split(64)), relu).selection.startswith("none (no selection")
 
 
 def test_int8_selection_is_refused_off_cpu():

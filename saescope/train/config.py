@@ -6,11 +6,19 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from saescope.config import changed_options, check_fields, check_ranges, field_default, option
+from saescope.config import (
+    changed_options,
+    check_fields,
+    check_ranges,
+    field_default,
+    option,
+    refuse_unread,
+)
 from saescope.errors import SaescopeError
 from saescope.paths import DEFAULT_RUN
 from saescope.sae import archs
 from saescope.sae.archs import ArchOptions
+from saescope.sae.archs.base import PARTLY_SHARED
 from saescope.sae.config import ARCHITECTURES, INPUT_NORMS
 
 if TYPE_CHECKING:
@@ -128,8 +136,14 @@ class TrainConfig(ArchOptions):
         "AMX; elsewhere float32 or int8, whichever a timed trial on the SAE finds faster",
         choices=SELECT_PRECISIONS,
     )
-    k_aux: int = option(0, "AuxK: dead latents used to model the residual (0: d_in // 2)")
-    aux_coefficient: float = option(1 / 32, "AuxK loss weight (topk, batchtopk)")
+    k_aux: int = option(
+        0,
+        "topk, batchtopk, matryoshka_batchtopk: dead latents AuxK uses to model the residual "
+        "(0: d_in // 2)",
+    )
+    aux_coefficient: float = option(
+        1 / 32, "topk, batchtopk, matryoshka_batchtopk: AuxK loss weight"
+    )
     dead_after_samples: int = option(
         -1,
         "a latent is dead after this many training rows without firing "
@@ -205,7 +219,10 @@ class TrainConfig(ArchOptions):
 
     def _check_foreign_options(self, arch: archs.Architecture) -> None:
         """Refuse another architecture's option set away from its default: the chosen
-        architecture would train without reading it (`--l0-coefficient` with relu)."""
+        architecture would train without reading it (`--l0-coefficient` with relu,
+        `--aux-coefficient` with jumprelu)."""
+        unread = set(PARTLY_SHARED) - arch.reads
+        refuse_unread(self, unread, f"the {arch.name} architecture (--architecture)")
         own = archs.option_names(arch)
         for other in archs.REGISTRY.values():
             for name in changed_options(self, archs.option_names(other) - own):

@@ -155,9 +155,10 @@ class Trainer:
         self.device = torch.device(device)
         self.step = 0
         self.samples = 0
-        chosen = select_dtype(cfg.select_precision, self.device)
-        self.select_dtype = chosen or torch.float32
         self.arch: Architecture = archs.get(cfg.architecture)
+        selects = "select_precision" in self.arch.reads  # only TopK has a selection matmul
+        chosen = select_dtype(cfg.select_precision, self.device) if selects else torch.float32
+        self.select_dtype = chosen or torch.float32
         self.unit_norm = self.arch.unit_norm_decoder(cfg)
         variants = cfg.variants()
         names = names or [f"sae-{d}-k{k}" if k else f"sae-{d}" for d, k in variants]
@@ -177,6 +178,8 @@ class Trainer:
         if cfg.select_precision == "auto":
             why = {"cuda": "auto: CUDA", "cpu": "auto: AMX"}.get(self.device.type, "auto")
         self.selection = f"{_dtype_name(self.select_dtype)} ({why})"
+        if not selects:
+            self.selection = "none (no selection matmul in this architecture)"
         self.timed_selection = chosen is None
         if chosen is None:
             self.select_dtype, self.selection = self._time_selection(sample)

@@ -49,6 +49,10 @@ lazy_torch: Any = LazyModule("torch")
 lazy_loss: Any = LazyModule("saescope.sae.archs._loss")
 
 SPARSE_PATHS = ("auto", "always", "never")
+# TrainConfig options only some architectures read (`Architecture.reads`); the others
+# refuse them set away from their defaults
+PARTLY_SHARED = ("k_aux", "aux_coefficient", "sparsity_warmup_steps", "select_precision",
+                 "sparse_backward")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class Architecture:
     # SAELens `metadata.training_architecture` of an inference (jumprelu) file that is
     # this architecture (batchtopk, matryoshka_batchtopk); None: none
     saelens_training: ClassVar[str | None] = None
+    # which of `PARTLY_SHARED` this architecture reads
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     # -- inference ---------------------------------------------------------------------
     def sparsify(self, sae: SAE, h: torch.Tensor) -> torch.Tensor:

@@ -202,6 +202,7 @@ class BatchTopK(Architecture):
     has_threshold = True
     saelens_names = ("batchtopk",)
     saelens_training = "batchtopk"
+    reads = frozenset({"k_aux", "aux_coefficient", "sparse_backward"})
 
     def sparsify(self, sae: SAE, h: torch.Tensor) -> torch.Tensor:
         return torch.relu(h) * (h > sae.threshold.to(h.dtype))

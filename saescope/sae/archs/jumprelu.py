@@ -92,6 +92,7 @@ class JumpReLU(Architecture):
     has_threshold = True
     homogeneous = False  # the threshold breaks the scaling of codes with W_enc
     saelens_names = ("jumprelu",)
+    reads = frozenset({"sparsity_warmup_steps", "sparse_backward"})
 
     def sparsify(self, sae: SAE, h: torch.Tensor) -> torch.Tensor:
         return torch.relu(h) * (h > sae.threshold.to(h.dtype))

@@ -53,6 +53,7 @@ class Relu(Architecture):
     summary = "z = relu(h); mse + l1 * L1 (--relu-l1 chooses the decoder-norm handling)"
     options = ReluOptions
     saelens_names = ("standard",)
+    reads = frozenset({"sparsity_warmup_steps", "sparse_backward"})
 
     def sparsify(self, sae: SAE, h: torch.Tensor) -> torch.Tensor:
         return torch.relu(h)

@@ -85,6 +85,7 @@ class TopK(Architecture):
     summary = "z = the k largest of relu(h) per row; mse + aux * AuxK (sparse backward)"
     uses_k = True
     saelens_names = ("topk",)
+    reads = frozenset({"k_aux", "aux_coefficient", "select_precision"})  # always sparse
 
     def sparsify(self, sae: SAE, h: torch.Tensor) -> torch.Tensor:
         vals, idx = torch.topk(h, int(sae.cfg.k or 0), dim=-1, sorted=False)
