@@ -102,6 +102,8 @@ def test_train_reads_a_yaml_learning_rate_as_a_number(tmp_path: Path) -> None:
         ({"epochs": -1.0, "max_steps": 5}, "epochs must be a finite number >= 0"),
         ({"adam_betas": [1.5, 2.0]}, r"adam_betas must lie in \[0, 1\)"),
         ({"lr_end_fraction": 2.0}, "lr_end_fraction must be between 0 and 1"),
+        ({"dead_after_samples": 0}, "dead_after_samples must be >= 1, or -1"),
+        ({"architecture": "relu", "l1_coefficient": -1.0}, "l1_coefficient must be >= 0"),
     ],
 )
 def test_train_options_out_of_range_are_refused(options: dict, message: str) -> None:

@@ -33,6 +33,9 @@ def test_default_groups_are_the_published_scheme() -> None:
         prefix_widths(10, [0.7, 0.6])
     with pytest.raises(SaescopeError):
         TrainConfig(architecture="matryoshka_batchtopk", matryoshka_groups=[0.5, -0.1])
+    # groups that leave one group are plain BatchTopK, trained under another name
+    with pytest.raises(SaescopeError, match="make one group of the 64 latents"):
+        TrainConfig(architecture="matryoshka_batchtopk", d_sae=[64], matryoshka_groups=[0.001])
 
 
 def _tiny() -> SAE:

@@ -62,7 +62,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "init_rows": (1, math.inf, ">= 1"),
     "k_aux": (0, math.inf, ">= 0"),
     "aux_coefficient": (0.0, math.inf, "a finite number >= 0"),
-    "dead_after_samples": (-1, math.inf, ">= 0, or -1 for the automatic window"),
+    "dead_after_samples": (-1, math.inf, ">= 1, or -1 for the automatic window"),
     "sparsity_warmup_steps": (0, math.inf, ">= 0"),
     "shuffle_buffer": (1, math.inf, ">= 1"),
     "threads": (0, math.inf, ">= 0 (0: all cores)"),
@@ -235,6 +235,8 @@ class TrainConfig(ArchOptions):
 
     def _check_ranges(self) -> None:
         check_ranges(self, RANGES)
+        if self.dead_after_samples == 0:  # every latent would be dead at every step
+            raise SaescopeError("dead_after_samples must be >= 1, or -1 for the automatic window")
         for beta in self.adam_betas:
             if not 0 <= float(beta) < 1:
                 raise SaescopeError(f"adam_betas must lie in [0, 1), got {self.adam_betas}")

@@ -105,7 +105,12 @@ class MatryoshkaBatchTopK(batchtopk.BatchTopK):
     def check_train(self, cfg: TrainConfig) -> None:
         super().check_train(cfg)
         for d in cfg.d_sae:
-            prefix_widths(int(d), list(cfg.matryoshka_groups))
+            if len(prefix_widths(int(d), list(cfg.matryoshka_groups))) < 2:
+                raise SaescopeError(
+                    f"matryoshka_groups {list(cfg.matryoshka_groups)} make one group of the "
+                    f"{d} latents: that is batchtopk; give two or more groups of at least "
+                    f"1/{d} each"
+                )
 
     def default_dead_after(self, cfg: TrainConfig, total_rows: int) -> int:
         # One step. The later groups hold rare latents by design (the last half of the
