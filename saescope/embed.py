@@ -202,6 +202,11 @@ def _read_vectors(cfg: EmbedConfig) -> np.ndarray:
             from safetensors.numpy import load_file
 
             tensors = load_file(str(path))
+            if cfg.vectors_key is None and len(tensors) > 1:
+                raise SaescopeError(
+                    f"{path} holds {len(tensors)} tensors ({', '.join(tensors)}); choose one "
+                    "with --vectors-key"
+                )
             key = cfg.vectors_key or next(iter(tensors))
             if key not in tensors:
                 raise SaescopeError(f"{path} has no tensor {key!r}; it has {', '.join(tensors)}")
@@ -226,6 +231,8 @@ def _read_vectors(cfg: EmbedConfig) -> np.ndarray:
         raise SaescopeError(
             f"{path} must hold a 2-D float array, got {arr.dtype} of shape {arr.shape}"
         )
+    if not len(arr):
+        raise SaescopeError(f"{path} holds no rows (shape {arr.shape})")
     return arr
 
 
@@ -241,6 +248,12 @@ def _read_ids(path_str: str, n: int) -> list[str]:
         ids = path.read_text().splitlines()
     if len(ids) != n:
         raise SaescopeError(f"{path} has {len(ids)} ids but the vectors file has {n} rows")
+    repeated = pd.Index(ids).duplicated()
+    if repeated.any():
+        twice = ids[int(np.argmax(repeated))]
+        raise SaescopeError(
+            f"{path}: the id {twice!r} is given more than once; ids name one row each"
+        )
     return ids
 
 
@@ -300,7 +313,7 @@ def _vectors_record(cfg: EmbedConfig, rp: RunPaths) -> provenance.Record:
         f"vectors {r['file']} (rows {r['start']}..{r['stop']})": r["sha256"]
         for r in m.get("imports", [])
     }
-    ignore = (*_IGNORED, "vectors", "ids")  # these name one import, not the store
+    ignore = (*_IGNORED, "vectors", "vectors_key", "ids")  # these name one import
     return provenance.Record.make(rp.acts_record, "embed", cfg, up, ignore)
 
 

@@ -282,3 +282,25 @@ def test_importing_rows_that_cannot_be_one_per_corpus_text_says_so(tmp_path, cap
     _import(run, tmp_path / "b.npy", append=True)
     assert "now holds" not in capsys.readouterr().err
     assert row_texts(run)[11] == "text 11"
+
+
+def test_imports_that_would_be_silently_wrong_are_refused_and_a_key_names_one_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    a = np.random.default_rng(1).normal(size=(20, 6)).astype(np.float32)
+    save_file({"x": a, "y": -a}, str(tmp_path / "two.safetensors"))
+    with pytest.raises(SaescopeError, match="holds 2 tensors \\(x, y\\); choose one with"):
+        _import(tmp_path / "r2", tmp_path / "two.safetensors")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 6), dtype=np.float32))
+    with pytest.raises(SaescopeError, match="holds no rows"):
+        _import(tmp_path / "r0", tmp_path / "empty.npy")
+    np.save(tmp_path / "a.npy", a)
+    (tmp_path / "dup.txt").write_text("\n".join(["same"] * 20))
+    with pytest.raises(SaescopeError, match="the id 'same' is given more than once"):
+        _import(tmp_path / "rd", tmp_path / "a.npy", ids=str(tmp_path / "dup.txt"))
+    # --vectors-key names the tensor of one file: another file may need another key
+    run = tmp_path / "r"
+    _import(run, tmp_path / "a.npy")
+    _import(run, tmp_path / "two.safetensors", vectors_key="y", append=True)
+    store = ActivationStore(run / "acts")
+    assert torch.equal(store.rows(range(20, 40)), torch.from_numpy(-a))
