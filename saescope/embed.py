@@ -166,6 +166,12 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> tuple[Path, str
         model = load_embedding_model(cfg.model, device, cfg.backend, resume)
     backend = getattr(model, "backend", "torch")  # a SentenceTransformer is torch
     if cfg.max_seq_length is not None:
+        limit = _position_limit(model)
+        if limit is not None and cfg.max_seq_length > limit:
+            raise SaescopeError(
+                f"--max-seq-length {cfg.max_seq_length} is more than the {limit} positions "
+                f"{cfg.model} has; use at most {limit}"
+            )
         model.max_seq_length = cfg.max_seq_length
     d_in = model_dim(model)
     meta = {
@@ -188,6 +194,16 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> tuple[Path, str
         writer.append(encode_texts(model, chunk, cfg.batch_size, cfg.normalize, bar))
     bar.close()
     return writer.close(), backend
+
+
+def _position_limit(model: Any) -> int | None:
+    """The most tokens the model's transformer takes (its position embeddings), where it
+    says; a longer `max_seq_length` fails mid-run on the first long text."""
+    st = getattr(model, "st", model)  # a backend wraps the SentenceTransformer
+    try:
+        return int(st[0].auto_model.config.max_position_embeddings)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _read_vectors(cfg: EmbedConfig) -> np.ndarray:

@@ -304,3 +304,12 @@ def test_imports_that_would_be_silently_wrong_are_refused_and_a_key_names_one_fi
     _import(run, tmp_path / "two.safetensors", vectors_key="y", append=True)
     store = ActivationStore(run / "acts")
     assert torch.equal(store.rows(range(20, 40)), torch.from_numpy(-a))
+
+
+def test_a_max_seq_length_beyond_the_models_positions_is_refused_before_any_row(tmp_path):
+    """It was taken, and the first text longer than 512 tokens crashed the run mid-way."""
+    run = tmp_path / "long"
+    make_corpus(CorpusConfig(run=str(run), source="tweets", limit=5))
+    with pytest.raises(SaescopeError, match="--max-seq-length 100000 is more than the 512"):
+        embed_corpus(EmbedConfig(run=str(run), backend="torch", max_seq_length=100000))
+    assert not (run / "acts" / "manifest.json").exists()
