@@ -58,11 +58,6 @@ from saescope.store import ActivationStore, split_mask
 EMBEDDING_SOURCES = ("sentence-transformers", "vectors")
 
 
-def sae_dir(cfg: EvalConfig) -> Path:
-    inside = RunPaths(cfg.run).root / cfg.sae
-    return inside if inside.exists() or not Path(cfg.sae).exists() else Path(cfg.sae)
-
-
 @dataclass
 class _Sums:
     n: int = 0
@@ -322,7 +317,7 @@ def summary_line(folder: Path, metrics: dict[str, Any]) -> str:
 @provenance.locked("eval")
 def run(cfg: EvalConfig) -> Path:
     """Write `<sae folder>/metrics.json`; returns its path."""
-    folder = SAEPaths(sae_dir(cfg))
+    folder = SAEPaths(RunPaths(cfg.run).sae_folder(cfg.sae))
     store = ActivationStore(RunPaths(cfg.run).acts)
     sae, weights, fmt = load_for_eval(folder.dir, pick_device(cfg.device))
     folder = SAEPaths(weights.parent)  # a file given as --sae stands for its folder

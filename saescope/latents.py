@@ -367,7 +367,7 @@ def run(cfg: LatentsConfig) -> Path:
     for name in ("examples_per_quantile", "n_random"):
         if getattr(cfg, name) < 0:
             raise SaescopeError(f"--{name.replace('_', '-')} must be >= 0")
-    sae_dir = Path(cfg.sae) if cfg.sae else rp.sae
+    sae_dir = rp.sae_folder(cfg.sae)
     store = ActivationStore(rp.acts)
     device = str(pick_device(cfg.device))
     sae = SAE.load(sae_dir, device=device).eval()  # names a missing or foreign folder

@@ -167,6 +167,14 @@ class RunPaths:
     def sae(self) -> Path:
         return self.root / "sae"
 
+    def sae_folder(self, name: str | None) -> Path:
+        """The SAE folder an `--sae` option names: a folder inside the run (`sae`,
+        `sae-4096-k16`) when there is one, else a path; none given: the run's `sae/`."""
+        if not name:
+            return self.sae
+        inside = self.root / name
+        return inside if inside.exists() or not Path(name).exists() else Path(name)
+
     @property
     def sae_config(self) -> Path:
         return self.sae / "config.json"

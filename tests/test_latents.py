@@ -264,6 +264,10 @@ def test_an_sae_of_another_model_is_refused(news_run: Path, tmp_path: Path) -> N
         tmp_path / "local"
     )
     run(LatentsConfig(run=str(rd), sae=str(tmp_path / "local"), **CFG))
+    # --sae names a folder inside the run as eval's does (it was read from the working dir)
+    shutil.copytree(tmp_path / "local", rd / "sae-local")
+    # (the same weights: the cache made from `local` is up to date for it)
+    assert run(LatentsConfig(run=str(rd), sae="sae-local", **CFG)) == RunPaths(rd).latents
 
 
 def test_a_cache_of_a_remade_store_is_refused(news_run: Path, tmp_path: Path) -> None:

@@ -13,7 +13,9 @@ class LatentsConfig:
     """Options of the latents stage."""
 
     run: str = option(DEFAULT_RUN, "run directory (reads acts/ and sae/, writes latents/)")
-    sae: str | None = option(None, "SAE folder to use instead of <run>/sae")
+    sae: str | None = option(
+        None, "SAE folder to use instead of <run>/sae: a name inside the run or a path"
+    )
     batch_size: int = option(4096, "rows encoded per forward pass")
     shard_rows: int = option(65536, "store rows per latent shard (the unit of resume)")
     device: str = option("auto", "cuda, cpu or auto (cuda when present)")

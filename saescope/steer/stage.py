@@ -71,8 +71,7 @@ def read_prompts(path: str | None) -> list[str]:
 
 def _sae_folder(cfg: SteerConfig, rp: RunPaths) -> Path:
     if cfg.sae:
-        inside = rp.root / cfg.sae
-        return inside if inside.exists() else Path(cfg.sae)
+        return rp.sae_folder(cfg.sae)
     if rp.latents_manifest.exists():
         from saescope.latents import LatentCache
 
