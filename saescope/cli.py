@@ -59,7 +59,7 @@ STAGES: dict[str, Stage] = {
         "token activations of a causal LM at one hookpoint, into the activation store",
     ),
     "train": Stage(
-        "saescope.train",
+        "saescope.train.stage",
         "saescope.train.config",
         "TrainConfig",
         "train sparse autoencoders on the activation store",

@@ -70,8 +70,10 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type) -> None:
             continue
         tp, optional = _base_type(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
-        helptext = f.metadata.get("help", "") + f" (default: {default!r})"
+        helptext = f.metadata.get("help", "")
+        if "default" not in helptext:  # "(default: the store's model)" says it already
+            default = field_default(f)
+            helptext += " (default: unset)" if default is None else f" (default: {default!r})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": helptext}
         if f.metadata.get("choices"):
             kw["choices"] = f.metadata["choices"]

@@ -1,9 +1,9 @@
-"""The pipeline glue: chains stages on one run directory (with the CLI, the only place that does).
+"""`saescope demo`: the whole pipeline on the embedded defaults, one stage after another.
 
-`saescope demo` runs the whole chain on the embedded defaults and prints each
-stage's wall time; `saescope demo --lm` runs the language-model chain (the packaged
-SmolLM2's middle residual stream over news texts) into runs/demo-lm. Re-running
-either skips the stages that are already done.
+It runs every stage into runs/demo and prints each stage's wall time; `saescope demo
+--lm` runs the language-model chain (the packaged SmolLM2's middle residual stream over
+news texts) into runs/demo-lm. Re-running either skips the stages that are already done.
+(This module is the pipeline glue: with the CLI, the only place that chains stages.)
 """
 
 from __future__ import annotations

@@ -191,9 +191,10 @@ class Record:
         if changes:
             if overwrite:
                 return Decision.FRESH
+            elsewhere = "--out" if self.stage == "convert" else "--run"  # convert's own flag
             raise SaescopeError(
                 f"{output} was made from other inputs or options: {'; '.join(changes)}. "
-                "Pass --overwrite to redo it, or use another --run"
+                f"Pass --overwrite to redo it, or use another {elsewhere}"
             )
         # same inputs and options: --overwrite has nothing different to replace
         if saved.get("status") != "complete":
