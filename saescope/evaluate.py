@@ -133,8 +133,11 @@ def evaluate_sae(
     if sums.n == 0 or sums.x_sum is None or sums.fires is None:
         raise SaescopeError(f"no rows to evaluate in the {split} split of {store.dir}")
     total_var = sums.x_sq - float(sums.x_sum.pow(2).sum()) / sums.n
-    nmse = sums.err_sq / max(total_var, 1e-30)
-    if not math.isfinite(nmse):
+    # rows all alike (one row, say) leave no variance to explain: no NMSE or FVE, not a
+    # ratio of rounding errors
+    flat = total_var <= 1e-9 * max(sums.x_sq, 1e-30)
+    nmse = None if flat else sums.err_sq / total_var
+    if nmse is not None and not math.isfinite(nmse):
         raise SaescopeError(
             f"the {split} split of {store.dir} gives a non-finite reconstruction error: "
             "the store holds NaN or inf values (rebuild it) or the SAE overflows on them"
@@ -144,13 +147,13 @@ def evaluate_sae(
     metrics: dict[str, Any] = {
         "n_rows": sums.n,
         "nmse": nmse,
-        "fve": 1.0 - nmse,
+        "fve": None if nmse is None else 1.0 - nmse,
         "mse_per_row": sums.err_sq / sums.n,
         "l0": sums.active / sums.n,
         "dead_fraction": float((~alive).double().mean()),
         "mean_log10_density": float(density[alive].log10().mean()) if alive.any() else None,
         "mean_active_value": sums.value_sum / sums.active if sums.active else 0.0,
-        "cosine": sums.cos_sum / sums.n,
+        "cosine": min(1.0, sums.cos_sum / sums.n),  # rounding took one row to 1 + 4e-16
     }
     want = cfg.retrieval == "on" or (
         cfg.retrieval == "auto" and store.meta.get("source") in EMBEDDING_SOURCES
@@ -294,8 +297,9 @@ def _fmt(x: Any) -> str:
 
 def summary_line(folder: Path, metrics: dict[str, Any]) -> str:
     """One line: the SAE, its NMSE and L0, and (LM runs) ce_loss_score and kl_div_score."""
+    nmse = "n/a (the rows do not vary)" if metrics["nmse"] is None else _fmt(metrics["nmse"])
     line = (
-        f"eval {folder}: nmse {_fmt(metrics['nmse'])}, l0 {_fmt(metrics['l0'])}, "
+        f"eval {folder}: nmse {nmse}, l0 {_fmt(metrics['l0'])}, "
         f"dead {_fmt(metrics['dead_fraction'])} on {metrics['n_rows']:,} {metrics['split']} rows"
     )
     if metrics["n_rows"] < FEW_ROWS:

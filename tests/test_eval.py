@@ -116,6 +116,10 @@ def test_a_split_of_few_rows_is_called_unsteady(run_dir, capsys):
         line = capsys.readouterr().err
         assert f"on {m['n_rows']:,} eval rows" in line and (m["n_rows"] == max_rows or not max_rows)
         assert ("too few for steady figures" in line) is warned, line
+        # one row has no variance to explain: no NMSE or FVE rather than err / 1e-30
+        assert (m["nmse"] is None) is (max_rows == 1) and (m["fve"] is None) is (max_rows == 1)
+        assert ("nmse n/a (the rows do not vary)" in line) is (max_rows == 1)
+        assert m["cosine"] <= 1.0
 
 
 def test_metrics_measured_on_another_runs_store_are_left_out_of_this_runs_pages(
