@@ -245,3 +245,14 @@ def test_more_examples_than_the_cache_keeps_are_said(run_dir: Path) -> None:
         SaescopeWarning, match=f"--top-examples {kept + 1}: the latent cache keeps {kept}"
     ):
         report(ReportConfig(run=str(run_dir), top_examples=kept + 1))
+
+
+def test_a_corpus_of_another_length_is_named_as_the_reason_rows_have_no_text(
+    run_dir: Path,
+) -> None:
+    from saescope.report.data import RowTexts
+
+    n = len(pd.read_parquet(RunPaths(run_dir).corpus))
+    assert RowTexts(run_dir, n)(0) != "" and "no text" not in RowTexts(run_dir, n)(0)
+    said = RowTexts(run_dir, n + 5)(0)
+    assert f"corpus.parquet holds {n:,} texts and the store {n + 5:,} rows" in said

@@ -194,6 +194,11 @@ class RowTexts:
             texts = corpus_column(run, "text").to_numpy()
             if len(texts) == n_rows:
                 self.texts = texts
+            else:  # imported vectors, say: row i is not text i
+                self.missing = (
+                    f"no text: corpus.parquet holds {len(texts):,} texts and the store "
+                    f"{n_rows:,} rows, so a row is not a text"
+                )
 
     def __call__(self, row: int, max_chars: int | None = None) -> str:
         """The row's text; for a token row its window with the token marked <<like this>>."""
