@@ -12,9 +12,11 @@ import argparse
 import dataclasses
 import json
 import math
+import numbers
+import os
 import types
 import typing
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -154,10 +156,16 @@ def coerce(name: str, annotation: Any, value: Any, choices: tuple[str, ...] | No
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
         inner = typing.get_args(tp)[0]
-        items = list(value) if isinstance(value, list | tuple) else [value]
+        many = isinstance(value, Iterable) and not isinstance(value, str | bytes)
+        items = list(value) if many else [value]  # a numpy array or a range is its items
         out = [_scalar(name, inner, v, choices) for v in items]
         return tuple(out) if origin is tuple else out
     return _scalar(name, tp, value, choices)
+
+
+def _is_bool(value: Any) -> bool:
+    """A Python or numpy bool (numpy is not imported: `--help` stays light)."""
+    return isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b"
 
 
 def _scalar(name: str, tp: Any, value: Any, choices: tuple[str, ...] | None = None) -> Any:
@@ -165,9 +173,9 @@ def _scalar(name: str, tp: Any, value: Any, choices: tuple[str, ...] | None = No
         return SaescopeError(f"option {name}: expected {expected}, got {value!r}")
 
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
+        if _is_bool(value):
+            return bool(value)
+        if isinstance(value, numbers.Integral) and value in (0, 1):
             return bool(value)
         if isinstance(value, str):
             try:
@@ -176,19 +184,19 @@ def _scalar(name: str, tp: Any, value: Any, choices: tuple[str, ...] | None = No
                 raise bad("true or false") from None
         raise bad("true or false")
     if tp is int:
-        if isinstance(value, bool):
+        if _is_bool(value):
             raise bad("a whole number")
-        if isinstance(value, int):
-            return value
+        if isinstance(value, numbers.Integral):  # numpy's integers too
+            return int(value)
         try:
-            number = float(value) if isinstance(value, str | float) else None
+            number = float(value) if isinstance(value, str | numbers.Real) else None
         except ValueError:
             number = None
         if number is None or not number.is_integer():
             raise bad("a whole number")
         return int(number)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
+        if _is_bool(value) or not isinstance(value, numbers.Real | str):
             raise bad("a number")
         try:
             return float(value)
@@ -197,6 +205,8 @@ def _scalar(name: str, tp: Any, value: Any, choices: tuple[str, ...] | None = No
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):  # a run or a file given as a Path
+            return os.fspath(value)
         if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
             said = [w for w in (("on", "yes", "true") if value else ("off", "no", "false"))
                     if w in (choices or ())]  # fmt: skip

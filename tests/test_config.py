@@ -177,6 +177,22 @@ def test_configs_made_in_python_are_held_to_what_the_cli_is() -> None:
         KeywordsConfig(method="bogus")
     with pytest.raises(SaescopeError, match="retrieval_k must be >= 1"):
         EvalConfig(retrieval_k=-3)
+    # what a researcher has at hand in Python: Paths, numpy numbers and arrays, ranges
+    import numpy as np
+
+    cfg = TrainConfig(
+        run=Path("runs/x"),  # type: ignore[arg-type]
+        d_sae=[np.int64(64)],
+        k=np.array([4, 8]),  # type: ignore[arg-type]
+        lr=np.float32(1e-3),  # type: ignore[arg-type]
+        scale_inputs=np.bool_(False),  # type: ignore[arg-type]
+    )
+    assert (cfg.run, cfg.d_sae, cfg.k, cfg.scale_inputs) == ("runs/x", [64], [4, 8], False)
+    assert type(cfg.d_sae[0]) is int and type(cfg.lr) is float
+    assert KeywordsConfig(features=range(3)).features == [0, 1, 2]  # type: ignore[arg-type]
+    for bad in (True, 64.5, np.bool_(True)):
+        with pytest.raises(SaescopeError, match="option batch_size: expected a whole number"):
+            TrainConfig(batch_size=bad)  # type: ignore[arg-type]
     for make in (lambda: CorpusConfig(seed=-1), lambda: KeywordsConfig(split_seed=2**32)):
         with pytest.raises(SaescopeError, match=r"seed must lie in \[0, 2\*\*32\)"):
             make()
