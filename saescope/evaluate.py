@@ -105,7 +105,7 @@ def recall_at_k(x: torch.Tensor, x_hat: torch.Tensor, k: int, chunk: int = 1024)
     return hits / (m * k)
 
 
-def evaluate_sae(
+def stream_metrics(
     sae: SAE, store: ActivationStore, split: str, eval_fraction: float, cfg: EvalConfig
 ) -> dict[str, Any]:
     """Stream the split through `sae` and return the metrics (see module docstring)."""
@@ -183,10 +183,14 @@ def load_for_eval(folder: Path, device: torch.device) -> tuple[SAE, Path, str]:
     return sae, where.weights, where.format
 
 
-def _trained_store(folder: SAEPaths, fmt: str) -> Path | None:
-    """The store a native SAE was trained on, where it says so."""
-    store = read_json(folder.config).get("metadata", {}).get("store") if fmt == "saescope" else None
-    return Path(store).resolve() if store else None
+def _trained_store_id(folder: SAEPaths, fmt: str) -> str | None:
+    """The manifest hash of the store a native SAE was trained on (its training record's
+    input), where it says: the store compared by what it holds, not by a path that was
+    relative to wherever `train` ran."""
+    saved = provenance.read_record(folder.train_record) if fmt == "saescope" else None
+    if not saved or saved.get("stage") != "train":
+        return None
+    return saved.get("upstream", {}).get("acts")
 
 
 def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
@@ -196,10 +200,9 @@ def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
         trained = read_json(folder.config).get("training", {}).get("eval_fraction")
     if cfg.eval_fraction < 0:
         return float(trained or 0.0)
-    store = _trained_store(folder, fmt)
-    same_store = (
-        store is None or store == RunPaths(cfg.run).acts.resolve()
-    )  # another run's: none trained
+    trained_on = _trained_store_id(folder, fmt)
+    here = provenance.artifact_id(RunPaths(cfg.run).acts_manifest)
+    same_store = trained_on is None or trained_on == here  # another store's rows: none trained
     if trained is not None and same_store and cfg.eval_fraction > float(trained):
         # the held-out rows of a fraction are the row ids whose hash falls under it, so a
         # larger fraction takes rows the SAE trained on as well
@@ -346,7 +349,7 @@ def run(cfg: EvalConfig) -> Path:
         return folder.metrics
     job = prepare_lm(cfg, store, sae, folder.dir, fraction) if with_lm else None
     record.start()
-    metrics = evaluate_sae(sae, store, split, fraction, cfg)
+    metrics = stream_metrics(sae, store, split, fraction, cfg)
     if job is not None:
         metrics["lm"] = evaluate_lm(job, sae, cfg.lm_batch_size)
     result = {
@@ -360,12 +363,12 @@ def run(cfg: EvalConfig) -> Path:
     write_json(folder.metrics, result)
     record.finish()
     print(summary_line(folder.dir, result), file=sys.stderr)
-    trained_on = _trained_store(folder, fmt)
-    if trained_on is not None and trained_on != rp.acts.resolve():
+    trained_on = _trained_store_id(folder, fmt)
+    if trained_on is not None and trained_on != upstream["acts"]:
         print(
             f"eval: note: {folder.metrics} now holds metrics on the store of {cfg.run}, not on "
-            f"{trained_on}, which the SAE was trained on; reports of that run leave them out "
-            "until `saescope eval` runs there again",
+            "the store the SAE was trained on; reports of its run leave them out until "
+            "`saescope eval` measures it there again",
             file=sys.stderr,
         )
     return folder.metrics

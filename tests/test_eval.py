@@ -85,8 +85,16 @@ def test_a_fraction_that_would_take_training_rows_is_refused(run_dir):
     )
     assert m["n_rows"] == int(split_mask(torch.arange(900).numpy(), 0.1).sum())
     # an SAE trained on another run's store trained on none of these rows: any fraction
-    elsewhere = SAE(SAEConfig("topk", 12, 8, k=2, metadata={"store": "/elsewhere/acts"}))
-    _save(elsewhere, RunPaths(run).root / "elsewhere")
+    from saescope import provenance
+    from saescope.paths import SAEPaths
+
+    elsewhere = RunPaths(run).root / "elsewhere"
+    _save(SAE(SAEConfig("topk", 12, 8, k=2)), elsewhere)
+    record = provenance.Record.make(
+        SAEPaths(elsewhere).train_record, "train", {}, {"acts": "another store's manifest"}
+    )
+    record.start()
+    record.finish()
     m = read_json(
         evaluate.run(evaluate.EvalConfig(run=str(run), sae="elsewhere", eval_fraction=0.5))
     )
@@ -123,28 +131,35 @@ def test_a_split_of_few_rows_is_called_unsteady(run_dir, capsys):
 
 
 def test_metrics_measured_on_another_runs_store_are_left_out_of_this_runs_pages(
-    run_dir, tmp_path, capsys
+    run_dir, tmp_path, capsys, monkeypatch
 ):
     """`eval --run B --sae A/sae` writes A's SAE folder's metrics.json; A's report showed
     B's figures as its SAE's held-out metrics."""
-    from saescope.report.data import sae_metrics
+    import shutil
 
-    run, rows = run_dir
-    other = tmp_path / "other"
+    from saescope.report.data import sae_metrics
+    from saescope.train import TrainConfig
+    from saescope.train.stage import run as train
+
+    src, rows = run_dir
+    run, other = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(RunPaths(src).acts, RunPaths(run).acts)
     w = StoreWriter(RunPaths(other).acts, 12, shard_rows=300, meta={"source": "vectors"})
     w.append(rows[:400] * 2)
     w.close()
-    own = str(RunPaths(run).acts.resolve())
-    folder = RunPaths(run).root / "own"
-    _save(SAE(SAEConfig("topk", 12, 24, k=3, metadata={"store": own})), folder)
-    evaluate.run(evaluate.EvalConfig(run=str(run), sae="own"))
+    train(TrainConfig(run=str(run), d_sae=[24], k=[3], batch_size=100, progress=False))
+    folder = RunPaths(run).sae
     mine, note = sae_metrics(run, folder)
     assert mine["n_rows"] > 0 and note is None
     assert "now holds metrics" not in capsys.readouterr().err
     evaluate.run(evaluate.EvalConfig(run=str(other), sae=str(folder)))
     assert f"now holds metrics on the store of {other}" in capsys.readouterr().err
     left, note = sae_metrics(run, folder)
-    assert left == {} and note == f"own/metrics.json (measured on the store of {other})"
+    assert left == {} and note == f"sae/metrics.json (measured on the store of {other})"
     assert sae_metrics(other, folder)[1] is None
-    evaluate.run(evaluate.EvalConfig(run=str(run), sae="own"))  # measured here again
+    # the store is known by what it holds: eval from another working directory, with the
+    # run named relative to it, is eval on the SAE's own store
+    monkeypatch.chdir(tmp_path)
+    evaluate.run(evaluate.EvalConfig(run="a"))
+    assert "now holds metrics" not in capsys.readouterr().err
     assert sae_metrics(run, folder)[0]["n_rows"] == mine["n_rows"]

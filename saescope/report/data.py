@@ -100,6 +100,11 @@ def sae_metrics(run: str | Path, sae_dir: Path) -> tuple[dict[str, Any], str | N
     if said is None or not acts.exists() or said == provenance.artifact_id(acts):
         return metrics, None
     other = (metrics.get("config") or {}).get("run") or "another run"
+    if Path(other).resolve() == Path(run).resolve():
+        return (
+            {},
+            f"{sp.dir.name}/{sp.metrics.name} (measured on this run's store before it was re-made)",
+        )
     return {}, f"{sp.dir.name}/{sp.metrics.name} (measured on the store of {other})"
 
 

@@ -400,7 +400,8 @@ def _summary(
     )
     metrics, left_out = sae_metrics(rp.root, sae_dir)
     if left_out:
-        note = f"{left_out}; `saescope eval --run {rp.root}` measures them on this run"
+        own = "" if sae_dir.resolve() == rp.sae.resolve() else f" --sae {sae_dir}"
+        note = f"{left_out}; `saescope eval --run {rp.root}{own}` measures them on this run"
         boxes.append(_box("SAE metrics", {"left out": note}))
     if metrics:
         flat = {

@@ -280,7 +280,7 @@ def _save(
     sae = trainer.export(tr)
     meta = {
         "source": "saescope",
-        "store": str(store.dir),
+        "store": str(store.dir.resolve()),
         "store_meta": store.meta,
         "input_scale": trainer.scale,
     }
