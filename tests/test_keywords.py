@@ -211,9 +211,10 @@ def test_phrases_are_ranked_without_an_sae_of_another_space(planted, tmp_path, c
         return out.set_index("feature")["keywords"].map(list).to_dict()
 
     default = names()
-    assert "ranked without the SAE (--sae-weight unused)" in capsys.readouterr().err
     assert names(sae_weight=0.0) == default
-    assert "--sae-weight unused" not in capsys.readouterr().err
+    assert "--sae-weight unused" not in capsys.readouterr().err  # not asked for: no note
+    assert names(sae_weight=0.9) == default
+    assert "ranked without the SAE (--sae-weight unused)" in capsys.readouterr().err
 
 
 def test_options_of_the_other_method_and_out_of_range_values_are_refused():

@@ -52,6 +52,18 @@ def test_a_stream_without_a_length_needs_its_steps_and_every_batch_is_checked():
     _, stream = synthetic_batches(4, 32)
     with pytest.raises(SaescopeError, match="pass total_steps="):
         train_on_batches(stream, cfg)
+    with pytest.raises(SaescopeError, match="got no batches"):  # the real problem first
+        train_on_batches([], cfg)
+
+    class NoLength:  # a DataLoader of an IterableDataset: __len__ that raises
+        def __iter__(self):
+            return synthetic_batches(4, 32)[1]
+
+        def __len__(self):
+            raise TypeError("no len")
+
+    with pytest.raises(SaescopeError, match="pass total_steps="):
+        train_on_batches(NoLength(), cfg)
     _, stream = synthetic_batches(4, 32)
     arrays = [b.numpy() for b in stream]  # numpy batches are taken as they are
     result = train_on_batches(arrays, cfg)

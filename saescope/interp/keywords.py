@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from saescope import provenance
-from saescope.config import config_to_dict
+from saescope.config import changed_options, config_to_dict
 from saescope.errors import SaescopeError
 from saescope.examples import (
     ExampleOptions,
@@ -131,7 +131,7 @@ def name_features(
         if sae is not None and not store_is_text_embedding(store, model_name):
             # the SAE reads the store's space; phrases embedded by another model (imported
             # vectors, an LM's residual stream, --model) would be read as if they were in it
-            if cfg.sae_weight > 0:
+            if changed_options(cfg, ("sae_weight",)) and cfg.sae_weight > 0:  # asked for
                 print(
                     f"keywords: note: the store does not hold {model_name} sentence "
                     "embeddings, so phrases are ranked without the SAE (--sae-weight unused)",

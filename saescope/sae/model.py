@@ -92,7 +92,7 @@ class SAE(nn.Module):
         lists are taken too), or a `SaescopeError` naming the shape it needs."""
         if not isinstance(x, torch.Tensor):
             try:
-                x = torch.as_tensor(np.asarray(x, dtype=np.float32))
+                x = torch.as_tensor(np.asarray(x))  # cast below, to the SAE's own dtype
             except (TypeError, ValueError) as exc:
                 raise SaescopeError(
                     f"the SAE takes a tensor or array of rows, got {type(x).__name__}: "

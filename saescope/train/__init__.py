@@ -55,19 +55,22 @@ def train_on_batches(
 
     if rows not in ROW_KINDS:
         raise SaescopeError(f"rows must be one of {', '.join(ROW_KINDS)}, got {rows!r}")
+    it = iter(batches)
+    try:
+        first = _batch(next(it), None, 0)
+    except StopIteration:
+        raise SaescopeError("train_on_batches got no batches") from None
     if total_steps is None:
-        total_steps = len(batches) if hasattr(batches, "__len__") else cfg.max_steps  # type: ignore[arg-type]
+        try:  # a DataLoader of an IterableDataset has __len__ and raises in it
+            total_steps = len(batches)  # type: ignore[arg-type]
+        except TypeError:
+            total_steps = cfg.max_steps
     if not total_steps or total_steps < 1:
         raise SaescopeError(
             "train_on_batches needs the number of steps for the LR schedule, the dead-latent "
             "window and BatchTopK's threshold: pass total_steps= (or cfg.max_steps) with a "
             "stream that has no len()"
         )
-    it = iter(batches)
-    try:
-        first = _batch(next(it), None, 0)
-    except StopIteration:
-        raise SaescopeError("train_on_batches got no batches") from None
     sample = first if init_sample is None else _batch(init_sample, first.shape[1], None)
     trainer = Trainer(cfg, first.shape[1], sample, int(total_steps), rows=rows)
     trainer.train_step(first)

@@ -174,11 +174,7 @@ class TrainConfig(ArchOptions):
     eval_at_end: bool = option(True, "run `saescope eval` on each trained SAE at the end")
 
     def __post_init__(self) -> None:
-        check_fields(self)
-        if self.architecture not in ARCHITECTURES:
-            raise SaescopeError(
-                f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}"
-            )
+        check_fields(self)  # types and choices (architecture, lr_decay, input_norm ...)
         if not self.d_sae or any(int(d) < 1 for d in self.d_sae):
             raise SaescopeError(f"d_sae must be one or more positive sizes, got {self.d_sae}")
         arch = archs.get(self.architecture)
@@ -199,21 +195,9 @@ class TrainConfig(ArchOptions):
         for name in self.loggers:
             if name not in LOGGERS:
                 raise SaescopeError(f"unknown logger {name!r}; choose from {', '.join(LOGGERS)}")
-        for name, choices in (
-            ("lr_decay", DECAYS),
-            ("b_dec_init", B_DEC_INITS),
-            ("select_precision", SELECT_PRECISIONS),
-            ("input_norm", ("auto", *INPUT_NORMS)),
-        ):
-            if getattr(self, name) not in choices:
-                raise SaescopeError(f"{name} must be one of {', '.join(choices)}")
         if len(self.adam_betas) != 2:
             raise SaescopeError(f"adam_betas needs two values, got {self.adam_betas}")
         self._check_ranges()
-        if self.sparse_backward not in archs.base.SPARSE_PATHS:
-            raise SaescopeError(
-                f"sparse_backward must be one of {', '.join(archs.base.SPARSE_PATHS)}"
-            )
         arch.check_train(self)
         self._check_foreign_options(arch)
 

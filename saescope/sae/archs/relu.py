@@ -61,8 +61,6 @@ class Relu(Architecture):
     def check_train(self, cfg: TrainConfig) -> None:
         if not cfg.l1_coefficient >= 0:  # NaN too
             raise SaescopeError(f"l1_coefficient must be >= 0, got {cfg.l1_coefficient}")
-        if cfg.relu_l1 not in RELU_L1:
-            raise SaescopeError(f"relu_l1 must be one of {', '.join(RELU_L1)}")
         if cfg.relu_l1 == "unit_decoder" and not cfg.unit_norm_decoder:
             raise SaescopeError(
                 "relu_l1=unit_decoder needs unit_norm_decoder=true (an L1 on the codes of free "

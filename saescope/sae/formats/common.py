@@ -16,17 +16,13 @@ import torch
 from safetensors.torch import load_file
 
 from saescope.errors import SaescopeError, describe
-from saescope.sae.config import SAEConfig
+from saescope.sae.config import SAE_DTYPES, SAEConfig
 from saescope.sae.model import SAE
 
-# dtype spellings found in foreign configs -> saescope's SAEConfig.dtype
-DTYPES = {
-    "float32": "float32",
+# dtype spellings found in foreign configs -> saescope's SAEConfig.dtype (SAE_DTYPES)
+DTYPES = {name: name for name in SAE_DTYPES} | {
     "float": "float32",
-    "float16": "float16",
     "half": "float16",
-    "bfloat16": "bfloat16",
-    "float64": "float64",
     "double": "float64",
 }
 
@@ -36,7 +32,7 @@ def dtype_name(value: Any, where: str) -> str:
     text = str(value).removeprefix("torch.")
     if text not in DTYPES:
         raise SaescopeError(
-            f"{where}: unsupported dtype {value!r}; expected one of float32, float16, bfloat16, float64"
+            f"{where}: unsupported dtype {value!r}; expected one of {', '.join(SAE_DTYPES)}"
         )
     return DTYPES[text]
 
