@@ -48,8 +48,9 @@ def train_on_batches(
     default the first batch. `total_steps` sets the LR schedule (and the dead-latent
     window); by default len(batches), and a stream with no len() needs it (or
     cfg.max_steps). Batches are tensors or numpy arrays (n_rows, d_in). The SAEs come
-    back ready for inference (eval mode, no gradients). `rows` says what a row is, "texts" (embeddings) or "tokens" (an LM's
-    activations), for the options whose default depends on it (`input_norm="auto"`).
+    back ready for inference (eval mode, no gradients). `rows` says what a row is,
+    "texts" (embeddings) or "tokens" (an LM's activations), for the options whose
+    default depends on it (`input_norm="auto"`).
     """
     from saescope.train.trainer import Trainer
 
