@@ -233,6 +233,11 @@ def test_feature_names_rank_exact_keywords_first_then_partial_then_explanations(
     assert names.find("bank") == [1, 0, 2, 4]  # exact at rank 0, rank 1, partial, explanation
     assert names.find("River") == [3, 4]
     assert names.find("ban") == []  # whole words only
+    # where the word can be embedded: among the features its name matches, the one the
+    # word itself drives most (names are noisy; the drive reads what the SAE learned)
+    drive = np.array([0.0, -1.0, 3.0, 9.0, 1.0])  # feature 3 is not named by "bank"
+    assert names.find("bank", lambda word: drive) == [2, 4, 0, 1]
+    assert names.choose("bank", "run", lambda word: drive) == 2
     assert names.label(1) == "bank, money" and names.label(4).startswith("Texts")
     assert parse_spec("boost", "telescope") == EditRequest("boost", "telescope", None)
     assert parse_spec("suppress", " 12:0.5 ") == EditRequest("suppress", 12, 0.5)

@@ -162,6 +162,13 @@ class SearchSession:
             raise SaescopeError("the query text is empty; give a text or --row")
         return self.embed_texts([text])[0]
 
+    def drive(self, word: str) -> np.ndarray:
+        """(d_sae,) the SAE's pre-activations on the word's own embedding: how much the
+        word itself drives each feature (which of the features named by it to edit)."""
+        with torch.no_grad():
+            x = self.embed(word).unsqueeze(0).to(self.sae.W_enc.device)
+            return self.sae.encode_full(x).pre_acts[0].float().cpu().numpy()
+
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """(n, d_in) texts embedded as the corpus was."""
         from saescope.embed import encode_texts, load_query_model
@@ -223,7 +230,7 @@ class SearchSession:
             f = (
                 req.target
                 if isinstance(req.target, int)
-                else self.names.choose(req.target, self.run)
+                else self.names.choose(req.target, self.run, self.drive)
             )
             edit = to_edit(req, f, default, unit)
             (absolute,) = resolve([edit], self.typical, self.sae.cfg.d_sae)

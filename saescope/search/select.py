@@ -10,17 +10,23 @@ explanations when they exist). Out: `saescope.edits.Edit`s on feature ids:
     zero         zero          (the feature's own part of the query removed, nothing more)
 
 S is in units of the feature's largest activation on the run (`unit="typical"`), or
-absolute. A feature named by a word is the one whose keywords (or explanation) match it
-best: an exact keyword first, then a keyword holding the word, then an explanation
-holding it; among equals the one where it ranks higher, then the denser feature.
+absolute. A feature named by a word is one whose name holds it (a keyword that is the word
+or holds it, or an explanation holding it). Where the word can be embedded as the corpus
+was (search on a sentence-embedding run), it is the one of those that the word's own
+embedding drives most (the SAE's pre-activation): keyword names are noisy, and "japan"
+may rank second in a feature about an autopsy. Otherwise the best name match: an exact
+keyword first, then a keyword holding the word, then an explanation holding it; among
+equals the one where it ranks higher, then the denser feature.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from saescope.edits import Edit
 from saescope.errors import SaescopeError
@@ -113,8 +119,9 @@ class FeatureNames:
             return ", ".join(self._words[feature][:n])
         return self._explained.get(feature, "")
 
-    def find(self, term: str) -> list[int]:
-        """Features whose name matches `term`, best match first (see the module docstring)."""
+    def find(self, term: str, meaning: Callable[[str], np.ndarray] | None = None) -> list[int]:
+        """Features whose name matches `term`, best first (see the module docstring):
+        `meaning(term)` is the (d_sae,) drive of the word's own embedding on each feature."""
         word = term.strip().lower()
         pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")
         ranked: list[tuple[tuple[float, ...], int]] = []
@@ -134,15 +141,21 @@ class FeatureNames:
             if best is not None:
                 dens = -float(self.density[f]) if self.density is not None else 0.0
                 ranked.append(((*best, dens, f), f))
-        return [f for _, f in sorted(ranked)]
+        found = [f for _, f in sorted(ranked)]
+        if meaning is not None and found:
+            drive = meaning(term)
+            found.sort(key=lambda f: -float(drive[f]))  # stable: ties keep the name order
+        return found
 
-    def choose(self, term: str, run: str) -> int:
+    def choose(
+        self, term: str, run: str, meaning: Callable[[str], np.ndarray] | None = None
+    ) -> int:
         if not self:
             raise SaescopeError(
                 f"{run} has no feature names to find {term!r} in; run `saescope keywords "
                 f"--run {run}`, or give a feature id"
             )
-        found = self.find(term)
+        found = self.find(term, meaning)
         if not found:
             raise SaescopeError(
                 f"no feature name of {run} matches {term!r}; give a feature id (`saescope "
