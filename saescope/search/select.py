@@ -119,9 +119,9 @@ class FeatureNames:
             return ", ".join(self._words[feature][:n])
         return self._explained.get(feature, "")
 
-    def find(self, term: str, meaning: Callable[[str], np.ndarray] | None = None) -> list[int]:
+    def find(self, term: str, drive: Callable[[str], np.ndarray] | None = None) -> list[int]:
         """Features whose name matches `term`, best first (see the module docstring):
-        `meaning(term)` is the (d_sae,) drive of the word's own embedding on each feature."""
+        `drive(term)` is the (d_sae,) pre-activation of the word's own embedding."""
         word = term.strip().lower()
         pattern = re.compile(rf"(?<!\w){re.escape(word)}(?!\w)")
         ranked: list[tuple[tuple[float, ...], int]] = []
@@ -142,20 +142,18 @@ class FeatureNames:
                 dens = -float(self.density[f]) if self.density is not None else 0.0
                 ranked.append(((*best, dens, f), f))
         found = [f for _, f in sorted(ranked)]
-        if meaning is not None and found:
-            drive = meaning(term)
-            found.sort(key=lambda f: -float(drive[f]))  # stable: ties keep the name order
+        if drive is not None and found:
+            h = drive(term)
+            found.sort(key=lambda f: -float(h[f]))  # stable: ties keep the name order
         return found
 
-    def choose(
-        self, term: str, run: str, meaning: Callable[[str], np.ndarray] | None = None
-    ) -> int:
+    def choose(self, term: str, run: str, drive: Callable[[str], np.ndarray] | None = None) -> int:
         if not self:
             raise SaescopeError(
                 f"{run} has no feature names to find {term!r} in; run `saescope keywords "
                 f"--run {run}`, or give a feature id"
             )
-        found = self.find(term, meaning)
+        found = self.find(term, drive)
         if not found:
             raise SaescopeError(
                 f"no feature name of {run} matches {term!r}; give a feature id (`saescope "
