@@ -193,16 +193,14 @@ def _trained_store_id(folder: SAEPaths, fmt: str) -> str | None:
     return saved.get("upstream", {}).get("acts")
 
 
-def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str) -> float:
-    """The held-out fraction: the option, else the one the SAE was trained with (foreign: 0)."""
+def _fraction(cfg: EvalConfig, folder: SAEPaths, fmt: str, same_store: bool) -> float:
+    """The held-out fraction: the option, else the one the SAE was trained with (foreign: 0).
+    `same_store`: the SAE was (or may have been) trained on this store's rows."""
     trained = None
     if fmt == "saescope":
         trained = read_json(folder.config).get("training", {}).get("eval_fraction")
     if cfg.eval_fraction < 0:
         return float(trained or 0.0)
-    trained_on = _trained_store_id(folder, fmt)
-    here = provenance.artifact_id(RunPaths(cfg.run).acts_manifest)
-    same_store = trained_on is None or trained_on == here  # another store's rows: none trained
     if trained is not None and same_store and cfg.eval_fraction > float(trained):
         # the held-out rows of a fraction are the row ids whose hash falls under it, so a
         # larger fraction takes rows the SAE trained on as well
@@ -335,12 +333,14 @@ def run(cfg: EvalConfig) -> Path:
         )
     check_fits_store(sae, store.meta, store.d_in, str(folder.dir))
     with_lm = store.rows_kind == "tokens" and cfg.lm_contexts > 0
-    fraction = _fraction(cfg, folder, fmt)
-    split = "eval" if fraction > 0 else "all"
     rp = RunPaths(cfg.run)
     upstream = provenance.upstream_ids(
         {"acts": rp.acts_manifest, "sae": weights, "tokens": rp.acts_tokens if with_lm else None}
     )
+    trained_on = _trained_store_id(folder, fmt)
+    same_store = trained_on is None or trained_on == upstream["acts"]  # another's: none trained
+    fraction = _fraction(cfg, folder, fmt, same_store)
+    split = "eval" if fraction > 0 else "all"
     config = config_to_dict(cfg) | {"eval_fraction": fraction}  # the fraction actually used
     record = provenance.Record.make(folder.eval_record, "eval", config, upstream, _IGNORED)
     # metrics of an SAE are redone whenever the SAE or the store changed: overwrite
@@ -363,8 +363,7 @@ def run(cfg: EvalConfig) -> Path:
     write_json(folder.metrics, result)
     record.finish()
     print(summary_line(folder.dir, result), file=sys.stderr)
-    trained_on = _trained_store_id(folder, fmt)
-    if trained_on is not None and trained_on != upstream["acts"]:
+    if not same_store:
         print(
             f"eval: note: {folder.metrics} now holds metrics on the store of {cfg.run}, not on "
             "the store the SAE was trained on; reports of its run leave them out until "
