@@ -137,7 +137,7 @@ class SearchSession:
             self.sae_id: str | None = cache.sae_sha256
             described = True
         else:
-            self.sae = load_sae(sae).eval()
+            self.sae = load_sae(sae)
             self.sae_id = sha256_file(detect_format(sae).weights)
             described = cache_describes(run, self.sae_id)
         check_fits_store(self.sae, self.store.meta, self.store.d_in, str(sae or "the run's SAE"))

@@ -174,11 +174,10 @@ def run(cfg: SteerConfig, *, lm: LM | None = None) -> Path:
     _edits(cfg, [0], cfg.strength)  # a strength that is not finite, too
     folder = _sae_folder(cfg, rp)
     from saescope.latents import cache_describes
-    from saescope.sae import SAE, detect_format, load_sae
+    from saescope.sae import detect_format, load_sae
 
     where = detect_format(folder)
-    sae = (SAE.load(folder) if where.format == "saescope" else load_sae(folder)).eval()
-    sae.requires_grad_(False)
+    sae = load_sae(where.path)  # any format, ready for inference
     check_features(_edits(cfg, list(cfg.features), cfg.strength), sae.cfg.d_sae)
     upstream = provenance.upstream_ids({"acts": rp.acts_manifest, "sae": where.weights})
     # features.parquet (typical activations, logit lens) describes the latent cache's SAE
