@@ -174,12 +174,13 @@ class Trainer:
             for i, (name, (d_sae, k)) in enumerate(zip(names, variants, strict=True))
         ]
         # which selection matmul runs and why (recorded with the trained SAE)
-        why = f"select_precision {cfg.select_precision}"
-        if cfg.select_precision == "auto":
-            why = {"cuda": "auto: CUDA", "cpu": "auto: AMX"}.get(self.device.type, "auto")
-        self.selection = f"{_dtype_name(self.select_dtype)} ({why})"
         if not selects:
             self.selection = "none (no selection matmul in this architecture)"
+        else:
+            why = f"select_precision {cfg.select_precision}"
+            if cfg.select_precision == "auto":
+                why = {"cuda": "auto: CUDA", "cpu": "auto: AMX"}.get(self.device.type, "auto")
+            self.selection = f"{_dtype_name(self.select_dtype)} ({why})"
         self.timed_selection = chosen is None
         if chosen is None:
             self.select_dtype, self.selection = self._time_selection(sample)
