@@ -361,12 +361,6 @@ def encode_store(
 def run(cfg: LatentsConfig) -> Path:
     """Fill `latents/` for `cfg` (resuming an interrupted run); return the folder."""
     rp = RunPaths(cfg.run)
-    for name in ("top_n", "n_quantiles", "batch_size", "shard_rows", "max_chunk_nnz"):
-        if getattr(cfg, name) < 1:
-            raise SaescopeError(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("examples_per_quantile", "n_random"):
-        if getattr(cfg, name) < 0:
-            raise SaescopeError(f"--{name.replace('_', '-')} must be >= 0")
     sae_dir = rp.sae_folder(cfg.sae)
     store = ActivationStore(rp.acts)
     device = str(pick_device(cfg.device))

@@ -134,6 +134,21 @@ def test_score_counts_a_scorer_needs_are_checked() -> None:
             ScoreConfig(**bad)
 
 
+def test_latents_counts_are_checked_when_the_config_is_made() -> None:
+    """Its ranges were checked inside run(), so a config made in Python was taken and
+    only the stage refused it; now they are refused where every other stage's are."""
+    from saescope.options.latents import LatentsConfig
+
+    for bad, message in (
+        ({"top_n": 0}, "top_n must be >= 1, got 0"),
+        ({"max_chunk_nnz": 0}, "max_chunk_nnz must be >= 1"),
+        ({"n_random": -2}, "n_random must be >= 0, got -2"),
+    ):
+        with pytest.raises(SaescopeError, match=message):
+            LatentsConfig(**bad)
+    assert LatentsConfig(n_random=0, examples_per_quantile=0).n_random == 0
+
+
 def test_corpus_limit_and_a_mistyped_source_are_refused(tmp_path: Path) -> None:
     """--limit -1 dropped the last text and --limit 0 blamed the filters; a typo of a
     built-in source went to the hub (about 20 s of retries offline) before failing."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from saescope.config import check_fields, option
+from saescope.config import check_fields, check_ranges, option
 from saescope.paths import DEFAULT_RUN
 
 
@@ -35,3 +36,9 @@ class LatentsConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        counts = ("top_n", "n_quantiles", "batch_size", "shard_rows", "max_chunk_nnz")
+        check_ranges(
+            self,
+            dict.fromkeys(counts, (1, math.inf, ">= 1"))
+            | dict.fromkeys(("examples_per_quantile", "n_random"), (0, math.inf, ">= 0")),
+        )

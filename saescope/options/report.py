@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from saescope.config import check_fields, option
+from saescope.config import check_fields, check_ranges, option
 from saescope.paths import DEFAULT_RUN
 
 
@@ -25,3 +26,9 @@ class ReportConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        counts = ("max_features", "top_examples", "max_text_chars")
+        check_ranges(
+            self,
+            dict.fromkeys(counts, (1, math.inf, ">= 1"))
+            | {"quantile_examples": (0, math.inf, ">= 0 (0: none)")},
+        )

@@ -115,11 +115,6 @@ def _warn_trimmed(cfg: ReportConfig, lat_cfg: dict[str, Any]) -> None:
 def run(cfg: ReportConfig) -> Path:
     """Write `report/index.html` for `cfg`; return its path."""
     rp = RunPaths(cfg.run)
-    for name in ("max_features", "top_examples", "max_text_chars"):
-        if getattr(cfg, name) < 1:
-            raise SaescopeError(f"--{name.replace('_', '-')} must be >= 1")
-    if cfg.quantile_examples < 0:
-        raise SaescopeError("--quantile-examples must be >= 0 (0: none)")
     df = read_features(cfg.run)
     if not rp.latents_config.exists():
         raise SaescopeError(
