@@ -141,6 +141,11 @@ CUSTOM: dict[str, Custom] = {
         "saescope.options.inspect",
         "show a feature's statistics and top texts, or a text's features",
     ),
+    "status": Custom(
+        "saescope.status",
+        "saescope.options.status",
+        "which stage outputs of a run are current, out of date or unfinished",
+    ),
     "search": Custom(
         "saescope.search.cli",
         "saescope.options.search",
