@@ -53,6 +53,7 @@ from saescope.options.evaluate import EvalConfig
 from saescope.paths import RunPaths, SAEPaths
 from saescope.sae import SAE, detect_format, load_sae
 from saescope.sae.fit import check_fits_store
+from saescope.sae.formats.hub import is_hub_name
 from saescope.store import ActivationStore, split_mask
 
 EMBEDDING_SOURCES = ("sentence-transformers", "vectors")
@@ -322,6 +323,12 @@ def summary_line(folder: Path, metrics: dict[str, Any]) -> str:
 @provenance.locked("eval")
 def run(cfg: EvalConfig) -> Path:
     """Write `<sae folder>/metrics.json`; returns its path."""
+    if is_hub_name(cfg.sae):  # its folder is the hub cache's, which is no place for metrics
+        raise SaescopeError(
+            f"eval writes metrics.json beside the SAE; copy {cfg.sae} into the run first: "
+            f"saescope convert --src {cfg.sae} --out {RunPaths(cfg.run).root / 'sae-hub'}, "
+            f"then saescope eval --run {cfg.run} --sae sae-hub"
+        )
     folder = SAEPaths(RunPaths(cfg.run).sae_folder(cfg.sae))
     store = ActivationStore(RunPaths(cfg.run).acts)
     sae, weights, fmt = load_for_eval(folder.dir, pick_device(cfg.device))

@@ -39,6 +39,7 @@ from pathlib import Path
 
 # The run directory of every stage when no --run is given (`saescope demo` uses runs/demo).
 DEFAULT_RUN = "runs/default"
+HUB_PREFIX = "hf:"  # an SAE (or dataset) on the Hugging Face hub: hf:OWNER/REPO/PATH
 MANIFEST = "manifest.json"
 STAGE_CONFIG = "config.json"
 SHARD_PATTERN = "shard-{:05d}.safetensors"
@@ -172,6 +173,8 @@ class RunPaths:
         `sae-4096-k16`) when there is one, else a path; none given: the run's `sae/`."""
         if not name:
             return self.sae
+        if name.startswith(HUB_PREFIX):  # a hub name, fetched by whoever reads it
+            return Path(name)
         inside = self.root / name
         return inside if inside.exists() or not Path(name).exists() else Path(name)
 

@@ -38,7 +38,7 @@ from saescope import provenance
 from saescope.config import field_default
 from saescope.errors import SaescopeError
 from saescope.io import read_json
-from saescope.paths import PROVENANCE, RunPaths, SAEPaths
+from saescope.paths import HUB_PREFIX, PROVENANCE, RunPaths, SAEPaths
 
 CURRENT, OUT_OF_DATE, UNFINISHED, BEING_MADE, NO_OUTPUT = (
     "current",
@@ -154,6 +154,8 @@ def _input_path(rp: RunPaths, found: _Found, saved: dict[str, Any], name: str) -
         if saved.get("stage") in ("train", "eval"):
             return _sae_weights(found.record.parent)  # the SAE of their own folder
         if cfg.get("sae"):
+            if str(cfg["sae"]).startswith(HUB_PREFIX):  # status reads; it fetches nothing
+                return None
             return _sae_weights(rp.sae_folder(cfg["sae"]))
         return _sae_weights(rp.sae if cfg.get("activations") == "store" else _cache_sae(rp))
     if name == "index" and isinstance(cfg.get("index"), str):

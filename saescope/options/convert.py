@@ -15,7 +15,8 @@ class ConvertConfig:
 
     src: str = option(
         "",
-        "SAE to read: a folder (saescope, SAELens, sparsify, BatchTopK repo) or a saerch .pth file",
+        "SAE to read: a folder (saescope, SAELens, sparsify, BatchTopK repo), a saerch .pth "
+        "file, or either on the Hugging Face hub as hf:OWNER/REPO[@REVISION][/PATH]",
     )
     out: str = option("", "folder to write the converted SAE into")
     to: str = option("native", "format to write", choices=TARGETS)

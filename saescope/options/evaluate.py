@@ -15,7 +15,11 @@ class EvalConfig:
     """Evaluate an SAE on the held-out rows of its run's activation store."""
 
     run: str = option(DEFAULT_RUN, "run directory (reads <run>/acts)")
-    sae: str = option("sae", "SAE folder: a name inside the run (sae, sae-4096-k16) or a path")
+    sae: str = option(
+        "sae",
+        "SAE folder: a name inside the run (sae, sae-4096-k16) or a path (a hub SAE: "
+        "`saescope convert --src hf:...` into the run first)",
+    )
     eval_fraction: float = option(
         -1.0, "held-out fraction of row ids (negative: the one the SAE was trained with)"
     )

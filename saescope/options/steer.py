@@ -18,7 +18,9 @@ class SteerConfig:
 
     run: str = option(DEFAULT_RUN, "an LM run (reads acts/, the SAE, latents/; writes steer/)")
     sae: str | None = option(
-        None, "SAE folder (any format load_sae reads) instead of the latent cache's SAE"
+        None,
+        "SAE folder (any format load_sae reads, or hf:OWNER/REPO/PATH on the hub) instead of "
+        "the latent cache's SAE",
     )
     features: list[int] = option(
         [], "features to steer together (none: the best --pick features by output score)"

@@ -11,6 +11,9 @@ whose `encode` gives the home library's codes (same active latents, same values)
 | saerch          | `{domain}_{k}_{n}_{batch}.pth` state dict (seed 004)         |
 | batchtopk_repo  | `config.json` + `sae.pt` (BatchTopK repository, seed 000)    |
 
+Any of them on the Hugging Face hub is named `hf:OWNER/REPO[@REVISION][/PATH]`
+(`hub.py`): only that SAE's files are fetched, into the hub's cache.
+
 The loaded SAE's `cfg.metadata["source_format"]` names the format and
 `cfg.metadata["conversion"]` lists what was folded or changed on the way.
 `export_saelens(sae, out_dir)` writes `cfg.json` + `sae_weights.safetensors`.
@@ -24,6 +27,7 @@ from typing import NamedTuple
 
 from saescope import paths
 from saescope.errors import SaescopeError
+from saescope.sae.formats import hub
 from saescope.sae.formats.batchtopk_repo import load_batchtopk_repo
 from saescope.sae.formats.saelens import export_saelens, load_saelens, saelens_config
 from saescope.sae.formats.saerch import load_saerch
@@ -89,7 +93,10 @@ def untrained_hint(folder: Path) -> str:
 
 
 def detect_format(path: str | Path, hookpoint: str | None = None) -> Located:
-    """Which supported format `path` (or `path/hookpoint`) holds, or a SaescopeError."""
+    """Which supported format `path` (or `path/hookpoint`) holds, or a SaescopeError.
+    A hub name (`hf:OWNER/REPO/PATH`) is fetched first (`saescope.sae.formats.hub`)."""
+    if hub.is_hub_name(path):
+        return detect_format(hub.fetch(path, hookpoint))
     p = Path(path) / hookpoint if hookpoint else Path(path)
     if not p.exists():
         raise SaescopeError(f"{p} does not exist{untrained_hint(p)}")
@@ -134,6 +141,7 @@ def load_sae(
 ) -> SAE:
     """Load an SAE of any supported format as a native `SAE`.
 
+    path: a folder, a saerch .pth file, or a hub name `hf:OWNER/REPO[@REVISION][/PATH]`.
     hookpoint: the sub-folder of a sparsify (or any) checkpoint with one SAE per hookpoint.
     k: active latents for a saerch file whose name does not carry k.
     device: cpu, cuda, cuda:N or auto.
