@@ -48,6 +48,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "name_features_with_keywords": ("saescope.interp.keywords", "run"),
     "read_corpus": ("saescope.corpus", "read_corpus"),
     "read_families": ("saescope.families.tables", "read_families"),
+    "run_status": ("saescope.status", "status"),
     "score_names": ("saescope.scoring.stage", "run"),
     "train_on_batches": ("saescope.train", "train_on_batches"),
     "train_sae": ("saescope.train.stage", "run"),
@@ -94,6 +95,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from saescope.search.select import EditRequest
     from saescope.search.stage import run as build_search_index
     from saescope.serve.app import create_app as create_dashboard
+    from saescope.status import status as run_status
     from saescope.store import ActivationStore, StoreWriter
     from saescope.train import TrainConfig, TrainResult, train_on_batches
     from saescope.train.stage import run as train_sae
@@ -130,6 +132,7 @@ __all__ = [
     "name_features_with_keywords",
     "read_corpus",
     "read_families",
+    "run_status",
     "score_names",
     "train_on_batches",
     "train_sae",
