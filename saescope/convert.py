@@ -1,4 +1,5 @@
-"""Convert stage: an SAE file of any supported format in, a saescope or SAELens folder out.
+"""Convert stage: an SAE file of any supported format in, a saescope, SAELens or sparsify
+folder out.
 
 Reads SAELens (`cfg.json` + `sae_weights.safetensors`), sparsify (`cfg.json` +
 `sae.safetensors`, or a checkpoint with one folder per hookpoint plus
@@ -7,6 +8,8 @@ Reads SAELens (`cfg.json` + `sae_weights.safetensors`), sparsify (`cfg.json` +
 library (see docs/formats.md). Writes into `--out`:
   --to native  : config.json + sae.safetensors (what `saescope train` writes)
   --to saelens : cfg.json + sae_weights.safetensors (loads with sae_lens.SAE.load_from_disk)
+  --to sparsify: cfg.json + sae.safetensors (sparsify's SparseCoder.load_from_disk, and
+                 delphi; TopK SAEs only)
 and `convert.json`, the provenance record of the conversion (these options, the
 sha256 of the source files read, and as its result the source format and path and
 the SAE's shape).
@@ -16,6 +19,7 @@ Re-running with the same options and unchanged source files does nothing.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from saescope import paths, provenance
@@ -23,12 +27,27 @@ from saescope.errors import SaescopeError
 from saescope.io import sha256_file
 from saescope.options.convert import TARGETS, ConvertConfig
 from saescope.paths import SAEPaths
-from saescope.sae.formats import Located, detect_format, export_saelens, load_sae
+from saescope.sae.formats import (
+    Located,
+    detect_format,
+    export_saelens,
+    export_sparsify,
+    load_sae,
+)
+from saescope.sae.formats.sparsify import sparsify_config
+from saescope.sae.model import SAE
 
 # every SAE file name convert may write; an --overwrite clears them all first
 _OUTPUT_FILES = {
     "native": (paths.NATIVE_SAE_CONFIG, paths.NATIVE_SAE_WEIGHTS),
     "saelens": (paths.SAELENS_CFG, paths.SAELENS_WEIGHTS),
+    "sparsify": (paths.SPARSIFY_CFG, paths.SPARSIFY_WEIGHTS),
+}
+# how each target is written (SAE.save is the native one)
+_WRITERS: dict[str, Callable[[SAE, Path], object]] = {
+    "native": SAE.save,
+    "saelens": export_saelens,
+    "sparsify": export_sparsify,
 }
 
 
@@ -95,7 +114,7 @@ def _convert(cfg: ConvertConfig) -> Path:
     if out.exists():  # --overwrite: clear SAE files of either target, nothing else
         # ... and what described an SAE trained here (its records, metrics, checkpoints):
         # left beside converted weights they would claim those weights as trained here
-        own = (*_OUTPUT_FILES["native"], *_OUTPUT_FILES["saelens"], paths.CONVERT_RECORD)
+        own = (*(n for names in _OUTPUT_FILES.values() for n in names), paths.CONVERT_RECORD)
         for target in [out / name for name in own] + [
             trained.train_record,
             trained.eval_record,
@@ -107,11 +126,10 @@ def _convert(cfg: ConvertConfig) -> Path:
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
+    if cfg.to == "sparsify":
+        sparsify_config(sae)  # an SAE sparsify cannot run is refused before --out changes
     record.start()
-    if cfg.to == "native":
-        sae.save(out)
-    else:
-        export_saelens(sae, out)
+    _WRITERS[cfg.to](sae, out)
     record.finish(
         {
             "source_format": where.format,

@@ -404,6 +404,53 @@ def test_convert_sparsify_to_saelens_chain(tmp_path: Path) -> None:
     assert_same_codes(saelens_encode(out, x), sparsify_codes(tmp_path / "ckpt" / "layers.4", x))
 
 
+def test_convert_saelens_topk_to_sparsify_chain(tmp_path: Path) -> None:
+    """A SAELens-trained TopK SAE -> `saescope convert --to sparsify` -> sparsify's own
+    load_from_disk and encode give SAELens' codes, and its decode the same x_hat."""
+    from sae_lens import SAE as LensSAE
+    from sparsify import SparseCoder
+
+    from saescope.cli import main as cli_main
+
+    _, _, inf = train_saelens("topk", tmp_path / "lens")
+    out = tmp_path / "sparsify"
+    assert cli_main(["convert", "--src", str(inf), "--out", str(out), "--to", "sparsify"]) == 0
+    x = inputs()
+    assert_same_codes(sparsify_codes(out, x), saelens_encode(inf, x))
+    coder = SparseCoder.load_from_disk(out)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            coder(x).sae_out, LensSAE.load_from_disk(str(inf))(x), atol=1e-4, rtol=1e-4
+        )
+    # and back: saescope reads what it wrote as the sparsify format it is
+    assert load_sae(out).cfg.metadata["source_format"] == "sparsify"
+    assert_same_codes(load_sae(out).encode(x), sparsify_codes(out, x))
+
+
+@pytest.mark.parametrize(
+    ("arch", "input_norm", "message"),
+    [
+        ("batchtopk", "none", "a batchtopk SAE encodes by another rule"),
+        ("jumprelu", "none", "a jumprelu SAE encodes by another rule"),
+        ("relu", "none", "a relu SAE encodes by another rule"),
+        ("topk", "row_standardize", "standardises each row before encoding"),
+    ],
+)
+def test_sae_sparsify_cannot_run_is_refused(
+    tmp_path: Path, arch: str, input_norm: str, message: str
+) -> None:
+    from saescope.convert import ConvertConfig, run
+
+    g = torch.Generator().manual_seed(0)
+    k = K if arch in ("topk", "batchtopk") else None
+    cfg = SAEConfig(arch, D_IN, D_SAE, k=k, input_norm=input_norm)
+    SAE.from_tensors(cfg, random_sae_weights(g, arch, D_IN, D_SAE, 0.4, 0.2)).save(tmp_path / "s")
+    out = tmp_path / "out"
+    with pytest.raises(SaescopeError, match=message):
+        run(ConvertConfig(src=str(tmp_path / "s"), out=str(out), to="sparsify"))
+    assert not out.exists() or not any(out.iterdir())  # refused before --out changed
+
+
 def test_batchtopk_repo_fork_with_threshold(tmp_path: Path) -> None:
     """Forks keep a learned scalar `threshold` buffer: eval codes are relu(h) where > it."""
     import warnings

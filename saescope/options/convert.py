@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from saescope.config import check_fields, option
 
-TARGETS = ("native", "saelens")
+TARGETS = ("native", "saelens", "sparsify")
 
 
 @dataclass(frozen=True)

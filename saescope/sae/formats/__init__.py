@@ -16,7 +16,8 @@ Any of them on the Hugging Face hub is named `hf:OWNER/REPO[@REVISION][/PATH]`
 
 The loaded SAE's `cfg.metadata["source_format"]` names the format and
 `cfg.metadata["conversion"]` lists what was folded or changed on the way.
-`export_saelens(sae, out_dir)` writes `cfg.json` + `sae_weights.safetensors`.
+`export_saelens(sae, out_dir)` writes `cfg.json` + `sae_weights.safetensors`;
+`export_sparsify(sae, out_dir)` writes a TopK SAE as `cfg.json` + `sae.safetensors`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from saescope.sae.formats import hub
 from saescope.sae.formats.batchtopk_repo import load_batchtopk_repo
 from saescope.sae.formats.saelens import export_saelens, load_saelens, saelens_config
 from saescope.sae.formats.saerch import load_saerch
-from saescope.sae.formats.sparsify import load_sparsify
+from saescope.sae.formats.sparsify import export_sparsify, load_sparsify
 from saescope.sae.model import SAE
 
 FORMATS = ("saescope", "saelens", "sparsify", "saerch", "batchtopk_repo")
@@ -181,6 +182,7 @@ __all__ = [
     "Located",
     "detect_format",
     "export_saelens",
+    "export_sparsify",
     "load_sae",
     "saelens_config",
 ]

@@ -6,14 +6,23 @@ which leaves the same non-zero latents with the same values. d_sae is
 `num_latents` when set, else `expansion_factor * d_in`. Transcoders, skip
 connections and `groupmax` have no native equivalent and are refused.
 A training checkpoint (one sub-folder per hookpoint) is read as `path/hookpoint`.
+
+`export_sparsify(sae, out)` writes the same two files for a native TopK SAE, so that
+sparsify's `SparseCoder.load_from_disk` (and delphi, which reads sparsify folders)
+gives its codes. Only TopK maps: BatchTopK and JumpReLU keep what passes a
+threshold, ReLU has no k, and sparsify has no per-row standardisation.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from safetensors.torch import save_file
 
 from saescope import paths
 from saescope.errors import SaescopeError
+from saescope.io import atomic_path
 from saescope.sae.config import SAEConfig
 from saescope.sae.formats.common import (
     build_sae,
@@ -75,3 +84,50 @@ def load_sparsify(folder: Path, device: str = "cpu") -> SAE:
         },
     )
     return build_sae(cfg, weights, w_path, device)
+
+
+def sparsify_config(sae: SAE) -> dict[str, object]:
+    """sparsify's `cfg.json` for a native SAE (`d_in` beside the SparseCoderConfig
+    fields, as sparsify saves it); refuses an SAE sparsify cannot run."""
+    cfg = sae.cfg
+    if cfg.architecture != "topk" or cfg.k is None:
+        raise SaescopeError(
+            f"sparsify keeps the k largest latents of every row; a {cfg.architecture} SAE "
+            "encodes by another rule (export it to SAELens instead: --to saelens)"
+        )
+    if cfg.input_norm != "none":
+        raise SaescopeError(
+            f"the SAE standardises each row before encoding (input_norm={cfg.input_norm}), "
+            "which sparsify cannot do; export it to SAELens instead (--to saelens)"
+        )
+    return {
+        "activation": "topk",
+        "expansion_factor": max(1, cfg.d_sae // cfg.d_in),  # num_latents says the width
+        "normalize_decoder": True,
+        "num_latents": cfg.d_sae,
+        "k": cfg.k,
+        "multi_topk": False,
+        "skip_connection": False,
+        "transcode": False,
+        "d_in": cfg.d_in,
+    }
+
+
+def export_sparsify(sae: SAE, out_dir: str | Path) -> Path:
+    """Write `cfg.json` + `sae.safetensors` (atomically) that sparsify loads."""
+    config = sparsify_config(sae)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dt = sae.W_enc.dtype  # the SAE's own (sparsify loads in the dtype of the file)
+    tensors = {
+        "encoder.weight": sae.W_enc.detach().T,  # (d_sae, d_in), nn.Linear's layout
+        "encoder.bias": sae.b_enc.detach(),
+        "W_dec": sae.W_dec.detach(),
+        "b_dec": sae.b_dec.detach(),
+    }
+    tensors = {n: t.to("cpu", dt).contiguous() for n, t in tensors.items()}
+    with atomic_path(out / paths.SPARSIFY_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    with atomic_path(out / paths.SPARSIFY_CFG) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+    return out
