@@ -41,6 +41,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "embed_corpus": ("saescope.embed", "run"),
     "evaluate_sae": ("saescope.evaluate", "run"),
     "export_saelens": ("saescope.sae", "export_saelens"),
+    "export_sparsify": ("saescope.sae", "export_sparsify"),
     "find_families": ("saescope.families.stage", "run"),
     "load_sae": ("saescope.sae", "load_sae"),
     "make_corpus": ("saescope.corpus", "run"),
@@ -86,7 +87,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers
     from saescope.paths import RunPaths
     from saescope.report import ReportConfig
     from saescope.report import run as make_report
-    from saescope.sae import SAE, SAEConfig, export_saelens, load_sae
+    from saescope.sae import SAE, SAEConfig, export_saelens, export_sparsify, load_sae
     from saescope.scoring.stage import ScoreConfig
     from saescope.scoring.stage import run as score_names
     from saescope.search.evaluate import run as evaluate_search
@@ -123,6 +124,7 @@ __all__ = [
     "cache_latents",
     "create_dashboard",
     "export_saelens",
+    "export_sparsify",
     "embed_corpus",
     "evaluate_sae",
     "find_families",

@@ -6,7 +6,7 @@ from saescope._lazy import lazy_exports
 from saescope.sae.config import ARCHITECTURES, SAEConfig
 
 if TYPE_CHECKING:
-    from saescope.sae.formats import detect_format, export_saelens, load_sae
+    from saescope.sae.formats import detect_format, export_saelens, export_sparsify, load_sae
     from saescope.sae.model import SAE, Encoding, ForwardOutput
 
 # the module and the formats load torch: imported on first use, so the light
@@ -19,6 +19,7 @@ __getattr__, __dir__ = lazy_exports(
         "ForwardOutput": ("saescope.sae.model", "ForwardOutput"),
         "detect_format": ("saescope.sae.formats", "detect_format"),
         "export_saelens": ("saescope.sae.formats", "export_saelens"),
+        "export_sparsify": ("saescope.sae.formats", "export_sparsify"),
         "load_sae": ("saescope.sae.formats", "load_sae"),
     },
 )
@@ -31,5 +32,6 @@ __all__ = [
     "SAEConfig",
     "detect_format",
     "export_saelens",
+    "export_sparsify",
     "load_sae",
 ]
