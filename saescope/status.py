@@ -8,16 +8,23 @@ In: the provenance record every stage writes beside its output (saescope/provena
 Each output is one of:
 
     current      finished, and every input it recorded is as it was then
-    out of date  finished, but an input changed or is gone since, or an input is itself
-                 out of date or unfinished (re-run the stage: the command is shown)
+    out of date  finished, but an input changed or is gone since, an input it did not
+                 read is there now, or an input was itself made from something that
+                 changed (re-run the stage: the command is shown)
     unfinished   interrupted: re-running the same command resumes it
-    being made   another process holds the run's lock
+    being made   its stage holds the run's lock now
     no output    the record is there but the output was deleted
+    no record    the output is there without a readable record (made by an older
+                 saescope or by hand, or the record is damaged): nothing says what it
+                 was made from
 
 An input is checked when it is a file of the run, or a file an option names (a corpus
-file, steering prompts, search queries). What is not (a built-in corpus, saescope's own
-page template, vector files imported into the store) is listed as unchecked in --json.
-A stage decides on its own output when it runs; this command only reads the records.
+file, steering prompts, search queries: found from where `status` runs). What is not
+(a built-in corpus, the report's page template, vector files imported into the store,
+an SAE named on the hub) is listed as unchecked in --json. The re-make command holds
+the options the record kept; execution-only ones (device, batch size, an LLM's API key
+variable) are not recorded and not shown. A stage decides on its own output when it
+runs; this command only reads.
 Out: text or JSON on stdout; nothing is written.
 """
 
@@ -29,7 +36,7 @@ import importlib
 import json
 import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,15 +45,30 @@ from saescope import provenance
 from saescope.config import field_default
 from saescope.errors import SaescopeError
 from saescope.io import read_json
-from saescope.paths import HUB_PREFIX, PROVENANCE, RunPaths, SAEPaths
-
-CURRENT, OUT_OF_DATE, UNFINISHED, BEING_MADE, NO_OUTPUT = (
-    "current",
-    "out of date",
-    "unfinished",
-    "being made",
-    "no output",
+from saescope.paths import (
+    CONVERT_RECORD,
+    HUB_PREFIX,
+    MANIFEST,
+    NATIVE_SAE_WEIGHTS,
+    PROVENANCE,
+    RunPaths,
+    SAEPaths,
 )
+
+CURRENT = "current"
+OUT_OF_DATE = "out of date"
+UNFINISHED = "unfinished"
+BEING_MADE = "being made"
+NO_OUTPUT = "no output"
+NO_RECORD = "no record"
+# how a later output names an earlier one that is not current
+_SAID = {
+    OUT_OF_DATE: "is out of date",
+    UNFINISHED: "is unfinished",
+    BEING_MADE: "is being made",
+    NO_OUTPUT: "was deleted",
+    NO_RECORD: "has no record",
+}
 
 
 @dataclass(frozen=True)
@@ -55,11 +77,11 @@ class Output:
 
     stage: str
     output: str  # relative to the run
-    state: str  # one of the five states above
+    state: str  # one of the states above
     reasons: list[str] = field(default_factory=list)  # why it is not current
     unchecked: list[str] = field(default_factory=list)  # recorded inputs status cannot check
     made: str | None = None  # when the record was last written (local time)
-    command: str | None = None  # what re-makes it, when it is not current
+    command: str | None = None  # what re-makes it, when it is not current and one can
 
 
 @dataclass(frozen=True)
@@ -74,39 +96,44 @@ class RunStatus:
 
 @dataclass(frozen=True)
 class _Found:
-    """A record on disk, the output it describes and the paths that output owns."""
+    """Where a stage keeps its record, the output the stage decides on, and the paths
+    that output owns (what later stages read of it)."""
 
+    stage: str
     record: Path
     output: Path
-    owns: tuple[Path, ...]  # the output's files or folders (inputs of later stages)
+    owns: tuple[Path, ...]
 
 
 def _found(rp: RunPaths) -> Iterator[_Found]:
-    """Every stage record of the run, in pipeline order."""
-    yield _Found(rp.corpus_record, rp.corpus, (rp.corpus,))
-    yield _Found(rp.acts_record, rp.acts_manifest, (rp.acts,))
+    """Every place a stage output may be, in pipeline order."""
+    yield _Found("corpus", rp.corpus_record, rp.corpus, (rp.corpus,))
+    acts_stage = "acts" if rp.acts_tokens.exists() else "embed"
+    yield _Found(acts_stage, rp.acts_record, rp.acts_manifest, (rp.acts,))
     folders = [rp.sae, *sorted(p for p in rp.root.glob("sae-*") if p.is_dir())]
-    for folder in map(SAEPaths, folders):
-        yield _Found(folder.train_record, folder.weights, (folder.weights, folder.config))
-    for folder in map(SAEPaths, folders):
-        yield _Found(folder.eval_record, folder.metrics, (folder.metrics,))
-    yield _Found(rp.latents_record, rp.latents_manifest, (rp.latents,))
-    yield _Found(rp.keywords_record, rp.keywords, (rp.keywords,))
-    yield _Found(rp.explanations_record, rp.explanations, (rp.explanations,))
+    for f in map(SAEPaths, folders):
+        converted = f.dir / CONVERT_RECORD
+        if converted.exists():  # an SAE brought in by `saescope convert --out`
+            yield _Found("convert", converted, f.dir, (f.dir,))
+        else:
+            yield _Found("train", f.train_record, f.weights, (f.weights, f.config))
+    for f in map(SAEPaths, folders):
+        yield _Found("eval", f.eval_record, f.metrics, (f.metrics,))
+    yield _Found("latents", rp.latents_record, rp.latents_manifest, (rp.latents,))
+    yield _Found("keywords", rp.keywords_record, rp.keywords, (rp.keywords,))
+    yield _Found("explain", rp.explanations_record, rp.explanations, (rp.explanations,))
     for record in sorted(rp.scores.glob(f"*.{PROVENANCE}")):
         key = record.name.removesuffix(f".{PROVENANCE}")
         owns = (rp.score(key), rp.score_summary(key), rp.score_plot(key), rp.score_results(key))
-        yield _Found(record, rp.score(key), owns)
-    yield _Found(rp.families_record, rp.families_table, (rp.families,))
+        yield _Found("score", record, rp.score(key), owns)
+    yield _Found("families", rp.families_record, rp.families_table, (rp.families,))
     for kind in ("exact", "ivf"):
-        yield _Found(rp.index_record(kind), rp.index_manifest(kind), (rp.index_dir(kind),))
-    yield _Found(
-        rp.search_eval_record,
-        rp.search_eval_summary,
-        (rp.search_eval, rp.search_eval_summary, rp.search_eval_plot),
-    )
-    yield _Found(rp.steer_record, rp.steer_summary, (rp.steer,))
-    yield _Found(rp.report_record, rp.report_index, (rp.report,))
+        index = rp.index_dir(kind)
+        yield _Found("index", rp.index_record(kind), rp.index_manifest(kind), (index,))
+    searched = (rp.search_eval, rp.search_eval_summary, rp.search_eval_plot)
+    yield _Found("search-eval", rp.search_eval_record, rp.search_eval, searched)
+    yield _Found("steer", rp.steer_record, rp.steer_summary, (rp.steer,))
+    yield _Found("report", rp.report_record, rp.report_index, (rp.report,))
 
 
 def _cache_sae(rp: RunPaths) -> Path:
@@ -117,27 +144,28 @@ def _cache_sae(rp: RunPaths) -> Path:
         return rp.sae
 
 
-def _sae_weights(folder: Path) -> Path | None:
+def _sae_weights(folder: Path) -> Path:
+    """The weights file of the SAE in `folder` (a path that does not exist when the
+    folder holds no SAE any more)."""
     from saescope.sae.formats import detect_format
 
     try:
         return detect_format(folder).weights
     except SaescopeError:
-        return None
+        return folder / NATIVE_SAE_WEIGHTS
 
 
 def _option_path(value: Any) -> Path | None:
-    """A file or folder an option named (relative to where the stage ran: unknown here,
-    so only taken when it exists from here)."""
+    """A file or folder an option named, from where status runs (the stage may have run
+    elsewhere: a path that does not exist from here is not checked)."""
     if not isinstance(value, str) or not value:
         return None
     path = Path(value.removeprefix("hf:"))
     return path if path.exists() else None
 
 
-def _input_path(rp: RunPaths, found: _Found, saved: dict[str, Any], name: str) -> Path | None:
+def _input_path(rp: RunPaths, stage: str, found: _Found, cfg: Mapping, name: str) -> Path | None:
     """The path a recorded input name stands for now, or None when it cannot be checked."""
-    cfg = saved.get("config", {})
     fixed = {
         "corpus": rp.corpus,
         "acts": rp.acts_manifest,
@@ -148,10 +176,14 @@ def _input_path(rp: RunPaths, found: _Found, saved: dict[str, Any], name: str) -
         "keywords": rp.keywords,
         "explanations": rp.explanations,
     }
+    if stage == "report":  # the report names its inputs by their path in the run
+        if name == "page template":
+            return None
+        return Path(name) if Path(name).is_absolute() else rp.root / name
     if name in fixed:
         return fixed[name]
     if name == "sae":
-        if saved.get("stage") in ("train", "eval"):
+        if stage in ("train", "eval"):
             return _sae_weights(found.record.parent)  # the SAE of their own folder
         if cfg.get("sae"):
             if str(cfg["sae"]).startswith(HUB_PREFIX):  # status reads; it fetches nothing
@@ -161,12 +193,15 @@ def _input_path(rp: RunPaths, found: _Found, saved: dict[str, Any], name: str) -
     if name == "index" and isinstance(cfg.get("index"), str):
         return rp.index_manifest(cfg["index"])
     if name.startswith("split_sae:"):
-        folder = rp.sae_folder(name.removeprefix("split_sae:"))
-        return folder if folder.exists() else None
+        return rp.sae_folder(name.removeprefix("split_sae:"))
     if name in ("source", "prompts", "queries"):
         return _option_path(cfg.get(name))
-    if "/" in name and (rp.root / name).exists():  # the report names its inputs by path
-        return rp.root / name
+    if stage == "convert":  # the source's files, by name
+        src = _option_path(cfg.get("src"))
+        if src is None or str(cfg.get("src")).startswith(HUB_PREFIX):
+            return None
+        folder = src / cfg["hookpoint"] if cfg.get("hookpoint") else src
+        return folder if folder.is_file() else folder / name
     return None
 
 
@@ -175,13 +210,32 @@ def _identity(name: str, path: Path) -> str:
         from saescope.families.splits import weights_id
 
         return weights_id(path)
-    if path.is_dir() and not (path / "manifest.json").exists():
+    if path.is_dir() and not (path / MANIFEST).exists():
         return provenance.listing_id(path)  # a corpus read from a dataset folder
     return provenance.artifact_id(path)
 
 
+def _not_read(rp: RunPaths, stage: str, upstream: Mapping[str, str]) -> list[str]:
+    """Inputs a stage reads when they are there, which are there now but were not read
+    when it ran (names made after the families, scores made after the report...)."""
+    if stage == "families":
+        there = {"keywords": rp.keywords, "explanations": rp.explanations}
+        return [
+            f"input {name} ({_relative(rp, p)}) is there now, and was not read"
+            for name, p in there.items()
+            if p.exists() and name not in upstream
+        ]
+    if stage == "report" and rp.latents_manifest.exists():
+        from saescope.report.stage import page_inputs
+
+        now = page_inputs(rp, _cache_sae(rp))
+        new = sorted(set(now) - set(upstream))
+        return [f"input {name} is there now, and was not read" for name in new]
+    return []
+
+
 def _lock_holder(rp: RunPaths) -> str | None:
-    """Who holds the run's writer lock now (None: nobody)."""
+    """What holds the run's writer lock now ("saescope latents (pid ...)"), or None."""
     lock = rp.root / provenance.LOCK_FILE
     try:
         import fcntl
@@ -198,23 +252,52 @@ def _lock_holder(rp: RunPaths) -> str | None:
     return None
 
 
-def _command(stage: str, run: str, saved: dict[str, Any]) -> str:
-    """The command that re-makes an output: the stage with the options it recorded that
-    differ from today's defaults (execution-only options were not recorded)."""
+def _holds(holder: str | None, stage: str) -> bool:
+    """Whether the lock's holder is making `stage` (itself, or the demo's whole chain)."""
+    return holder is not None and holder.startswith((f"saescope {stage} ", "saescope demo "))
+
+
+def _extra_options(rp: RunPaths, stage: str, found: _Found, cfg: Mapping) -> dict[str, Any]:
+    """Options the record leaves out, or holds as the value they gave, that the command
+    needs to make the same output."""
+    if stage == "latents":  # the SAE is recorded by its weights; the cache's config names it
+        try:
+            given = read_json(rp.latents_config).get("sae")
+        except (OSError, ValueError, AttributeError):
+            given = None
+        sae = given or _relative(rp, _cache_sae(rp))
+        return {"sae": None if sae == "sae" else sae}  # the run's sae/ is the default
+    if stage == "eval":  # the fraction used; the default takes the SAE's own again
+        try:
+            trained = read_json(SAEPaths(found.record.parent).config)["training"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return {}
+        if trained.get("eval_fraction") == cfg.get("eval_fraction"):
+            return {"eval_fraction": None}
+    return {}
+
+
+def _command(rp: RunPaths, run: str, stage: str, found: _Found, saved: Mapping) -> str | None:
+    """The command that makes an output again: the stage with the options it recorded that
+    differ from today's defaults; None for a store filled by imported vector files."""
     from saescope.cli import STAGES
 
-    words = ["saescope", stage, "--run", run]
+    cfg = saved.get("config") or {}
+    upstream = saved.get("upstream") or {}
+    if any(str(name).startswith("vectors ") for name in upstream) or cfg.get("vectors"):
+        return None  # one `embed --vectors FILE` per import, as they were appended
+    words = ["saescope", stage] if stage == "convert" else ["saescope", stage, "--run", run]
     spec = STAGES.get(stage)
     if spec is None:
         return shlex.join(words)
     cls = getattr(importlib.import_module(spec.options), spec.config)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in saved.get("config", {}).items():
+    values = dict(cfg) | _extra_options(rp, stage, found, cfg)
+    for key, value in values.items():
         f = fields.get(key)
         if f is None or key == "run" or value is None:
             continue
-        default = json.loads(json.dumps(field_default(f), default=str))
-        if value == default:
+        if value == json.loads(json.dumps(field_default(f), default=str)):
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, list):
@@ -234,65 +317,102 @@ def _relative(rp: RunPaths, path: Path) -> str:
 
 
 def _owner(owned: dict[Path, Output], path: Path) -> Output | None:
-    """The earlier output that `path` is (part of), if any."""
+    """The earlier output that `path` is (part of), if any: the one that owns it most
+    narrowly (sae/metrics.json is eval's, though a converted sae/ folder holds it)."""
     path = path.resolve()
-    for root, out in owned.items():
-        if path == root or root in path.parents:
-            return out
-    return None
+    hits = [root for root in owned if path == root or root in path.parents]
+    return owned[max(hits, key=lambda root: len(root.parts))] if hits else None
+
+
+def _input_reasons(
+    rp: RunPaths, found: _Found, saved: Mapping, owned: dict[Path, Output]
+) -> tuple[list[str], list[str]]:
+    """(why a finished output is out of date, the inputs that could not be checked)."""
+    stage = found.stage
+    cfg = saved.get("config") or {}
+    upstream = saved.get("upstream") or {}
+    reasons: list[str] = []
+    unchecked: list[str] = []
+    for name, recorded in sorted(upstream.items()):
+        path = _input_path(rp, stage, found, cfg, name)
+        if path is None:
+            unchecked.append(name)
+            continue
+        shown = _relative(rp, path)
+        said = f"input {name}" + (f" ({shown})" if shown != name else "")
+        if not path.exists():
+            reasons.append(f"{said} is gone")
+        elif _identity(name, path) != recorded:
+            reasons.append(f"{said} changed since")
+        else:
+            earlier = _owner(owned, path)
+            if earlier is not None and earlier.state != CURRENT:
+                why = f"the {earlier.stage} output {earlier.output} {_SAID[earlier.state]}"
+                if why not in reasons:  # once, however many of its files were read
+                    reasons.append(why)
+    return reasons + _not_read(rp, stage, upstream), unchecked
+
+
+def _made(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+
+
+def _one(
+    rp: RunPaths, run: str, found: _Found, holder: str | None, owned: dict[Path, Output]
+) -> Output | None:
+    """The state of one place a stage output may be (None: the stage has not run)."""
+    saved = provenance.read_record(found.record)
+    if saved is not None and not isinstance(saved.get("upstream") or {}, dict):
+        saved = None  # a damaged record says nothing it can be held to
+    stage = str(saved.get("stage", found.stage)) if saved else found.stage
+    output = _relative(rp, found.output)
+    if saved is None:
+        if not found.output.exists():
+            return None  # the stage has not run
+        why = (
+            f"{output} is there without a readable record ({_relative(rp, found.record)}): "
+            "made by an older saescope or by hand, or the record is damaged"
+        )
+        again = shlex.join(["saescope", stage, "--run", run, "--overwrite"])
+        if stage == "report":  # a view: re-made without --overwrite
+            again = again.removesuffix(" --overwrite")
+        return Output(stage, output, NO_RECORD, [why], [], _made(found.output), again)
+    made = _made(found.record)
+    if saved.get("status") != "complete":
+        if _holds(holder, stage):
+            return Output(stage, output, BEING_MADE, [f"{holder} holds the run"], [], made)
+        same = _command(rp, run, stage, found, saved)
+        resume = same.removesuffix(" --overwrite") if same else None
+        why = "interrupted; the same command resumes it"
+        return Output(stage, output, UNFINISHED, [why], [], made, resume)
+    if found.output.exists():
+        reasons, unchecked = _input_reasons(rp, found, saved, owned)
+        state = OUT_OF_DATE if reasons else CURRENT
+    else:
+        state, reasons, unchecked = NO_OUTPUT, [f"{output} was deleted"], []
+    if state == CURRENT:
+        return Output(stage, output, CURRENT, [], unchecked, made)
+    command = _command(rp, run, stage, found, saved)
+    if command is None:
+        reasons.append("the store was filled by imports: run each `embed --vectors` again")
+    return Output(stage, output, state, reasons, unchecked, made, command)
 
 
 def status(run: str | Path) -> RunStatus:
     """The state of every stage output of `run` (see the module docstring)."""
     rp = RunPaths(run)
     if not rp.root.is_dir():
-        raise SaescopeError(f"{rp.root} is not a run directory (it does not exist)")
+        what = "a file" if rp.root.exists() else "not there"
+        raise SaescopeError(f"{rp.root} is not a run directory (it is {what})")
     holder = _lock_holder(rp)
     outputs: list[Output] = []
     owned: dict[Path, Output] = {}  # path -> the earlier output it belongs to
     for found in _found(rp):
-        saved = provenance.read_record(found.record)
-        if saved is None:
+        out = _one(rp, str(run), found, holder, owned)
+        if out is None:
             continue
-        stage = str(saved.get("stage", "?"))
-        reasons: list[str] = []
-        unchecked: list[str] = []
-        if saved.get("status") != "complete":
-            state = BEING_MADE if holder else UNFINISHED
-            if holder:
-                reasons.append(f"{holder} holds the run")
-            else:
-                reasons.append("interrupted; re-run the same command to resume it")
-        elif not found.output.exists():
-            state = NO_OUTPUT
-            reasons.append(f"{_relative(rp, found.output)} was deleted")
-        else:
-            for name, recorded in sorted(saved.get("upstream", {}).items()):
-                path = _input_path(rp, found, saved, name)
-                if path is None:
-                    unchecked.append(name)
-                    continue
-                shown = _relative(rp, path)
-                said = f"input {name}" + (f" ({shown})" if shown != name else "")
-                if not path.exists():
-                    reasons.append(f"{said} is gone")
-                    continue
-                if _identity(name, path) != recorded:
-                    reasons.append(f"{said} changed since")
-                    continue
-                earlier = _owner(owned, path)
-                if earlier is not None and earlier.state != CURRENT:
-                    why = f"the {earlier.stage} output {earlier.output} is {earlier.state}"
-                    if why not in reasons:  # once, however many of its files were read
-                        reasons.append(why)
-            state = OUT_OF_DATE if reasons else CURRENT
-        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.record.stat().st_mtime))
-        command = None
-        if state in (OUT_OF_DATE, NO_OUTPUT):
-            command = _command(stage, str(run), saved)
-        elif state == UNFINISHED:
-            command = _command(stage, str(run), saved).removesuffix(" --overwrite")
-        out = Output(stage, _relative(rp, found.output), state, reasons, unchecked, made, command)
         outputs.append(out)
         for path in (*found.owns, found.record):
             owned[path.resolve()] = out

@@ -49,6 +49,11 @@ def cache(tmp_path: Path, monkeypatch) -> Path:
     _put(root, "acme/saes", _folder_files(other, "blocks.5.hook_resid_post"), "main", MAIN)
     _put(root, "acme/saes", _folder_files(other, HOOK), "v1", V1)
     _put(root, "acme/one", _folder_files(lens, ""), "main", MAIN)
+    # a training folder pushed whole: its run's config.json on top, an SAE per hookpoint
+    (tmp_path / "config.json").write_text("{}")
+    _put(root, "acme/ckpt", {"config.json": tmp_path / "config.json"}, "main", MAIN)
+    for hookpoint in ("layers.0", "layers.1"):
+        _put(root, "acme/ckpt", _folder_files(lens, hookpoint), "main", MAIN)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return root
@@ -79,7 +84,9 @@ def test_a_hub_name_loads_the_sae_its_path_names(cache: Path, tmp_path: Path) ->
     ("name", "message"),
     [
         ("hf:acme/saes", "holds one SAE per folder \\(blocks.3.hook_resid_post, blocks.5"),
+        ("hf:acme/ckpt", "holds one SAE per folder \\(layers.0, layers.1\\); name one"),
         ("hf:acme/saes/blocks.9", "has no file or folder 'blocks.9' in the local cache"),
+        ("hf:acme/bad repo!/x", "cannot fetch hf:acme/bad repo!/x"),
         ("hf:acme/gone/x", "not in the local Hugging Face cache"),
         ("hf:acme/saes@v2/x", "not in the local Hugging Face cache"),
         ("hf:acme", "does not name a hub repository"),

@@ -140,6 +140,100 @@ def test_interrupted_missing_and_running_outputs(run: Path, tmp_path: Path) -> N
 
 def test_no_run_and_an_empty_run(tmp_path: Path, capsys) -> None:
     assert main(["status", "--run", str(tmp_path / "nowhere")]) == 2
-    assert "is not a run directory" in capsys.readouterr().err
+    assert "is not a run directory (it is not there)" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["status", "--run", str(tmp_path / "file")]) == 2
+    assert "is not a run directory (it is a file)" in capsys.readouterr().err
     assert main(["status", "--run", str(tmp_path), "--check"]) == 0
     assert "no stage has run here yet" in capsys.readouterr().out
+
+
+def test_a_cache_of_another_sae_is_made_again_from_that_sae(run: Path, tmp_path: Path) -> None:
+    """latents records its SAE by the weights' hash: the command names the folder again,
+    and eval's does not fix the held-out fraction it took from the SAE."""
+    rd = tmp_path / "run"
+    shutil.copytree(run, rd)
+    shutil.copytree(rd / "sae", rd / "sae-alt")
+    r = ["--run", str(rd)]
+    assert main(["latents", *r, "--sae", "sae-alt", "--plots", "false", "--overwrite"]) == 0
+    (rd / "latents" / "manifest.json").unlink()
+    (rd / "sae" / "metrics.json").unlink()
+    by = {o.output: o for o in status(rd).outputs}
+    assert by["latents/manifest.json"].state == NO_OUTPUT
+    assert "--sae sae-alt" in by["latents/manifest.json"].command
+    assert by["sae/metrics.json"].command == f"saescope eval --run {rd}"
+    _remake(rd, "latents/manifest.json")
+    manifest = json.loads((rd / "latents" / "manifest.json").read_text())
+    assert manifest["source"]["sae_dir"] == "sae-alt"
+    _remake(rd, "sae/metrics.json")
+    assert _states(rd)["sae/metrics.json"] == CURRENT
+
+
+def test_damaged_records_missing_saes_and_names_made_later(run: Path, tmp_path: Path) -> None:
+    from saescope.families.stage import run as families
+    from saescope.options.families import FamiliesConfig
+
+    rd = tmp_path / "run"
+    shutil.copytree(run, rd)
+    rp = RunPaths(rd)
+    # families made before the keywords: re-running them would read the names
+    shutil.move(rp.interp, tmp_path / "interp")
+    families(FamiliesConfig(run=str(rd), progress=False))
+    shutil.move(tmp_path / "interp", rp.interp)
+    fam = [o for o in status(rd).outputs if o.stage == "families"][0]
+    assert fam.state == OUT_OF_DATE
+    assert "input keywords (interp/keywords.parquet) is there now, and was not read" in fam.reasons
+    _remake(rd, "families/families.parquet")
+    assert _states(rd)["families/families.parquet"] == CURRENT
+    # a damaged record says nothing about its output, which is not current then
+    rp.keywords_record.write_text("garbage")
+    by = {o.output: o for o in status(rd).outputs}
+    assert by["interp/keywords.parquet"].state == "no record"
+    assert "the keywords output interp/keywords.parquet has no record" in (
+        by["families/families.parquet"].reasons
+    )
+    # a deleted SAE is gone, not unchecked
+    shutil.rmtree(rp.sae)
+    by = {o.output: o for o in status(rd).outputs}
+    assert "input sae (sae/sae.safetensors) is gone" in by["latents/manifest.json"].reasons
+    assert not status(rd).ok
+
+
+def test_imported_vectors_and_converted_saes(run: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    from saescope.store import ActivationStore
+
+    rd = tmp_path / "run"
+    vectors = tmp_path / "v.npy"
+    np.save(vectors, ActivationStore(run / "acts").rows(np.arange(200)))
+    assert main(["embed", "--run", str(rd), "--vectors", str(vectors)]) == 0
+    assert main(["convert", "--src", str(run / "sae"), "--out", str(rd / "sae")]) == 0
+    by = {o.output: o for o in status(rd).outputs}
+    assert by["acts/manifest.json"].state == by["sae"].state == CURRENT
+    assert by["sae"].stage == "convert"
+    # the source changed: the conversion is out of date, and made again as it was made
+    shutil.copytree(run / "sae", tmp_path / "src")
+    saved = json.loads((rd / "sae" / "convert.json").read_text())
+    saved["config"]["src"] = str(tmp_path / "src")
+    (rd / "sae" / "convert.json").write_text(json.dumps(saved))
+    rewritten = tmp_path / "src" / "config.json"
+    rewritten.write_text(rewritten.read_text().replace("}", ', "note": "x"}', 1))
+    conv = {o.output: o for o in status(rd).outputs}["sae"]
+    assert conv.state == OUT_OF_DATE and "input config.json" in conv.reasons[0]
+    assert conv.command.startswith(f"saescope convert --src {tmp_path / 'src'} --out ")
+    # a store filled by imports has no one command that makes it again
+    (rd / "acts" / "manifest.json").unlink()
+    acts = {o.output: o for o in status(rd).outputs}["acts/manifest.json"]
+    assert acts.state == NO_OUTPUT and acts.command is None
+    assert "run each `embed --vectors` again" in acts.reasons[-1]
+
+
+def test_a_lock_held_by_another_stage_is_not_this_one_being_made(run: Path, tmp_path: Path) -> None:
+    rd = tmp_path / "run"
+    shutil.copytree(run, rd)
+    rp = RunPaths(rd)
+    saved = provenance.read_record(rp.latents_record)
+    rp.latents_record.write_text(json.dumps(saved | {"status": "running"}))
+    with provenance.run_lock(rd, "report"):
+        assert _states(rd)["latents/manifest.json"] == UNFINISHED

@@ -60,8 +60,9 @@ PLOT_TITLES = {
 }
 
 
-def _inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:
-    """sha256 of every file the page is made from (a change re-makes the page)."""
+def page_inputs(rp: RunPaths, sae_dir: Path) -> dict[str, str]:
+    """sha256 of every file the page is made from (a change re-makes the page), by its
+    name relative to the run; `saescope status` compares them too."""
     files = [
         rp.features,
         rp.latents_manifest,
@@ -125,7 +126,7 @@ def run(cfg: ReportConfig) -> Path:
     from saescope.latents import LatentCache
 
     sae_dir = LatentCache(cfg.run).sae_dir()  # the SAE the cache was encoded with
-    inputs = _inputs(rp, sae_dir)
+    inputs = page_inputs(rp, sae_dir)
     record = provenance.Record.make(rp.report_record, "report", cfg, inputs, ignore=("run",))
     # a page is a view: re-made whenever what it shows changed (overwrite)
     if record.decide(True, rp.report_index) is provenance.Decision.SKIP:

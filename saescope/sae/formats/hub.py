@@ -19,11 +19,13 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
+from saescope import paths
 from saescope.errors import SaescopeError, describe
 from saescope.paths import HUB_PREFIX as PREFIX
 
-# files that make a folder an SAE of one of the formats load_sae reads
-_CONFIGS = ("cfg.json", "config.json")
+# the config and weights files of the folder formats load_sae reads
+_CONFIGS = (paths.SAELENS_CFG, paths.NATIVE_SAE_CONFIG)
+_WEIGHTS = (paths.SAELENS_WEIGHTS, paths.NATIVE_SAE_WEIGHTS, paths.BATCHTOPK_WEIGHTS)
 _TOP_LEVEL_ONLY = "*/*"  # an ignore pattern: files in sub-folders
 
 
@@ -123,7 +125,9 @@ def fetch(name: str | Path, hookpoint: str | None = None) -> Path:
             )
         return local
     local = _snapshot(hub, None, [_TOP_LEVEL_ONLY])
-    if any((local / c).is_file() for c in _CONFIGS) or any(local.glob("*.pth")):
+    # an SAE at the top level has its weights there (a training folder pushed whole has
+    # only its run's config.json there, and one folder per hookpoint)
+    if any((local / w).is_file() for w in _WEIGHTS) or any(local.glob("*.pth")):
         return local
     configs = _snapshot(hub, [f"*/{c}" for c in _CONFIGS], None)
     subs = _sae_folders(configs)
