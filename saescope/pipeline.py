@@ -250,7 +250,13 @@ def main(ns: argparse.Namespace) -> int:
     with run_lock(run, "demo"):  # one writer for the whole chain, not stage by stage
         run_steps(steps(run, limit, ns.overwrite))
     from saescope.paths import RunPaths
+    from saescope.status import format_status, status
 
+    st = status(run)  # every output made by this chain from what it made before
+    if st.ok:
+        print(f"status: {len(st.outputs)} outputs, all current (saescope status --run {run})")
+    else:
+        print(format_status(st))
     index = RunPaths(ns.run).report_index
     if index.exists():
         print(f"report: {index.resolve()}  (open it in a browser; it needs no network)")
