@@ -141,6 +141,11 @@ CUSTOM: dict[str, Custom] = {
         "saescope.options.inspect",
         "show a feature's statistics and top texts, or a text's features",
     ),
+    "compare": Custom(
+        "saescope.compare",
+        "saescope.options.compare",
+        "match two SAEs' features: shared features, MMCS, activation correlation",
+    ),
     "status": Custom(
         "saescope.status",
         "saescope.options.status",
