@@ -31,10 +31,10 @@ from saescope.corpus import read_corpus
 from saescope.defaults import resolve_embed_model
 from saescope.device import pick_device
 from saescope.errors import SaescopeError, describe
-from saescope.io import atomic_path, read_json, sha256_file, write_json
+from saescope.io import atomic_path, read_frame, read_json, sha256_file, write_json
 from saescope.options.embed import EmbedConfig
 from saescope.paths import STAGE_CONFIG, RunPaths
-from saescope.store import StoreWriter, bad_rows_error, find_bad_rows
+from saescope.store import ActivationStore, StoreWriter, bad_rows_error, find_bad_rows
 
 
 def load_sentence_model(name: str, device: str = "cpu"):
@@ -154,8 +154,11 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> tuple[Path, str
     corpus = read_corpus(cfg.run)
     texts = corpus["text"].tolist()
     record = _corpus_record(cfg, rp)
-    decision = record.decide(cfg.overwrite, rp.acts, exists=rp.acts_manifest.exists())
+    exists = rp.acts_manifest.exists()
+    decision = record.decide(cfg.overwrite, rp.acts, exists=exists, quiet=True)
     if decision is provenance.Decision.SKIP:  # no model load
+        ActivationStore(rp.acts, verify=False).check_files()  # "up to date" only when whole
+        record.up_to_date(rp.acts)
         return rp.acts, read_json(rp.acts_manifest)["meta"].get("backend", "torch")
     corpus_sha = record.upstream["corpus"]
     if model is None:
@@ -378,7 +381,7 @@ def _import_vectors(cfg: EmbedConfig, rp: RunPaths) -> Path:
     writer.flush()  # every row is on disk before the import is marked complete
     if ids is not None:
         ids_path = rp.acts / "ids.parquet"
-        old = pd.read_parquet(ids_path) if ids_path.exists() else None
+        old = read_frame(ids_path) if ids_path.exists() else None
         new = pd.DataFrame({"row": np.arange(rec["start"], rec["stop"]), "id": ids})
         # rows before this import keep their ids; a resumed import rewrites its own
         table = pd.concat([old[old["row"] < rec["start"]], new]) if old is not None else new

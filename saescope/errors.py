@@ -9,6 +9,12 @@ class SaescopeError(Exception):
     """A problem with the user's input, files or environment (not a bug)."""
 
 
+class DamagedFile(SaescopeError, ValueError):
+    """A file saescope wrote that cannot be read any more (cut short or altered). Also a
+    ValueError, as the parser's own error was, for callers that treat unreadable as
+    absent."""
+
+
 class SaescopeWarning(UserWarning):
     """Something the user should know that does not stop the work (an approximation made
     on loading, say); the CLI prints it as one line, without the source line."""

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from saescope.errors import SaescopeError
+from saescope.errors import DamagedFile, SaescopeError, describe
 
 
 @contextlib.contextmanager
@@ -66,8 +66,48 @@ def write_json(path: Path, data: Any) -> None:
         tmp.write_text(text + "\n")
 
 
+_REMAKE = "remove it (or the output it belongs to) and re-run the stage that made it"
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON file at `path`; a file that is not JSON (cut short, altered) is named."""
+    text = Path(path).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DamagedFile(f"{path} is not valid JSON ({exc}); {_REMAKE}") from exc
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> Any:
+    """The Parquet file at `path` as a pyarrow Table; a damaged file is named (pyarrow's
+    own error does not say which file). A missing file raises FileNotFoundError."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=columns)
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DamagedFile(f"cannot read {path} ({describe(exc)}); {_REMAKE}") from exc
+
+
+def parquet_whole(path: Path) -> bool:
+    """Whether a Parquet file has its magic bytes at both ends (a file cut short loses
+    its footer): a check cheap enough for every "up to date"."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 12:
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(size - 4)
+        return head == b"PAR1" and f.read(4) == b"PAR1"
+
+
+def read_frame(path: Path, columns: list[str] | None = None) -> Any:
+    """The Parquet file at `path` as a pandas DataFrame (see `read_table`)."""
+    return read_table(path, columns).to_pandas()
 
 
 def read_finished_manifest(

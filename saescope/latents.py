@@ -56,7 +56,9 @@ from saescope.features import FeatureAccumulator, cooccurrence
 from saescope.io import (
     atomic_path,
     read_finished_manifest,
+    read_frame,
     read_json,
+    read_table,
     sha256_file,
     sha256_text,
     write_json,
@@ -197,7 +199,7 @@ class LatentCache:
             raise SaescopeError(
                 f"{self.paths.features} is missing; re-run `saescope latents --run {self.paths.root}`"
             )
-        return pd.read_parquet(self.paths.features)
+        return read_frame(self.paths.features)
 
 
 def cache_describes(run_dir: str | Path, sae_sha256: str) -> bool:
@@ -213,11 +215,17 @@ def cache_describes(run_dir: str | Path, sae_sha256: str) -> bool:
         return False
 
 
-def read_shard(path: Path, info: dict[str, Any], verify: bool = False) -> LatentShard:
+def check_shard(path: Path, info: dict[str, Any], verify: bool = False) -> None:
+    """A latent shard there at its recorded size (and checksum, with `verify`)."""
+    remake = f"remove {path.parent} and re-run `saescope latents` to make it again"
     if not path.exists():
-        raise SaescopeError(f"latent shard {path} listed in the manifest is missing")
+        raise SaescopeError(f"latent shard {path} listed in the manifest is missing; {remake}")
     if path.stat().st_size != info["nbytes"] or (verify and sha256_file(path) != info["sha256"]):
-        raise SaescopeError(f"latent shard {path} is truncated or altered; re-run with --overwrite")
+        raise SaescopeError(f"latent shard {path} is truncated or altered; {remake}")
+
+
+def read_shard(path: Path, info: dict[str, Any], verify: bool = False) -> LatentShard:
+    check_shard(path, info, verify)
     try:
         t = load_numpy(str(path))
     except (SafetensorError, OSError) as exc:
@@ -372,6 +380,8 @@ def run(cfg: LatentsConfig) -> Path:
     exists = rp.latents_manifest.exists()
     decision = record.decide(cfg.overwrite, rp.latents, exists=exists, quiet=True)
     if decision is provenance.Decision.SKIP and _outputs_present(rp, cfg):
+        for info in read_json(rp.latents_manifest)["shards"]:  # "up to date" only when whole
+            check_shard(rp.latents / info["file"], info)
         record.up_to_date(rp.latents)
         return rp.latents
     source = _source(rp, store, sae, sae_dir, record.upstream["sae"], cfg.shard_rows)
@@ -386,6 +396,7 @@ def run(cfg: LatentsConfig) -> Path:
     # Shards encoded by the same SAE from the same store are kept when only the
     # statistics options changed; the tables are rewritten from them.
     if decision is provenance.Decision.FRESH and rp.latents.exists():
+        store.check_files()  # a store that cannot be read replaces no finished cache
         old = read_json(rp.latents_manifest) if rp.latents_manifest.exists() else {}
         if old.get("source") != source:
             shutil.rmtree(rp.latents)
@@ -464,7 +475,7 @@ def write_index(rp: RunPaths, store: ActivationStore, tokens: bool = False) -> N
             raise SaescopeError(
                 f"the token store {rp.acts} has no {rp.acts_index.name}; re-run `saescope acts`"
             )
-        acts_index = pq.read_table(rp.acts_index, columns=["doc", "context", "position"])
+        acts_index = read_table(rp.acts_index, columns=["doc", "context", "position"])
         if acts_index.num_rows != n:
             raise SaescopeError(
                 f"{rp.acts_index} lists {acts_index.num_rows} tokens but the store holds {n} "

@@ -39,8 +39,8 @@ from typing import Any, TypeVar
 
 from saescope._version import __version__
 from saescope.config import config_to_dict, field_default
-from saescope.errors import SaescopeError
-from saescope.io import read_json, sha256_file, sha256_text, write_json
+from saescope.errors import DamagedFile, SaescopeError, describe
+from saescope.io import parquet_whole, read_json, sha256_file, sha256_text, write_json
 from saescope.paths import MANIFEST
 
 FORMAT = "saescope.provenance/1"
@@ -199,6 +199,12 @@ class Record:
         # same inputs and options: --overwrite has nothing different to replace
         if saved.get("status") != "complete":
             return Decision.RESUME
+        output = Path(output)
+        if output.suffix == ".parquet" and output.is_file() and not parquet_whole(output):
+            raise DamagedFile(
+                f"{output} is cut short or altered (not a whole Parquet file); remove it "
+                f"and re-run `saescope {self.stage}` to make it again"
+            )
         if not quiet:
             self.up_to_date(output)
         return Decision.SKIP
@@ -265,9 +271,17 @@ def run_lock(run: str | Path, stage: str) -> Iterator[None]:
     except ImportError:  # no flock (Windows): no lock rather than no saescope
         yield
         return
+    if root.exists() and not root.is_dir():
+        raise SaescopeError(f"--run {run} is a file, not a run directory; give a folder")
     created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:  # a read-only folder, a file on the way to it
+        raise SaescopeError(
+            f"cannot write the run directory {root} ({describe(exc)}); give a --run this "
+            "user can write"
+        ) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -17,6 +17,9 @@ Each output is one of:
     no record    the output is there without a readable record (made by an older
                  saescope or by hand, or the record is damaged): nothing says what it
                  was made from
+    damaged      a file of the output is missing, cut short or not readable (a store
+                 or latent shard not at its recorded size, a Parquet file without its
+                 footer): remove the output and re-run its stage
 
 An input is checked when it is a file of the run, or a file an option names (a corpus
 file, steering prompts, search queries: found from where `status` runs). What is not
@@ -61,6 +64,7 @@ UNFINISHED = "unfinished"
 BEING_MADE = "being made"
 NO_OUTPUT = "no output"
 NO_RECORD = "no record"
+DAMAGED = "damaged"
 # how a later output names an earlier one that is not current
 _SAID = {
     OUT_OF_DATE: "is out of date",
@@ -68,6 +72,7 @@ _SAID = {
     BEING_MADE: "is being made",
     NO_OUTPUT: "was deleted",
     NO_RECORD: "has no record",
+    DAMAGED: "is damaged",
 }
 
 
@@ -353,6 +358,30 @@ def _input_reasons(
     return reasons + _not_read(rp, stage, upstream), unchecked
 
 
+def _damage(rp: RunPaths, found: _Found) -> str | None:
+    """What is wrong with a finished output's own files, or None (sizes and footers
+    only: cheap, no checksums)."""
+    from saescope.io import parquet_whole
+
+    try:
+        if found.stage in ("embed", "acts"):
+            from saescope.store import ActivationStore
+
+            ActivationStore(rp.acts, verify=False).check_files()
+        elif found.stage == "latents":
+            from saescope.latents import check_shard
+
+            for info in read_json(rp.latents_manifest)["shards"]:
+                check_shard(rp.latents / info["file"], info)
+        elif found.output.suffix == ".parquet" and not parquet_whole(found.output):
+            return f"{_relative(rp, found.output)} is cut short or altered"
+    except SaescopeError as exc:
+        return str(exc)
+    except (KeyError, TypeError) as exc:
+        return f"{_relative(rp, found.output)} does not list its files ({exc!r})"
+    return None
+
+
 def _made(path: Path) -> str | None:
     if not path.exists():
         return None
@@ -387,16 +416,24 @@ def _one(
         resume = same.removesuffix(" --overwrite") if same else None
         why = "interrupted; the same command resumes it"
         return Output(stage, output, UNFINISHED, [why], [], made, resume)
-    if found.output.exists():
+    damage = _damage(rp, found) if found.output.exists() else None
+    unchecked: list[str] = []
+    if damage is not None:
+        state, reasons = DAMAGED, [damage]
+    elif found.output.exists():
         reasons, unchecked = _input_reasons(rp, found, saved, owned)
         state = OUT_OF_DATE if reasons else CURRENT
     else:
-        state, reasons, unchecked = NO_OUTPUT, [f"{output} was deleted"], []
+        state, reasons = NO_OUTPUT, [f"{output} was deleted"]
     if state == CURRENT:
         return Output(stage, output, CURRENT, [], unchecked, made)
     command = _command(rp, run, stage, found, saved)
     if command is None:
         reasons.append("the store was filled by imports: run each `embed --vectors` again")
+    elif state == DAMAGED:  # the same inputs and options skip: the output must go first
+        gone = found.owns[0]
+        reasons.append(f"remove {_relative(rp, gone)} first: the stage keeps what it made")
+        command = command.removesuffix(" --overwrite")
     return Output(stage, output, state, reasons, unchecked, made, command)
 
 

@@ -31,7 +31,14 @@ from safetensors.torch import save_file
 from saescope import paths
 from saescope._version import __version__
 from saescope.errors import SaescopeError, first_rows
-from saescope.io import atomic_path, read_finished_manifest, read_json, sha256_file, write_json
+from saescope.io import (
+    atomic_path,
+    read_finished_manifest,
+    read_json,
+    read_table,
+    sha256_file,
+    write_json,
+)
 
 FORMAT = "saescope.acts/1"
 TENSOR = "acts"
@@ -322,12 +329,10 @@ class ActivationStore:
         if self.rows_kind != "tokens":
             return ids
         if self._contexts is None:
-            import pyarrow.parquet as pq
-
             index = self.dir / paths.TOKEN_INDEX
             if not index.exists():
                 raise SaescopeError(f"{index} is missing: the token store has no row index")
-            self._contexts = pq.read_table(index, columns=["context"])["context"].to_numpy()
+            self._contexts = read_table(index, columns=["context"])["context"].to_numpy()
         return self._contexts[ids].astype(np.int64)
 
     def held_out(self, ids: np.ndarray, eval_fraction: float) -> np.ndarray:
@@ -341,10 +346,8 @@ class ActivationStore:
             return f"remove {self.dir} and import the vectors again (`saescope embed --vectors`)"
         return f"remove {self.dir} and re-run `saescope {making_stage(self.meta)}` to make it again"
 
-    def _check(self, shard: ShardInfo) -> Path:
+    def _check_size(self, shard: ShardInfo) -> Path:
         path = self.dir / shard.file
-        if shard.file in self._verified:
-            return path
         if not path.exists():
             raise SaescopeError(f"shard {path} listed in the manifest is missing; {self._remake}")
         if path.stat().st_size != shard.nbytes:
@@ -352,6 +355,19 @@ class ActivationStore:
                 f"shard {path} is truncated or altered ({path.stat().st_size} bytes, "
                 f"manifest says {shard.nbytes}); {self._remake}"
             )
+        return path
+
+    def check_files(self) -> None:
+        """Every shard there at the size the manifest records (no checksum: cheap enough
+        to run before a stage trusts or replaces what it made from the store)."""
+        for s in self.shards:
+            self._check_size(s)
+
+    def _check(self, shard: ShardInfo) -> Path:
+        path = self.dir / shard.file
+        if shard.file in self._verified:
+            return path
+        self._check_size(shard)
         if self._verify and sha256_file(path) != shard.sha256:
             raise SaescopeError(f"shard {path} fails its sha256 checksum; {self._remake}")
         self._verified.add(shard.file)

@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from saescope.errors import SaescopeError
+from saescope.io import read_frame
 from saescope.options.examples import SPLIT_KINDS
 from saescope.paths import RunPaths
 from saescope.store import split_mask
@@ -111,7 +112,7 @@ def run_docs(run: str | Path, n_rows: int) -> pd.Series | None:
         if path == rp.corpus:
             check_store_corpus(run)
         if path.exists() and "doc" in pq.read_schema(path).names:
-            col = pd.read_parquet(path, columns=["doc"])["doc"]
+            col = read_frame(path, columns=["doc"])["doc"]
             if len(col) == n_rows:
                 return col
     return None

@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
-import pyarrow.parquet as pq
 from safetensors.numpy import load_file as load_numpy
 
 from saescope.errors import SaescopeError
 from saescope.examples.activations import Activations
-from saescope.io import read_json
+from saescope.io import read_json, read_table
 from saescope.paths import RunPaths
 
 if TYPE_CHECKING:
@@ -87,7 +86,7 @@ class TokenRows:
         self.input_ids: np.ndarray = t["input_ids"]  # (n_ctx, ctx_len)
         self.attention: np.ndarray = t["attention_mask"].astype(bool)
         self.text_row: np.ndarray = t["text_row"]
-        index = pq.read_table(rp.acts_index, columns=["context", "position"])
+        index = read_table(rp.acts_index, columns=["context", "position"])
         self.context: np.ndarray = index["context"].to_numpy().astype(np.int64)
         self.position: np.ndarray = index["position"].to_numpy().astype(np.int64)
         # store row of every (context, position), -1 where the token is not a row

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from saescope import provenance
-from saescope.io import read_json, sha256_file
+from saescope.io import read_frame, read_json, sha256_file
 from saescope.paths import RunPaths
 
 if TYPE_CHECKING:  # readers (inspect, the report) need none of the stage's modules
@@ -216,9 +216,9 @@ def read_families(run: str | Path) -> FamilyTables | None:
         return None
     summary = read_json(rp.families_summary) if rp.families_summary.exists() else {}
     return FamilyTables(
-        families=pd.read_parquet(rp.families_table),
-        members=pd.read_parquet(rp.family_members),
-        splits=pd.read_parquet(rp.family_splits),
+        families=read_frame(rp.families_table),
+        members=read_frame(rp.family_members),
+        splits=read_frame(rp.family_splits),
         summary=summary,
         cache_sae=str(summary.get("cache_sae", "")),
     )

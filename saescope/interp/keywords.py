@@ -42,7 +42,7 @@ from saescope.examples.tokens import row_texts
 from saescope.interp.candidates import FeatureKeywords, PhraseEmbedder, failed
 from saescope.interp.contrastive import ContrastiveOptions, contrastive_keywords
 from saescope.interp.thesis import ThesisOptions, thesis_keywords
-from saescope.io import atomic_path, write_json
+from saescope.io import atomic_path, read_frame, write_json
 from saescope.options.keywords import METHODS, KeywordsConfig
 from saescope.paths import RunPaths
 from saescope.store import ActivationStore
@@ -172,7 +172,7 @@ def run(cfg: KeywordsConfig) -> Path:
         pq.write_table(table(results, cfg.method), tmp)
     write_json(rp.keywords_config, config_to_dict(cfg) | {"sae_dir": str(sae_dir)})
     record.finish()
-    _print_summary(pd.read_parquet(rp.keywords))
+    _print_summary(read_frame(rp.keywords))
     return rp.keywords
 
 
@@ -188,4 +188,4 @@ def read_keywords(run: str | Path) -> pd.DataFrame:
     path = RunPaths(run).keywords
     if not path.exists():
         raise SaescopeError(f"no keywords at {path}; run `saescope keywords --run {run}` first")
-    return pd.read_parquet(path)
+    return read_frame(path)

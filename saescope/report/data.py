@@ -23,7 +23,7 @@ from saescope.corpus import corpus_column
 from saescope.errors import SaescopeError
 from saescope.examples.tokens import TokenRows, store_rows_kind
 from saescope.families.tables import stale_note
-from saescope.io import read_json
+from saescope.io import read_frame, read_json
 from saescope.paths import RunPaths, SAEPaths
 
 
@@ -126,7 +126,7 @@ def load_annotations(run: str | Path) -> Annotations:
         stale.append(f"{rp.explanations.name} (made from another SAE or store)")
     current = {"keywords": names_current, "explanations": explained_current}
     if names_current:
-        for row in pd.read_parquet(rp.keywords).to_dict("records"):
+        for row in read_frame(rp.keywords).to_dict("records"):
             if _ok(row) and row.get("keywords") is not None and len(row["keywords"]):
                 keywords[int(row["feature"])] = Keywords(
                     [str(w) for w in row["keywords"]],
@@ -154,7 +154,7 @@ def load_annotations(run: str | Path) -> Annotations:
             if not _scored_these_names(rp, path.stem, current):
                 stale.append(f"scores/{path.name} (scores of other names)")
                 continue
-            df = pd.read_parquet(path)
+            df = read_frame(path)
             if "feature" not in df.columns or "score" not in df.columns:
                 continue
             by_feature: dict[int, dict[str, float]] = {}
@@ -177,7 +177,7 @@ def read_features(run: str | Path) -> pd.DataFrame:
         raise SaescopeError(
             f"no feature table at {rp.features}; run `saescope latents --run {run}` first"
         )
-    return pd.read_parquet(rp.features)
+    return read_frame(rp.features)
 
 
 class RowTexts:

@@ -206,7 +206,10 @@ def read_manifest(rp: RunPaths, kind: str) -> dict[str, Any] | None:
         return None
     m = read_json(path)
     if m.get("format") != FORMAT:
-        raise SaescopeError(f"{path} is not a saescope index manifest; rebuild with --overwrite")
+        raise SaescopeError(
+            f"{path} is not a saescope index manifest; remove {path.parent} and re-run "
+            "`saescope index` to rebuild it"
+        )
     return m if m.get("complete") else None
 
 
@@ -247,12 +250,12 @@ def check_store(rp: RunPaths, manifest: dict[str, Any]) -> None:
 
 def _checked_file(folder: Path, entry: dict[str, Any], verify: bool) -> Path:
     path = folder / entry["file"]
+    # the same options and store skip: the damaged index must go before it is rebuilt
+    remake = f"remove {folder} and re-run `saescope index` to rebuild it"
     if not path.exists() or path.stat().st_size != entry["nbytes"]:
-        raise SaescopeError(f"index file {path} is missing or truncated; rebuild with --overwrite")
+        raise SaescopeError(f"index file {path} is missing or truncated; {remake}")
     if verify and sha256_file(path) != entry["sha256"]:
-        raise SaescopeError(
-            f"index file {path} fails its sha256 checksum; rebuild with --overwrite"
-        )
+        raise SaescopeError(f"index file {path} fails its sha256 checksum; {remake}")
     return path
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from saescope.errors import SaescopeError
+from saescope.io import read_table
 from saescope.report.data import Annotations
 
 SORT_KEYS = ("density", "max_act", "count", "mean_active_act", "id")
@@ -65,7 +65,7 @@ class FeatureTable:
     def __init__(self, path: Path) -> None:
         if not path.exists():
             raise SaescopeError(f"no feature table at {path}; run `saescope latents` first")
-        t = pq.read_table(path)
+        t = read_table(path)
         feature = t["feature"].to_numpy()
         if not np.array_equal(feature, np.arange(len(feature))):
             raise SaescopeError(f"{path} does not list features 0..n-1 in order; re-run latents")

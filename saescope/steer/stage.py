@@ -37,7 +37,7 @@ from saescope.config import config_to_dict
 from saescope.device import pick_device
 from saescope.edits import Edit, check_features, resolve, typical_activation
 from saescope.errors import SaescopeError
-from saescope.io import atomic_path, write_json
+from saescope.io import atomic_path, read_frame, write_json
 from saescope.lm import hooks
 from saescope.lm.model import LM, load_lm
 from saescope.options.steer import SteerConfig
@@ -199,7 +199,7 @@ def run(cfg: SteerConfig, *, lm: LM | None = None) -> Path:
     width = int(hooks.capture(lm.model, hp, probe).shape[-1])
     check_fits_store(sae, meta, width, str(folder), lm.model)
     sae = sae.to(lm.device)
-    table = pd.read_parquet(rp.features) if described and rp.features.exists() else None
+    table = read_frame(rp.features) if described and rp.features.exists() else None
     st = _Steering(cfg, lm, hp, sae, table)
     if cfg.sweep and len(st.prompts) < 2:
         raise SaescopeError(
@@ -298,7 +298,7 @@ def _print_side_by_side(rp: RunPaths, n: int = 3, width: int = 48) -> None:
         return
     from saescope.io import read_json
 
-    df = pd.read_parquet(rp.steer_generations)
+    df = read_frame(rp.steer_generations)
     summary = read_json(rp.steer_summary)
     for g in summary["groups"]:
         label = "+".join(map(str, g["features"]))

@@ -56,10 +56,9 @@ def _record(cfg: TrainConfig, rp: RunPaths) -> provenance.Record:
     return provenance.Record.make(path, "train", cfg, up, ignore=EXECUTION_FIELDS)
 
 
-def _decide(
-    cfg: TrainConfig, record: provenance.Record, folders: list[SAEPaths], dist: Dist
-) -> bool:
-    """True when training is finished; otherwise clears what must not be resumed.
+def _decide(cfg: TrainConfig, record: provenance.Record, folders: list[SAEPaths]) -> str:
+    """ "done" when training is finished, "resume" to continue what is there, "fresh" to
+    start again (what is there is cleared only once training can start: `_clear`).
 
     A checkpoint is resumed only when the provenance record says it was made from the
     same store and options; anything else needs --overwrite (see saescope.provenance).
@@ -68,15 +67,20 @@ def _decide(
     exists = first.config.exists() or latest_checkpoint(first) is not None
     decision = record.decide(cfg.overwrite, first.dir, exists=exists, quiet=True)
     if decision is provenance.Decision.SKIP:
-        done = all(f.config.exists() and f.weights.exists() for f in folders)
-        if done:
+        if all(f.config.exists() and f.weights.exists() for f in folders):
             record.up_to_date(first.dir)
-        return done
-    if decision is provenance.Decision.FRESH and dist.is_main:
+            return "done"
+        return "resume"
+    return "fresh" if decision is provenance.Decision.FRESH else "resume"
+
+
+def _clear(folders: list[SAEPaths], dist: Dist) -> None:
+    """Remove the SAEs --overwrite replaces: after the options, the store and the first
+    batch have been checked, so a refused or failed start leaves them as they were."""
+    if dist.is_main:
         for f in folders:
             if f.dir.exists():
                 shutil.rmtree(f.dir)
-    return False
 
 
 def _threads(cfg: TrainConfig, dist: Dist) -> None:
@@ -97,9 +101,13 @@ def run(cfg: TrainConfig) -> Path:
     try:
         _threads(cfg, dist)
         record = _record(cfg, rp)
-        done = _decide(cfg, record, folders, dist)
-        dist.barrier()  # rank 0 may have cleared old folders
-        if not done and _train(cfg, record, store, folders, device, dist) and dist.is_main:
+        decision = _decide(cfg, record, folders)
+        fresh = decision == "fresh"
+        if (
+            decision != "done"
+            and _train(cfg, record, store, folders, device, dist, fresh)
+            and (dist.is_main)
+        ):
             for f in folders:  # each SAE of the sweep carries the record of its training
                 dataclasses.replace(record, path=f.train_record).finish()
         if cfg.eval_at_end and dist.is_main and all(f.weights.exists() for f in folders):
@@ -141,11 +149,11 @@ def _train(
     folders: list[SAEPaths],
     device: torch.device,
     dist: Dist,
+    fresh: bool,
 ) -> bool:
-    """Train until done or `stop_after_steps`; True when training finished."""
+    """Train until done or `stop_after_steps`; True when training finished. `fresh`:
+    replace what the folders hold (--overwrite) instead of resuming it."""
     per_epoch, total = _plan(cfg, store)
-    if dist.is_main:
-        record.start()
     sample_rows = min(cfg.init_rows, per_epoch * cfg.batch_size)
     init_sample = next(
         iter(
@@ -160,7 +168,13 @@ def _train(
     )
     names = [f.dir.name for f in folders]
     trainer = Trainer(cfg, store.d_in, init_sample, total, dist, names, device, store.rows_kind)
-    ckpt = latest_checkpoint(folders[0]) if cfg.resume else None
+    if fresh:
+        store.check_files()  # every shard there: a store cut short replaces no finished SAE
+        _clear(folders, dist)
+    dist.barrier()  # rank 0 may have cleared old folders
+    if dist.is_main:
+        record.start()
+    ckpt = latest_checkpoint(folders[0]) if cfg.resume and not fresh else None
     if ckpt is not None:
         trainer.load_state_dict(load_checkpoint(ckpt))
         if dist.is_main:

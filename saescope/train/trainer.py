@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from saescope.device import onednn_allows
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, SaescopeWarning
 from saescope.sae import SAE, SAEConfig, archs
 from saescope.sae.archs import Architecture
 from saescope.sae.model import row_standardize
@@ -402,6 +403,7 @@ class Trainer:
             "scale": self.scale,
             "input_norm": self.input_norm,
             "select_dtype": _dtype_name(self.select_dtype),
+            "threads": torch.get_num_threads(),  # CPU sums are taken in its order
             "trainees": [
                 {
                     "name": tr.name,
@@ -433,6 +435,16 @@ class Trainer:
             if resumed != self.select_dtype:
                 self.select_dtype = resumed
                 self.selection = f"{state['select_dtype']} (auto, kept from the checkpoint)"
+        started_on = state.get("threads")
+        if self.device.type == "cpu" and started_on and started_on != torch.get_num_threads():
+            warnings.warn(
+                f"resuming on {torch.get_num_threads()} CPU threads; the run started on "
+                f"{started_on}, and CPU sums split across threads round in another order, "
+                "so the weights will differ in their last bits from an uninterrupted run "
+                f"(--threads {started_on} keeps them identical)",
+                SaescopeWarning,
+                stacklevel=2,
+            )
         for tr, st in zip(self.trainees, state["trainees"], strict=True):
             with torch.no_grad():
                 for k, v in st["weights"].items():
