@@ -103,11 +103,8 @@ def run(cfg: TrainConfig) -> Path:
         record = _record(cfg, rp)
         decision = _decide(cfg, record, folders)
         fresh = decision == "fresh"
-        if (
-            decision != "done"
-            and _train(cfg, record, store, folders, device, dist, fresh)
-            and (dist.is_main)
-        ):
+        finished = decision != "done" and _train(cfg, record, store, folders, device, dist, fresh)
+        if finished and dist.is_main:
             for f in folders:  # each SAE of the sweep carries the record of its training
                 dataclasses.replace(record, path=f.train_record).finish()
         if cfg.eval_at_end and dist.is_main and all(f.weights.exists() for f in folders):

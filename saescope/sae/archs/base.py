@@ -94,6 +94,9 @@ class Architecture:
     # SAELens `metadata.training_architecture` of an inference (jumprelu) file that is
     # this architecture (batchtopk, matryoshka_batchtopk); None: none
     saelens_training: ClassVar[str | None] = None
+    # its rule is sparsify's (the k largest of relu(h) in each row), so sparsify files
+    # can hold it (`export_sparsify`)
+    sparsify_rule: ClassVar[bool] = False
     # which of `PARTLY_SHARED` this architecture reads
     reads: ClassVar[frozenset[str]] = frozenset()
 

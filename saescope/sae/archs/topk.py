@@ -84,6 +84,7 @@ class TopK(Architecture):
     name = "topk"
     summary = "z = the k largest of relu(h) per row; mse + aux * AuxK (sparse backward)"
     uses_k = True
+    sparsify_rule = True
     saelens_names = ("topk",)
     reads = frozenset({"k_aux", "aux_coefficient", "select_precision"})  # always sparse
 

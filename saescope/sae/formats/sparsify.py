@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from saescope import paths
 from saescope.errors import SaescopeError
 from saescope.io import atomic_path
+from saescope.sae import archs
 from saescope.sae.config import SAEConfig
 from saescope.sae.formats.common import (
     build_sae,
@@ -90,7 +91,7 @@ def sparsify_config(sae: SAE) -> dict[str, object]:
     """sparsify's `cfg.json` for a native SAE (`d_in` beside the SparseCoderConfig
     fields, as sparsify saves it); refuses an SAE sparsify cannot run."""
     cfg = sae.cfg
-    if cfg.architecture != "topk" or cfg.k is None:
+    if not archs.get(cfg.architecture).sparsify_rule or cfg.k is None:
         raise SaescopeError(
             f"sparsify keeps the k largest latents of every row; a {cfg.architecture} SAE "
             "encodes by another rule (export it to SAELens instead: --to saelens)"
