@@ -381,6 +381,31 @@ def test_generation_stops_at_its_time_limit(runs: Runs) -> None:
     assert r["stopped_by_time"] == [True, True] and max(r["new_tokens"]) < 64
 
 
+def test_files_made_again_while_it_serves_are_said_not_mixed_in(
+    runs: Runs, tmp_path: Path
+) -> None:
+    """The run is read once: a stage re-run meanwhile does not change what is shown (the
+    SAE's metrics included, which were read anew on every summary) but is named."""
+    import shutil
+
+    from saescope.serve.served import ServedRun
+
+    rd = tmp_path / "news"
+    shutil.copytree(runs.news, rd)
+    run = ServedRun("news", rd)
+    before = run.summary()
+    assert before["changed"] == []
+    from saescope.cli import main
+
+    assert main(["eval", "--run", str(rd), "--progress", "false"]) == 0  # measured now
+    assert (rd / "sae" / "metrics.json").exists()
+    kw = rd / "interp" / "keywords.parquet"
+    kw.write_bytes(kw.read_bytes())  # made again, the same bytes at a later time
+    after = run.summary()
+    assert after["metrics"] == before["metrics"]
+    assert after["changed"] == ["interp/keywords.parquet", "sae/metrics.json"]
+
+
 # --- the edges ----------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ made (names, scores, families, a search index) is used when it is current. Out:
 (everything the feature page shows), `families_list()`. The inspector and the
 steering pages load models on first use (`saescope.serve.models`).
 
-Start-up reads features.parquet, the names (`load_annotations`, only those made
+Start-up reads features.parquet, the SAE's metrics, the names (`load_annotations`, only those made
 from this latent cache), the families (`read_families`), the row texts
 (`RowTexts`, or the token contexts of an LM run) and the SAE's decoder once; a feature page is then array look-ups, a
 matrix-vector product for its nearest features and, for LM runs, a few reads of
@@ -29,7 +29,7 @@ from saescope.families.tables import read_families
 from saescope.inspect import Example, FeatureView
 from saescope.io import read_json
 from saescope.options.search import KINDS
-from saescope.paths import RunPaths
+from saescope.paths import RunPaths, SAEPaths
 from saescope.report.data import (
     RowTexts,
     load_annotations,
@@ -121,6 +121,9 @@ class ServedRun:
         from saescope.serve.models import RunModels
 
         self.models = RunModels(self, device)
+        # the SAE's metrics as the other tables: read once, for the cache's own SAE
+        self.metrics, self.metrics_left_out = sae_metrics(rp.root, self.sae_dir)
+        self.started = self.on_disk()
 
     # --- what the run has ------------------------------------------------------------
 
@@ -158,10 +161,27 @@ class ServedRun:
     def label(self, f: int) -> str:
         return self.names.label(f)
 
+    def on_disk(self) -> dict[str, tuple[int, int]]:
+        """(size, mtime) of every file the start-up read that a stage may make again."""
+        rp = self.paths
+        files = [rp.latents_manifest, rp.features, rp.keywords, rp.explanations]
+        files += [rp.families_table, rp.family_members, SAEPaths(self.sae_dir).weights]
+        files += [SAEPaths(self.sae_dir).metrics, *sorted(rp.scores.glob("*.parquet"))]
+        out: dict[str, tuple[int, int]] = {}
+        for p in filter(Path.exists, files):
+            name = p.relative_to(rp.root).as_posix() if p.is_relative_to(rp.root) else str(p)
+            out[name] = (p.stat().st_size, p.stat().st_mtime_ns)
+        return out
+
+    def changed(self) -> list[str]:
+        """Files made again (or added, or removed) since the dashboard read the run."""
+        now = self.on_disk()
+        return sorted(n for n in set(now) | set(self.started) if now.get(n) != self.started.get(n))
+
     def summary(self) -> dict[str, Any]:
         rp, t = self.paths, self.table
         sae_cfg = {k: self.decoder.config.get(k) for k in ("architecture", "d_in", "d_sae", "k")}
-        metrics, left_out = sae_metrics(rp.root, rp.sae)  # {} when measured on another store
+        metrics, left_out = self.metrics, self.metrics_left_out
         plots = [
             {"title": title, "url": self.file_url(rp.plots / name)}
             for name, title in PLOT_TITLES.items()
@@ -186,6 +206,7 @@ class ServedRun:
             "n_keywords": len(self.ann.keywords),
             "n_explanations": len(self.ann.explanations),
             "stale": [*self.ann.stale, *filter(None, [left_out])],
+            "changed": self.changed(),  # shown after a restart of the dashboard
             "families": len(self.families.families) if self.families is not None else 0,
             "index": self.index_kinds(),
             "missing": self.missing(),

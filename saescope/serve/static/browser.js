@@ -14,6 +14,7 @@
   if (info.report) { const r = el("a", "flink", "static report"); r.href = info.report; head.appendChild(r); }
   box.appendChild(head);
   if (info.stale.length) box.appendChild(el("div", "note", "Not shown (made from other activations or names): " + info.stale.join("; ")));
+  if (info.changed.length) box.appendChild(el("div", "note", "Made again since the dashboard started (restart saescope serve to show them): " + info.changed.join(", ")));
 
   const q = params();
   const controls = el("div", "controls");
