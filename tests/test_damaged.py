@@ -113,3 +113,24 @@ def test_resuming_on_another_thread_count_says_so(rd: Path) -> None:
             train(TrainConfig(**base, progress=False, threads=2))  # the same count: silent
     finally:
         torch.set_num_threads(old)
+
+
+def test_artifacts_get_the_umask_mode_whatever_wrote_them(tmp_path: Path) -> None:
+    """A shared run directory stays readable: safetensors files came out 0600."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from saescope.io import atomic_path
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "t.safetensors") as tmp:
+            save_file({"x": torch.zeros(3)}, str(tmp))
+        with atomic_path(tmp_path / "t.json") as tmp:
+            tmp.write_text("{}")
+    finally:
+        os.umask(umask)
+    for name in ("t.safetensors", "t.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

@@ -381,9 +381,7 @@ def test_generation_stops_at_its_time_limit(runs: Runs) -> None:
     assert r["stopped_by_time"] == [True, True] and max(r["new_tokens"]) < 64
 
 
-def test_files_made_again_while_it_serves_are_said_not_mixed_in(
-    runs: Runs, tmp_path: Path
-) -> None:
+def test_files_made_again_while_it_serves_are_said_not_mixed_in(runs: Runs, tmp_path: Path) -> None:
     """The run is read once: a stage re-run meanwhile does not change what is shown (the
     SAE's metrics included, which were read anew on every summary) but is named."""
     import shutil
