@@ -117,9 +117,19 @@ class LatentCache:
     with `iter_shards` beyond that.
     """
 
-    def __init__(self, run_dir: str | Path, verify: bool = False) -> None:
+    def __init__(self, run_dir: str | Path, verify: bool = False, finished: bool = True) -> None:
+        """`finished`: refuse a cache whose stage has not finished (its features, index
+        and co-occurrence come after the shards); only the latents stage itself reads
+        its shards before then."""
         self.paths = RunPaths(run_dir)
         self.dir = self.paths.latents
+        saved = provenance.read_record(self.paths.latents_record)
+        if finished and saved is not None and saved.get("status") != "complete":
+            raise SaescopeError(
+                f"the latent cache at {self.dir} is unfinished (its `saescope latents` was "
+                f"interrupted or is running); re-run `saescope latents --run {run_dir}` to "
+                "finish it"
+            )
         m = read_finished_manifest(
             self.paths.latents_manifest,
             FORMAT,
@@ -415,7 +425,7 @@ def run(cfg: LatentsConfig) -> Path:
     clock.mark("encode")
     encode_store(store, sae, writer, acc, cfg, device)
     clock.mark("features")
-    cache = LatentCache(cfg.run)
+    cache = LatentCache(cfg.run, finished=False)  # the shards are done; the rest comes now
     write_index(rp, store, tokens)
     write_features(rp, cache, acc, cfg, lens)
     clock.mark("cooccurrence")

@@ -134,3 +134,25 @@ def test_artifacts_get_the_umask_mode_whatever_wrote_them(tmp_path: Path) -> Non
         os.umask(umask)
     for name in ("t.safetensors", "t.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_an_unfinished_latent_cache_is_refused_by_every_reader(rd: Path, capsys) -> None:
+    """Its shards are done before its features and co-occurrence: inspect and keywords
+    read it while the report refused it, and families blamed --cooccurrence false."""
+    import json
+
+    rp = RunPaths(rd)
+    saved = json.loads(rp.latents_record.read_text())
+    rp.latents_record.write_text(json.dumps(saved | {"status": "running"}))
+    rp.cooccurrence.unlink()  # killed before the co-occurrence table
+    for argv in (
+        ["inspect", "3", "--run", str(rd)],
+        ["keywords", "--run", str(rd), *QUIET, "--overwrite"],
+        ["families", "--run", str(rd), "--progress", "false"],
+        ["report", "--run", str(rd)],
+    ):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "is unfinished (its `saescope latents` was interrupted" in err, (argv, err)
+    assert main(["latents", "--run", str(rd), "--plots", "false", "--shard-rows", "128"]) == 0
+    assert main(["inspect", "3", "--run", str(rd)]) == 0
