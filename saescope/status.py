@@ -300,7 +300,8 @@ def _command(rp: RunPaths, run: str, stage: str, found: _Found, saved: Mapping) 
     values = dict(cfg) | _extra_options(rp, stage, found, cfg)
     for key, value in values.items():
         f = fields.get(key)
-        if f is None or key == "run" or value is None:
+        # what a flag cannot say (no value, an empty list, a mapping) is left to the default
+        if f is None or key == "run" or value is None or value == [] or isinstance(value, dict):
             continue
         if value == json.loads(json.dumps(field_default(f), default=str)):
             continue
