@@ -319,6 +319,19 @@ def test_ivf_index_finds_what_exact_search_finds(topics_run, tmp_path):
     np.testing.assert_array_equal(left_out.rows, exact.search(q, 10, exclude=[0, 5, 9]).rows)
 
 
+def test_more_lists_than_training_rows_are_said_and_recorded(topics_run, tmp_path):
+    """faiss trains a centroid per list from the sampled rows; --nlist above them was
+    cut in silence while config.json kept the value asked for."""
+    pytest.importorskip("faiss")
+    from saescope.errors import SaescopeWarning
+
+    run = _copy(topics_run, tmp_path / "run")
+    cfg = IndexConfig(run=str(run), kind="ivf", nlist=100_000, train_rows=64, progress=False)
+    with pytest.warns(SaescopeWarning, match="--nlist 100000: 64 rows train the lists"):
+        index_stage.run(cfg)
+    assert read_json(RunPaths(run).index_manifest("ivf"))["params"]["nlist"] == 64
+
+
 def test_an_interrupted_ivf_build_resumes_from_its_parts(topics_run, tmp_path, monkeypatch):
     faiss = pytest.importorskip("faiss")
     run = _copy(topics_run, tmp_path / "run")

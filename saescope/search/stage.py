@@ -15,6 +15,7 @@ next store shard; `saescope search` refuses an index whose store has changed sin
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from saescope import provenance
 from saescope.config import config_to_dict
-from saescope.errors import SaescopeError
+from saescope.errors import SaescopeError, SaescopeWarning
 from saescope.examples.tokens import store_rows_kind
 from saescope.io import atomic_path, read_json, sha256_file, write_json
 from saescope.options.search import KINDS, IndexConfig
@@ -171,9 +172,17 @@ def _build_ivf(m: _Manifest, store: ActivationStore, cfg: IndexConfig) -> None:
     rp = m.rp
     trained = rp.ivf_trained()
     if not trained.exists():
-        nlist = min(cfg.nlist or default_nlist(store.count, cfg.train_rows), store.count)
-        rng = np.random.default_rng(cfg.seed)
         n_train = min(cfg.train_rows, store.count)
+        # faiss trains one centroid per list from the sampled rows: no more lists than rows
+        nlist = min(cfg.nlist or default_nlist(store.count, cfg.train_rows), n_train)
+        if cfg.nlist is not None and nlist < cfg.nlist:
+            warnings.warn(
+                f"--nlist {cfg.nlist}: {n_train:,} rows train the lists, so the index has "
+                f"{nlist:,} (index/ivf/manifest.json records it)",
+                SaescopeWarning,
+                stacklevel=2,
+            )
+        rng = np.random.default_rng(cfg.seed)
         sample = np.sort(rng.choice(store.count, size=n_train, replace=False))
         x = np.ascontiguousarray(normalise(store.rows(sample)).numpy())  # (n_train, d_in)
         quantizer = faiss.IndexFlatIP(store.d_in)
