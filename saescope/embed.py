@@ -149,6 +149,18 @@ def _corpus_record(cfg: EmbedConfig, rp: RunPaths) -> provenance.Record:
     return provenance.Record.make(rp.acts_record, "embed", cfg, up, _IGNORED)
 
 
+def _store_damaged(rp: RunPaths, overwrite: bool) -> bool:
+    """Whether a finished store has a shard missing or not at its recorded size: refused
+    (named) without --overwrite, which makes it again."""
+    try:
+        ActivationStore(rp.acts, verify=False).check_files()
+    except SaescopeError:
+        if not overwrite:
+            raise
+        return True
+    return False
+
+
 def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> tuple[Path, str]:
     """Fill the store; return it and the backend that made its rows."""
     corpus = read_corpus(cfg.run)
@@ -156,10 +168,11 @@ def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> tuple[Path, str
     record = _corpus_record(cfg, rp)
     exists = rp.acts_manifest.exists()
     decision = record.decide(cfg.overwrite, rp.acts, exists=exists, quiet=True)
-    if decision is provenance.Decision.SKIP:  # no model load
-        ActivationStore(rp.acts, verify=False).check_files()  # "up to date" only when whole
-        record.up_to_date(rp.acts)
+    if decision is provenance.Decision.SKIP and not _store_damaged(rp, cfg.overwrite):
+        record.up_to_date(rp.acts)  # no model load
         return rp.acts, read_json(rp.acts_manifest)["meta"].get("backend", "torch")
+    if decision is provenance.Decision.SKIP:  # damaged, and --overwrite: made again
+        decision = provenance.Decision.FRESH
     corpus_sha = record.upstream["corpus"]
     if model is None:
         resume = None

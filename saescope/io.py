@@ -72,10 +72,10 @@ _REMAKE = "remove it (or the output it belongs to) and re-run the stage that mad
 
 def read_json(path: Path) -> Any:
     """The JSON file at `path`; a file that is not JSON (cut short, altered) is named."""
-    text = Path(path).read_text()
+    data = Path(path).read_bytes()
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
+        return json.loads(data.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DamagedFile(f"{path} is not valid JSON ({exc}); {_REMAKE}") from exc
 
 
@@ -90,7 +90,11 @@ def read_table(path: Path, columns: list[str] | None = None) -> Any:
     except FileNotFoundError:
         raise
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DamagedFile(f"cannot read {path} ({describe(exc)}); {_REMAKE}") from exc
+        if Path(path).is_file() and not parquet_whole(path):
+            raise DamagedFile(f"cannot read {path} ({describe(exc)}); {_REMAKE}") from exc
+        # a whole file that does not hold what is asked (a column of a newer saescope),
+        # or one this user may not read: not damage, so nothing to remove
+        raise SaescopeError(f"cannot read {path}: {describe(exc)}") from exc
 
 
 def parquet_whole(path: Path) -> bool:
@@ -104,6 +108,17 @@ def parquet_whole(path: Path) -> bool:
         head = f.read(4)
         f.seek(size - 4)
         return head == b"PAR1" and f.read(4) == b"PAR1"
+
+
+def damaged(paths: Iterator[Path] | list[Path] | tuple[Path, ...]) -> str | None:
+    """What is wrong with the first of these output files that is missing or, for a
+    Parquet file, cut short (no footer); None when all are there and whole."""
+    for p in map(Path, paths):
+        if not p.exists():
+            return f"{p} is missing"
+        if p.suffix == ".parquet" and p.is_file() and not parquet_whole(p):
+            return f"{p} is cut short or altered (not a whole Parquet file)"
+    return None
 
 
 def read_frame(path: Path, columns: list[str] | None = None) -> Any:

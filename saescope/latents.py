@@ -47,7 +47,7 @@ from saescope._version import __version__
 from saescope.config import config_to_dict
 from saescope.corpus import corpus_column
 from saescope.device import pick_device
-from saescope.errors import SaescopeError
+from saescope.errors import DamagedFile, SaescopeError
 from saescope.examples.activations import Activations, csc_from_triples
 from saescope.examples.select import ExampleOptions, Picked
 from saescope.examples.table import sample_table_examples
@@ -55,6 +55,7 @@ from saescope.examples.tokens import store_rows_kind
 from saescope.features import FeatureAccumulator, cooccurrence
 from saescope.io import (
     atomic_path,
+    damaged,
     read_finished_manifest,
     read_frame,
     read_json,
@@ -225,17 +226,30 @@ def cache_describes(run_dir: str | Path, sae_sha256: str) -> bool:
         return False
 
 
-def check_shard(path: Path, info: dict[str, Any], verify: bool = False) -> None:
-    """A latent shard there at its recorded size (and checksum, with `verify`)."""
-    remake = f"remove {path.parent} and re-run `saescope latents` to make it again"
+def shard_damage(path: Path, info: dict[str, Any], verify: bool = False) -> str | None:
+    """What is wrong with a latent shard (missing, not its recorded size or, with
+    `verify`, checksum), or None."""
     if not path.exists():
-        raise SaescopeError(f"latent shard {path} listed in the manifest is missing; {remake}")
+        return f"latent shard {path} listed in the manifest is missing"
     if path.stat().st_size != info["nbytes"] or (verify and sha256_file(path) != info["sha256"]):
-        raise SaescopeError(f"latent shard {path} is truncated or altered; {remake}")
+        return f"latent shard {path} is truncated or altered"
+    return None
+
+
+def cache_damage(rp: RunPaths) -> str | None:
+    """What is wrong with a finished latent cache's own files (shard sizes, the footers
+    of its tables), or None: cheap, no checksums."""
+    for info in read_json(rp.latents_manifest)["shards"]:
+        bad = shard_damage(rp.latents / info["file"], info)
+        if bad is not None:
+            return bad
+    return damaged([p for p in (rp.features, rp.latent_index) if p.exists()])
 
 
 def read_shard(path: Path, info: dict[str, Any], verify: bool = False) -> LatentShard:
-    check_shard(path, info, verify)
+    bad = shard_damage(path, info, verify)
+    if bad is not None:
+        raise DamagedFile(f"{bad}; `saescope latents --overwrite` makes the cache again")
     try:
         t = load_numpy(str(path))
     except (SafetensorError, OSError) as exc:
@@ -389,11 +403,15 @@ def run(cfg: LatentsConfig) -> Path:
     record = provenance.Record.make(rp.latents_record, "latents", cfg, up, _IGNORED)
     exists = rp.latents_manifest.exists()
     decision = record.decide(cfg.overwrite, rp.latents, exists=exists, quiet=True)
+    bad = None
     if decision is provenance.Decision.SKIP and _outputs_present(rp, cfg):
-        for info in read_json(rp.latents_manifest)["shards"]:  # "up to date" only when whole
-            check_shard(rp.latents / info["file"], info)
-        record.up_to_date(rp.latents)
-        return rp.latents
+        bad = cache_damage(rp)  # "up to date" only when whole
+        if bad is None:
+            record.up_to_date(rp.latents)
+            return rp.latents
+        if not cfg.overwrite:
+            raise DamagedFile(f"{bad}; pass --overwrite to make the latent cache again")
+        decision = provenance.Decision.FRESH
     source = _source(rp, store, sae, sae_dir, record.upstream["sae"], cfg.shard_rows)
     tokens = store_rows_kind(rp.root) == "tokens"
     lens: dict[str, list[list[Any]]] = {}
@@ -408,7 +426,7 @@ def run(cfg: LatentsConfig) -> Path:
     if decision is provenance.Decision.FRESH and rp.latents.exists():
         store.check_files()  # a store that cannot be read replaces no finished cache
         old = read_json(rp.latents_manifest) if rp.latents_manifest.exists() else {}
-        if old.get("source") != source:
+        if old.get("source") != source or bad is not None:  # damaged shards are not kept
             shutil.rmtree(rp.latents)
     record.start()
     writer = _ShardWriter(rp, source, cfg.shard_rows)

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from saescope._version import __version__
 from saescope.config import config_to_dict, field_default
 from saescope.errors import DamagedFile, SaescopeError, describe
-from saescope.io import parquet_whole, read_json, sha256_file, sha256_text, write_json
+from saescope.io import damaged, read_json, sha256_file, sha256_text, write_json
 from saescope.paths import MANIFEST
 
 FORMAT = "saescope.provenance/1"
@@ -167,14 +167,21 @@ class Record:
         return out
 
     def decide(
-        self, overwrite: bool, output: Path, exists: bool | None = None, quiet: bool = False
+        self,
+        overwrite: bool,
+        output: Path,
+        exists: bool | None = None,
+        quiet: bool = False,
+        whole: tuple[Path, ...] = (),
     ) -> Decision:
         """SKIP, RESUME or FRESH for this call; raises when it would replace other output.
 
         `output` names the stage's output in messages; `exists` says whether it is on
         disk now, finished or partial (default: whether `output` exists). A SKIP says so
         on stderr unless `quiet` (callers that may still redo the work say it themselves,
-        with `up_to_date`, when they do skip).
+        with `up_to_date`, when they do skip). A finished output that is damaged (`output`
+        a Parquet file cut short, or a file of `whole` missing or cut short) is never
+        "up to date": --overwrite makes it again (FRESH), else it is refused, named.
         """
         exists = Path(output).exists() if exists is None else exists
         saved = read_record(self.path)
@@ -200,11 +207,11 @@ class Record:
         if saved.get("status") != "complete":
             return Decision.RESUME
         output = Path(output)
-        if output.suffix == ".parquet" and output.is_file() and not parquet_whole(output):
-            raise DamagedFile(
-                f"{output} is cut short or altered (not a whole Parquet file); remove it "
-                f"and re-run `saescope {self.stage}` to make it again"
-            )
+        bad = damaged([output, *whole] if output.suffix == ".parquet" else list(whole))
+        if bad is not None:
+            if overwrite:
+                return Decision.FRESH
+            raise DamagedFile(f"{bad}; pass --overwrite to make {output} again")
         if not quiet:
             self.up_to_date(output)
         return Decision.SKIP

@@ -362,7 +362,7 @@ def _input_reasons(
 def _damage(rp: RunPaths, found: _Found) -> str | None:
     """What is wrong with a finished output's own files, or None (sizes and footers
     only: cheap, no checksums)."""
-    from saescope.io import parquet_whole
+    from saescope.io import damaged
 
     try:
         if found.stage in ("embed", "acts"):
@@ -370,17 +370,19 @@ def _damage(rp: RunPaths, found: _Found) -> str | None:
 
             ActivationStore(rp.acts, verify=False).check_files()
         elif found.stage == "latents":
-            from saescope.latents import check_shard
+            from saescope.latents import cache_damage
 
-            for info in read_json(rp.latents_manifest)["shards"]:
-                check_shard(rp.latents / info["file"], info)
-        elif found.output.suffix == ".parquet" and not parquet_whole(found.output):
-            return f"{_relative(rp, found.output)} is cut short or altered"
+            bad = cache_damage(rp)
+            if bad is not None:
+                return bad
+        tables = [
+            p for own in found.owns for p in ([own] if own.is_file() else own.rglob("*.parquet"))
+        ]
+        return damaged([p for p in tables if p.suffix == ".parquet"])
     except SaescopeError as exc:
         return str(exc)
     except (KeyError, TypeError) as exc:
         return f"{_relative(rp, found.output)} does not list its files ({exc!r})"
-    return None
 
 
 def _made(path: Path) -> str | None:
@@ -431,10 +433,6 @@ def _one(
     command = _command(rp, run, stage, found, saved)
     if command is None:
         reasons.append("the store was filled by imports: run each `embed --vectors` again")
-    elif state == DAMAGED:  # the same inputs and options skip: the output must go first
-        gone = found.owns[0]
-        reasons.append(f"remove {_relative(rp, gone)} first: the stage keeps what it made")
-        command = command.removesuffix(" --overwrite")
     return Output(stage, output, state, reasons, unchecked, made, command)
 
 

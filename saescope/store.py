@@ -344,7 +344,7 @@ class ActivationStore:
         """How a damaged store is made again (a re-run with the same options keeps it)."""
         if self.meta.get("source") == "vectors":
             return f"remove {self.dir} and import the vectors again (`saescope embed --vectors`)"
-        return f"remove {self.dir} and re-run `saescope {making_stage(self.meta)}` to make it again"
+        return f"`saescope {making_stage(self.meta)} --overwrite` makes it again"
 
     def _check_size(self, shard: ShardInfo) -> Path:
         path = self.dir / shard.file

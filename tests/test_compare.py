@@ -21,7 +21,7 @@ D_IN, D_SAE = 384, 96
 REPLACED = 24  # features of B that are new directions, not A's
 
 
-def _pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+def _pair(folder: Path, silenced: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """SAE A, and B = A's features in another order with the last REPLACED of them
     swapped for new random directions; returns (perm, replaced): B's feature perm[i] is
     A's feature i, and replaced lists A's features that B has no more. JumpReLU, whose
@@ -40,6 +40,7 @@ def _pair(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     fresh = torch.randn(REPLACED, D_IN, generator=g) * 0.05
     other["W_dec"][perm[replaced]] = fresh
     other["W_enc"][:, perm[replaced]] = torch.randn(D_IN, REPLACED, generator=g) * 0.05
+    other["b_enc"][perm[:silenced]] = -1e4  # B's copies of A's first features never fire
     SAE.from_tensors(cfg, other).save(folder / "b")
     return perm.numpy(), replaced
 
@@ -64,15 +65,37 @@ def test_shared_features_are_the_ones_b_kept(tmp_path: Path) -> None:
     assert r.histogram[-1][2] == D_SAE - REPLACED
 
 
+def test_above_the_hungarian_limit_mutual_nearest_pairs_find_the_same(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import saescope.compare.match as match
+
+    perm, replaced = _pair(tmp_path)
+    monkeypatch.setattr(match, "HUNGARIAN_MAX", 1)
+    r = compare(str(tmp_path / "a"), str(tmp_path / "b"), n=3)
+    assert r.matching == "mutual nearest"
+    assert r.shared == D_SAE - REPLACED and r.pairs >= r.shared
+    assert all(p.b == perm[p.a] for p in r.top_shared)
+
+
 def test_on_a_store_activations_correlate_and_silent_features_leave(
     news_run: Path, tmp_path: Path, capsys
 ) -> None:
-    _pair(tmp_path)
-    args = [str(tmp_path / "a"), str(tmp_path / "b"), "--run", str(news_run), "--rows", "300"]
+    from saescope import ActivationStore, load_sae
+
+    perm, replaced = _pair(tmp_path, silenced=10)
+    args = [str(tmp_path / "a"), str(tmp_path / "b"), "--run", str(news_run), "--rows", "900"]
     assert main(["compare", *args, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["rows"] == 300
-    assert 0 < doc["a"]["alive"] <= D_SAE
+    assert doc["rows"] == 600  # every row of the store, when fewer than asked
+    # live: firing on some row; a pair needs both its features live
+    store = ActivationStore(news_run / "acts")
+    with torch.no_grad():
+        live_a = (load_sae(tmp_path / "a").encode(store.rows(np.arange(600))) > 0).any(0).numpy()
+    kept_live = set(np.flatnonzero(live_a)) - set(replaced) - set(range(10))
+    assert doc["a"]["alive"] == int(live_a.sum())
+    assert doc["shared"] == len(kept_live) > 0
+    assert doc["b"]["alive"] <= D_SAE - 10
     # a kept feature is the same function of the input: its codes correlate perfectly
     assert doc["mean_correlation"] == pytest.approx(1.0, abs=1e-4)
     fired = [p["correlation"] for p in doc["top_shared"] if p["correlation"] is not None]
@@ -82,7 +105,7 @@ def test_on_a_store_activations_correlate_and_silent_features_leave(
     assert main(["compare", *args]) == 0
     text = capsys.readouterr().out
     assert "activation correlation of shared pairs: mean 1.000" in text
-    assert "firing on 300 rows" in text
+    assert "firing on 600 rows" in text
 
 
 def test_refusals(tmp_path: Path) -> None:

@@ -37,8 +37,12 @@ def test_overwrite_that_cannot_start_keeps_the_finished_sae(rd: Path, capsys) ->
     assert "fewer than one batch" in capsys.readouterr().err
     assert (rd / "sae" / "sae.safetensors").read_bytes() == weights
     # a store shard cut short: named, and the SAE made from the whole store stays
+    import numpy as np
+
+    from saescope.store import ActivationStore
+
+    rows = ActivationStore(rd / "acts").rows(np.arange(600))
     shard = sorted((rd / "acts").glob("shard-*.safetensors"))[-1]
-    whole = shard.read_bytes()
     _cut(shard)
     assert main(["train", *r, *TRAIN, "--seed", "5"]) == 2
     assert "is truncated or altered" in capsys.readouterr().err
@@ -52,8 +56,11 @@ def test_overwrite_that_cannot_start_keeps_the_finished_sae(rd: Path, capsys) ->
     err = capsys.readouterr().err
     assert "is truncated or altered" in err and "up to date" not in err
     (by,) = [o for o in status(rd).outputs if o.stage == "embed"]
-    assert by.state == DAMAGED and "remove acts first" in by.reasons[-1]
-    shard.write_bytes(whole)
+    assert by.state == DAMAGED and by.command == f"saescope embed --run {rd} --overwrite"
+    # --overwrite makes a damaged output again (same options: it used to skip)
+    assert main(["embed", "--run", str(rd), "--overwrite"]) == 0
+    again = ActivationStore(rd / "acts").rows(np.arange(600))  # the same texts and model
+    assert np.allclose(again.numpy(), rows.numpy(), atol=1e-5)
 
 
 def test_damaged_json_and_parquet_are_named_in_one_line(rd: Path, capsys) -> None:
@@ -78,9 +85,17 @@ def test_damaged_json_and_parquet_are_named_in_one_line(rd: Path, capsys) -> Non
         load_annotations(rd)
     (kw,) = [o for o in status(rd).outputs if o.stage == "keywords"]
     assert kw.state == DAMAGED
-    assert kw.command is not None and not kw.command.endswith("--overwrite")
-    rp.keywords.unlink()
-    assert main(["keywords", "--run", str(rd), *QUIET, "--n-keywords", "3"]) == 0
+    assert kw.command == f"saescope keywords --run {rd} --n-keywords 3 --overwrite"
+    assert main(["keywords", "--run", str(rd), *QUIET, "--n-keywords", "3", "--overwrite"]) == 0
+    # a family table beside the one decided on: cut short, then made again
+    assert main(["families", "--run", str(rd), "--progress", "false"]) == 0
+    _cut(rp.family_members)
+    assert main(["families", "--run", str(rd), "--progress", "false"]) == 2
+    assert f"{rp.family_members} is cut short" in capsys.readouterr().err
+    (fam,) = [o for o in status(rd).outputs if o.stage == "families"]
+    assert fam.state == DAMAGED
+    assert main(["families", "--run", str(rd), "--progress", "false", "--overwrite"]) == 0
+    assert status(rd).ok
 
 
 def test_run_directories_that_cannot_be_written(tmp_path: Path) -> None:

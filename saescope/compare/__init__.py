@@ -7,9 +7,9 @@ mean max cosine similarity), and a one-to-one matching of the two dictionaries
 (Hungarian on decoder cosine; mutual nearest neighbours above 8192 x 8192). A pair is
 *shared* when both its decoder and its encoder cosines reach the threshold (0.7, as
 Paulo & Belrose 2025 count features two seeds share). With a run's activation store,
-both SAEs encode a sample of its rows: the activation correlation of each pair, and
-which features are silent there, are added; and where one of them is the run's latent
-cache's SAE its features are shown by their names.
+both SAEs encode a sample of its rows: only the features that fire there take part,
+on both sides, each pair gets the correlation of its activations, and where one SAE
+is the run's latent cache's SAE its features are shown by their names.
 
 In: two SAEs `load_sae` reads (folders, files, `hf:` names; inside a run by folder
 name with `--run`). Out: `CompareResult` (`compare()`), printed or as JSON; nothing

@@ -32,9 +32,11 @@ class Matching(NamedTuple):
     method: str  # "hungarian" or "mutual nearest"
 
 
-def directions(sae: SAE) -> Directions:
+def directions(sae: SAE, ids: np.ndarray | None = None) -> Directions:
+    """Unit decoder and encoder directions of the SAE's features `ids` (default: all)."""
     enc = torch.nn.functional.normalize(sae.W_enc.detach().float().T, dim=1).numpy()
-    return Directions(unit_directions(sae), enc)
+    dec = unit_directions(sae)
+    return Directions(dec, enc) if ids is None else Directions(dec[ids], enc[ids])
 
 
 def _one_to_one(a: np.ndarray, b: np.ndarray, a_best: np.ndarray, b_best: np.ndarray):

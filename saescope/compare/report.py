@@ -94,10 +94,6 @@ def _names(run: str | None, weights: Path):
     return names if names else None
 
 
-def _fraction(mask: np.ndarray, of: np.ndarray) -> float:
-    return float(mask[of].mean()) if of.any() else 0.0
-
-
 def compare(
     a: str,
     b: str,
@@ -107,8 +103,9 @@ def compare(
     seed: int = 0,
     n: int = 5,
 ) -> CompareResult:
-    """Match SAE `a` with SAE `b` (see the package docstring)."""
-    from saescope.compare.activations import sample
+    """Match SAE `a` with SAE `b` (see the package docstring). With a run, only the
+    features that fire on its sampled rows take part, on both sides."""
+    from saescope.compare.activations import correlations, encode_sample
     from saescope.compare.match import directions, match
 
     if not 0.0 < threshold <= 1.0:
@@ -122,12 +119,8 @@ def compare(
             f"{a} reads d_in={sae_a.cfg.d_in} and {b} d_in={sae_b.cfg.d_in}: SAEs of "
             "different spaces have no directions in common"
         )
-    m = match(directions(sae_a), directions(sae_b))
-    shared = (m.decoder_cos >= threshold) & (m.encoder_cos >= threshold)
-    alive_a = np.ones(sae_a.cfg.d_sae, bool)
-    alive_b = np.ones(sae_b.cfg.d_sae, bool)
-    corr = np.full(len(m.pairs_a), np.nan, np.float32)
-    n_rows = None
+    ids_a, ids_b = np.arange(sae_a.cfg.d_sae), np.arange(sae_b.cfg.d_sae)
+    sample = None
     if run:
         from saescope.sae.fit import check_fits_store
         from saescope.store import ActivationStore
@@ -135,69 +128,84 @@ def compare(
         store = ActivationStore(RunPaths(run).acts)
         for sae, name in ((sae_a, a), (sae_b, b)):
             check_fits_store(sae, store.meta, store.d_in, name)
-        s = sample(sae_a, sae_b, store, m.pairs_a, m.pairs_b, rows, seed)
-        alive_a, alive_b, corr, n_rows = s.a_alive, s.b_alive, s.correlation, s.rows
-    in_shared_a = np.zeros(sae_a.cfg.d_sae, bool)
-    in_shared_a[m.pairs_a[shared]] = True
-    in_shared_b = np.zeros(sae_b.cfg.d_sae, bool)
-    in_shared_b[m.pairs_b[shared]] = True
+        sample = encode_sample(sae_a, sae_b, store, rows, seed)
+        ids_a = np.flatnonzero((sample.a > 0).any(axis=0))  # live on these rows
+        ids_b = np.flatnonzero((sample.b > 0).any(axis=0))
+        for ids, name in ((ids_a, a), (ids_b, b)):
+            if not len(ids):
+                raise SaescopeError(f"no feature of {name} fires on {sample.rows:,} rows of {run}")
+    m = match(directions(sae_a, ids_a), directions(sae_b, ids_b))  # indices into ids_a/b
+    pairs_a, pairs_b = ids_a[m.pairs_a], ids_b[m.pairs_b]
+    shared = (m.decoder_cos >= threshold) & (m.encoder_cos >= threshold)
+    corr = (
+        correlations(sample, pairs_a, pairs_b)
+        if sample is not None
+        else np.full(len(pairs_a), np.nan, np.float32)
+    )
     names_a, names_b = _names(run, where_a.weights), _names(run, where_b.weights)
 
     def label(names, f: int) -> str:
         return names.label(int(f)) if names else ""
 
-    def side(name: str, sae, best_cos, in_shared, alive, names) -> Side:
+    def side(name: str, sae, best_cos: np.ndarray, n_shared: int, names) -> Side:
         return Side(
             name,
             sae.cfg.d_sae,
             sae.cfg.architecture,
             sae.cfg.k,
-            float(best_cos[alive].mean()) if alive.any() else 0.0,
-            _fraction(in_shared, alive),
-            int(alive.sum()) if run else None,
+            float(best_cos.mean()),
+            n_shared / len(best_cos),
+            len(best_cos) if run else None,
             names is not None,
         )
 
-    def only(best, best_cos, alive, names) -> list[Unmatched]:
-        live = np.flatnonzero(alive)
-        worst = live[np.argsort(best_cos[live], kind="stable")[:n]]
-        return [Unmatched(int(f), float(best_cos[f]), int(best[f]), label(names, f)) for f in worst]
+    def only(ids, best, best_cos, other_ids, names) -> list[Unmatched]:
+        worst = np.argsort(best_cos, kind="stable")[:n]
+        return [
+            Unmatched(
+                int(ids[j]), float(best_cos[j]), int(other_ids[best[j]]), label(names, ids[j])
+            )
+            for j in worst
+        ]
 
     fired = shared & np.isfinite(corr)
     top = np.flatnonzero(shared)
     top = top[np.argsort(-m.decoder_cos[top], kind="stable")[:n]]
-    histogram = []
     # the lowest bin takes anti-aligned features too, the highest rounding above 1
-    bin_a = np.clip(np.searchsorted(BINS, m.a_best_cos, side="right") - 1, 0, len(BINS) - 2)
-    bin_b = np.clip(np.searchsorted(BINS, m.b_best_cos, side="right") - 1, 0, len(BINS) - 2)
-    count_a = np.bincount(bin_a[alive_a], minlength=len(BINS) - 1)
-    count_b = np.bincount(bin_b[alive_b], minlength=len(BINS) - 1)
-    for i, (low, high) in enumerate(zip(BINS[:-1], BINS[1:], strict=True)):
-        histogram.append([low, high, int(count_a[i]), int(count_b[i])])
+    edges = len(BINS) - 2
+    bin_a = np.clip(np.searchsorted(BINS, m.a_best_cos, side="right") - 1, 0, edges)
+    bin_b = np.clip(np.searchsorted(BINS, m.b_best_cos, side="right") - 1, 0, edges)
+    count_a = np.bincount(bin_a, minlength=len(BINS) - 1)
+    count_b = np.bincount(bin_b, minlength=len(BINS) - 1)
+    histogram = [
+        [low, high, int(count_a[i]), int(count_b[i])]
+        for i, (low, high) in enumerate(zip(BINS[:-1], BINS[1:], strict=True))
+    ]
+    n_shared = int(shared.sum())
     return CompareResult(
-        a=side(a, sae_a, m.a_best_cos, in_shared_a, alive_a, names_a),
-        b=side(b, sae_b, m.b_best_cos, in_shared_b, alive_b, names_b),
+        a=side(a, sae_a, m.a_best_cos, n_shared, names_a),
+        b=side(b, sae_b, m.b_best_cos, n_shared, names_b),
         matching=m.method,
         threshold=threshold,
-        pairs=len(m.pairs_a),
-        shared=int(shared.sum()),
+        pairs=len(pairs_a),
+        shared=n_shared,
         histogram=histogram,
-        rows=n_rows,
+        rows=sample.rows if sample is not None else None,
         mean_correlation=float(corr[fired].mean()) if fired.any() else None,
         top_shared=[
             Pair(
-                int(m.pairs_a[i]),
-                int(m.pairs_b[i]),
+                int(pairs_a[i]),
+                int(pairs_b[i]),
                 float(m.decoder_cos[i]),
                 float(m.encoder_cos[i]),
                 None if math.isnan(corr[i]) else float(corr[i]),
-                label(names_a, m.pairs_a[i]),
-                label(names_b, m.pairs_b[i]),
+                label(names_a, pairs_a[i]),
+                label(names_b, pairs_b[i]),
             )
             for i in top
         ],
-        only_a=only(m.a_best, m.a_best_cos, alive_a, names_a),
-        only_b=only(m.b_best, m.b_best_cos, alive_b, names_b),
+        only_a=only(ids_a, m.a_best, m.a_best_cos, ids_b, names_a),
+        only_b=only(ids_b, m.b_best, m.b_best_cos, ids_a, names_b),
     )
 
 
@@ -220,9 +228,10 @@ def format_result(r: CompareResult) -> str:
     ]
     if r.mean_correlation is not None:
         lines.append(f"activation correlation of shared pairs: mean {r.mean_correlation:.3f}")
-    lines.append(f"max decoder cosine of each{live} feature:   A      B")
+    lines.append(f"max decoder cosine of each{live} feature to the other SAE's:")
+    lines.append(f"  {'cosine':<9}  {'A':>7} {'B':>7}")
     for low, high, in_a, in_b in r.histogram:
-        lines.append(f"  {low:.1f}-{high:.1f}  {int(in_a):>22,} {int(in_b):>6,}")
+        lines.append(f"  {low:.1f}-{high:.1f}    {int(in_a):>7,} {int(in_b):>7,}")
     if r.top_shared:
         lines.append("most alike pairs (decoder / encoder cosine, activation correlation):")
         for p in r.top_shared:

@@ -120,7 +120,8 @@ def run(cfg: FamiliesConfig) -> Path:
     record = provenance.Record.make(
         rp.families_record, "families", cfg, _upstream(rp, others), _IGNORED
     )
-    if record.decide(cfg.overwrite, rp.families_table) is provenance.Decision.SKIP:
+    parts = (rp.family_members, rp.family_splits, rp.families_summary)
+    if record.decide(cfg.overwrite, rp.families_table, whole=parts) is provenance.Decision.SKIP:
         return rp.families
     features = cache.features()
     pairs = Pairs(read_cooccurrence(rp.cooccurrence))

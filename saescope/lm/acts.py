@@ -186,8 +186,13 @@ def run(cfg: ActsConfig, *, lm: LM | None = None) -> Path:
     if rank == 0:
         decision = record.decide(cfg.overwrite, rp.acts, exists=rp.acts.exists(), quiet=True)
         if decision is provenance.Decision.SKIP:  # "up to date" only when whole
-            ActivationStore(rp.acts, verify=False).check_files()
-            record.up_to_date(rp.acts)
+            try:
+                ActivationStore(rp.acts, verify=False).check_files()
+                record.up_to_date(rp.acts)
+            except SaescopeError:
+                if not cfg.overwrite:
+                    raise
+                decision = provenance.Decision.FRESH  # damaged, and --overwrite: made again
     group = _init_group(world)
     decision = _share(decision, group)
     if decision is provenance.Decision.SKIP:
