@@ -34,7 +34,7 @@ from saescope.errors import SaescopeError, describe
 from saescope.io import atomic_path, read_frame, read_json, sha256_file, write_json
 from saescope.options.embed import EmbedConfig
 from saescope.paths import STAGE_CONFIG, RunPaths
-from saescope.store import ActivationStore, StoreWriter, bad_rows_error, find_bad_rows
+from saescope.store import StoreWriter, bad_rows_error, find_bad_rows, store_damage
 
 
 def load_sentence_model(name: str, device: str = "cpu"):
@@ -149,30 +149,17 @@ def _corpus_record(cfg: EmbedConfig, rp: RunPaths) -> provenance.Record:
     return provenance.Record.make(rp.acts_record, "embed", cfg, up, _IGNORED)
 
 
-def _store_damaged(rp: RunPaths, overwrite: bool) -> bool:
-    """Whether a finished store has a shard missing or not at its recorded size: refused
-    (named) without --overwrite, which makes it again."""
-    try:
-        ActivationStore(rp.acts, verify=False).check_files()
-    except SaescopeError:
-        if not overwrite:
-            raise
-        return True
-    return False
-
-
 def _embed_corpus(cfg: EmbedConfig, rp: RunPaths, model=None) -> tuple[Path, str]:
     """Fill the store; return it and the backend that made its rows."""
     corpus = read_corpus(cfg.run)
     texts = corpus["text"].tolist()
     record = _corpus_record(cfg, rp)
     exists = rp.acts_manifest.exists()
-    decision = record.decide(cfg.overwrite, rp.acts, exists=exists, quiet=True)
-    if decision is provenance.Decision.SKIP and not _store_damaged(rp, cfg.overwrite):
-        record.up_to_date(rp.acts)  # no model load
+    decision = record.decide(
+        cfg.overwrite, rp.acts, exists=exists, damage=lambda: store_damage(rp.acts)
+    )
+    if decision is provenance.Decision.SKIP:  # no model load
         return rp.acts, read_json(rp.acts_manifest)["meta"].get("backend", "torch")
-    if decision is provenance.Decision.SKIP:  # damaged, and --overwrite: made again
-        decision = provenance.Decision.FRESH
     corpus_sha = record.upstream["corpus"]
     if model is None:
         resume = None

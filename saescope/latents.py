@@ -402,16 +402,12 @@ def run(cfg: LatentsConfig) -> Path:
     up = provenance.upstream_ids({"acts": rp.acts_manifest, "sae": sae_weights})
     record = provenance.Record.make(rp.latents_record, "latents", cfg, up, _IGNORED)
     exists = rp.latents_manifest.exists()
-    decision = record.decide(cfg.overwrite, rp.latents, exists=exists, quiet=True)
-    bad = None
+    decision = record.decide(
+        cfg.overwrite, rp.latents, exists=exists, quiet=True, damage=lambda: cache_damage(rp)
+    )
     if decision is provenance.Decision.SKIP and _outputs_present(rp, cfg):
-        bad = cache_damage(rp)  # "up to date" only when whole
-        if bad is None:
-            record.up_to_date(rp.latents)
-            return rp.latents
-        if not cfg.overwrite:
-            raise DamagedFile(f"{bad}; pass --overwrite to make the latent cache again")
-        decision = provenance.Decision.FRESH
+        record.up_to_date(rp.latents)
+        return rp.latents
     source = _source(rp, store, sae, sae_dir, record.upstream["sae"], cfg.shard_rows)
     tokens = store_rows_kind(rp.root) == "tokens"
     lens: dict[str, list[list[Any]]] = {}
@@ -426,7 +422,7 @@ def run(cfg: LatentsConfig) -> Path:
     if decision is provenance.Decision.FRESH and rp.latents.exists():
         store.check_files()  # a store that cannot be read replaces no finished cache
         old = read_json(rp.latents_manifest) if rp.latents_manifest.exists() else {}
-        if old.get("source") != source or bad is not None:  # damaged shards are not kept
+        if old.get("source") != source or cache_damage(rp) is not None:  # damaged: not kept
             shutil.rmtree(rp.latents)
     record.start()
     writer = _ShardWriter(rp, source, cfg.shard_rows)

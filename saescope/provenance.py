@@ -173,6 +173,7 @@ class Record:
         exists: bool | None = None,
         quiet: bool = False,
         whole: tuple[Path, ...] = (),
+        damage: Callable[[], str | None] | None = None,
     ) -> Decision:
         """SKIP, RESUME or FRESH for this call; raises when it would replace other output.
 
@@ -180,8 +181,9 @@ class Record:
         disk now, finished or partial (default: whether `output` exists). A SKIP says so
         on stderr unless `quiet` (callers that may still redo the work say it themselves,
         with `up_to_date`, when they do skip). A finished output that is damaged (`output`
-        a Parquet file cut short, or a file of `whole` missing or cut short) is never
-        "up to date": --overwrite makes it again (FRESH), else it is refused, named.
+        a Parquet file cut short, a file of `whole` missing or cut short, or what the
+        stage's own `damage()` check finds) is never "up to date": --overwrite makes it
+        again (FRESH), else it is refused, named.
         """
         exists = Path(output).exists() if exists is None else exists
         saved = read_record(self.path)
@@ -208,6 +210,8 @@ class Record:
             return Decision.RESUME
         output = Path(output)
         bad = damaged([output, *whole] if output.suffix == ".parquet" else list(whole))
+        if bad is None and damage is not None:
+            bad = damage()
         if bad is not None:
             if overwrite:
                 return Decision.FRESH

@@ -366,9 +366,11 @@ def _damage(rp: RunPaths, found: _Found) -> str | None:
 
     try:
         if found.stage in ("embed", "acts"):
-            from saescope.store import ActivationStore
+            from saescope.store import store_damage
 
-            ActivationStore(rp.acts, verify=False).check_files()
+            bad = store_damage(rp.acts)
+            if bad is not None:
+                return bad
         elif found.stage == "latents":
             from saescope.latents import cache_damage
 

@@ -539,3 +539,14 @@ def _batches(
     stop = (len(x) // batch_size) * batch_size if drop_last else len(x)
     for lo in range(0, stop, batch_size):
         yield out(x[lo : lo + batch_size], ids[lo : lo + batch_size])
+
+
+def store_damage(directory: str | Path) -> str | None:
+    """What is wrong with a finished store's own files (its manifest, a shard missing or
+    not at its recorded size), or None: what `Record.decide(damage=...)` and `saescope
+    status` ask of a store."""
+    try:
+        ActivationStore(directory, verify=False).check_files()
+    except SaescopeError as exc:
+        return str(exc)
+    return None

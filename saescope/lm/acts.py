@@ -43,7 +43,7 @@ from saescope.lm.model import LM, load_lm
 from saescope.lm.tokens import Contexts, build_contexts
 from saescope.options.acts import ActsConfig
 from saescope.paths import STAGE_CONFIG, RunPaths
-from saescope.store import ActivationStore, StoreWriter, merge_parts
+from saescope.store import StoreWriter, merge_parts, store_damage
 
 SOURCE = "causal-lm"
 ROWS = "tokens"
@@ -184,15 +184,9 @@ def run(cfg: ActsConfig, *, lm: LM | None = None) -> Path:
     record = provenance.Record.make(rp.acts_record, "acts", cfg, up, _IGNORED)
     decision = None
     if rank == 0:
-        decision = record.decide(cfg.overwrite, rp.acts, exists=rp.acts.exists(), quiet=True)
-        if decision is provenance.Decision.SKIP:  # "up to date" only when whole
-            try:
-                ActivationStore(rp.acts, verify=False).check_files()
-                record.up_to_date(rp.acts)
-            except SaescopeError:
-                if not cfg.overwrite:
-                    raise
-                decision = provenance.Decision.FRESH  # damaged, and --overwrite: made again
+        decision = record.decide(
+            cfg.overwrite, rp.acts, exists=rp.acts.exists(), damage=lambda: store_damage(rp.acts)
+        )
     group = _init_group(world)
     decision = _share(decision, group)
     if decision is provenance.Decision.SKIP:
